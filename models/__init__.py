@@ -1,0 +1,1 @@
+"""Model cards: one TOML file per known model, shipped inside the package as ``rlm_local.model_cards``."""

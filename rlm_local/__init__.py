@@ -1,0 +1,33 @@
+"""rlm-local: Recursive Language Models on your own hardware.
+
+    from rlm_local import RLM
+    rlm = RLM(backend="transformers", backend_kwargs={"model_name": None}, max_iterations=20)
+    result = rlm.completion(long_text, root_prompt="What does clause 14 require?")
+    print(result.response, result.stopped_reason, result.usage_summary.to_dict())
+
+Heavy parts (torch, the model, the sandbox worker) load only when an RLM or engine is created.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "RLM": "rlm", "RLMResult": "rlm", "RLMError": "rlm", "ContextError": "rlm", "BudgetExceeded": "rlm",
+    "UsageSummary": "usage", "Sandbox": "sandbox", "Limits": "sandbox", "CellResult": "sandbox",
+    "Request": "engines", "Result": "engines", "SamplingParams": "engines", "Usage": "engines",
+    "EngineError": "engines", "make_engine": "engines", "Scheduler": "scheduler",
+    "ModelNotFoundError": "models", "ModelLoadError": "models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy exports keep `import rlm_local` (and the CLI's --help) fast.
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'rlm_local' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,186 @@
+"""`rlm-local`: run an RLM over a file, a directory or stdin; a demo; serve a model; list models.
+
+Argument parsing and display only: the work happens in RLM, the engines and the server.
+Exit codes: 0 success, 1 the run failed (or the demo's answer was wrong), 2 bad input or setup.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+
+from .documents import DocumentError
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, threads: int | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"model_name": model}
+    if backend == "openai":
+        if not base_url:
+            raise ValueError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        kwargs["base_url"] = base_url if len(base_url) > 1 else base_url[0]
+    elif base_url:
+        raise ValueError("--base-url only applies to --backend openai")
+    if backend == "transformers" and threads:
+        kwargs["threads"] = threads
+    return kwargs
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="transformers", help="transformers (default), vllm, openai or scripted")
+    p.add_argument("--model", default=None, help="model name or local directory (default: the embedded Gemma 3 270M)")
+    p.add_argument("--base-url", action="append", default=None,
+                   help="OpenAI-compatible server URL for --backend openai; repeat for several servers")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on 2-core machines)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlm-local", description="Recursive Language Models on local hardware.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="answer a question about a long document")
+    run.add_argument("question", nargs="?", help="the question (omit when the task is written in the context)")
+    run.add_argument("--context", "-c", help="a text file, a PDF, a directory of text files, or - for stdin")
+    run.add_argument("--demo", action="store_true", help="run on a generated document with a planted fact and check the answer")
+    run.add_argument("--demo-length", type=int, default=200_000, help="characters in the demo document")
+    _add_engine_args(run)
+    run.add_argument("--sub-backend", default=None, help="backend for llm_query sub-calls (default: same as root)")
+    run.add_argument("--sub-model", default=None, help="model for llm_query sub-calls (default: same as root)")
+    run.add_argument("--sub-base-url", action="append", default=None, help="server URL(s) for an openai sub-backend")
+    run.add_argument("--max-iterations", type=int, default=20)
+    run.add_argument("--max-depth", type=int, default=1, help="1 = plain sub-calls; 2+ lets rlm_query start child RLMs")
+    run.add_argument("--max-timeout", type=float, default=None, help="seconds for the whole run")
+    run.add_argument("--max-tokens", type=int, default=None, help="token budget for the whole run, children included")
+    run.add_argument("--max-subcalls", type=int, default=None)
+    run.add_argument("--trajectory", default=None, help="append the run's events to this JSONL file")
+    run.add_argument("--json", action="store_true", help="print the result as JSON instead of the bare answer")
+    run.add_argument("--verbose", "-v", action="store_true", help="show the root's code and every output")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+    serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    _add_engine_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    sub.add_parser("models", help="list known models")
+    sub.add_parser("prepare", help="convert and cache the embedded model now (otherwise done on first use)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True, highlight=False)
+    try:
+        return {"run": _cmd_run, "serve": _cmd_serve, "models": _cmd_models, "prepare": _cmd_prepare}[args.command](args, err)
+    except KeyboardInterrupt:
+        err.print("rlm-local: interrupted")
+        return 130
+    except Exception as exc:  # every known failure becomes one readable line, never a traceback
+        code = EXIT_BAD_INPUT if _is_input_error(exc) else EXIT_FAILED
+        print(f"rlm-local: error: {exc}", file=sys.stderr)
+        return code
+
+
+def _is_input_error(exc: Exception) -> bool:
+    from .engines import EngineError
+    from .models import ModelLoadError, ModelNotFoundError
+    from .rlm import RLMError
+    return isinstance(exc, (DocumentError, ModelNotFoundError, ModelLoadError, EngineError, RLMError, ValueError,
+                            TypeError))
+
+
+def _cmd_run(args: argparse.Namespace, err: Console) -> int:
+    from .display import ProgressDisplay
+    from .documents import read_context
+    from .haystack import make_needle_task
+    from .rlm import RLM
+
+    task = None
+    if args.demo:
+        if args.context:
+            raise ValueError("--demo makes its own document; do not pass --context")
+        task = make_needle_task(length=args.demo_length, depth=0.63, seed=7)
+        context, question = task.context, args.question or task.question
+        err.print(f"[bold]demo[/bold]: a {len(context):,}-character document with one planted fact; "
+                  f"question: {question!r}")
+    else:
+        if not args.context:
+            raise ValueError("give --context PATH (a file, a directory or - for stdin), or --demo")
+        context, question = read_context(args.context), args.question
+    kwargs = _engine_kwargs(args.backend, args.model, args.base_url, args.threads)
+    other: dict[str, Any] = {}
+    if args.sub_backend or args.sub_model or args.sub_base_url:
+        sub_backend = args.sub_backend or args.backend
+        other = {"other_backends": [sub_backend],
+                 "other_backend_kwargs": [_engine_kwargs(sub_backend, args.sub_model, args.sub_base_url, args.threads)]}
+    display = ProgressDisplay(err, verbose=args.verbose, live=not args.quiet)
+    started = time.time()
+    if not args.quiet:
+        if args.backend == "transformers":  # the first run converts the embedded model: say what is happening
+            kwargs["progress"] = lambda msg: err.print(f"[dim]{msg}[/dim]")
+        err.print(f"[dim]loading {args.backend} engine ({args.model or 'embedded default'})…[/dim]")
+    rlm = RLM(backend=args.backend, backend_kwargs=kwargs, max_depth=args.max_depth,
+              max_iterations=args.max_iterations, max_timeout=args.max_timeout, max_tokens=args.max_tokens,
+              max_subcalls=args.max_subcalls, trajectory_path=args.trajectory,
+              on_event=None if args.quiet else display, **other)
+    with rlm, display:
+        if not args.quiet:
+            err.print(f"[dim]model ready in {time.time() - started:.1f} s[/dim]")
+        result = rlm.completion(context, root_prompt=question)
+    total = time.time() - started
+    if args.json:
+        print(json.dumps({"response": result.response, "stopped_reason": result.stopped_reason,
+                          "iterations": result.iterations, "execution_time": round(result.execution_time, 3),
+                          "total_time": round(total, 3), "usage": result.usage_summary.to_dict(),
+                          "run_id": result.run_id}, indent=2))
+    else:
+        print(result.response)
+    if task is not None:
+        ok = task.is_correct(result.response)
+        err.print(f"demo {'[bold green]PASSED[/bold green]' if ok else '[bold red]FAILED[/bold red]'}: expected "
+                  f"{task.answer}, got {result.response!r} ({total:.1f} s in all, model load included)")
+        return 0 if ok else EXIT_FAILED
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, err: Console) -> int:
+    from .engines import make_engine
+    from .server import serve
+
+    engine = make_engine(args.backend, **_engine_kwargs(args.backend, args.model, args.base_url, args.threads))
+    err.print(f"serving {engine.model_name} ({args.backend}) on http://{args.host}:{args.port}/v1")
+    serve(engine, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace, err: Console) -> int:
+    from .models import embedded_model_dir, model_cards
+
+    seen = set()
+    for card in model_cards().values():
+        if card.name in seen:
+            continue
+        seen.add(card.name)
+        state = ""
+        if card.source == "embedded":
+            state = " [cached]" if embedded_model_dir().exists() else " [converted on first use]"
+        print(f"{card.name}{state}\n  backend={card.backend} context={card.context_length:,} format={card.prompt_format}"
+              f" aliases={', '.join(card.aliases)}\n  {card.description}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace, err: Console) -> int:
+    from .models import ensure_embedded
+
+    path = ensure_embedded(lambda msg: err.print(msg))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The one interface every inference engine implements: a batch of requests in, a batch of results out.
+
+A request is either chat messages or a raw prompt, plus sampling settings. Engines own prompt rendering
+(chat templates), tokenisation and decoding; everything above them (scheduler, loop) only sees text.
+Errors are per request: one bad request yields a result with ``error`` set, never an exception that
+loses its siblings' answers.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "error"]
+
+
+class EngineError(RuntimeError):
+    """An engine could not be created or could not serve at all (not a per-request failure)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 512
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """Exactly one of ``messages`` (chat) or ``prompt`` (raw completion) is set."""
+
+    messages: tuple[dict[str, str], ...] | None = None
+    prompt: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a Request needs exactly one of messages or prompt")
+        if self.messages is not None:
+            # Accept lists from callers but store an immutable, hashable form (memo keys, grouping).
+            object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+            for m in self.messages:
+                if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+                    raise ValueError(f"bad chat message: {m!r}")
+
+    @classmethod
+    def chat(cls, messages: list[dict[str, str]], **sampling: object) -> "Request":
+        return cls(messages=tuple(messages), sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
+
+    @classmethod
+    def completion(cls, prompt: str, **sampling: object) -> "Request":
+        return cls(prompt=prompt, sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
+
+    def key(self) -> tuple:
+        """A hashable identity: equal keys mean the same request (used for de-duplication)."""
+        msgs = tuple((m["role"], m["content"]) for m in self.messages) if self.messages is not None else None
+        return (msgs, self.prompt, self.sampling)
+
+
+@dataclass
+class Usage:
+    """Token and time accounting. ``cached_tokens`` is None when the engine cannot tell (never a fake 0)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int | None = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        cached = None if self.cached_tokens is None or other.cached_tokens is None else self.cached_tokens + other.cached_tokens
+        return Usage(
+            calls=self.calls + other.calls,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            cached_tokens=cached,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            seconds=self.seconds + other.seconds,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict:
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, message: str) -> "Result":
+        return cls(text="", finish_reason="error", usage=Usage(calls=1), error=message)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Engine(abc.ABC):
+    """Base class for engines. Subclasses implement ``generate`` and ``render``; ``count_tokens`` should be
+    exact where the engine has a tokenizer."""
+
+    #: short backend name ("transformers", "vllm", "openai", "scripted")
+    backend: str = "base"
+    #: the model this engine serves, as users named it
+    model_name: str = ""
+    #: "chat" when the model is instruction-tuned and takes messages, "completion" for base models
+    prompt_format: Literal["chat", "completion"] = "chat"
+    #: the model's context window in tokens (0 = unknown)
+    context_length: int = 0
+
+    @abc.abstractmethod
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """Run all requests (as one batch where the engine can) and return results in the same order.
+        Must not raise for a failure of a single request: return ``Result.failed`` for it."""
+
+    def render(self, request: Request) -> str:
+        """The exact text the model will see for this request (chat template applied). The scheduler
+        groups requests by the common prefix of this text."""
+        if request.prompt is not None:
+            return request.prompt
+        return "".join(f"<{m['role']}>\n{m['content']}\n" for m in request.messages or ()) + "<assistant>\n"
+
+    def count_tokens(self, text: str) -> int:
+        """Token count of ``text``; engines without a tokenizer estimate (~4 characters a token)."""
+        return max(1, len(text) // 4) if text else 0
+
+    def close(self) -> None:
+        """Release resources (threads, HTTP pools, GPU memory). Safe to call twice."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

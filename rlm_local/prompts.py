@@ -1,0 +1,192 @@
+"""What the root model sees: a description of the REPL protocol, metadata about the context (never the
+context itself), the question, and each cell's output.
+
+Two layouts:
+- chat, for instruction-tuned models: a system prompt and alternating user/assistant messages;
+- completion, for small base models such as the embedded Gemma 3 270M: one text shaped like a REPL
+  transcript with a worked example, so the model continues the pattern instead of following instructions.
+
+Templates are filled with str.replace on named slots, never str.format: a user's custom prompt with a
+literal "{" must not crash (the reference library's str.format did).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Context = str | list[str] | dict[str, str]
+
+# Above this size the token count is extrapolated from a sample: exact tokenisation of 100 MB would take
+# longer than the run's first turn and the model only needs the order of magnitude.
+EXACT_TOKEN_LIMIT = 2_000_000
+PREVIEW_CHARS = 240
+
+SYSTEM_PROMPT = """You are a Recursive Language Model. You answer a question about a context that is far too long to read at once. The context is NOT in this conversation: it is stored in a persistent Python REPL, and you work on it by writing code.
+
+The REPL gives you:
+- `context`: the data (a str; for several documents a list of str, also as `context_0`, `context_1`, ...; for named documents a dict of str).
+- `llm_query(prompt: str) -> str`: ask a sub-model (it sees only the prompt you pass; it can read roughly 20,000 words at a time).
+- `llm_query_batched(prompts: list[str]) -> list[str]`: many independent sub-queries at once; much faster than a loop of llm_query.
+- `rlm_query(prompt: str, context=None) -> str`: hand a sub-task with its own context to a child RLM with its own REPL.
+- `FINAL(answer)`: call it with your final answer to finish. `FINAL_VAR("name")` finishes with the value of a variable.
+- `SHOW_VARS()`: list the variables you have defined.
+- Modules you can import: re, json, math, collections, itertools, functools, statistics, string, textwrap, datetime, heapq, bisect, random. No files, network or other modules. Names starting with "_" are not allowed.
+
+How to work:
+1. Look before you leap: print the length, a slice, or lines matching a regex. Printed output is truncated to OUTPUT_LIMIT characters, so print summaries, not the whole context.
+2. Use code to filter (regex, keyword search, splitting into chunks) and sub-models to read: e.g. split the context into chunks and run `llm_query_batched([f"<instructions>\\n\\n{chunk}" for chunk in chunks])`. Put the shared instructions first and the varying chunk last.
+3. Keep intermediate results in variables and build long answers piece by piece.
+4. Verify a candidate answer (re-read the relevant part, or ask a sub-model) before finishing.
+5. Write code in ```repl blocks; each reply may hold one or more blocks. Variables persist between blocks and turns. You will see each block's output.
+6. When you know the answer, call FINAL(answer) inside a ```repl block (or write FINAL(answer) alone on a line). Do not guess before you have looked at the output of your code."""
+
+TASK_IN_CONTEXT = "The task is described inside the context itself: find it there and complete it."
+
+FIRST_TURN = """QUESTION: QUESTION_TEXT
+
+Context metadata:
+METADATA
+
+You have not looked at the context yet. Start by writing code in a ```repl block."""
+
+CELL_OUTPUT = "Output of your code:\n```\nOUTPUT\n```"
+
+NO_CODE_NUDGE = ("Your reply had no ```repl code block and no FINAL(answer). Write code to inspect `context`, "
+                 "or give the final answer with FINAL(answer).")
+
+IGNORED_FINAL = ("Note: FINAL(...) written in the same reply as code was ignored because it was written "
+                 "before the code's output was seen. Call FINAL(answer) once you have checked the output.")
+
+ASK_FOR_FINAL = ("STOP: the BUDGET budget of this run is used up. Do not write more code. Based on what you "
+                 "have found so far, give your best final answer now as FINAL(answer).")
+
+# ---- completion layout for base models ----------------------------------------------------------------
+# The worked example teaches the whole protocol by demonstration: search with a keyword from the question,
+# read the printed hits, copy the answer into FINAL. A 270M base model continues such patterns far more
+# reliably than it follows instructions.
+COMPLETION_PREAMBLE = '''Below are transcripts of a Python REPL. A long document is stored in the variable `context`; it is too long to read, so the analyst writes short code to search it, reads the printed output, and calls FINAL(answer) with the answer.
+
+### Task: What is the access code for the north gate?
+### Context: str, 48,213 characters.
+```python
+hits = [line for line in context.split("\\n") if "north gate" in line.lower()]
+print(hits[:5])
+```
+Output:
+['The access code for the north gate is 4471.']
+```python
+FINAL("4471")
+```
+
+### Task: Which city did Maria Lopez move to?
+### Context: str, 120,904 characters.
+```python
+hits = [line for line in context.split("\\n") if "maria lopez" in line.lower()]
+print(hits[:5])
+```
+Output:
+['In 2019 Maria Lopez moved to Lisbon to open a bakery.']
+```python
+FINAL("Lisbon")
+```
+
+'''
+
+COMPLETION_TASK = """### Task: QUESTION_TEXT
+### Context: METADATA_LINE
+```python
+"""
+
+COMPLETION_OUTPUT = "Output:\nOUTPUT\n```python\n"
+# A base model would happily invent the next "Output:" itself; stop it at the end of its code block.
+COMPLETION_STOP = ("```", "\n### ")
+
+
+@dataclass
+class ContextInfo:
+    """What the root is told about the context: enough to plan, never the content itself."""
+
+    kind: str  # "str", "list", "dict"
+    total_chars: int
+    total_tokens: int
+    tokens_exact: bool
+    chunk_chars: list[int]
+    names: list[str]
+    preview: str
+
+    def describe(self) -> str:
+        tokens = f"{self.total_tokens:,}" if self.tokens_exact else f"about {self.total_tokens:,}"
+        lines = [f"- type: {self.kind}", f"- total length: {self.total_chars:,} characters, {tokens} tokens"]
+        if self.kind == "list":
+            shown = ", ".join(f"{n:,}" for n in self.chunk_chars[:50])
+            more = f", ... ({len(self.chunk_chars) - 50} more)" if len(self.chunk_chars) > 50 else ""
+            lines.append(f"- {len(self.chunk_chars)} documents (context_0 ... context_{len(self.chunk_chars) - 1}),"
+                         f" lengths in characters: {shown}{more}")
+        if self.kind == "dict":
+            shown = ", ".join(f"{k!r} ({n:,} chars)" for k, n in zip(self.names[:50], self.chunk_chars[:50]))
+            lines.append(f"- {len(self.names)} named documents: {shown}")
+        lines.append(f"- preview of the start: {self.preview!r}")
+        return "\n".join(lines)
+
+    def one_line(self) -> str:
+        parts = f", {len(self.chunk_chars)} documents" if self.kind != "str" else ""
+        return f"{self.kind}{parts}, {self.total_chars:,} characters."
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "chars": self.total_chars, "tokens": self.total_tokens,
+                "tokens_exact": self.tokens_exact, "chunk_chars": self.chunk_chars[:1000], "names": self.names[:1000]}
+
+
+def context_pieces(context: Context) -> list[str]:
+    if isinstance(context, str):
+        return [context]
+    if isinstance(context, dict):
+        return list(context.values())
+    return list(context)
+
+
+def describe_context(context: Context, count_tokens: Callable[[str], int]) -> ContextInfo:
+    pieces = context_pieces(context)
+    total_chars = sum(len(p) for p in pieces)
+    joined_sample = "".join(pieces)[:EXACT_TOKEN_LIMIT] if total_chars > EXACT_TOKEN_LIMIT else None
+    if joined_sample is None:
+        tokens, exact = sum(count_tokens(p) for p in pieces), True
+    else:
+        sample = joined_sample[: EXACT_TOKEN_LIMIT // 8]
+        tokens, exact = int(count_tokens(sample) * total_chars / max(1, len(sample))), False
+    kind = "str" if isinstance(context, str) else "dict" if isinstance(context, dict) else "list"
+    first = pieces[0] if pieces else ""
+    return ContextInfo(kind=kind, total_chars=total_chars, total_tokens=tokens, tokens_exact=exact,
+                       chunk_chars=[len(p) for p in pieces] if kind != "str" else [total_chars],
+                       names=list(context) if isinstance(context, dict) else [],
+                       preview=" ".join(first[:PREVIEW_CHARS].split()))
+
+
+def system_prompt(output_limit: int, custom: str | None = None) -> str:
+    text = SYSTEM_PROMPT.replace("OUTPUT_LIMIT", f"{output_limit:,}")
+    return text if not custom else f"{text}\n\n{custom}"
+
+
+def first_turn(question: str | None, info: ContextInfo) -> str:
+    return FIRST_TURN.replace("METADATA", info.describe()).replace("QUESTION_TEXT", question or TASK_IN_CONTEXT)
+
+
+def cell_feedback(outputs: list[str]) -> str:
+    return "\n\n".join(CELL_OUTPUT.replace("OUTPUT", o) for o in outputs)
+
+
+def completion_task(question: str | None, info: ContextInfo) -> str:
+    return COMPLETION_TASK.replace("METADATA_LINE", info.one_line()).replace(
+        "QUESTION_TEXT", " ".join((question or TASK_IN_CONTEXT).split()))
+
+
+def completion_output(output: str) -> str:
+    return COMPLETION_OUTPUT.replace("OUTPUT", output.rstrip("\n") or "(no output)")
+
+
+def subcall_prompt(prompt: str, prompt_format: str) -> str:
+    """Sub-calls to a base model get a question/answer frame so it answers instead of rambling on."""
+    if prompt_format == "completion":
+        return f"{prompt.rstrip()}\n\nAnswer:"
+    return prompt

@@ -1,0 +1,450 @@
+"""The RLM loop: the root model writes code, the sandbox runs it, outputs go back, until FINAL.
+
+Data flows one way: RLM.completion -> the loop (this file) -> schedulers -> engines, and the loop drives
+one sandbox session per (sub-)run. The context lives only in the sandbox; the root sees metadata.
+Depth: the root runs at depth 0; its sub-calls run at depth 1. ``rlm_query`` starts a child loop one
+level deeper while that depth is below ``max_depth``, otherwise it degrades to ``llm_query``; so the
+default ``max_depth=1`` means plain sub-calls only, as in the reference library.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import prompts
+from .batching import rewrite_sibling_calls
+from .engines import Engine, Request, Result, make_engine
+from .models import find_card
+from .parsing import ParsedReply, parse_reply
+from .prompts import Context, ContextInfo
+from .sandbox import Limits, Sandbox
+from .scheduler import Scheduler
+from .trajectory import Trajectory
+from .usage import UsageSummary, UsageTracker
+
+STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "engine_error")
+
+
+class RLMError(Exception):
+    """Base class for errors the RLM API raises on bad input or a failing setup."""
+
+
+class ContextError(RLMError, ValueError):
+    """The prompt/context is empty or of an unsupported type."""
+
+
+class BudgetExceeded(RuntimeError):
+    """Raised inside a sub-call handler when a run's budget is used up; the sandbox shows it to the code."""
+
+
+@dataclass
+class RLMResult:
+    response: str
+    usage_summary: UsageSummary
+    execution_time: float
+    trajectory: list[dict[str, Any]]
+    stopped_reason: str
+    iterations: int = 0
+    run_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.response
+
+
+@dataclass
+class _Run:
+    """Everything one completion() shares with its children: budgets, accounting, log."""
+
+    run_id: str
+    started: float
+    deadline: float | None
+    trajectory: Trajectory
+    usage: UsageTracker = field(default_factory=UsageTracker)
+    subcalls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _as_list(value: Any) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class RLM:
+    """A Recursive Language Model. Drop-in for the reference library's ``RLM`` user API.
+
+    >>> rlm = RLM(backend="transformers", backend_kwargs={"model_name": None}, max_iterations=10)
+    >>> rlm.completion(long_text, root_prompt="Who signed the contract?").response
+    """
+
+    def __init__(self, backend: str = "transformers", backend_kwargs: dict[str, Any] | None = None, *,
+                 other_backends: str | list[str] | None = None,
+                 other_backend_kwargs: dict[str, Any] | list[dict[str, Any]] | None = None,
+                 max_depth: int = 1, max_iterations: int = 20, max_timeout: float | None = None,
+                 max_tokens: int | None = None, max_subcalls: int | None = None,
+                 output_limit: int = 20_000, sandbox_limits: Limits | None = None,
+                 custom_system_prompt: str | None = None, trajectory_path: str | Path | None = None,
+                 verbose: bool = False, on_event: Callable[[dict[str, Any]], None] | None = None,
+                 implicit_batching: bool = True, scheduler_kwargs: dict[str, Any] | None = None,
+                 sub_max_tokens: int | None = None, engine: Engine | None = None,
+                 sub_engine: Engine | None = None) -> None:
+        if max_iterations < 1 or max_depth < 1:
+            raise RLMError("max_iterations and max_depth must be at least 1")
+        self.backend = backend
+        self.backend_kwargs = dict(backend_kwargs or {})
+        self.engine = engine or make_engine(backend, **self.backend_kwargs)
+        others, other_kwargs = _as_list(other_backends), _as_list(other_backend_kwargs)
+        if sub_engine is not None:
+            self.sub_engine = sub_engine
+        elif others:
+            kwargs = other_kwargs[0] if other_kwargs else {}
+            same = others[0] == backend and kwargs == self.backend_kwargs
+            self.sub_engine = self.engine if same else make_engine(others[0], **kwargs)
+        else:
+            self.sub_engine = self.engine
+        sched_kwargs = dict(scheduler_kwargs or {})
+        self.scheduler = Scheduler(self.engine, **sched_kwargs)
+        self.sub_scheduler = self.scheduler if self.sub_engine is self.engine else Scheduler(self.sub_engine, **sched_kwargs)
+        self.max_depth, self.max_iterations = max_depth, max_iterations
+        self.max_timeout, self.max_tokens, self.max_subcalls = max_timeout, max_tokens, max_subcalls
+        self.output_limit = output_limit
+        self.sandbox_limits = sandbox_limits or Limits(output_chars=output_limit)
+        self.custom_system_prompt = custom_system_prompt
+        self.trajectory_path = Path(trajectory_path) if trajectory_path else None
+        self.implicit_batching = implicit_batching
+        self.listeners: list[Callable[[dict[str, Any]], None]] = [on_event] if on_event else []
+        if verbose:
+            from .display import VerbosePrinter
+            self.listeners.append(VerbosePrinter())
+        self._file_lock = threading.Lock()
+        card = find_card(self.engine.model_name) if backend == "transformers" else None
+        self._root_sampling = dict(card.sampling) if card else {"max_tokens": 2048, "temperature": 0.0}
+        self._root_budget_tokens = card.max_prompt_tokens if card else max(4096, self.engine.context_length // 2 or 32768)
+        sub_card = find_card(self.sub_engine.model_name)
+        self._sub_max_tokens = sub_max_tokens or (sub_card.sampling.get("max_tokens", 512) if sub_card else 1024)
+
+    # ---- public API -------------------------------------------------------------------------------------
+    def completion(self, prompt: Context, root_prompt: str | None = None) -> RLMResult:
+        """Answer ``root_prompt`` about ``prompt`` (the context: a str, a list of str or a dict of str)."""
+        context = _check_context(prompt)
+        started = time.time()
+        run_id = uuid.uuid4().hex[:12]
+        trajectory = Trajectory(self.trajectory_path, listeners=self.listeners, lock=self._file_lock, run_id=run_id)
+        run = _Run(run_id=run_id, started=started, trajectory=trajectory,
+                   deadline=started + self.max_timeout if self.max_timeout else None)
+        trajectory.log("run_start", config=self._public_config(), question=root_prompt)
+        try:
+            answer, reason, iterations = self._solve(context, root_prompt, depth=0, run=run)
+        finally:
+            self.scheduler.cancel(run_id)
+            if self.sub_scheduler is not self.scheduler:
+                self.sub_scheduler.cancel(run_id)
+        summary = run.usage.summary()
+        elapsed = time.time() - started
+        trajectory.log("final", answer=answer, stopped_reason=reason, iterations=iterations,
+                       usage=summary.to_dict(), seconds=round(elapsed, 3))
+        trajectory.close()
+        return RLMResult(response=answer, usage_summary=summary, execution_time=elapsed,
+                         trajectory=trajectory.events, stopped_reason=reason, iterations=iterations,
+                         run_id=run_id, metadata={"model": self.engine.model_name,
+                                                  "sub_model": self.sub_engine.model_name})
+
+    def close(self) -> None:
+        self.scheduler.close()
+        if self.sub_scheduler is not self.scheduler:
+            self.sub_scheduler.close()
+        self.engine.close()
+        if self.sub_engine is not self.engine:
+            self.sub_engine.close()
+
+    def __enter__(self) -> "RLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def _solve(self, context: Context, question: str | None, depth: int, run: _Run) -> tuple[str, str, int]:
+        """One (sub-)run: returns (answer, stopped_reason, iterations)."""
+        info = prompts.describe_context(context, self.engine.count_tokens)
+        run.trajectory.log("context", depth=depth, metadata=info.to_dict())
+        convo = _Conversation.start(self.engine, question, info, self.output_limit, self.custom_system_prompt,
+                                    self._root_budget_tokens)
+        with Sandbox(context=context, limits=self.sandbox_limits,
+                     llm_handler=lambda ps: self._llm_handler(ps, depth + 1, run),
+                     rlm_handler=lambda p, c=None: self._rlm_handler(p, c, depth + 1, run)) as sandbox:
+            for iteration in range(1, self.max_iterations + 1):
+                if reason := self._budget_exhausted(run):
+                    return self._ask_for_final(convo, sandbox, reason, depth, run, iteration - 1)
+                reply = self._root_turn(convo, depth, iteration, run)
+                if reply is None:
+                    return self._ask_for_final(convo, sandbox, "engine_error", depth, run, iteration)
+                answer, feedback = self._act(convo, reply, sandbox, depth, iteration, run)
+                if answer is not None:
+                    return answer, "final", iteration
+                convo.add_turn(reply, feedback)
+            return self._ask_for_final(convo, sandbox, "max_iterations", depth, run, self.max_iterations)
+
+    def _root_turn(self, convo: "_Conversation", depth: int, iteration: int, run: _Run) -> str | None:
+        request = convo.request(self._root_sampling)
+        for attempt in range(2):  # one retry: a transient engine failure should not end the run
+            started = time.time()
+            result = self.scheduler.submit([request], run.run_id)[0]
+            self._account(result, self.engine.model_name, depth, "root", run)
+            run.trajectory.log("root_turn", depth=depth, iteration=iteration, prompt_tokens=result.usage.prompt_tokens,
+                               cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
+                               seconds=round(time.time() - started, 3), attempt=attempt)
+            if result.ok:
+                return result.text
+        return None
+
+    def _act(self, convo: "_Conversation", reply: str, sandbox: Sandbox, depth: int, iteration: int,
+             run: _Run) -> tuple[str | None, str]:
+        """Run the reply's code and return (final answer or None, feedback text for the root)."""
+        parsed = convo.parse(reply)
+        if not parsed.code_blocks:
+            if parsed.final_answer is not None:
+                return parsed.final_answer, ""
+            if parsed.final_var is not None:
+                cell = self._run_cell(f"FINAL_VAR({parsed.final_var!r})", sandbox, depth, iteration, run)
+                return cell.final, self._cell_text(cell)
+            return None, prompts.NO_CODE_NUDGE
+        outputs: list[str] = []
+        for code in parsed.code_blocks:
+            cell = self._run_cell(code, sandbox, depth, iteration, run)
+            if cell.final is not None:
+                return cell.final, ""
+            outputs.append(self._cell_text(cell))
+            if self._budget_exhausted(run):
+                break
+        if parsed.final_var is not None:  # FINAL_VAR after code names a variable that code just computed
+            cell = self._run_cell(f"FINAL_VAR({parsed.final_var!r})", sandbox, depth, iteration, run)
+            if cell.final is not None:
+                return cell.final, ""
+        if parsed.final_answer is not None:
+            outputs.append(prompts.IGNORED_FINAL)
+        return None, "\n\n".join(outputs)
+
+    def _run_cell(self, code: str, sandbox: Sandbox, depth: int, iteration: int, run: _Run):
+        rewrites = 0
+        if self.implicit_batching:
+            code_to_run, rewrites = rewrite_sibling_calls(code)
+        else:
+            code_to_run = code
+        cell = sandbox.run(code_to_run)
+        run.trajectory.log("cell", depth=depth, iteration=iteration, code=code, batched_rewrites=rewrites,
+                           stdout=cell.stdout, error=cell.error, final=cell.final, timed_out=cell.timed_out,
+                           restored=cell.restored, seconds=round(cell.seconds, 3))
+        return cell
+
+    def _cell_text(self, cell: Any) -> str:
+        parts = [cell.stdout.rstrip("\n")] if cell.stdout.strip() else []
+        if cell.error:
+            parts.append(cell.error.rstrip("\n"))
+        if cell.restored:
+            parts.append("[the cell was stopped at a limit; variables are as they were before it ran]")
+        return "\n".join(parts) or "(no output)"
+
+    def _ask_for_final(self, convo: "_Conversation", sandbox: Sandbox, reason: str, depth: int, run: _Run,
+                       iterations: int) -> tuple[str, str, int]:
+        """A budget ended the run: ask the root once for its best answer from what it has seen."""
+        convo.add_budget_stop(reason)
+        result = self.scheduler.submit([convo.request(self._root_sampling)], run.run_id)[0]
+        self._account(result, self.engine.model_name, depth, "root", run)
+        run.trajectory.log("root_turn", depth=depth, iteration=iterations + 1, prompt_tokens=result.usage.prompt_tokens,
+                           cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
+                           final_request=True)
+        if not result.ok:
+            return "", reason, iterations
+        parsed = convo.parse(result.text)
+        if parsed.final_answer is not None:
+            return parsed.final_answer, reason, iterations
+        name = parsed.final_var
+        if name is None and parsed.code_blocks:  # the model answered with FINAL inside code anyway
+            for code in parsed.code_blocks:
+                if "FINAL" in code:
+                    cell = self._run_cell(code, sandbox, depth, iterations + 1, run)
+                    if cell.final is not None:
+                        return cell.final, reason, iterations
+        if name is not None:
+            cell = self._run_cell(f"FINAL_VAR({name!r})", sandbox, depth, iterations + 1, run)
+            if cell.final is not None:
+                return cell.final, reason, iterations
+        return result.text.strip(), reason, iterations
+
+    # ---- budgets and accounting -------------------------------------------------------------------------
+    def _budget_exhausted(self, run: _Run) -> str | None:
+        if run.deadline is not None and time.time() >= run.deadline:
+            return "max_timeout"
+        if self.max_tokens is not None and run.usage.total_tokens >= self.max_tokens:
+            return "max_tokens"
+        if self.max_subcalls is not None and run.subcalls >= self.max_subcalls:
+            return "max_subcalls"
+        return None
+
+    def _account(self, result: Result, model: str, depth: int, role: str, run: _Run) -> None:
+        if result.ok and result.usage.calls == 0:  # the scheduler answered from its memo: no engine work
+            run.usage.add_memo_hit()
+        run.usage.add(result.usage, model, depth, role)
+
+    def _reserve_subcalls(self, count: int, run: _Run) -> None:
+        with run.lock:
+            if self.max_subcalls is not None and run.subcalls + count > self.max_subcalls:
+                raise BudgetExceeded(f"max_subcalls budget ({self.max_subcalls}) used up: {run.subcalls} sub-calls "
+                                     f"made, {count} more requested; call FINAL with what you have")
+            run.subcalls += count
+        if reason := self._budget_exhausted(run):
+            if reason != "max_subcalls":
+                raise BudgetExceeded(f"{reason} budget used up; call FINAL with what you have")
+
+    # ---- sub-call handlers (called by the sandbox, in the thread running the cell) ----------------------
+    def _llm_handler(self, prompts_in: list[str], depth: int, run: _Run) -> list[str]:
+        self._reserve_subcalls(len(prompts_in), run)
+        fmt = self.sub_engine.prompt_format
+        sampling = {"max_tokens": self._sub_max_tokens, "temperature": 0.0}
+        if fmt == "completion":
+            requests = [Request.completion(prompts.subcall_prompt(p, fmt), stop=("\n\n",), **sampling) for p in prompts_in]
+        else:
+            requests = [Request.chat([{"role": "user", "content": p}], **sampling) for p in prompts_in]
+        started = time.time()
+        results = self.sub_scheduler.submit(requests, run.run_id)
+        elapsed = round(time.time() - started, 3)
+        answers: list[str] = []
+        for prompt, result in zip(prompts_in, results):
+            self._account(result, self.sub_engine.model_name, depth, "sub", run)
+            run.trajectory.log("subcall", kind="llm", depth=depth, prompt=prompt, response=result.text,
+                               error=result.error, usage=result.usage, seconds=elapsed, batch=len(prompts_in))
+            answers.append(result.text.strip() if result.ok else f"[llm_query error: {result.error}]")
+        return answers
+
+    def _rlm_handler(self, prompt: str, context: Context | None, depth: int, run: _Run) -> str:
+        if depth >= self.max_depth:  # at the depth limit a child RLM degrades to a plain sub-call
+            text = prompt if context is None else f"{prompt}\n\n{_flatten(context)}"
+            return self._llm_handler([text], depth, run)[0]
+        self._reserve_subcalls(1, run)
+        child_context: Context = context if context is not None else prompt
+        question = prompt if context is not None else None
+        started = time.time()
+        run.trajectory.log("child_start", depth=depth, question=question)
+        try:
+            answer, reason, iterations = self._solve(_check_context(child_context), question, depth, run)
+        except ContextError as exc:
+            return f"[rlm_query error: {exc}]"
+        run.trajectory.log("subcall", kind="rlm", depth=depth, prompt=prompt, response=answer,
+                           stopped_reason=reason, iterations=iterations, seconds=round(time.time() - started, 3))
+        return answer
+
+    def _public_config(self) -> dict[str, Any]:
+        secret_words = ("key", "token", "secret", "password")
+        kwargs = {k: ("***" if any(w in k.lower() for w in secret_words) else v)
+                  for k, v in self.backend_kwargs.items() if not callable(v)}
+        return {"backend": self.backend, "backend_kwargs": kwargs, "model": self.engine.model_name,
+                "sub_model": self.sub_engine.model_name, "max_depth": self.max_depth,
+                "max_iterations": self.max_iterations, "max_timeout": self.max_timeout, "max_tokens": self.max_tokens,
+                "max_subcalls": self.max_subcalls, "output_limit": self.output_limit,
+                "implicit_batching": self.implicit_batching}
+
+
+def _flatten(context: Context) -> str:
+    if isinstance(context, dict):
+        return "\n\n".join(f"## {k}\n{v}" for k, v in context.items())
+    return context if isinstance(context, str) else "\n\n".join(context)
+
+
+def _check_context(prompt: Any) -> Context:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ContextError("the context is empty")
+        return prompt
+    if isinstance(prompt, (list, tuple)):
+        if not prompt or not all(isinstance(p, str) for p in prompt):
+            raise ContextError("a list context must be a non-empty list of str")
+        if not any(p.strip() for p in prompt):
+            raise ContextError("the context is empty")
+        return list(prompt)
+    if isinstance(prompt, dict):
+        if not prompt or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompt.items()):
+            raise ContextError("a dict context must map str names to str documents")
+        if not any(v.strip() for v in prompt.values()):
+            raise ContextError("the context is empty")
+        return dict(prompt)
+    raise ContextError(f"the context must be a str, a list of str or a dict of str, not {type(prompt).__name__}")
+
+
+class _Conversation:
+    """The root's view: chat messages for instruction-tuned models, or one growing transcript for base
+    models. Old turns are dropped (with a note) when the prompt would outgrow the model's budget; the
+    REPL keeps every variable, so nothing is lost but the model's view of old output."""
+
+    def __init__(self, engine: Engine, head: list[dict[str, str]] | str, feedback_chars: int,
+                 budget_tokens: int) -> None:
+        self.engine = engine
+        self.head = head
+        self.turns: list[tuple[str, str]] = []  # (reply, feedback)
+        self.tail: str | None = None  # a closing instruction (budget stop)
+        self.feedback_chars = feedback_chars
+        self.budget_tokens = budget_tokens
+
+    @classmethod
+    def start(cls, engine: Engine, question: str | None, info: ContextInfo, output_limit: int,
+              custom_system: str | None, budget_tokens: int) -> "_Conversation":
+        feedback_chars = min(output_limit, budget_tokens)  # about a quarter of the budget, in characters
+        if engine.prompt_format == "completion":
+            return cls(engine, prompts.COMPLETION_PREAMBLE + prompts.completion_task(question, info),
+                       feedback_chars, budget_tokens)
+        head = [{"role": "system", "content": prompts.system_prompt(output_limit, custom_system)},
+                {"role": "user", "content": prompts.first_turn(question, info)}]
+        return cls(engine, head, feedback_chars, budget_tokens)
+
+    def parse(self, reply: str) -> ParsedReply:
+        # The completion transcript ends inside an open ```python fence, so a base model's reply is bare code.
+        if isinstance(self.head, str):
+            return parse_reply(f"```python\n{reply}\n```")
+        return parse_reply(reply)
+
+    def add_turn(self, reply: str, feedback: str) -> None:
+        if len(feedback) > self.feedback_chars:
+            feedback = feedback[: self.feedback_chars] + f"\n... [truncated: {len(feedback):,} characters in all]"
+        self.turns.append((reply, feedback))
+
+    def add_budget_stop(self, reason: str) -> None:
+        self.tail = prompts.ASK_FOR_FINAL.replace("BUDGET", reason.removeprefix("max_"))
+
+    def request(self, sampling: dict[str, Any]) -> Request:
+        keep = len(self.turns)
+        while True:
+            req = self._build(keep, sampling)
+            if keep == 0 or self.engine.count_tokens(self.engine.render(req)) <= self.budget_tokens:
+                return req
+            keep -= 1
+
+    def _build(self, keep: int, sampling: dict[str, Any]) -> Request:
+        turns = self.turns[len(self.turns) - keep:]
+        dropped = len(self.turns) - keep
+        if isinstance(self.head, str):
+            text = self.head
+            if dropped:
+                text += f"# ({dropped} earlier steps omitted; their variables still exist)\n"
+            for reply, feedback in turns:
+                text += reply.rstrip("\n") + "\n```\n" + prompts.completion_output(feedback)
+            if self.tail:
+                text += f"# {self.tail}\n"
+            return Request.completion(text, stop=prompts.COMPLETION_STOP, **sampling)
+        messages = list(self.head)
+        if dropped:
+            messages.append({"role": "user", "content": f"[{dropped} earlier turns omitted to fit the context "
+                                                        "window; the variables they made still exist]"})
+            messages.append({"role": "assistant", "content": "Understood."})
+        for reply, feedback in turns:
+            messages.append({"role": "assistant", "content": reply})
+            messages.append({"role": "user", "content": feedback})
+        if self.tail:
+            if messages[-1]["role"] == "user":
+                messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + self.tail}
+            else:
+                messages.append({"role": "user", "content": self.tail})
+        return Request.chat(messages, **sampling)

@@ -1,0 +1,137 @@
+"""OS-level hardening of a worker process, all unprivileged where Linux allows it (worker side only).
+
+Applied once, after the context is loaded and before any model code runs. Each step is best effort and
+reported by name, so the parent (and the tests) can see what this machine supports:
+- ``netns``: a private network namespace with no interfaces (via a user namespace when not root);
+- ``drop-uid``: when started as root, run as nobody, so files only the parent's user can read are closed;
+- ``rlimits``: no core dumps, no file growth, few open files, few processes, capped address space;
+- ``no-new-privs``: execve can never gain privileges;
+- ``seccomp``: sockets, exec, ptrace, mounts, namespaces, io_uring and file writes fail with EPERM.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import resource
+import struct
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+NOBODY = 65534
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, arg: int = 0) -> bool:
+    return _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) == 0
+
+
+def _unshare_net() -> bool:
+    if os.geteuid() == 0 and _libc.unshare(CLONE_NEWNET) == 0:
+        return True
+    return _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
+
+
+def _drop_root() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+    except OSError:
+        return False
+    return os.geteuid() == NOBODY
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _rlimits(memory_mb: int, dropped: bool) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+    if dropped:  # RLIMIT_NPROC counts every process of the uid; only safe to cap for our own nobody
+        resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
+    if memory_mb > 0:
+        limit = _vm_bytes() + memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+# seccomp ------------------------------------------------------------------------------------------------
+AUDIT_ARCH_X86_64 = 0xC000003E
+X86_64_DENY = {  # name: number
+    "socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53, "accept4": 288,
+    "execve": 59, "execveat": 322, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
+    "mount": 165, "umount2": 166, "unshare": 272, "setns": 308, "bpf": 321, "perf_event_open": 298,
+    "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "keyctl": 250, "add_key": 248, "request_key": 249, "open_by_handle_at": 304, "kexec_load": 246,
+    "init_module": 175, "finit_module": 313, "delete_module": 176, "chroot": 161, "pivot_root": 155,
+    "creat": 85, "unlink": 87, "unlinkat": 263, "rename": 82, "renameat": 264, "renameat2": 316,
+    "mkdir": 83, "mkdirat": 258, "rmdir": 84, "chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92,
+    "fchown": 93, "lchown": 94, "fchownat": 260, "link": 86, "linkat": 265, "symlink": 88,
+    "symlinkat": 266, "truncate": 76, "ftruncate": 77, "personality": 135,
+}
+X86_64_OPEN = {2: 1, 257: 2}  # open(path, flags), openat(dirfd, path, flags): index of the flags arg
+OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
+EPERM = 1
+RET_ALLOW, RET_ERRNO, RET_KILL = 0x7FFF0000, 0x00050000 | EPERM, 0x80000000
+LD_ABS, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
+
+
+def _seccomp_program() -> bytes:
+    ins: list[tuple[int, int, int, int]] = [
+        (LD_ABS, 0, 0, 4),                       # arch
+        (JEQ, 1, 0, AUDIT_ARCH_X86_64),
+        (RET, 0, 0, RET_KILL),
+        (LD_ABS, 0, 0, 0),                       # syscall number
+        (JGE, 0, 1, 0x40000000),                 # x32 ABI aliases
+        (RET, 0, 0, RET_ERRNO),
+    ]
+    for nr in sorted(X86_64_DENY.values()):
+        ins += [(JEQ, 0, 1, nr), (RET, 0, 0, RET_ERRNO)]
+    for nr, arg in X86_64_OPEN.items():
+        ins += [(JEQ, 0, 4, nr), (LD_ABS, 0, 0, 16 + 8 * arg), (JSET, 0, 1, OPEN_WRITE_FLAGS),
+                (RET, 0, 0, RET_ERRNO), (RET, 0, 0, RET_ALLOW)]
+    ins.append((RET, 0, 0, RET_ALLOW))
+    return b"".join(struct.pack("HBBI", *i) for i in ins)
+
+
+def _seccomp() -> bool:
+    if platform.machine() != "x86_64":
+        return False
+    prog = _seccomp_program()
+    buf = ctypes.create_string_buffer(prog, len(prog))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog) // 8, ctypes.addressof(buf))
+    return _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
+
+
+def apply(memory_mb: int) -> list[str]:
+    """Harden the current process; returns the names of the steps that took effect."""
+    done = []
+    if _unshare_net():
+        done.append("netns")
+    dropped = _drop_root()
+    if dropped:
+        done.append("drop-uid")
+    try:
+        _rlimits(memory_mb, dropped)
+        done.append("rlimits")
+    except (OSError, ValueError):
+        pass
+    if prctl(PR_SET_NO_NEW_PRIVS, 1):
+        done.append("no-new-privs")
+    if "no-new-privs" in done and _seccomp():
+        done.append("seccomp")
+    return done

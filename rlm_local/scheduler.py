@@ -1,0 +1,543 @@
+"""One scheduler per engine: every sub-call and root turn of every concurrent run goes through it.
+
+Callers block in ``submit``; one background thread owns the engine (engines are not thread-safe). It
+gathers requests for a short window or until ``max_batch``, takes them round-robin across runs (one
+queued submission per run per turn, so a run with 1,000 queued requests cannot starve another run's one),
+splits what it took into engine calls by shared prefix of the rendered text, and routes each result back.
+
+Guarantees callers rely on:
+- the requests of one ``submit`` (one ``llm_query_batched``) go to the engine in one call when they fit
+  ``max_batch``; bigger submissions are cut into ``max_batch`` pieces;
+- memo (on by default): identical greedy requests queued, in flight or recently answered run once. The
+  caller whose request did the engine work gets the engine's usage; every other gets the same text with
+  ``usage.calls == 0`` and zero tokens, so summing usage over callers gives exactly the engine's work;
+- requests that never reached the engine (cancelled, refused, closed) fail with ``usage.calls == 0``;
+- a whole-batch engine exception is retried request by request, so only the bad request fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .engines.base import Engine, Request, Result, Usage
+
+# A prefix group is split off into its own engine call only when merging would keep at least this share of
+# the shorter of the two prefixes (otherwise one long document would be diluted into a short shared header).
+_MERGE_KEEP = 0.5
+_CLOSED_RUNS_KEPT = 1024
+
+
+@dataclass
+class SchedulerStats:
+    submitted: int = 0  # requests passed to submit()
+    engine_calls: int = 0  # engine.generate calls ("batches issued"), one-by-one retries included
+    engine_requests: int = 0  # requests sent to the engine
+    memo_hits: int = 0  # requests answered without engine work of their own
+    cancelled: int = 0  # requests answered "cancelled" (cancel() or a submit timeout)
+    refused: int = 0  # requests refused: queue full, scheduler closed, run closed
+    failed: int = 0  # results delivered with an error (cancelled and refused included)
+    batch_failures: int = 0  # engine.generate raised for a batch; its requests were retried one by one
+    largest_batch: int = 0
+    engine_seconds: float = 0.0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.engine_requests / self.engine_calls if self.engine_calls else 0.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean_batch_size"] = round(self.mean_batch_size, 3)
+        d["engine_seconds"] = round(self.engine_seconds, 4)
+        return d
+
+
+def shared_prefix_first(instructions: str, shared: str = "", varying: str = "", *, sep: str = "\n\n") -> list[dict[str, str]]:
+    """Chat messages for a sub-call laid out for prefix caching: what siblings share comes first (the
+    instructions, then the shared document or chunk), the part that differs (the question) comes last.
+    One user message, because some chat templates (Gemma) fold a system turn into the user turn anyway."""
+    return [{"role": "user", "content": shared_prefix_prompt(instructions, shared, varying, sep=sep)}]
+
+
+def shared_prefix_prompt(instructions: str, shared: str = "", varying: str = "", *, sep: str = "\n\n") -> str:
+    """The same layout as ``shared_prefix_first`` as one completion prompt (for base models)."""
+    for name, value in (("instructions", instructions), ("shared", shared), ("varying", varying), ("sep", sep)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return sep.join(part for part in (instructions, shared, varying) if part)
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    """Length of the longest common prefix of two strings (compares blocks in C, then characters)."""
+    n = min(len(a), len(b))
+    i, step = 0, 1024
+    while step:
+        while i + step <= n and a[i:i + step] == b[i:i + step]:
+            i += step
+        step //= 4
+    return i
+
+
+def plan_calls(pieces: list[list[str]], max_batch: int, min_shared_prefix: int) -> list[list[int]]:
+    """Split a gathered batch into engine calls. ``pieces`` are the rendered texts of each submission (its
+    siblings stay together). Pieces whose texts share at least ``min_shared_prefix`` characters form a
+    call of their own (the engine computes that prefix once); everything else shares one call. Returns
+    lists of piece indices, each call within ``max_batch`` requests."""
+    spans = []  # (lowest text, highest text, own common prefix, size, index)
+    for idx, texts in enumerate(pieces):
+        lo, hi = min(texts), max(texts)
+        spans.append((lo, hi, common_prefix_len(lo, hi), len(texts), idx))
+    spans.sort()
+    groups: list[tuple[str, str, int, int, list[int]]] = []
+    for lo, hi, lcp, size, idx in spans:
+        if groups:
+            glo, ghi, glcp, gsize, members = groups[-1]
+            mlo, mhi = min(glo, lo), max(ghi, hi)
+            merged = common_prefix_len(mlo, mhi)
+            if (gsize + size <= max_batch and merged >= min_shared_prefix
+                    and merged >= _MERGE_KEEP * min(glcp, lcp)):
+                groups[-1] = (mlo, mhi, merged, gsize + size, members + [idx])
+                continue
+        groups.append((lo, hi, lcp, size, [idx]))
+    calls: list[list[int]] = []
+    pool: list[int] = []
+    pool_size = 0
+    for _, _, lcp, size, members in groups:
+        if size >= 2 and lcp >= min_shared_prefix:
+            calls.append(members)
+            continue
+        if pool and pool_size + size > max_batch:
+            calls.append(pool)
+            pool, pool_size = [], 0
+        pool.extend(members)
+        pool_size += size
+    if pool:
+        calls.append(pool)
+    return calls
+
+
+class _Ticket:
+    """One submit() call: a result slot per request and an event set once every slot is filled."""
+
+    __slots__ = ("results", "remaining", "done", "run_id", "cancelled")
+
+    def __init__(self, n: int, run_id: str) -> None:
+        self.results: list[Result | None] = [None] * n
+        self.remaining = n
+        self.done = threading.Event()
+        self.run_id = run_id
+        self.cancelled: str | None = None  # set while blocked on a full queue
+
+    def fill(self, index: int, result: Result) -> bool:
+        if self.results[index] is not None:
+            return False
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+        return True
+
+
+@dataclass(eq=False)
+class _Item:
+    """One distinct request on its way to the engine; with the memo, several callers may wait on it."""
+
+    request: Request
+    key: tuple | None  # memo key (greedy requests with the memo on), else None
+    seq: int
+    waiters: list[tuple[_Ticket, int]]
+    text: str = ""
+    state: str = "queued"  # queued -> taken -> running -> done, or dropped
+
+
+@dataclass(eq=False)
+class _Unit:
+    """The new items of one submit(): siblings that go to the engine together."""
+
+    items: deque
+    splittable: bool  # more than max_batch siblings: may be cut anywhere
+
+
+def _no_engine_result(message: str) -> Result:
+    return Result(text="", finish_reason="error", usage=Usage(calls=0), error=message)
+
+
+def _copy(result: Result) -> Result:
+    return dataclasses.replace(result, usage=dataclasses.replace(result.usage))
+
+
+def _memo_copy(result: Result) -> Result:
+    return Result(text=result.text, finish_reason=result.finish_reason, usage=Usage(calls=0), error=result.error)
+
+
+class Scheduler:
+    """Batches, de-duplicates and fairly orders requests for one engine. Thread-safe; see module doc."""
+
+    def __init__(self, engine: Engine, window_ms: float = 3.0, max_batch: int = 32, memo: bool = True,
+                 memo_size: int = 2048, max_queue: int = 4096, max_inflight_per_run: int | None = None,
+                 queue_timeout: float | None = 60.0, group_by_prefix: bool = True,
+                 min_shared_prefix: int = 256) -> None:
+        if not isinstance(engine, Engine):
+            raise TypeError(f"Scheduler needs an Engine, got {type(engine).__name__}")
+        if window_ms < 0:
+            raise ValueError(f"window_ms must be >= 0, got {window_ms}")
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(memo_size, int) or memo_size < 0:
+            raise ValueError(f"memo_size must be an int >= 0, got {memo_size!r}")
+        if max_inflight_per_run is not None and (not isinstance(max_inflight_per_run, int) or max_inflight_per_run < 1):
+            raise ValueError(f"max_inflight_per_run must be None or an int >= 1, got {max_inflight_per_run!r}")
+        if queue_timeout is not None and queue_timeout < 0:
+            raise ValueError(f"queue_timeout must be None or >= 0, got {queue_timeout}")
+        self.engine = engine
+        self.window = window_ms / 1000.0
+        self.max_batch = max_batch
+        self.memo = memo and memo_size > 0
+        self.memo_size = memo_size
+        self.max_queue = max_queue
+        self.max_inflight_per_run = max_inflight_per_run
+        self.queue_timeout = queue_timeout
+        self.group_by_prefix = group_by_prefix
+        self.min_shared_prefix = min_shared_prefix
+
+        self._cond = threading.Condition()
+        self._stats = SchedulerStats()
+        self._seq = itertools.count()
+        self._runs: OrderedDict[str, deque[_Unit]] = OrderedDict()  # round-robin order of runs with work queued
+        self._queued = 0  # items waiting in self._runs
+        self._live: set[_Item] = set()  # items not yet answered (queued, taken or running)
+        self._by_key: dict[tuple, _Item] = {}  # live items by memo key
+        self._memo: OrderedDict[tuple, Result] = OrderedDict()  # recent answers, LRU
+        self._pending: dict[str, int] = {}  # unanswered requests per run (max_inflight_per_run)
+        self._blocked: set[_Ticket] = set()  # submitters waiting for room in the queue
+        self._closed_runs: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="rlm-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- caller side
+
+    def submit(self, requests: Iterable[Request], run_id: str = "default", timeout: float | None = None) -> list[Result]:
+        """Run ``requests`` and return their results in the same order. Blocks; never raises for engine
+        trouble: failures come back as results with ``error`` set. ``timeout`` bounds the whole wait."""
+        requests = list(requests)
+        for r in requests:
+            if not isinstance(r, Request):
+                raise TypeError(f"submit takes Request objects, got {type(r).__name__}")
+        if not requests:
+            return []
+        ticket = _Ticket(len(requests), run_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._stats.submitted += len(requests)
+            refusal = self._admit(ticket, len(requests), deadline)
+            if refusal is not None:
+                for i in range(len(requests)):
+                    ticket.fill(i, _no_engine_result(refusal))
+                self._stats.refused += len(requests)
+                self._stats.failed += len(requests)
+                return list(ticket.results)  # type: ignore[arg-type]
+            self._enqueue(ticket, requests)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not ticket.done.wait(left):
+            with self._cond:
+                self._detach(lambda t: t is ticket, f"cancelled: no answer within timeout={timeout}s")
+        return list(ticket.results)  # type: ignore[arg-type]
+
+    def cancel(self, run_id: str, reject_new: bool = False) -> int:
+        """Drop the run's queued requests (they never reach the engine) and answer all its waiting callers
+        with a "cancelled" error now. With ``reject_new`` later submits of this run id are refused (use it
+        when a run ends; ids may otherwise be reused). Returns the number of requests cancelled."""
+        with self._cond:
+            if reject_new:
+                self._closed_runs[run_id] = None
+                self._closed_runs.move_to_end(run_id)
+                while len(self._closed_runs) > _CLOSED_RUNS_KEPT:
+                    self._closed_runs.popitem(last=False)
+            message = f"cancelled: run {run_id!r} was cancelled"
+            for ticket in self._blocked:
+                if ticket.run_id == run_id:
+                    ticket.cancelled = message
+            n = self._detach(lambda t: t.run_id == run_id, message)
+            self._cond.notify_all()
+            return n
+
+    @property
+    def stats(self) -> SchedulerStats:
+        with self._cond:
+            return dataclasses.replace(self._stats)
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return self._queued
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Answer every waiting caller with an error, refuse new submits and stop the worker thread (waits
+        up to ``timeout`` for an engine call in progress). Idempotent. Does not close the engine."""
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._detach(lambda t: True, "scheduler closed before this request was answered", count_cancelled=False)
+                self._runs.clear()
+                self._queued = 0
+                self._memo.clear()
+                self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "Scheduler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- bookkeeping (caller holds the lock)
+
+    def _admit(self, ticket: _Ticket, n: int, deadline: float | None) -> str | None:
+        """Wait for room in the queue (backpressure). Returns why the submission is refused, or None."""
+        if self.queue_timeout is not None:
+            qdeadline = time.monotonic() + self.queue_timeout
+            deadline = qdeadline if deadline is None else min(deadline, qdeadline)
+        run = ticket.run_id
+        self._blocked.add(ticket)
+        try:
+            while True:
+                if self._closed:
+                    return "scheduler is closed"
+                if run in self._closed_runs:
+                    return f"cancelled: run {run!r} was cancelled"
+                if ticket.cancelled:
+                    return ticket.cancelled
+                # A submission bigger than a bound still goes through when nothing else is waiting.
+                room = self._queued == 0 or self._queued + n <= self.max_queue
+                cap = self.max_inflight_per_run
+                pending = self._pending.get(run, 0)
+                run_room = cap is None or pending == 0 or pending + n <= cap
+                if room and run_room:
+                    return None
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    if not room:
+                        return f"scheduler queue full ({self._queued} requests queued, max_queue={self.max_queue})"
+                    return f"run {run!r} has {pending} requests in flight (max_inflight_per_run={cap})"
+                self._cond.wait(left)
+        finally:
+            self._blocked.discard(ticket)
+
+    def _enqueue(self, ticket: _Ticket, requests: list[Request]) -> None:
+        self._pending[ticket.run_id] = self._pending.get(ticket.run_id, 0) + len(requests)
+        new: list[_Item] = []
+        for i, request in enumerate(requests):
+            key = request.key() if self.memo and request.sampling.greedy else None
+            if key is not None:
+                hit = self._memo.get(key)
+                if hit is not None:
+                    self._memo.move_to_end(key)
+                    self._stats.memo_hits += 1
+                    self._fill(ticket, i, _memo_copy(hit))
+                    continue
+                live = self._by_key.get(key)
+                if live is not None:  # identical request queued or running: wait for its answer
+                    live.waiters.append((ticket, i))
+                    continue
+            item = _Item(request=request, key=key, seq=next(self._seq), waiters=[(ticket, i)])
+            self._live.add(item)
+            if key is not None:
+                self._by_key[key] = item
+            new.append(item)
+        if new:
+            unit = _Unit(items=deque(new), splittable=len(new) > self.max_batch)
+            self._runs.setdefault(ticket.run_id, deque()).append(unit)
+            self._queued += len(new)
+            self._cond.notify_all()
+
+    def _fill(self, ticket: _Ticket, index: int, result: Result) -> None:
+        if not ticket.fill(index, result):
+            return
+        left = self._pending.get(ticket.run_id, 1) - 1
+        if left > 0:
+            self._pending[ticket.run_id] = left
+        else:
+            self._pending.pop(ticket.run_id, None)
+        if result.error is not None:
+            self._stats.failed += 1
+        if self._blocked:
+            self._cond.notify_all()
+
+    def _forget(self, item: _Item, state: str) -> None:
+        if item.state == "queued":
+            self._queued -= 1
+        item.state = state
+        self._live.discard(item)
+        if item.key is not None and self._by_key.get(item.key) is item:
+            del self._by_key[item.key]
+
+    def _detach(self, match, message: str, count_cancelled: bool = True) -> int:
+        """Answer the waiters whose ticket matches with ``message``; items left without waiters are dropped
+        unless the engine already has them (their answer still feeds the memo)."""
+        n = 0
+        for item in list(self._live):
+            kept = []
+            for ticket, i in item.waiters:
+                if match(ticket):
+                    if ticket.results[i] is None:
+                        n += 1
+                    self._fill(ticket, i, _no_engine_result(message))
+                else:
+                    kept.append((ticket, i))
+            item.waiters = kept
+            if not kept and item.state in ("queued", "taken"):
+                self._forget(item, "dropped")
+        if count_cancelled:
+            self._stats.cancelled += n
+        else:
+            self._stats.refused += n
+        return n
+
+    def _take(self) -> list[list[_Item]]:
+        """Up to max_batch queued items, one submission per run per round-robin turn."""
+        pieces: list[list[_Item]] = []
+        size = 0
+        progressed = True
+        while progressed and size < self.max_batch and self._runs:
+            progressed = False
+            for run_id in list(self._runs):
+                if size >= self.max_batch:
+                    break
+                units = self._runs[run_id]
+                while units:
+                    units[0].items = deque(it for it in units[0].items if it.state == "queued")
+                    if units[0].items:
+                        break
+                    units.popleft()
+                if not units:
+                    del self._runs[run_id]
+                    continue
+                unit, room = units[0], self.max_batch - size
+                if len(unit.items) <= room:
+                    piece = list(unit.items)
+                    units.popleft()
+                elif unit.splittable:
+                    piece = [unit.items.popleft() for _ in range(room)]
+                else:
+                    continue  # siblings stay together: this one waits for the next batch, first in line
+                if units:
+                    self._runs.move_to_end(run_id)
+                else:
+                    del self._runs[run_id]
+                for item in piece:
+                    item.state = "taken"
+                self._queued -= len(piece)
+                pieces.append(piece)
+                size += len(piece)
+                progressed = True
+        if pieces:
+            self._cond.notify_all()  # room in the queue for blocked submitters
+        return pieces
+
+    # ---------------------------------------------------------------- worker thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and self._queued == 0:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                if self.window > 0:
+                    deadline = time.monotonic() + self.window
+                    while not self._closed and 0 < self._queued < self.max_batch:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    if self._closed:
+                        return
+                pieces = self._take()
+            if pieces:
+                self._run_batch(pieces)
+
+    def _run_batch(self, pieces: list[list[_Item]]) -> None:
+        rendered: list[list[_Item]] = []
+        for piece in pieces:
+            ok = []
+            for item in piece:
+                try:
+                    item.text = self.engine.render(item.request)
+                    ok.append(item)
+                except Exception as exc:  # a request the engine cannot even render fails alone
+                    self._deliver(item, Result.failed(f"engine could not render the request: {type(exc).__name__}: {exc}"))
+            if ok:
+                rendered.append(ok)
+        if not rendered:
+            return
+        if self.group_by_prefix and len(rendered) > 1:
+            plan = plan_calls([[it.text for it in p] for p in rendered], self.max_batch, self.min_shared_prefix)
+            calls = [[it for i in members for it in rendered[i]] for members in plan]
+        else:
+            calls = [[it for p in rendered for it in p]]
+        calls.sort(key=lambda items: min(it.seq for it in items))  # oldest work first
+        for call in calls:
+            with self._cond:
+                if self._closed:
+                    return
+                items = []
+                for item in call:
+                    if item.state != "taken":
+                        continue
+                    if item.waiters:
+                        item.state = "running"
+                        items.append(item)
+                    else:
+                        self._forget(item, "dropped")
+            if items:
+                results = self._generate([it.request for it in items])
+                for item, result in zip(items, results):
+                    self._deliver(item, result)
+
+    def _generate(self, requests: list[Request]) -> list[Result]:
+        start = time.monotonic()
+        try:
+            results = self.engine.generate(requests)
+            if not isinstance(results, list) or len(results) != len(requests) or not all(isinstance(r, Result) for r in results):
+                got = len(results) if isinstance(results, list) else type(results).__name__
+                raise RuntimeError(f"engine returned {got} results for {len(requests)} requests")
+            error = None
+        except Exception as exc:  # engines should not raise, but one that does must not sink the batch
+            error = exc
+        with self._cond:
+            self._stats.engine_calls += 1
+            self._stats.engine_requests += len(requests)
+            self._stats.largest_batch = max(self._stats.largest_batch, len(requests))
+            self._stats.engine_seconds += time.monotonic() - start
+            if error is not None and len(requests) > 1:
+                self._stats.batch_failures += 1
+        if error is None:
+            return results
+        if len(requests) == 1:
+            return [Result.failed(f"engine error: {type(error).__name__}: {error}")]
+        return [self._generate([r])[0] for r in requests]
+
+    def _deliver(self, item: _Item, result: Result) -> None:
+        with self._cond:
+            if item.state in ("done", "dropped"):
+                return
+            self._forget(item, "done")
+            if item.key is not None and self.memo and result.ok and not self._closed:
+                self._memo[item.key] = _copy(result)
+                self._memo.move_to_end(item.key)
+                while len(self._memo) > self.memo_size:
+                    self._memo.popitem(last=False)
+            for n, (ticket, i) in enumerate(item.waiters):
+                if n == 0:
+                    self._fill(ticket, i, _copy(result))
+                else:
+                    self._stats.memo_hits += 1
+                    self._fill(ticket, i, _memo_copy(result))
+            item.waiters = []

@@ -1,0 +1,79 @@
+"""The command line as a user meets it: real subprocesses, real exit codes, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args: str, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "rlm_local.cli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=timeout, env=env)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, fragment: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rlm-local: error:"), proc.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_missing_file(tmp_path):
+    one_line_error(cli("run", "--context", str(tmp_path / "nope.txt"), "q"), 2, "no such file")
+
+
+def test_binary_file(tmp_path):
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"\x00\x01binary")
+    one_line_error(cli("run", "--context", str(f), "q"), 2, "binary")
+
+
+def test_empty_stdin():
+    one_line_error(cli("run", "--context", "-", "q", stdin=""), 2, "empty")
+
+
+def test_no_context_and_no_demo():
+    one_line_error(cli("run", "q"), 2, "--context")
+
+
+def test_unknown_backend(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    one_line_error(cli("run", "--context", str(f), "--backend", "nope", "q", "-q"), 2, "unknown backend")
+
+
+def test_unknown_model(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    one_line_error(cli("run", "--context", str(f), "--model", "org/not-here", "q", "-q"), 2, "never downloads")
+
+
+def test_openai_backend_needs_a_url(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    one_line_error(cli("run", "--context", str(f), "--backend", "openai", "q"), 2, "--base-url")
+
+
+def test_models_lists_the_registry():
+    proc = cli("models")
+    assert proc.returncode == 0
+    assert "gemma-3-270m" in proc.stdout and "Qwen/Qwen3-Coder-30B-A3B-Instruct" in proc.stdout
+
+
+@pytest.mark.model
+def test_demo_end_to_end_on_the_embedded_model(tmp_path):
+    """The README's demo, smaller: the real model, the real sandbox, the CLI, a trajectory file."""
+    traj = tmp_path / "demo.jsonl"
+    proc = cli("run", "--demo", "--demo-length", "60000", "--max-iterations", "4", "--trajectory", str(traj), "--json")
+    assert proc.returncode in (0, 1), proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["stopped_reason"] in ("final", "max_iterations")
+    assert "demo PASSED" in proc.stderr or "demo FAILED" in proc.stderr
+    events = [json.loads(line) for line in traj.read_text().splitlines()]
+    assert events[0]["event"] == "run_start" and events[-1]["event"] == "final"
+    assert any(e["event"] == "cell" for e in events)

@@ -1,0 +1,229 @@
+"""The vllm engine. Real-vllm tests run only where vllm imports with a CUDA GPU and a model is named
+(RLM_VLLM_MODEL, a HF id in the local cache or a directory); elsewhere they are skipped with the reason.
+The adapter logic (tokenising, chat templates, per-request errors, usage mapping) is also tested here
+against a stand-in `vllm` module, since vllm itself cannot be installed on CPU machines."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+
+import pytest
+
+from rlm_local.engines import EngineError, make_engine
+from rlm_local.engines.base import Request
+
+
+def test_missing_vllm_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError, like a machine without it
+    with pytest.raises(EngineError) as info:
+        make_engine("vllm", model_name="Qwen/Qwen3-Coder-30B-A3B-Instruct")
+    message = str(info.value)
+    assert message.startswith("the vllm backend needs `pip install 'rlm-local[vllm]'` on a machine with a CUDA GPU: ")
+    assert "ModuleNotFoundError" in message or "ImportError" in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_missing_vllm_for_real():
+    with pytest.raises(EngineError, match=r"pip install 'rlm-local\[vllm\]'.*No module named 'vllm'"):
+        make_engine("vllm", model_name="Qwen/Qwen3-0.6B")
+
+
+def test_model_name_is_required():
+    with pytest.raises(EngineError, match="model_name"):
+        make_engine("vllm", model_name="")
+
+
+# ---- a stand-in vllm module: the part not under test ------------------------------------------------------------
+class CharTokenizer:
+    """One token per character; BOS is '^'. Its chat template writes BOS itself, like Llama's."""
+
+    bos_token = "^"
+    chat_template = "fake"
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return ([ord("^")] if add_special_tokens else []) + [ord(c) for c in text]
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
+        if any(m["role"] == "tool" for m in messages):
+            raise ValueError("no tools")
+        if messages[0]["content"] == "TEMPLATE-ERROR":
+            raise ValueError("template refused the conversation")
+        body = "".join(f"[{m['role']}]{m['content']}" for m in messages)
+        return "^" + body + ("[assistant]" if add_generation_prompt else "")
+
+
+@dataclass
+class FakeSamplingParams:
+    n: int = 1
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list | None = None
+    seed: int | None = None
+
+
+@dataclass
+class FakeCompletion:
+    text: str
+    token_ids: list
+    finish_reason: str
+
+
+@dataclass
+class FakeOutput:
+    prompt_token_ids: list
+    outputs: list
+    num_cached_tokens: int | None = None
+
+
+@dataclass
+class FakeLLM:
+    kwargs: dict
+    calls: list = field(default_factory=list)
+    report_cached: bool = True
+
+    def __post_init__(self) -> None:
+        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=64))
+        self.seen: list[list[int]] = []
+
+    def get_tokenizer(self) -> CharTokenizer:
+        return CharTokenizer()
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=True):
+        self.calls.append((prompts, sampling_params, use_tqdm))
+        if any(p["prompt_token_ids"][-3:] == [ord(c) for c in "BAD"] for p in prompts):
+            raise ValueError("vllm refused one prompt of the list")
+        outs = []
+        for p, sp in zip(prompts, sampling_params):
+            ids = p["prompt_token_ids"]
+            # prefix cache: longest prefix shared with anything seen before, whole blocks of 4 tokens
+            best = max((_common(ids, s) for s in self.seen), default=0)
+            self.seen.append(ids)
+            text = "x" * min(sp.max_tokens, 5)
+            finish = "length" if sp.max_tokens <= 5 else "stop"
+            cached = (best // 4) * 4 if self.report_cached else None
+            outs.append(FakeOutput(list(ids), [FakeCompletion(text, [120] * len(text), finish)], cached))
+        return outs
+
+
+def _common(a: list, b: list) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM = lambda **kwargs: FakeLLM(kwargs)
+    module.SamplingParams = FakeSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return module
+
+
+def test_adapter_batches_renders_and_maps_usage(fake_vllm):
+    engine = make_engine("vllm", model_name="some/model", max_model_len=64, enforce_eager=True)
+    llm = engine._llm
+    assert llm.kwargs["model"] == "some/model" and llm.kwargs["enable_prefix_caching"] is True
+    assert llm.kwargs["enforce_eager"] is True and engine.context_length == 64 and engine.prompt_format == "chat"
+    reqs = [Request.chat([{"role": "system", "content": "S"}, {"role": "user", "content": "q1"}], max_tokens=3),
+            Request.completion("raw prompt", temperature=0.7, top_p=0.9, stop=["\n"], seed=5),
+            Request.chat([{"role": "system", "content": "S"}, {"role": "user", "content": "q2"}], max_tokens=3)]
+    results = engine.generate(reqs)
+    assert len(llm.calls) == 1 and llm.calls[0][2] is False  # one vllm call, no progress bar
+    prompts, params, _ = llm.calls[0]
+    assert engine.render(reqs[0]) == "^[system]S[user]q1[assistant]"
+    assert prompts[0]["prompt_token_ids"] == [ord(c) for c in "^[system]S[user]q1[assistant]"]  # one BOS only
+    assert prompts[1]["prompt_token_ids"][0] == ord("^")  # raw prompts get the tokenizer's specials
+    assert params[1] == FakeSamplingParams(max_tokens=512, temperature=0.7, top_p=0.9, stop=["\n"], seed=5)
+    assert params[0].temperature == 0.0 and params[0].stop is None
+    assert [r.text for r in results] == ["xxx", "xxxxx", "xxx"]
+    assert [r.finish_reason for r in results] == ["length", "stop", "length"]
+    first, _, third = (r.usage for r in results)
+    assert first.prompt_tokens == len(prompts[0]["prompt_token_ids"]) and first.completion_tokens == 3
+    assert first.cached_tokens == 0 and third.cached_tokens == 16  # "^[system]S[user]q" shared, in 4-token blocks
+    assert engine.count_tokens("abc") == 3
+
+
+def test_model_card_supplies_defaults(fake_vllm):
+    engine = make_engine("vllm", model_name="qwen3-coder", gpu_memory_utilization=0.5)
+    kwargs = engine._llm.kwargs
+    assert kwargs["model"] == "Qwen/Qwen3-Coder-30B-A3B-Instruct" == engine.model_name
+    assert kwargs["max_model_len"] == 131072  # from the card's [vllm] section
+    assert kwargs["gpu_memory_utilization"] == 0.5  # explicit beats the card
+    assert kwargs["enable_prefix_caching"] is True and engine.prompt_format == "chat"
+
+
+def test_adapter_fails_only_the_bad_request(fake_vllm):
+    engine = make_engine("vllm", model_name="m", max_model_len=64)
+    reqs = [Request.completion("fine one"),
+            Request.completion("y" * 80),  # longer than the context: refused before vllm sees it
+            Request.chat([{"role": "user", "content": "TEMPLATE-ERROR"}]),
+            Request.completion("this is BAD"),  # vllm rejects the whole list because of it
+            Request.completion("fine two")]
+    results = engine.generate(reqs)
+    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert results[1].error == "vllm: EngineError: prompt of 81 tokens does not fit the model's context of 64 tokens"
+    assert "template refused the conversation" in results[2].error
+    assert results[3].error == "vllm: ValueError: vllm refused one prompt of the list"
+    assert len(engine._llm.calls) == 1 + 3  # the list once, then one by one
+
+
+def test_adapter_unknown_cached_tokens_and_close(fake_vllm):
+    engine = make_engine("vllm", model_name="m")
+    engine._llm.report_cached = False
+    (result,) = engine.generate([Request.completion("abc")])
+    assert result.ok and result.usage.cached_tokens is None
+    engine.close()
+    engine.close()
+    (result,) = engine.generate([Request.completion("abc")])
+    assert result.error == "vllm: EngineError: engine is closed"
+
+
+# ---- the real thing ------------------------------------------------------------------------------------------------
+def _real_vllm_reason() -> str | None:
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (pip install 'rlm-local[vllm]' on a CUDA machine)"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "vllm needs a CUDA GPU"
+    if not os.environ.get("RLM_VLLM_MODEL"):
+        return "set RLM_VLLM_MODEL to a small local model (e.g. Qwen/Qwen3-0.6B) to run the vllm tests"
+    return None
+
+
+@pytest.fixture(scope="module")
+def real_engine():
+    reason = _real_vllm_reason()
+    if reason:
+        pytest.skip(reason)
+    engine = make_engine("vllm", model_name=os.environ["RLM_VLLM_MODEL"], max_model_len=4096,
+                         gpu_memory_utilization=0.5)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.vllm
+def test_real_vllm_batch_and_prefix_cache(real_engine):
+    shared = "Here is a report about the weather in several cities. " * 40
+    reqs = [Request.chat([{"role": "system", "content": shared}, {"role": "user", "content": f"City {i}?"}],
+                         max_tokens=8) for i in range(4)]
+    first = real_engine.generate(reqs)
+    assert all(r.ok and r.text and r.usage.completion_tokens <= 8 for r in first)
+    again = real_engine.generate(reqs)
+    assert all(r.usage.cached_tokens is not None and r.usage.cached_tokens >= 256 for r in again)
+    assert all(r.usage.cached_tokens < r.usage.prompt_tokens for r in again)
+
+
+@pytest.mark.vllm
+def test_real_vllm_too_long_prompt_fails_alone(real_engine):
+    results = real_engine.generate([Request.completion("word " * 10000), Request.completion("Hello", max_tokens=4)])
+    assert not results[0].ok and "does not fit" in results[0].error
+    assert results[1].ok
