@@ -67,6 +67,7 @@ class _Run:
     trajectory: Trajectory
     usage: UsageTracker = field(default_factory=UsageTracker)
     subcalls: int = 0
+    exhausted: str | None = None  # a budget that refused a sub-call ends the run at the next check
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -211,8 +212,8 @@ class RLM:
                 return parsed.final_answer, ""
             if parsed.final_var is not None:
                 cell = self._run_cell(f"FINAL_VAR({parsed.final_var!r})", sandbox, depth, iteration, run)
-                return cell.final, self._cell_text(cell)
-            return None, prompts.NO_CODE_NUDGE
+                return cell.final, convo.feedback([self._cell_text(cell)])
+            return None, convo.feedback([], [prompts.NO_CODE_NUDGE])
         outputs: list[str] = []
         for code in parsed.code_blocks:
             cell = self._run_cell(code, sandbox, depth, iteration, run)
@@ -225,9 +226,8 @@ class RLM:
             cell = self._run_cell(f"FINAL_VAR({parsed.final_var!r})", sandbox, depth, iteration, run)
             if cell.final is not None:
                 return cell.final, ""
-        if parsed.final_answer is not None:
-            outputs.append(prompts.IGNORED_FINAL)
-        return None, "\n\n".join(outputs)
+        notes = [prompts.IGNORED_FINAL] if parsed.final_answer is not None else []
+        return None, convo.feedback(outputs, notes)
 
     def _run_cell(self, code: str, sandbox: Sandbox, depth: int, iteration: int, run: _Run):
         rewrites = 0
@@ -278,6 +278,8 @@ class RLM:
 
     # ---- budgets and accounting -------------------------------------------------------------------------
     def _budget_exhausted(self, run: _Run) -> str | None:
+        if run.exhausted:
+            return run.exhausted
         if run.deadline is not None and time.time() >= run.deadline:
             return "max_timeout"
         if self.max_tokens is not None and run.usage.total_tokens >= self.max_tokens:
@@ -294,6 +296,7 @@ class RLM:
     def _reserve_subcalls(self, count: int, run: _Run) -> None:
         with run.lock:
             if self.max_subcalls is not None and run.subcalls + count > self.max_subcalls:
+                run.exhausted = "max_subcalls"
                 raise BudgetExceeded(f"max_subcalls budget ({self.max_subcalls}) used up: {run.subcalls} sub-calls "
                                      f"made, {count} more requested; call FINAL with what you have")
             run.subcalls += count
@@ -406,9 +409,18 @@ class _Conversation:
             return parse_reply(f"```python\n{reply}\n```")
         return parse_reply(reply)
 
+    def feedback(self, outputs: list[str], notes: list[str] = ()) -> str:
+        """What the root reads after its code ran: each cell's output (clipped to the model's budget) and notes."""
+        share = max(200, self.feedback_chars // max(1, len(outputs)))
+        clipped = [o if len(o) <= share else o[:share] + f"\n... [truncated: {len(o):,} characters in all]"
+                   for o in outputs]
+        if isinstance(self.head, str):  # the transcript shows raw output under "Output:"
+            body = "\n".join(clipped)
+        else:
+            body = prompts.cell_feedback(clipped) if clipped else ""
+        return "\n\n".join(part for part in (body, *notes) if part)
+
     def add_turn(self, reply: str, feedback: str) -> None:
-        if len(feedback) > self.feedback_chars:
-            feedback = feedback[: self.feedback_chars] + f"\n... [truncated: {len(feedback):,} characters in all]"
         self.turns.append((reply, feedback))
 
     def add_budget_stop(self, reason: str) -> None:

@@ -175,7 +175,14 @@ def _memo_copy(result: Result) -> Result:
 
 
 class Scheduler:
-    """Batches, de-duplicates and fairly orders requests for one engine. Thread-safe; see module doc."""
+    """Batches, de-duplicates and fairly orders requests for one engine. Thread-safe; see module doc.
+
+    window_ms: how long to gather after the first queued request; max_batch: most requests per engine call;
+    memo/memo_size: share identical greedy requests (LRU of recent answers); max_queue: most queued
+    requests before submit blocks, up to queue_timeout seconds (None: forever), then fails;
+    max_inflight_per_run: most unanswered requests of one run; group_by_prefix: split a gathered batch
+    into one call per shared prefix of at least min_shared_prefix characters (right for the transformers
+    engine; turn it off for vLLM or OpenAI-compatible servers, which share prefixes inside one call)."""
 
     def __init__(self, engine: Engine, window_ms: float = 3.0, max_batch: int = 32, memo: bool = True,
                  memo_size: int = 2048, max_queue: int = 4096, max_inflight_per_run: int | None = None,
@@ -460,8 +467,14 @@ class Scheduler:
                     if self._closed:
                         return
                 pieces = self._take()
-            if pieces:
+            if not pieces:
+                continue
+            try:
                 self._run_batch(pieces)
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                for piece in pieces:
+                    for item in piece:
+                        self._deliver(item, Result.failed(f"scheduler error: {type(exc).__name__}: {exc}"))
 
     def _run_batch(self, pieces: list[list[_Item]]) -> None:
         rendered: list[list[_Item]] = []

@@ -237,6 +237,7 @@ def test_cancel_drops_queued_requests_and_answers_waiters_promptly():
         other_t, other = in_thread(s.submit, reqs("o1"), "other")
         wait_until(lambda: s.queued == 4)
         assert s.cancel("victim") == 4  # 3 queued + the one in the engine
+        assert s.queued == 1  # only the other run's request is left in the queue
         queued_t.join(5)
         holder.join(5)
         assert not queued_t.is_alive() and not holder.is_alive()  # answered while the engine is still busy
@@ -335,6 +336,36 @@ def test_engine_returning_wrong_count_is_isolated():
     with Scheduler(eng, window_ms=0) as s:
         out = s.submit(reqs("x", "y"))
         assert [r.text for r in out] == ["echo:x", "echo:y"]
+
+
+def test_render_failure_and_scheduler_bug_fail_only_what_they_touch(monkeypatch):
+    class BadRender(RecordingEngine):
+        def render(self, request):
+            if request.prompt == "unrenderable":
+                raise ValueError("no template")
+            return super().render(request)
+
+    eng = BadRender()
+    with Scheduler(eng, window_ms=0) as s:
+        out = s.submit(reqs("fine", "unrenderable"))
+        assert out[0].text == "echo:fine" and "no template" in out[1].error
+        assert eng.batches == [["fine"]]
+
+        import rlm_local.scheduler as scheduler_module
+
+        def broken_plan(*args, **kwargs):
+            raise RuntimeError("planner bug")
+
+        monkeypatch.setattr(scheduler_module, "plan_calls", broken_plan)
+        holder, _ = hold_engine(s, eng)
+        subs = [in_thread(s.submit, reqs(f"x{i}"), f"r{i}") for i in range(2)]
+        wait_until(lambda: s.queued == 2)
+        eng.gate.set()
+        for t, box in subs:
+            t.join(5)
+            assert "planner bug" in box["value"][0].error
+        monkeypatch.undo()
+        assert s.submit(reqs("still alive"))[0].text == "echo:still alive"
 
 
 def test_close_answers_waiters_and_stops_the_thread():

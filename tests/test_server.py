@@ -24,8 +24,8 @@ def reply(request: Request) -> str:
 @pytest.fixture(scope="module")
 def scripted():
     engine = ScriptedEngine(reply, model_name="scripted-model")
-    with BackgroundServer(create_app(engine)) as url:
-        yield engine, httpx.Client(base_url=url, timeout=10)
+    with BackgroundServer(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as http:
+        yield engine, http
 
 
 def test_health_and_models(scripted):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
+from .base import Engine, Request, Result, SamplingParams, Usage
+from .prefix_cache import (PrefixCache, PrefixKV, batch_cache, common_prefix_len, extend_prefix,
+                           prefix_from_cache)
 
 
 def default_threads() -> int:
@@ -25,7 +28,12 @@ class TransformersEngine(Engine):
 
     def __init__(self, model_name: str | None = None, device: str | None = None, dtype: str | None = None,
                  threads: int | None = None, max_batch: int = 16,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, prefix_cache: bool = True,
+                 prefix_cache_size: int = 16, prefix_cache_bytes: int = 1 << 30,
+                 min_prefix_tokens: int = 64) -> None:
+        """``prefix_cache`` turns KV prefix reuse on: siblings sharing at least ``min_prefix_tokens`` prompt
+        tokens compute them once, and an LRU of at most ``prefix_cache_size`` entries and
+        ``prefix_cache_bytes`` bytes keeps prefixes for later calls (the root conversation's next turn)."""
         from ..models import ModelLoadError, resolve_model_dir, set_offline
 
         set_offline()
@@ -52,6 +60,8 @@ class TransformersEngine(Engine):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_batch = max(1, max_batch)
+        self.min_prefix_tokens = max(1, min_prefix_tokens)
+        self.prefix_cache = PrefixCache(prefix_cache_size, prefix_cache_bytes) if prefix_cache else None
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.prompt_format = card.prompt_format if card else ("chat" if has_template else "completion")  # type: ignore[assignment]
         self.context_length = (card.context_length if card else 0) or int(
@@ -72,49 +82,66 @@ class TransformersEngine(Engine):
     # ---- generation -------------------------------------------------------------------------------------
     def generate(self, requests: list[Request]) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
+        ids: dict[int, list[int]] = {}
         # Different sampling settings cannot share one generate() call; group, keeping input positions.
         groups: dict[SamplingParams, list[int]] = {}
         for i, req in enumerate(requests):
+            try:
+                ids[i] = self._tokenize(self.render(req))
+            except Exception as exc:
+                results[i] = Result.failed(f"transformers: could not render or tokenize: {type(exc).__name__}: {exc}")
+                continue
+            limit = self.context_length - req.sampling.max_tokens
+            if len(ids[i]) > limit:
+                results[i] = Result.failed(
+                    f"transformers: prompt of {len(ids[i])} tokens plus max_tokens={req.sampling.max_tokens} "
+                    f"exceeds the model's context of {self.context_length} tokens")
+                continue
             groups.setdefault(req.sampling, []).append(i)
         for sampling, indices in groups.items():
+            if self.prefix_cache is not None:
+                indices = sorted(indices, key=lambda i: ids[i])  # rows sharing a prefix land in one batch
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
-                texts = [self.render(requests[i]) for i in chunk]
-                for i, res in zip(chunk, self._generate_isolated(texts, sampling)):
+                for i, res in zip(chunk, self._generate_isolated([ids[i] for i in chunk], sampling)):
                     results[i] = res
         return [r if r is not None else Result.failed("internal error: no result") for r in results]
 
-    def _generate_isolated(self, texts: list[str], sampling: SamplingParams) -> list[Result]:
+    def _tokenize(self, text: str) -> list[int]:
+        # Chat templates already write BOS; adding another would shift every position the model learned.
+        bos = self.tokenizer.bos_token or ""
+        add_special = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def _generate_isolated(self, rows: list[list[int]], sampling: SamplingParams) -> list[Result]:
         """Generate a batch; if the batch as a whole fails, retry one by one so only the bad request fails."""
         try:
-            return self._generate_batch(texts, sampling)
+            return self._generate_batch(rows, sampling)
         except Exception as exc:
-            if len(texts) == 1:
+            if len(rows) == 1:
                 return [Result.failed(f"transformers: {type(exc).__name__}: {exc}")]
         out: list[Result] = []
-        for text in texts:
+        for row in rows:
             try:
-                out.extend(self._generate_batch([text], sampling))
+                out.extend(self._generate_batch([row], sampling))
             except Exception as exc:
                 out.append(Result.failed(f"transformers: {type(exc).__name__}: {exc}"))
         return out
 
-    def _generate_batch(self, texts: list[str], sampling: SamplingParams) -> list[Result]:
+    def _generate_batch(self, rows: list[list[int]], sampling: SamplingParams) -> list[Result]:
         torch = self._torch
         started = time.perf_counter()
-        # Chat templates already write BOS; adding another would shift every position the model learned.
-        bos = self.tokenizer.bos_token or ""
-        add_special = not (bos and all(t.startswith(bos) for t in texts))
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-        too_long = [n for n in prompt_lens if n + sampling.max_tokens > self.context_length]
-        if too_long:
-            # Failing the whole batch sends us through the one-by-one path, which pins the error on its request.
-            raise EngineError(f"prompt of {max(too_long)} tokens plus max_tokens={sampling.max_tokens} exceeds "
-                              f"the model's context of {self.context_length} tokens")
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_tokens,
-                                          pad_token_id=self.tokenizer.pad_token_id)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        # Left padding: every row ends at the same slot, so one forward per token serves the whole batch.
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        plan = self._plan(rows) if self.prefix_cache is not None else None
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_tokens, pad_token_id=pad)
+        keep_generated = plan is not None and plan.slots > 0 and len(rows) == 1
+        if plan is not None and plan.slots > 0:
+            gen_kwargs["past_key_values"] = batch_cache(self.model.config, plan.sources, plan.ends, plan.slots,
+                                                        record_past=keep_generated)
         if sampling.greedy:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -124,13 +151,89 @@ class TransformersEngine(Engine):
         if sampling.stop:
             gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **gen_kwargs)
-        new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
+            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                                      return_dict_in_generate=True, **gen_kwargs)
+        sequences = out.sequences.cpu()
+        if keep_generated:
+            self._store_generated(out.past_key_values, sequences[0])
+        new_tokens = sequences[:, width:].tolist()
         elapsed = time.perf_counter() - started
-        return [self._decode(row, prompt_len, sampling, elapsed / len(texts))
-                for row, prompt_len in zip(new_tokens, prompt_lens)]
+        cached = plan.cached if plan is not None else [0] * len(rows)
+        return [self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
+                for row, prompt, n_cached in zip(new_tokens, rows, cached)]
 
-    def _decode(self, token_ids: list[int], prompt_len: int, sampling: SamplingParams, seconds: float) -> Result:
+    # ---- prefix reuse -----------------------------------------------------------------------------------
+    def _plan(self, rows: list[list[int]]) -> "_Plan":
+        """Find (or compute) a cached prefix for every row and lay the batch out over them.
+
+        Rows sharing a long prefix (siblings) share one source, computed once; a row alone gets its own
+        prompt minus the last token as source, so the next turn of a growing conversation finds it. All
+        sources are stored in the LRU. The batch then reuses the first ``slots`` positions: the longest
+        uncached remainder decides how many tokens every row has to run through the model."""
+        torch = self._torch
+        tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+        sources: list[PrefixKV | None] = [None] * len(rows)
+        owners: dict[int, int] = {}  # row -> prefix tokens it got from earlier calls (it computed the rest)
+        for members, shared in self._clusters(tensors):
+            length = min(shared, min(len(rows[i]) for i in members) - 1)
+            if length < self.min_prefix_tokens:
+                continue
+            source, reused = self._source(tensors[members[0]][:length])
+            owners[members[0]] = reused
+            for i in members:
+                sources[i] = source
+        remainder = max(len(r) - (len(s) if s is not None else 0) for r, s in zip(rows, sources))
+        width = max(len(r) for r in rows)
+        ends = [max(0, len(r) - remainder) if s is not None else 0 for r, s in zip(rows, sources)]
+        slots = width - remainder
+        if slots < self.min_prefix_tokens or not any(ends):
+            return _Plan([None] * len(rows), [0] * len(rows), 0, [0] * len(rows))
+        for i, (src, end) in enumerate(zip(sources, ends)):
+            if src is not None and not src.can_serve(end):
+                # The stored sliding tail is too short for this shift: recompute this prefix in full.
+                fresh = extend_prefix(self.model, None, src.tokens)
+                sources = [fresh if s is src else s for s in sources]
+                owners = {k: (0 if sources[k] is fresh else v) for k, v in owners.items()}
+        cached = [min(end, owners[i]) if i in owners else end for i, end in enumerate(ends)]
+        return _Plan(sources, ends, slots, cached)
+
+    def _clusters(self, tensors: list[Any]) -> list[tuple[list[int], int]]:
+        """Groups of rows sharing a long prefix, with its length. Sorted rows are chained while the shared
+        part stays long; a link that would halve it starts a new group, so a short common header does not
+        dilute two long documents."""
+        order = sorted(range(len(tensors)), key=lambda i: tensors[i].tolist())
+        groups: list[tuple[list[int], int]] = []
+        members, shared = [order[0]], tensors[order[0]].numel()
+        for prev, cur in zip(order, order[1:]):
+            common = min(shared, common_prefix_len(tensors[prev], tensors[cur]))
+            if common >= self.min_prefix_tokens and 2 * common >= shared:
+                members.append(cur)
+                shared = common
+            else:
+                groups.append((members, shared))
+                members, shared = [cur], tensors[cur].numel()
+        groups.append((members, shared))
+        return groups
+
+    def _source(self, tokens: Any) -> tuple[PrefixKV, int]:
+        """KV for ``tokens``: the longest cached prefix extended by the rest. Returns it and the number of
+        tokens that came from the cache."""
+        assert self.prefix_cache is not None
+        hit = self.prefix_cache.lookup(tokens, tokens.numel())
+        reused = len(hit) if hit is not None else 0
+        source = extend_prefix(self.model, hit, tokens)
+        if reused < len(source):
+            self.prefix_cache.insert(source)
+        return source, reused
+
+    def _store_generated(self, cache: Any, sequence: Any) -> None:
+        """Keep a lone request's prompt plus reply: the next root turn repeats both."""
+        assert self.prefix_cache is not None
+        stored = max(layer.keys.shape[-2] for layer in cache.layers)
+        self.prefix_cache.insert(prefix_from_cache(cache, sequence[:stored].clone()))
+
+    def _decode(self, token_ids: list[int], prompt_len: int, sampling: SamplingParams, seconds: float,
+                cached: int = 0) -> Result:
         eos_ids = self._eos_ids()
         pad = self.tokenizer.pad_token_id
         kept: list[int] = []
@@ -146,7 +249,7 @@ class TransformersEngine(Engine):
         cut = [text.find(s) for s in sampling.stop if s in text]
         if cut:
             text, finish = text[: min(cut)], "stop"
-        usage = Usage(calls=1, prompt_tokens=int(prompt_len), cached_tokens=0, completion_tokens=len(kept),
+        usage = Usage(calls=1, prompt_tokens=int(prompt_len), cached_tokens=int(cached), completion_tokens=len(kept),
                       seconds=seconds)
         return Result(text=text, finish_reason=finish, usage=usage)  # type: ignore[arg-type]
 
@@ -159,6 +262,17 @@ class TransformersEngine(Engine):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+
+
+@dataclass
+class _Plan:
+    """How a batch reuses cached prefixes: row i's first ``ends[i]`` tokens come from ``sources[i]`` and fill
+    the first ``slots`` positions; ``cached[i]`` of them were not computed for this request."""
+
+    sources: list[PrefixKV | None]
+    ends: list[int]
+    slots: int
+    cached: list[int]
 
 
 def gemma_turns(messages: list[dict[str, str]]) -> str:

@@ -58,6 +58,8 @@ class ModuleProxy:
         object.__setattr__(self, "_mod_attrs", attrs)
 
     def __getattr__(self, attr):
+        if attr == "__name__":  # for ImportError messages of `from x import y`
+            return self._mod_name
         try:
             return self._mod_attrs[attr]
         except KeyError:
@@ -95,8 +97,15 @@ def make_module_proxies() -> dict[str, ModuleProxy]:
     return proxies
 
 
+class OutputFlood(BaseException):
+    """Raised by print once a cell has produced far more output than can be shown."""
+
+
 class Printer:
-    """One printer per session (prints inside helper functions are kept), capped at ``cap`` characters."""
+    """One printer per session (prints inside helper functions are kept), capped at ``cap`` characters.
+    Past ``FLOOD_FACTOR`` times the cap every further print raises, so print floods end quickly."""
+
+    FLOOD_FACTOR = 10
 
     def __init__(self, cap: int):
         self.cap = cap
@@ -118,6 +127,9 @@ class Printer:
             self.parts.append(text[:room])
             self.size = self.cap
         self.dropped += len(text) - max(room, 0)
+        if self.dropped > self.FLOOD_FACTOR * max(self.cap, 100_000):
+            raise OutputFlood(f"output limit exceeded: the cell printed more than "
+                              f"{self.cap + self.dropped} characters; print less (e.g. slices or counts)")
 
     def _call_print(self, *objects, sep=" ", end="\n", file=None, flush=False):
         print(*objects, sep=sep, end=end, file=self)
@@ -281,7 +293,7 @@ class _GuardedFormatter(string.Formatter):
         return obj, first
 
 
-_formatter_field_name_split = str._formatter_field_name_split  # type: ignore[attr-defined]
+from _string import formatter_field_name_split as _formatter_field_name_split  # noqa: E402
 
 
 def _exact_str(s):
@@ -297,7 +309,9 @@ def _apply(func, *args, **kwargs):
 def _type1(obj, *rest):
     if rest:
         raise TypeError("type() with 3 arguments is not available in the sandbox; use a class statement")
-    return type(obj)
+    t = type(obj)
+    # Metaclasses (type, SandboxMeta) would give back 3-argument type(); the sandbox sees this function.
+    return _type1 if issubclass(t, type) else t
 
 
 def _dir(obj=None):

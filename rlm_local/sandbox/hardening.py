@@ -5,8 +5,10 @@ reported by name, so the parent (and the tests) can see what this machine suppor
 - ``netns``: a private network namespace with no interfaces (via a user namespace when not root);
 - ``drop-uid``: when started as root, run as nobody, so files only the parent's user can read are closed;
 - ``rlimits``: no core dumps, no file growth, few open files, few processes, capped address space;
+- ``not-dumpable``: other processes of the same uid cannot read our memory through /proc;
 - ``no-new-privs``: execve can never gain privileges;
-- ``seccomp``: sockets, exec, ptrace, mounts, namespaces, io_uring and file writes fail with EPERM.
+- ``seccomp``: sockets, exec, ptrace, signals to other processes, mounts, namespaces, io_uring and file
+  writes fail with EPERM.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import platform
 import resource
 import struct
 
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
 PR_SET_SECCOMP = 22
@@ -78,7 +81,11 @@ X86_64_DENY = {  # name: number
     "mkdir": 83, "mkdirat": 258, "rmdir": 84, "chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92,
     "fchown": 93, "lchown": 94, "fchownat": 260, "link": 86, "linkat": 265, "symlink": 88,
     "symlinkat": 266, "truncate": 76, "ftruncate": 77, "personality": 135,
+    # signals to other processes (other sessions' workers share our uid)
+    "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
+    "pidfd_send_signal": 424, "pidfd_open": 434, "pidfd_getfd": 438,
 }
+X86_64_PRLIMIT = 302  # allowed only on ourselves (pid 0)
 X86_64_OPEN = {2: 1, 257: 2}  # open(path, flags), openat(dirfd, path, flags): index of the flags arg
 OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
 EPERM = 1
@@ -100,6 +107,8 @@ def _seccomp_program() -> bytes:
     for nr, arg in X86_64_OPEN.items():
         ins += [(JEQ, 0, 4, nr), (LD_ABS, 0, 0, 16 + 8 * arg), (JSET, 0, 1, OPEN_WRITE_FLAGS),
                 (RET, 0, 0, RET_ERRNO), (RET, 0, 0, RET_ALLOW)]
+    ins += [(JEQ, 0, 4, X86_64_PRLIMIT), (LD_ABS, 0, 0, 16), (JEQ, 1, 0, 0), (RET, 0, 0, RET_ERRNO),
+            (RET, 0, 0, RET_ALLOW)]
     ins.append((RET, 0, 0, RET_ALLOW))
     return b"".join(struct.pack("HBBI", *i) for i in ins)
 
@@ -130,6 +139,8 @@ def apply(memory_mb: int) -> list[str]:
         done.append("rlimits")
     except (OSError, ValueError):
         pass
+    if prctl(PR_SET_DUMPABLE, 0):  # other same-uid processes cannot read our memory via /proc
+        done.append("not-dumpable")
     if prctl(PR_SET_NO_NEW_PRIVS, 1):
         done.append("no-new-privs")
     if "no-new-privs" in done and _seccomp():

@@ -59,9 +59,9 @@ class LineReader:
                 raise ChannelClosed("message too large")
             if deadline is not None:
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ChannelTimeout()
-                if not self.poller.poll(max(1, int(left * 1000) + 1)):
+                if not self.poller.poll(int(left * 1000) + 1 if left > 0 else 0):
+                    if left <= 0:
+                        raise ChannelTimeout()
                     continue
             try:
                 chunk = os.read(self.fd, 1 << 20)
@@ -74,7 +74,11 @@ class LineReader:
             self.buf += chunk
 
     def read(self, deadline: float | None = None) -> dict | None:
-        return decode(self.read_line(deadline))
+        """Next message; empty lines (a restored worker starts on a fresh line) are skipped."""
+        while True:
+            line = self.read_line(deadline)
+            if line.strip():
+                return decode(line)
 
     def discard(self) -> None:
         self.buf.clear()

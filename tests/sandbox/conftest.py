@@ -1,0 +1,50 @@
+"""Shared fixtures for the sandbox suites: a secret planted in the parent (environment variable and a
+file only the parent's user can read) that no sandboxed code may ever reveal."""
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+
+import pytest
+
+from rlm_local.sandbox import Limits, Sandbox
+
+SECRET = "s3cr3t-" + secrets.token_hex(12)
+SECRET_ENV = "RLM_TEST_PARENT_SECRET"
+
+
+@pytest.fixture(scope="session")
+def secret_file():
+    os.environ[SECRET_ENV] = SECRET
+    fd, path = tempfile.mkstemp(prefix="rlm-test-secret-")
+    with os.fdopen(fd, "w") as f:
+        f.write(SECRET)
+    os.chmod(path, 0o600)
+    yield path
+    os.unlink(path)
+    os.environ.pop(SECRET_ENV, None)
+
+
+def echo_handler(prompts: list[str]) -> list[str]:
+    return [f"answer to: {p[:40]}" for p in prompts]
+
+
+@pytest.fixture
+def make_sandbox():
+    """Factory: make_sandbox(context=..., **limit_overrides); every sandbox is closed after the test."""
+    made: list[Sandbox] = []
+
+    def make(context="hello world", llm_handler=echo_handler, rlm_handler=None, **limits) -> Sandbox:
+        sb = Sandbox(context=context, llm_handler=llm_handler, rlm_handler=rlm_handler, limits=Limits(**limits))
+        made.append(sb)
+        return sb
+
+    yield make
+    for sb in made:
+        sb.close()
+
+
+def leaked(result, secret: str = SECRET) -> bool:
+    text = (result.stdout or "") + (result.error or "") + (result.final or "")
+    return secret in text

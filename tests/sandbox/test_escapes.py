@@ -1,0 +1,175 @@
+"""Escape suite: each attack must fail with an error, print no ESCAPED marker, never reveal the secret
+planted in the parent, and leave the session usable. Attacks follow the published RestrictedPython
+advisories and the escapes reproduced in shared/notes/sandbox.md."""
+from __future__ import annotations
+
+import pytest
+
+from .conftest import SECRET_ENV, leaked
+
+# Each cell raises (or fails to compile) when the sandbox holds; on success it prints ESCAPED and tries
+# to read the planted secret with whatever it reached.
+ATTACKS = {
+    # dunder and subclass walks
+    "dunder_class_walk": "().__class__.__bases__[0].__subclasses__()",
+    "getattr_class": "c = getattr((), '__class__')\nprint('ESCAPED', c)",
+    "getattr_subclasses": "print('ESCAPED', getattr(object, '__subclasses__')())",
+    "computed_name": "n = '_' * 2 + 'class' + '_' * 2\nprint('ESCAPED', getattr((), n))",
+    "computed_join": "print('ESCAPED', getattr(len, ''.join(['__', 'self', '__'])))",
+    "str_subclass_name": ("class S(str):\n    def startswith(self, *a):\n        return False\n"
+                          "print('ESCAPED', getattr((), S('__class__')))"),
+    "str_subclass_eq": ("class S(str):\n    def __eq__(self, o):\n        return False\n"
+                        "    def __hash__(self):\n        return 1\n"
+                        "print('ESCAPED', getattr(FINAL, S('__globals__')))"),
+    "hasattr_probe_then_get": "hasattr(FINAL, '__globals__') and print('ESCAPED')\nprint(getattr(FINAL, '__globals__'))",
+    # str.format / format_map and str-like objects
+    "format_globals": "def f():\n    pass\nprint('{0.__globals__}'.format(f))",
+    "format_class_chain": "print('{0.__class__.__base__.__subclasses__}'.format(1))",
+    "format_map": "print('{x.__class__}'.format_map({'x': 1}))",
+    "format_unbound": "print(str.format('{0.__class__}', 1))",
+    "format_nested_spec": "print('{0:{1.__class__}}'.format(1, 2))",
+    "format_getitem_globals": "def f():\n    pass\nprint('{0.__globals__[__builtins__]}'.format(f))",
+    "userstring_format": ("import collections\n"
+                          "print('ESCAPED', collections.UserString('{0.__globals__}').format(FINAL))"),
+    "str_subclass_format": "class S(str):\n    pass\nprint('ESCAPED', S('{0.__class__}').format(1))",
+    "string_formatter": "import string\nprint('ESCAPED', string.Formatter().format('{0.__class__}', 1))",
+    "from_string_formatter": "from string import Formatter\nprint('ESCAPED', Formatter)",
+    # module-graph walks and from-imports of module attributes
+    "re_enum_sys": "import re\nprint('ESCAPED', re.enum.sys)",
+    "from_re_import_enum": "from re import enum\nprint('ESCAPED', enum)",
+    "json_codecs_builtins": "import json\nb = json.codecs.builtins\nprint('ESCAPED', b.open('{path}').read())",
+    "statistics_sys": "import statistics\nprint('ESCAPED', statistics.sys.modules['os'].environ['{env}'])",
+    "datetime_sys": "from datetime import sys\nprint('ESCAPED', sys)",
+    "textwrap_re": "import textwrap\nprint('ESCAPED', textwrap.re)",
+    "getattr_module_attr": "import random\nprint('ESCAPED', getattr(random, '_os'))",
+    "walk_two_levels": (
+        "import re, json, collections, functools, statistics, string, textwrap, datetime, random\n"
+        "for mod in [re, json, collections, functools, statistics, string, textwrap, datetime, random]:\n"
+        "    for a in dir(mod):\n"
+        "        try:\n            o = getattr(mod, a)\n        except Exception:\n            continue\n"
+        "        for b in dir(o):\n"
+        "            try:\n                p = getattr(o, b)\n            except Exception:\n                continue\n"
+        "            if 'module' in repr(type(p)) or 'frame' in repr(type(p)) or 'code' == type(p).__name__:\n"
+        "                print('ESCAPED', a, b)\n"
+        "raise RuntimeError('walk finished')"),
+    "typing_get_type_hints": "import typing\nprint('ESCAPED', typing.get_type_hints)",
+    "singledispatch": "from functools import singledispatch\nprint('ESCAPED', singledispatch)",
+    "datetime_capsule": "import datetime\nprint('ESCAPED', datetime.datetime_CAPI)",
+    # forbidden modules and builtins
+    "import_os": "import os\nprint('ESCAPED', os.environ.get('{env}'))",
+    "import_sys": "import sys\nprint('ESCAPED', sys.modules)",
+    "import_operator": "from operator import attrgetter\nprint('ESCAPED', attrgetter('__class__')(1))",
+    "import_importlib": "import importlib\nprint('ESCAPED', importlib.import_module('os'))",
+    "import_submodule": "import collections.abc\nprint('ESCAPED', collections.abc)",
+    "dunder_import": "print('ESCAPED', __import__('os'))",
+    "open_file": "print('ESCAPED', open('{path}').read())",
+    "eval_exec": "eval(\"__import__('os')\")",
+    "compile_builtin": "print('ESCAPED', compile('1', 'x', 'eval'))",
+    "globals_vars": "print('ESCAPED', globals()['__builtins__'])",
+    # generator and traceback frames
+    "generator_frame": "g = (i for i in [1])\nprint('ESCAPED', g.gi_frame.f_back.f_globals)",
+    "generator_frame_getattr": "g = (i for i in [1])\nf = getattr(g, 'gi_frame')\nprint('ESCAPED', f)",
+    "traceback_frame": ("try:\n    1 / 0\nexcept Exception as e:\n    tb = getattr(e, '__traceback__')\n"
+                        "    print('ESCAPED', tb.tb_frame)"),
+    "exc_tb_frame_attr": "try:\n    1 / 0\nexcept Exception as e:\n    print('ESCAPED', getattr(e.with_traceback(None), 'tb_frame'))",
+    "attributeerror_obj": ("import re\ntry:\n    re.nonexistent\nexcept AttributeError as e:\n"
+                           "    print('ESCAPED', e.obj)"),
+    "except_star": "try:\n    pass\nexcept* ValueError:\n    pass",
+    # guard-name shadowing
+    "posonly_shadow": "def f(_getattr_, /):\n    return _getattr_\nprint('ESCAPED', f(getattr))",
+    "lambda_shadow": "g = lambda _getattr_=None: 1",
+    "assign_guard": "_getattr_ = lambda o, n: 1",
+    "global_guard": "def f():\n    global _write_\n    _write_ = 1\nf()",
+    "match_class_pattern": "match FINAL:\n    case object(__globals__=g):\n        print('ESCAPED', g)",
+    # metaclass and type tricks
+    "metaclass_kw": "class A(metaclass=type):\n    pass",
+    "type_three_args": "T = type('T', (), {'x': 1})\nprint('ESCAPED', T)",
+    "type_of_type": "meta = type(type(1))\nT = meta('T', (), {})\nprint('ESCAPED', T)",
+    "sandbox_metaclass": "class A:\n    pass\nM = type(A)\nprint('ESCAPED', M('B', (), {'__getattr__': 1}))",
+    "dunder_getattr_method": "class A:\n    def __getattribute__(self, n):\n        return 1",
+    "init_subclass": "class A:\n    def __init_subclass__(cls):\n        pass",
+    # functools / map with getattr
+    "reduce_getattr": "import functools\nprint('ESCAPED', functools.reduce(getattr, ['__class__', '__base__'], ()))",
+    "map_getattr": "print('ESCAPED', list(map(getattr, [FINAL], ['__globals__'])))",
+    "partial_getattr": "import functools\nprint('ESCAPED', functools.partial(getattr, FINAL)('__closure__'))",
+    "sorted_key_getattr": "print('ESCAPED', sorted([FINAL], key=lambda f: getattr(f, '__code__')))",
+    # host-object attribute leaks
+    "stub_globals": "print('ESCAPED', llm_query.__globals__)",
+    "stub_closure": "print('ESCAPED', getattr(llm_query, '__closure__'))",
+    "print_self": "p = print\nprint('ESCAPED', getattr(p, '__self__'))",
+    "final_var_dunder": "FINAL_VAR('__builtins__')",
+    # writes into modules and host classes
+    "write_module_attr": "import re\nre.compile = None\nprint('ESCAPED')",
+    "setattr_module": "import json\nsetattr(json, 'dumps', None)\nprint('ESCAPED')",
+    "write_host_class": "import textwrap\ntextwrap.TextWrapper.width = 1\nprint('ESCAPED')",
+    "write_builtin_type": "setattr(str, 'upper', None)\nprint('ESCAPED')",
+    "setattr_dunder_on_own_class": "class A:\n    pass\nsetattr(A, '__getattr__', lambda s, n: 1)\nprint('ESCAPED')",
+    # process control
+    "system_exit": "raise SystemExit(0)",
+    "keyboard_interrupt": "raise KeyboardInterrupt",
+    "exit_builtin": "exit(0)",
+}
+ATTACKS["walk_all_modules"] = (
+    "import re, json, math, collections, itertools, functools, statistics, string, textwrap, datetime\n"
+    "import heapq, bisect, random, typing\n"
+    "for mod in [re, json, math, collections, itertools, functools, statistics, string, textwrap,\n"
+    "            datetime, heapq, bisect, random, typing]:\n"
+    "    for a in dir(mod):\n"
+    "        o = getattr(mod, a)\n"
+    "        if 'module' in repr(type(o)).lower() or 'capsule' in repr(type(o)).lower():\n"
+    "            print('ESCAPED', a)\n"
+    "raise RuntimeError('walk finished')")
+
+
+@pytest.fixture(scope="module")
+def sandbox(secret_file):
+    from rlm_local.sandbox import Limits, Sandbox
+    from .conftest import echo_handler
+    sb = Sandbox(context="public text", llm_handler=echo_handler, limits=Limits(wall_seconds=10, cpu_seconds=10))
+    yield sb
+    sb.close()
+
+
+def test_suite_has_forty_attacks():
+    assert len(ATTACKS) >= 40
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_blocked(name, sandbox, secret_file):
+    code = ATTACKS[name].replace("{path}", secret_file).replace("{env}", SECRET_ENV)
+    r = sandbox.run(code)
+    assert r.error is not None, f"{name} ran without error: {r.stdout!r}"
+    assert "ESCAPED" not in r.stdout, r.stdout
+    assert not leaked(r)
+    assert "/work/" not in (r.error or "") and ".venv" not in (r.error or "")
+    assert sandbox.run("print(6 * 7)").stdout == "42\n"  # the session lives on
+
+
+def test_worker_cannot_see_parent_secrets_even_if_escaped(sandbox, secret_file):
+    """The OS layer alone: the worker's environment is clean and it runs as a user that cannot read the
+    parent's files (checked from the parent, since the language layer blocks every way to look)."""
+    import os
+    pid = sandbox.pid
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = f.read()
+    assert SECRET_ENV.encode() not in env and b"PATH=" not in env
+    if os.geteuid() == 0:
+        assert "drop-uid" in sandbox.hardening
+        with open(f"/proc/{pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert all(int(u) != 0 for u in uids)
+
+
+def test_hardening_applied(sandbox):
+    assert {"rlimits", "no-new-privs"} <= set(sandbox.hardening)
+
+
+def test_host_class_state_is_per_session(make_sandbox):
+    """A host-class dict reachable from an allowed module is writable in the sandbox, but only inside
+    that session's own process: a second session never sees the change."""
+    a, b = make_sandbox(), make_sandbox()
+    code = "import textwrap\ntextwrap.TextWrapper.unicode_whitespace_trans[65] = 'Z'\n"
+    assert a.run(code).error is None
+    probe = "import textwrap\nprint(textwrap.TextWrapper.unicode_whitespace_trans.get(65))"
+    assert a.run(probe).stdout == "Z\n"
+    assert b.run(probe).stdout == "None\n"
