@@ -3,13 +3,14 @@
 
 Two shapes are rewritten:
   (a) ``[llm_query(P) for ...]`` anywhere, and ``list(...)`` / ``tuple(...)`` / ``sep.join(...)`` of a
-      generator whose element is ``llm_query(P)``: becomes ``llm_query_batched([P for ...])``;
+      generator whose element is ``llm_query(P)``: the prompts ``[P for ...]`` are built first, then asked
+      with ``llm_query_batched`` in slices of at most ``max_prompts`` (the sandbox's per-call limit);
   (b) a ``for`` loop whose body, besides pure helper assignments and ``if`` filters, makes exactly one
       ``llm_query(P)`` call and stores its result (``R.append(...)``, ``R[K] = ...``, ``x = ...`` then
       ``R.append(x)``), where no prompt can read anything the body writes. It becomes
-          rlm_batch_0_items = [...the iterable, evaluated once...]; rlm_batch_0_out = llm_query_batched([...])
+          rlm_batch_0_items = [...the iterable, evaluated once...]; rlm_batch_0_out = <answers, batched>
           for <target> in rlm_batch_0_items:      # the original body, the call replaced by
-              ...rlm_batch_0_out.pop()...         # the next answer
+              ...rlm_batch_0_out.pop()...         # the next answer (the list is reversed first)
           del rlm_batch_0_items, rlm_batch_0_out
       so the loop variable, every helper variable and the containers end exactly as before.
 
@@ -19,7 +20,9 @@ that does not parse is returned byte-identical. Edits are spliced into the origi
 line numbers survive: the two helper statements of a loop rewrite share the lines of the statements
 around the loop (or blank lines); only where there are none does the rewrite add a line.
 Known difference: if building a prompt raises part-way, the rewritten code raises before any sub-call
-instead of after the earlier ones. ``llm_query_batched([])`` must return ``[]``.
+instead of after the earlier ones. The generated code uses only ``llm_query_batched``, ``range``, ``len``,
+list slicing/``reverse``/``pop``, ``del`` and names ``rlm_batch_<k>_*`` (no leading underscores, which
+RestrictedPython refuses).
 """
 from __future__ import annotations
 
@@ -54,10 +57,14 @@ _SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Pass, ast.Imp
 _JOINERS = ("list", "tuple")  # plus any ``<expr>.join``: they consume the whole generator, in order
 
 
-def rewrite_sibling_calls(code: str) -> tuple[str, int]:
-    """Return ``(new_code, number_of_rewrites)``; ``code`` itself when nothing is rewritten."""
+def rewrite_sibling_calls(code: str, max_prompts: int = 256) -> tuple[str, int]:
+    """Return ``(new_code, number_of_rewrites)``; ``code`` itself when nothing is rewritten. Each batched
+    call carries at most ``max_prompts`` prompts (the sandbox's prompts-per-call limit); longer lists are
+    sent as consecutive batched calls."""
     if not isinstance(code, str):
         raise TypeError(f"code must be a str, got {type(code).__name__}")
+    if not isinstance(max_prompts, int) or max_prompts < 1:
+        raise ValueError(f"max_prompts must be an int >= 1, got {max_prompts!r}")
     if CALL not in code or "\r" in code:
         return code, 0
     try:
@@ -65,7 +72,7 @@ def rewrite_sibling_calls(code: str) -> tuple[str, int]:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return code, 0
     try:
-        rewriter = _Rewriter(code, tree)
+        rewriter = _Rewriter(code, tree, max_prompts)
         if not rewriter.usable:
             return code, 0
         rewriter.visit(tree, in_class=False)
@@ -163,14 +170,15 @@ class _LoopPlan:
 
 
 class _Rewriter:
-    def __init__(self, code: str, tree: ast.Module) -> None:
+    def __init__(self, code: str, tree: ast.Module, max_prompts: int) -> None:
+        self.max_prompts = max_prompts
         self.src = code.encode("utf-8")
         self.line_starts = [0]
         for i, b in enumerate(self.src):
             if b == 0x0A:
                 self.line_starts.append(i + 1)
         bound, self.identifiers = _bound_names(tree)
-        self.usable = not ({CALL, BATCHED} & bound)  # the cell redefines the sub-call functions
+        self.usable = not ({CALL, BATCHED, "range", "len"} & bound)  # names the generated code relies on
         self.pure_functions = PURE_FUNCTIONS - bound
         self.siblings: dict[ast.For, tuple[ast.stmt | None, ast.stmt | None]] = {}
         for node in ast.walk(tree):
@@ -233,9 +241,10 @@ class _Rewriter:
         start, end = self.span(node)
         if self.src[start:start + 1] != b"[" or self.src[end - 1:end] != b"]":
             return False
-        self.edits.append((start, start, f"{BATCHED}(".encode()))
+        prefix, suffix = self.chunked_call()
+        self.edits.append((start, start, prefix.encode()))
         self.replace_call_with_prompt(node.elt)
-        self.edits.append((end, end, b")"))
+        self.edits.append((end, end, suffix.encode()))
         self.count += 1
         return True
 
@@ -251,11 +260,20 @@ class _Rewriter:
         start, end = self.span(gen)
         if self.src[start:start + 1] != b"(" or self.src[end - 1:end] != b")":
             return False  # positions not as this interpreter version reports them: leave it
-        self.edits.append((start + 1, start + 1, f"{BATCHED}([".encode()))
+        prefix, suffix = self.chunked_call()
+        self.edits.append((start + 1, start + 1, (prefix + "[").encode()))
         self.replace_call_with_prompt(gen.elt)
-        self.edits.append((end - 1, end - 1, b"])"))
+        self.edits.append((end - 1, end - 1, ("]" + suffix).encode()))
         self.count += 1
         return True
+
+    def chunked_call(self) -> tuple[str, str]:
+        """Text to put around a list display of prompts so that it becomes the list of answers, asked in
+        batched calls of at most max_prompts (all names are local to the comprehension)."""
+        items, _, item, k = self.fresh_names()
+        n = self.max_prompts
+        return (f"[{item} for {items} in [",
+                f"] for {k} in range(0, len({items}), {n}) for {item} in {BATCHED}({items}[{k}:{k} + {n}])]")
 
     def replace_call_with_prompt(self, call: ast.Call) -> None:
         start, end = self.span(call)
@@ -286,7 +304,7 @@ class _Rewriter:
         test_src = self.unparse(plan.test) if plan.test is not None else ""
         if prompt_src is None or test_src is None:
             return False
-        items, out, item = self.fresh_names()
+        items, out, item, k = self.fresh_names()
         indent = self.line_text(loop.lineno)[: loop.col_offset].decode("utf-8")
         if indent.strip():
             return False
@@ -295,8 +313,10 @@ class _Rewriter:
         if target_src is None or iter_src is None:
             return False
         cond = f" if {test_src}" if plan.test is not None else ""
-        prelude = (f"{items} = [{item} for {item} in {iter_src}]; "
-                   f"{out} = {BATCHED}([{prompt_src} for {target_src} in {items}{cond}]); {out}.reverse()")
+        n = self.max_prompts
+        prelude = (f"{items} = [{item} for {item} in {iter_src}]; {out} = [{prompt_src} for {target_src} in {items}{cond}]; "
+                   f"{out} = [{item} for {k} in range(0, len({out}), {n}) for {item} in {BATCHED}({out}[{k}:{k} + {n}])]; "
+                   f"{out}.reverse()")
         # Helper statements ride on the neighbouring simple statements where there are some (same block,
         # same line numbers), else on blank lines, else on lines of their own.
         prev, nxt = self.siblings.get(loop, (None, None))
@@ -442,11 +462,11 @@ class _Rewriter:
         else:  # the loop ends the text without a final newline
             self.edits.append((len(self.src), len(self.src), b"\n" + data + b"\n"))
 
-    def fresh_names(self) -> tuple[str, str, str]:
+    def fresh_names(self) -> tuple[str, str, str, str]:
         while True:
             base = f"rlm_batch_{self.next_id}"
             self.next_id += 1
-            names = (f"{base}_items", f"{base}_out", f"{base}_item")
+            names = (f"{base}_items", f"{base}_out", f"{base}_item", f"{base}_k")
             if not any(n in self.identifiers for n in names):
                 return names
 

@@ -120,6 +120,8 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
                  "other_backend_kwargs": [_engine_kwargs(sub_backend, args.sub_model, args.sub_base_url, args.threads)]}
     display = ProgressDisplay(err, verbose=args.verbose, live=not args.quiet)
     started = time.time()
+    if args.backend == "transformers" or args.sub_backend == "transformers":
+        _quiet_transformers()
     if not args.quiet:
         if args.backend == "transformers":  # the first run converts the embedded model: say what is happening
             kwargs["progress"] = lambda msg: err.print(f"[dim]{msg}[/dim]")
@@ -146,6 +148,14 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
                   f"{task.answer}, got {result.response!r} ({total:.1f} s in all, model load included)")
         return 0 if ok else EXIT_FAILED
     return 0
+
+
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and warnings would interleave with our display on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _cmd_serve(args: argparse.Namespace, err: Console) -> int:

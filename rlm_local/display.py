@@ -66,6 +66,8 @@ class ProgressDisplay:
                     f"{ev.get('seconds', 0):.1f} s)")
                 if self.verbose:
                     say(escape(str(ev.get("reply", ""))))
+        elif kind == "cell" and ev.get("final") is not None:
+            say(f"{pad}  cell ran FINAL in {ev.get('seconds', 0):.2f} s: {escape(_short(ev['final'], 120))}")
         elif kind == "cell":
             status = "[red]error[/red]" if ev.get("error") else "[green]ok[/green]"
             extra = f", {ev['batched_rewrites']} loop(s) batched" if ev.get("batched_rewrites") else ""
@@ -80,7 +82,7 @@ class ProgressDisplay:
                     f"{escape(_short(ev.get('prompt'), 80))} → {escape(_short(ev.get('response') or ev.get('error'), 80))}")
         elif kind == "child_start":
             say(f"{pad}[magenta]child RLM at depth {depth}[/magenta]")
-        elif kind == "final" :
+        elif kind == "final":
             say(f"[bold green]done[/bold green]: {ev.get('stopped_reason')} after {ev.get('iterations')} turn(s), "
                 f"{ev.get('seconds', 0):.1f} s")
 

@@ -67,31 +67,31 @@ ASK_FOR_FINAL = ("STOP: the BUDGET budget of this run is used up. Do not write m
 # reliably than it follows instructions.
 COMPLETION_PREAMBLE = '''Below are transcripts of a Python REPL. A long document is stored in the variable `context`; it is too long to read, so the analyst writes short code to search it, reads the printed output, and calls FINAL(answer) with the answer.
 
-### Task: What is the access code for the north gate?
-### Context: str, 48,213 characters.
+''' + ''.join(
+    f'''### Task: {question}
+### Context: str, {length} characters.
 ```python
-hits = [line for line in context.split("\\n") if "north gate" in line.lower()]
+hits = [line for line in context.split("\\n") if "{keyword}" in line.lower()]
 print(hits[:5])
 ```
 Output:
-['The access code for the north gate is 4471.']
+[{hit!r}]
 ```python
-FINAL("4471")
+FINAL("{answer}")
 ```
 
-### Task: Which city did Maria Lopez move to?
-### Context: str, 120,904 characters.
-```python
-hits = [line for line in context.split("\\n") if "maria lopez" in line.lower()]
-print(hits[:5])
-```
-Output:
-['In 2019 Maria Lopez moved to Lisbon to open a bakery.']
-```python
-FINAL("Lisbon")
-```
-
-'''
+''' for question, length, keyword, hit, answer in (
+        # Four examples measured best on the embedded model (9/10 needles vs 6/10 with two): more
+        # demonstrations of "copy the distinctive phrase from the question" make a 270M model copy it whole.
+        ("What is the access code for the north gate?", "48,213", "north gate",
+         "Visitors use the side door. The access code for the north gate is 4471.", "4471"),
+        ("Which city did Maria Lopez move to?", "120,904", "maria lopez",
+         "In 2019 Maria Lopez moved to Lisbon to open a bakery.", "Lisbon"),
+        ("What is the serial number of the blue tractor?", "75,330", "blue tractor",
+         "The serial number of the blue tractor is 88-1302.", "88-1302"),
+        ("What is the password of the hidden cellar?", "210,118", "hidden cellar",
+         "The password of the hidden cellar is: 5521.", "5521"),
+    ))
 
 COMPLETION_TASK = """### Task: QUESTION_TEXT
 ### Context: METADATA_LINE

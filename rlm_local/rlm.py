@@ -20,8 +20,8 @@ from . import prompts
 from .batching import rewrite_sibling_calls
 from .engines import Engine, Request, Result, make_engine
 from .models import find_card
-from .parsing import ParsedReply, parse_reply
-from .prompts import Context, ContextInfo
+from .conversation import Conversation
+from .prompts import Context
 from .sandbox import Limits, Sandbox
 from .scheduler import Scheduler
 from .trajectory import Trajectory
@@ -122,10 +122,10 @@ class RLM:
             from .display import VerbosePrinter
             self.listeners.append(VerbosePrinter())
         self._file_lock = threading.Lock()
-        card = find_card(self.engine.model_name) if backend == "transformers" else None
+        card = find_card(self.engine.model_name) if self.engine.model_name else None
         self._root_sampling = dict(card.sampling) if card else {"max_tokens": 2048, "temperature": 0.0}
         self._root_budget_tokens = card.max_prompt_tokens if card else max(4096, self.engine.context_length // 2 or 32768)
-        sub_card = find_card(self.sub_engine.model_name)
+        sub_card = find_card(self.sub_engine.model_name) if self.sub_engine.model_name else None
         self._sub_max_tokens = sub_max_tokens or (sub_card.sampling.get("max_tokens", 512) if sub_card else 1024)
 
     # ---- public API -------------------------------------------------------------------------------------
@@ -141,9 +141,10 @@ class RLM:
         try:
             answer, reason, iterations = self._solve(context, root_prompt, depth=0, run=run)
         finally:
-            self.scheduler.cancel(run_id)
+            # Run ids are never reused: anything still queued for this run (a child's stray thread) fails fast.
+            self.scheduler.cancel(run_id, reject_new=True)
             if self.sub_scheduler is not self.scheduler:
-                self.sub_scheduler.cancel(run_id)
+                self.sub_scheduler.cancel(run_id, reject_new=True)
         summary = run.usage.summary()
         elapsed = time.time() - started
         trajectory.log("final", answer=answer, stopped_reason=reason, iterations=iterations,
@@ -173,7 +174,7 @@ class RLM:
         """One (sub-)run: returns (answer, stopped_reason, iterations)."""
         info = prompts.describe_context(context, self.engine.count_tokens)
         run.trajectory.log("context", depth=depth, metadata=info.to_dict())
-        convo = _Conversation.start(self.engine, question, info, self.output_limit, self.custom_system_prompt,
+        convo = Conversation.start(self.engine, question, info, self.output_limit, self.custom_system_prompt,
                                     self._root_budget_tokens)
         with Sandbox(context=context, limits=self.sandbox_limits,
                      llm_handler=lambda ps: self._llm_handler(ps, depth + 1, run),
@@ -190,7 +191,7 @@ class RLM:
                 convo.add_turn(reply, feedback)
             return self._ask_for_final(convo, sandbox, "max_iterations", depth, run, self.max_iterations)
 
-    def _root_turn(self, convo: "_Conversation", depth: int, iteration: int, run: _Run) -> str | None:
+    def _root_turn(self, convo: Conversation, depth: int, iteration: int, run: _Run) -> str | None:
         request = convo.request(self._root_sampling)
         for attempt in range(2):  # one retry: a transient engine failure should not end the run
             started = time.time()
@@ -203,7 +204,7 @@ class RLM:
                 return result.text
         return None
 
-    def _act(self, convo: "_Conversation", reply: str, sandbox: Sandbox, depth: int, iteration: int,
+    def _act(self, convo: Conversation, reply: str, sandbox: Sandbox, depth: int, iteration: int,
              run: _Run) -> tuple[str | None, str]:
         """Run the reply's code and return (final answer or None, feedback text for the root)."""
         parsed = convo.parse(reply)
@@ -232,7 +233,7 @@ class RLM:
     def _run_cell(self, code: str, sandbox: Sandbox, depth: int, iteration: int, run: _Run):
         rewrites = 0
         if self.implicit_batching:
-            code_to_run, rewrites = rewrite_sibling_calls(code)
+            code_to_run, rewrites = rewrite_sibling_calls(code, max_prompts=self.sandbox_limits.max_prompts_per_call)
         else:
             code_to_run = code
         cell = sandbox.run(code_to_run)
@@ -249,7 +250,7 @@ class RLM:
             parts.append("[the cell was stopped at a limit; variables are as they were before it ran]")
         return "\n".join(parts) or "(no output)"
 
-    def _ask_for_final(self, convo: "_Conversation", sandbox: Sandbox, reason: str, depth: int, run: _Run,
+    def _ask_for_final(self, convo: Conversation, sandbox: Sandbox, reason: str, depth: int, run: _Run,
                        iterations: int) -> tuple[str, str, int]:
         """A budget ended the run: ask the root once for its best answer from what it has seen."""
         convo.add_budget_stop(reason)
@@ -376,87 +377,3 @@ def _check_context(prompt: Any) -> Context:
             raise ContextError("the context is empty")
         return dict(prompt)
     raise ContextError(f"the context must be a str, a list of str or a dict of str, not {type(prompt).__name__}")
-
-
-class _Conversation:
-    """The root's view: chat messages for instruction-tuned models, or one growing transcript for base
-    models. Old turns are dropped (with a note) when the prompt would outgrow the model's budget; the
-    REPL keeps every variable, so nothing is lost but the model's view of old output."""
-
-    def __init__(self, engine: Engine, head: list[dict[str, str]] | str, feedback_chars: int,
-                 budget_tokens: int) -> None:
-        self.engine = engine
-        self.head = head
-        self.turns: list[tuple[str, str]] = []  # (reply, feedback)
-        self.tail: str | None = None  # a closing instruction (budget stop)
-        self.feedback_chars = feedback_chars
-        self.budget_tokens = budget_tokens
-
-    @classmethod
-    def start(cls, engine: Engine, question: str | None, info: ContextInfo, output_limit: int,
-              custom_system: str | None, budget_tokens: int) -> "_Conversation":
-        feedback_chars = min(output_limit, budget_tokens)  # about a quarter of the budget, in characters
-        if engine.prompt_format == "completion":
-            return cls(engine, prompts.COMPLETION_PREAMBLE + prompts.completion_task(question, info),
-                       feedback_chars, budget_tokens)
-        head = [{"role": "system", "content": prompts.system_prompt(output_limit, custom_system)},
-                {"role": "user", "content": prompts.first_turn(question, info)}]
-        return cls(engine, head, feedback_chars, budget_tokens)
-
-    def parse(self, reply: str) -> ParsedReply:
-        # The completion transcript ends inside an open ```python fence, so a base model's reply is bare code.
-        if isinstance(self.head, str):
-            return parse_reply(f"```python\n{reply}\n```")
-        return parse_reply(reply)
-
-    def feedback(self, outputs: list[str], notes: list[str] = ()) -> str:
-        """What the root reads after its code ran: each cell's output (clipped to the model's budget) and notes."""
-        share = max(200, self.feedback_chars // max(1, len(outputs)))
-        clipped = [o if len(o) <= share else o[:share] + f"\n... [truncated: {len(o):,} characters in all]"
-                   for o in outputs]
-        if isinstance(self.head, str):  # the transcript shows raw output under "Output:"
-            body = "\n".join(clipped)
-        else:
-            body = prompts.cell_feedback(clipped) if clipped else ""
-        return "\n\n".join(part for part in (body, *notes) if part)
-
-    def add_turn(self, reply: str, feedback: str) -> None:
-        self.turns.append((reply, feedback))
-
-    def add_budget_stop(self, reason: str) -> None:
-        self.tail = prompts.ASK_FOR_FINAL.replace("BUDGET", reason.removeprefix("max_"))
-
-    def request(self, sampling: dict[str, Any]) -> Request:
-        keep = len(self.turns)
-        while True:
-            req = self._build(keep, sampling)
-            if keep == 0 or self.engine.count_tokens(self.engine.render(req)) <= self.budget_tokens:
-                return req
-            keep -= 1
-
-    def _build(self, keep: int, sampling: dict[str, Any]) -> Request:
-        turns = self.turns[len(self.turns) - keep:]
-        dropped = len(self.turns) - keep
-        if isinstance(self.head, str):
-            text = self.head
-            if dropped:
-                text += f"# ({dropped} earlier steps omitted; their variables still exist)\n"
-            for reply, feedback in turns:
-                text += reply.rstrip("\n") + "\n```\n" + prompts.completion_output(feedback)
-            if self.tail:
-                text += f"# {self.tail}\n"
-            return Request.completion(text, stop=prompts.COMPLETION_STOP, **sampling)
-        messages = list(self.head)
-        if dropped:
-            messages.append({"role": "user", "content": f"[{dropped} earlier turns omitted to fit the context "
-                                                        "window; the variables they made still exist]"})
-            messages.append({"role": "assistant", "content": "Understood."})
-        for reply, feedback in turns:
-            messages.append({"role": "assistant", "content": reply})
-            messages.append({"role": "user", "content": feedback})
-        if self.tail:
-            if messages[-1]["role"] == "user":
-                messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + self.tail}
-            else:
-                messages.append({"role": "user", "content": self.tail})
-        return Request.chat(messages, **sampling)

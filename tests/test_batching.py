@@ -168,7 +168,23 @@ def test_loop_helpers_use_blank_lines_or_add_lines_only_when_needed():
 def test_comprehension_rewrite_keeps_the_line_count():
     code = "ys = [llm_query(\n    'p ' + c\n) for c in chunks]\nz = 2\n"
     new, n = rewrite_sibling_calls(code)
-    assert n == 1 and new.count("\n") == code.count("\n") and new.startswith("ys = llm_query_batched([")
+    assert n == 1 and new.count("\n") == code.count("\n") and "llm_query_batched(" in new.splitlines()[2]
+
+
+@pytest.mark.parametrize("shape", ["listcomp", "generator", "loop"])
+def test_long_lists_are_asked_in_slices_of_max_prompts(shape):
+    cell = {
+        "listcomp": "ys = [llm_query('q' + str(i)) for i in range(600)]\n",
+        "generator": "ys = '|'.join(llm_query('q' + str(i)) for i in range(600))\n",
+        "loop": "ys = []\nfor i in range(600):\n    ys.append(llm_query('q' + str(i)))\n",
+    }[shape]
+    new, n = rewrite_sibling_calls(cell, max_prompts=256)
+    assert n == 1
+    ns_old, calls_old = run(cell, {})
+    ns_new, calls_new = run(new, {})
+    assert ns_new == ns_old and prompts_of(calls_new) == prompts_of(calls_old)
+    assert [len(arg) for _, arg in calls_new] == [256, 256, 88]
+    assert run(rewrite_sibling_calls("ys = [llm_query(c) for c in []]\n")[0], {})[1] == []  # no empty batch
 
 
 NOT_REWRITTEN = {
@@ -349,6 +365,10 @@ def test_untouched_inputs():
     assert rewrite_sibling_calls(code)[0] is code
     with pytest.raises(TypeError):
         rewrite_sibling_calls(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_prompts"):
+        rewrite_sibling_calls(code, max_prompts=0)
+    shadowed = "def range(n):\n    return []\nys = [llm_query(c) for c in chunks]\n"
+    assert rewrite_sibling_calls(shadowed) == (shadowed, 0)  # the generated code needs the real range
 
 
 FUZZ_STATEMENTS = [
@@ -377,3 +397,36 @@ def test_random_cells_behave_like_the_original():
         assert outcomes[1] == outcomes[0], (code, new)
         rewritten += n
     assert rewritten > 50  # the generator must exercise the rewrite, not only the refusals
+
+
+def test_rewritten_cell_runs_in_the_real_sandbox():
+    from rlm_local.sandbox import Sandbox
+
+    batches: list[list[str]] = []
+
+    def handler(prompts: list[str]) -> list[str]:
+        batches.append(list(prompts))
+        return [f"A<{p}>" for p in prompts]
+
+    code = textwrap.dedent("""
+        chunks = [context[i:i + 5] for i in range(0, len(context), 5)]
+        results = []
+        for i, c in enumerate(chunks):
+            p = f"Chunk {i}: {c}"
+            results.append(llm_query(p))
+        answers = [llm_query("Q " + c) for c in chunks if c]
+        print(len(results), results[-1], answers[0], i, p)
+        print(undefined_name)
+        """).lstrip("\n")
+    new, n = rewrite_sibling_calls(code)
+    assert n == 2
+    outs = []
+    for text in (code, new):
+        batches.clear()
+        with Sandbox(context="abcdefghijklmnopqrstuvwxyz", llm_handler=handler) as sb:
+            cell = sb.run(text)
+        outs.append((cell.stdout, cell.error, [p for b in batches for p in b]))
+        sizes = [len(b) for b in batches]
+    assert outs[1] == outs[0]  # same output, same error (same line number), same prompts in order
+    assert "line 8" in outs[0][1]
+    assert sizes == [6, 6]

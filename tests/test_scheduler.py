@@ -8,7 +8,8 @@ import time
 import pytest
 
 from rlm_local.engines.base import Engine, Request, Result, Usage
-from rlm_local.scheduler import Scheduler, common_prefix_len, plan_calls, shared_prefix_first, shared_prefix_prompt
+from rlm_local.prefix import common_prefix_len, plan_calls, shared_prefix_first, shared_prefix_prompt
+from rlm_local.scheduler import Scheduler
 
 
 class RecordingEngine(Engine):
@@ -65,8 +66,9 @@ def wait_until(cond, timeout: float = 5.0) -> None:
 def hold_engine(sched: Scheduler, engine: RecordingEngine, run_id: str = "holder"):
     """Occupy the worker with a gated request so that later submissions queue up deterministically."""
     engine.gate_on.add("HOLD")
+    engine.entered.clear()
     t, box = in_thread(sched.submit, reqs("HOLD"), run_id)
-    assert engine.entered.wait(5)
+    assert engine.entered.wait(5) and engine.batches[-1] == ["HOLD"]
     return t, box
 
 
@@ -105,10 +107,10 @@ def test_concurrent_callers_are_gathered_and_engine_runs_on_one_thread():
         assert len(eng.thread_ids) == 1
 
 
-def test_prefix_groups_get_their_own_engine_calls_and_siblings_stay_together():
+def test_split_by_prefix_gives_each_prefix_group_its_own_call_and_siblings_stay_together():
     eng = RecordingEngine()
     doc_a, doc_b = "A" * 400, "B" * 400
-    with Scheduler(eng, window_ms=1, min_shared_prefix=256) as s:
+    with Scheduler(eng, window_ms=1, min_shared_prefix=256, split_by_prefix=True) as s:
         holder, _ = hold_engine(s, eng)
         subs = [
             in_thread(s.submit, reqs(*(f"{doc_a} question {i}" for i in range(3))), "ra"),
@@ -142,17 +144,28 @@ def test_plan_calls_keeps_long_documents_apart_and_pools_the_rest():
     assert common_prefix_len("", "abc") == 0 and common_prefix_len("abc", "abd") == 2
 
 
-def test_group_by_prefix_off_sends_one_call():
+def test_default_is_one_call_with_prefix_groups_side_by_side():
     eng = RecordingEngine()
-    with Scheduler(eng, window_ms=1, group_by_prefix=False) as s:
+    doc_a, doc_b = "A" * 300, "B" * 300
+    with Scheduler(eng, window_ms=1) as s:
         holder, _ = hold_engine(s, eng)
-        subs = [in_thread(s.submit, reqs("Z" * 300 + str(i), "Z" * 300 + "x" + str(i)), f"r{i}") for i in range(2)]
-        subs.append(in_thread(s.submit, reqs("other"), "r9"))
-        wait_until(lambda: s.queued == 5)
+        subs = [in_thread(s.submit, reqs(doc_b + "1"), "r1"),
+                in_thread(s.submit, reqs(doc_a + "1", doc_a + "2"), "r2"),
+                in_thread(s.submit, reqs("other"), "r3"),
+                in_thread(s.submit, reqs(doc_a + "3"), "r4"),
+                in_thread(s.submit, reqs(doc_b + "2"), "r5")]
+        wait_until(lambda: s.queued == 6)
         eng.gate.set()
         for t, _ in subs:
             t.join(5)
-        assert len(eng.batches) == 2 and len(eng.batches[1]) == 5
+        assert len(eng.batches) == 2
+        call = [t[0] + t[-1] for t in eng.batches[1]]  # first and last character of each prompt
+        # the A siblings (one submission) stay together, and requests of different runs sharing a
+        # document are put side by side
+        assert call.index("A2") == call.index("A1") + 1
+        assert {call.index("A3") - call.index("A1")} & {-1, 2}
+        assert abs(call.index("B1") - call.index("B2")) == 1
+        assert sorted(call) == ["A1", "A2", "A3", "B1", "B2", "or"]
 
 
 def test_memo_answers_identical_greedy_requests_once():
@@ -356,8 +369,8 @@ def test_render_failure_and_scheduler_bug_fail_only_what_they_touch(monkeypatch)
         def broken_plan(*args, **kwargs):
             raise RuntimeError("planner bug")
 
-        monkeypatch.setattr(scheduler_module, "plan_calls", broken_plan)
         holder, _ = hold_engine(s, eng)
+        monkeypatch.setattr(scheduler_module, "plan_calls", broken_plan)
         subs = [in_thread(s.submit, reqs(f"x{i}"), f"r{i}") for i in range(2)]
         wait_until(lambda: s.queued == 2)
         eng.gate.set()
@@ -423,7 +436,6 @@ def test_many_threads_get_their_own_answers_and_usage_adds_up():
         calls = sum(r.usage.calls for _, box in threads for r in box["value"])
         assert calls == s.stats.engine_requests == sum(len(b) for b in eng.batches)
         assert s.stats.engine_requests == 6 * 15 + 3  # the three common prompts ran once each
-        assert s.stats.engine_calls < 6 * 15
 
 
 def test_shared_prefix_first_layout_keeps_siblings_on_a_common_prefix():

@@ -3,6 +3,12 @@
 Requests with equal sampling settings are generated together in left-padded batches (one forward pass
 per token for the whole batch), which is where CPU throughput comes from: 5.7 tok/s alone vs ~30 tok/s
 at batch 16 on two cores.
+
+KV prefix reuse (on by default, see prefix_cache.py): siblings sharing a long prompt prefix (one chunk,
+different questions) compute it once and decode as one batch over it; a bounded LRU keeps prefixes across
+calls, so each turn of a growing root conversation only computes what the previous turn did not see.
+Greedy outputs are identical to the no-reuse path; ``Usage.cached_tokens`` counts, per request, the prompt
+tokens whose KV it did not compute itself (taken from the LRU or from a sibling).
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import Any
 
 from .base import Engine, Request, Result, SamplingParams, Usage
 from .prefix_cache import (PrefixCache, PrefixKV, batch_cache, common_prefix_len, extend_prefix,
-                           prefix_from_cache)
+                           prefix_from_cache, supports_reuse)
 
 
 def default_threads() -> int:
@@ -35,6 +41,8 @@ class TransformersEngine(Engine):
         tokens compute them once, and an LRU of at most ``prefix_cache_size`` entries and
         ``prefix_cache_bytes`` bytes keeps prefixes for later calls (the root conversation's next turn)."""
         from ..models import ModelLoadError, resolve_model_dir, set_offline
+
+        cache = PrefixCache(prefix_cache_size, prefix_cache_bytes) if prefix_cache else None  # bad bounds fail fast
 
         set_offline()
         import torch
@@ -61,7 +69,7 @@ class TransformersEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_batch = max(1, max_batch)
         self.min_prefix_tokens = max(1, min_prefix_tokens)
-        self.prefix_cache = PrefixCache(prefix_cache_size, prefix_cache_bytes) if prefix_cache else None
+        self.prefix_cache = cache if cache is not None and supports_reuse(self.model) else None
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.prompt_format = card.prompt_format if card else ("chat" if has_template else "completion")  # type: ignore[assignment]
         self.context_length = (card.context_length if card else 0) or int(
@@ -188,7 +196,8 @@ class TransformersEngine(Engine):
         slots = width - remainder
         if slots < self.min_prefix_tokens or not any(ends):
             return _Plan([None] * len(rows), [0] * len(rows), 0, [0] * len(rows))
-        for i, (src, end) in enumerate(zip(sources, ends)):
+        for i, end in enumerate(ends):
+            src = sources[i]
             if src is not None and not src.can_serve(end):
                 # The stored sliding tail is too short for this shift: recompute this prefix in full.
                 fresh = extend_prefix(self.model, None, src.tokens)

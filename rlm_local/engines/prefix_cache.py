@@ -50,7 +50,7 @@ class PrefixKV:
 
     def can_serve(self, end: int) -> bool:
         """Whether this entry holds everything a sequence needs to continue after its first ``end`` tokens."""
-        return 0 <= end <= len(self) and max(0, end - self.window) >= self.sliding_start
+        return 0 <= end <= len(self) and (not any(self.sliding) or max(0, end - self.window) >= self.sliding_start)
 
     def crop(self, end: int) -> "PrefixKV":
         """The entry for ``tokens[:end]`` (views, no copy)."""
@@ -65,7 +65,7 @@ class PrefixKV:
 
     def trimmed(self, margin: int) -> "PrefixKV":
         """A compact copy for storage: sliding layers keep the last ``window + margin`` tokens."""
-        start = max(self.sliding_start, len(self) - self.window - margin)
+        start = max(self.sliding_start, len(self) - self.window - margin) if any(self.sliding) else 0
         keys, values = [], []
         for k, v, sliding in zip(self.keys, self.values, self.sliding):
             lo = start - self.sliding_start if sliding else 0
@@ -79,6 +79,17 @@ def empty_cache(config):
     from transformers import DynamicCache  # imported late: the engine sets offline mode before transformers loads
 
     return DynamicCache(config=config)
+
+
+def supports_reuse(model) -> bool:
+    """Prefix reuse handles full-attention and sliding-window layers; anything else (linear attention,
+    chunked attention, KV sharing) runs without it."""
+    config = model.config.get_text_config(decoder=True)
+    types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if not types <= {"full_attention", "sliding_attention"} or getattr(config, "num_kv_shared_layers", 0):
+        return False
+    return all(type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer")
+               for layer in empty_cache(model.config).layers)
 
 
 def _window(layer) -> int:
@@ -151,6 +162,8 @@ def batch_cache(config, sources: list[PrefixKV | None], ends: list[int], slots: 
         heads, _, dim = ref.keys[li].shape
         sliding = getattr(layer, "is_sliding", False)
         width = min(slots, _window(layer)) if sliding else slots
+        if sliding and record_past and batch == 1 and sources[0] is not None:
+            width = ends[0] - sources[0].sliding_start  # hand over the whole stored tail so it is kept
         keys = ref.keys[li].new_zeros((batch, heads, width, dim))
         values = ref.values[li].new_zeros((batch, heads, width, dim))
         for row, (src, end) in enumerate(zip(sources, ends)):
@@ -224,10 +237,12 @@ class PrefixCache:
         entry = entry.trimmed(self.margin)
         if entry.nbytes > self.max_bytes or len(entry) == 0:
             return
-        # An older entry the new one can fully stand in for is dead weight.
+        # An older entry the new one can fully stand in for (same tokens, at least as much sliding tail)
+        # is dead weight.
         for key, old in list(self._entries.items()):
             n = len(old)
-            if n <= len(entry) and entry.can_serve(n) and torch.equal(entry.tokens[:n], old.tokens):
+            if (n <= len(entry) and entry.sliding_start <= old.sliding_start
+                    and torch.equal(entry.tokens[:n], old.tokens)):
                 del self._entries[key]
         self._entries[self._next_id] = entry
         self._next_id += 1

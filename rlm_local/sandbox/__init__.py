@@ -6,6 +6,7 @@
 Only session.py is imported here; the worker-side files (worker, guards, policy, hardening) run in the
 worker process and are never imported by the parent.
 """
-from .session import CellResult, Limits, Sandbox, SandboxError
+from .limits import CellResult, Limits, SandboxError
+from .session import Sandbox
 
 __all__ = ["CellResult", "Limits", "Sandbox", "SandboxError"]

@@ -8,11 +8,13 @@ object or the import system through a public attribute.
 from __future__ import annotations
 
 import builtins
+import codecs
 import collections
 import operator
 import string
 import sys
 import types
+from _string import formatter_field_name_split as _formatter_field_name_split
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
@@ -30,12 +32,16 @@ TYPING_NAMES = ("Any", "List", "Dict", "Tuple", "Set", "FrozenSet", "Optional", 
                 "Iterable", "Iterator", "Sequence", "Mapping", "DefaultDict", "Deque", "Generator")
 # C code inside datetime imports these through the frame's __import__ (strftime/strptime).
 C_INTERNAL_IMPORTS = ("time", "_strptime")
+PRELOADED_CODECS = ("ascii", "latin-1", "utf-8-sig", "utf-16", "utf-32", "cp1252", "iso8859-15",
+                    "unicode-escape", "raw-unicode-escape", "idna", "punycode", "mac-roman", "cp437")
 
 FORBIDDEN_TYPES = (types.ModuleType, types.FrameType, types.CodeType, types.TracebackType)
 CONTAINER_TYPES = frozenset({dict, list, set, bytearray, collections.deque, collections.OrderedDict,
                              collections.defaultdict, collections.Counter})
 EXTRA_BLOCKED_ATTRS = frozenset({"f_back", "f_globals", "f_locals", "f_builtins", "f_code", "tb_frame",
                                  "tb_next", "gi_frame", "gi_code", "cr_frame", "ag_frame", "co_code"})
+# Names the getattr guard looks at closely; every other public name takes the fast path.
+SPECIAL_ATTRS = INSPECT_ATTRIBUTES | EXTRA_BLOCKED_ATTRS | {"format", "format_map", "obj"}
 
 INPLACE = {"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
            "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
@@ -94,6 +100,8 @@ def make_module_proxies() -> dict[str, ModuleProxy]:
         proxies[name] = ModuleProxy(name, attrs)
     for name in C_INTERNAL_IMPORTS:
         __import__(name)
+    for codec in PRELOADED_CODECS:  # codecs load lazily from disk, and the worker loses file access
+        codecs.lookup(codec)
     return proxies
 
 
@@ -156,14 +164,10 @@ class Guards:
     def getattr(self, obj, name, *default):
         if type(name) is not str:
             raise TypeError("attribute name must be a str")
-        if name.startswith("_") and not (name == "__name__" and isinstance(obj, (type, types.FunctionType))):
-            raise AttributeError(f"'{name}': names starting with '_' are not accessible in the sandbox")
-        if name in INSPECT_ATTRIBUTES or name in EXTRA_BLOCKED_ATTRS:
-            raise AttributeError(f"'{name}' is not accessible in the sandbox")
-        if name == "obj" and isinstance(obj, BaseException):
-            raise AttributeError("'obj' of exceptions is not accessible in the sandbox")
-        if name in ("format", "format_map"):
-            return self._format_method(obj, name)
+        if name[:1] == "_" or name in SPECIAL_ATTRS:
+            special = self._special_attr(obj, name)
+            if special is not None:
+                return special
         try:
             value = getattr(obj, name)
         except AttributeError:
@@ -173,6 +177,24 @@ class Guards:
         if isinstance(value, FORBIDDEN_TYPES):
             raise AttributeError(f"'{name}' refers to a {type(value).__name__}, not accessible in the sandbox")
         return value
+
+    def _special_attr(self, obj, name):
+        """Raises for forbidden names; returns a safe replacement for format methods, else None."""
+        if name.startswith("_"):
+            if name == "__class__":
+                return _type1(obj)
+            if name in ("__name__", "__qualname__") and isinstance(obj, (type, types.FunctionType)):
+                return None
+            if name == "__doc__":
+                return None
+            raise AttributeError(f"'{name}': names starting with '_' are not accessible in the sandbox")
+        if name in ("format", "format_map"):
+            return self._format_method(obj, name)
+        if name == "obj":
+            if isinstance(obj, BaseException):
+                raise AttributeError("'obj' of exceptions is not accessible in the sandbox")
+            return None
+        raise AttributeError(f"'{name}' is not accessible in the sandbox")
 
     def _format_method(self, obj, name):
         fmt = self.formatter
@@ -273,6 +295,7 @@ class Guards:
             "_inplace_item_": self.inplace_item,
             "_inplace_attr_": self.inplace_attr,
             "_apply_": _apply,
+            "_super_": _super2,
             "_print_": lambda _getattr=None: self.printer,
             "__metaclass__": SandboxMeta,
             "__name__": "__sandbox__",
@@ -293,9 +316,6 @@ class _GuardedFormatter(string.Formatter):
         return obj, first
 
 
-from _string import formatter_field_name_split as _formatter_field_name_split  # noqa: E402
-
-
 def _exact_str(s):
     if type(s) is not str:
         raise TypeError("format strings must be plain str in the sandbox")
@@ -304,6 +324,14 @@ def _exact_str(s):
 
 def _apply(func, *args, **kwargs):
     return func(*args, **kwargs)
+
+
+def _super2(cls, *obj):
+    # super(C, x).__init__ is the one dunder call the policy lets through; limit it to our own classes
+    # so that it cannot re-initialise or poke at host objects.
+    if not isinstance(cls, SandboxMeta):
+        raise TypeError("super() with arguments only works with classes defined in the sandbox")
+    return super(cls, *obj)
 
 
 def _type1(obj, *rest):

@@ -2,7 +2,7 @@
 
 On top of the stock transformer this allows what models actually write (augmented assignment on items
 and attributes, annotated assignment, ``nonlocal``, common dunder methods in classes, ``super()``,
-reading ``__name__``) by rewriting it into calls of guards from guards.py, and echoes a cell's last
+reading ``__name__``, ``__class__``, ``__doc__``) by rewriting it into calls of guards from guards.py, and echoes a cell's last
 expression like a notebook. Everything else (names starting with '_', ``match``, ``except*``, async,
 ``exec``/``eval``) stays rejected at compile time with RestrictedPython's readable messages.
 """
@@ -23,6 +23,9 @@ __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __
 __floordiv__ __mod__ __pow__ __neg__ __pos__ __abs__ __and__ __or__ __xor__ __invert__ __int__ __float__
 __index__ __round__ __reversed__ __missing__
 """.split())
+
+# Dunder attributes code may read (the getattr guard decides per object; __class__ acts like type()).
+READABLE_DUNDERS = frozenset({"__name__", "__qualname__", "__class__", "__doc__"})
 
 
 class SandboxPolicy(RestrictingNodeTransformer):
@@ -70,12 +73,16 @@ class SandboxPolicy(RestrictingNodeTransformer):
 
     def visit_Attribute(self, node):
         if isinstance(node.ctx, ast.Load):
-            if node.attr == "__name__":
-                call = self._call("_getattr_", self.visit(node.value), ast.Constant("__name__"))
+            if node.attr in READABLE_DUNDERS:
+                call = self._call("_getattr_", self.visit(node.value), ast.Constant(node.attr))
                 copy_locations(call, node)
                 return call
             if node.attr in DUNDER_METHODS and self._is_super_call(node.value):
-                node.value = self.visit(node.value)
+                call = self.visit(node.value)
+                if call.args:  # super(C, obj): checked at run time (C must be a sandbox class)
+                    call.func = ast.Name("_super_", ast.Load())
+                    copy_locations(call.func, node.value)
+                node.value = call
                 return node
         return super().visit_Attribute(node)
 

@@ -14,7 +14,7 @@ import os
 import select
 import time
 
-MAX_LINE_BYTES = 256 * 1024 * 1024  # a sub-call context may be large; anything beyond is a broken worker
+MAX_LINE_BYTES = 256 * 1024 * 1024  # default cap; anything beyond is a broken or hostile sender
 
 
 class ChannelClosed(Exception):
@@ -79,9 +79,6 @@ class LineReader:
             line = self.read_line(deadline)
             if line.strip():
                 return decode(line)
-
-    def discard(self) -> None:
-        self.buf.clear()
 
 
 def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:

@@ -2,26 +2,28 @@
 parent). Started as ``python -I -S worker.py SITE_DIR``; it imports only the stdlib, RestrictedPython and
 its sibling files, so it starts fast and never sees the parent's modules or secrets.
 
-Life of a worker: read ``init`` (context file path, limits) -> load the context and delete the file ->
+Life of a worker: read ``init`` (context memfd or file, limits) -> load the context (deleting the file) ->
 harden the process -> loop { fork a paused snapshot; send ``ready``/``restored``; read ``run``; execute
 the cell under a CPU rlimit; send ``result``; release the snapshot }. When the parent kills us for wall
-time, or the kernel does for CPU time, the snapshot gets its parent-death signal and carries on as the
-worker, in the state from before the cell.
+time, or the kernel does for CPU time, the snapshot sees its pipe close and carries on as the worker, in
+the state from before the cell.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import keyword
+import math
+import mmap
 import os
 import resource
-import signal
 import sys
 import time
 
 if __name__ == "__main__":
     HERE = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [HERE, sys.argv[1]]
-    import RestrictedPython  # noqa: F401  (load it while its directory is on the path)
+    import RestrictedPython  # noqa: F401,E402  (load it while its directory is on the path)
     sys.path.remove(sys.argv[1])
 
 import guards as G  # noqa: E402
@@ -32,13 +34,10 @@ from policy import compile_cell  # noqa: E402
 STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "FINAL", "FINAL_VAR", "SHOW_VARS")
 
 
-class TakeOver(BaseException):
-    """Raised in a paused snapshot when its parent (the live worker) died."""
-
-
 class Channel:
     def __init__(self):
-        self.reader = protocol.LineReader(0)
+        self.reader = protocol.LineReader(0, 1 << 40)  # the parent is trusted
+        self.limits: dict = {}
 
     def send(self, msg: dict, fresh_line: bool = False) -> None:
         protocol.write_all(1, (b"\n" if fresh_line else b"") + protocol.encode(msg))
@@ -50,6 +49,7 @@ class Channel:
         return msg
 
     def call(self, kind: str, prompts: list[str], context=None) -> list[str]:
+        self._precheck(prompts, context)
         self.send({"type": "call", "kind": kind, "prompts": prompts, "context": context})
         reply = self.read()
         if reply.get("op") != "reply":
@@ -57,6 +57,26 @@ class Channel:
         if not reply.get("ok"):
             raise RuntimeError(str(reply.get("error")))
         return reply["results"]
+
+
+    def _precheck(self, prompts: list[str], context) -> None:
+        """Early, readable refusals (the parent enforces the same limits; this only avoids shipping
+        hundreds of megabytes just to be told no)."""
+        lim = self.limits
+        if len(prompts) > lim.get("max_prompts_per_call", len(prompts)):
+            raise RuntimeError(f"ValueError: too many prompts in one call: {len(prompts)} "
+                               f"(limit {lim['max_prompts_per_call']}); split them into smaller batches")
+        longest = max(map(len, prompts))
+        if longest > lim.get("max_prompt_chars", longest):
+            raise RuntimeError(f"ValueError: prompt too long: {longest} characters "
+                               f"(limit {lim['max_prompt_chars']}); send a smaller chunk")
+        size = sum(map(len, prompts))
+        if context:
+            size += len(context) if isinstance(context, str) else sum(
+                map(len, context.values() if isinstance(context, dict) else context))
+        if size > lim.get("max_call_chars", size):
+            raise RuntimeError(f"ValueError: sub-call too large: {size} characters of prompt and context "
+                               f"(limit {lim['max_call_chars']})")
 
 
 def _as_str(value, what: str) -> str:
@@ -73,6 +93,15 @@ def _json_context(ctx):
     if isinstance(ctx, dict):
         return {_as_str(k, "context keys"): _as_str(v, "context values") for k, v in ctx.items()}
     raise TypeError("rlm_query context must be a str, a list of str or a dict of str to str")
+
+
+MAX_FINAL_CHARS = 50_000_000
+
+
+def _cap_final(text: str) -> str:
+    if len(text) <= MAX_FINAL_CHARS:
+        return text
+    return text[:MAX_FINAL_CHARS] + f"\n... [final answer truncated: {len(text) - MAX_FINAL_CHARS} more characters]"
 
 
 def context_names(context) -> dict:
@@ -118,7 +147,7 @@ class Session:
             return ch.call("rlm", [_as_str(prompt, "rlm_query prompt")], _json_context(context))[0]
 
         def FINAL(value):
-            self.final = str(value)
+            self.final = _cap_final(str(value))
 
         def FINAL_VAR(name):
             if not isinstance(name, str):
@@ -128,7 +157,7 @@ class Session:
             if (not name.isidentifier() or name.startswith("_") or name in STUB_NAMES
                     or name not in self.globals):
                 raise NameError(f"FINAL_VAR: no variable named '{name[:80]}'; define it first")
-            self.final = str(self.globals[name])
+            self.final = _cap_final(str(self.globals[name]))
 
         def SHOW_VARS():
             rows = []
@@ -184,15 +213,27 @@ class Session:
             fname, line, _ = frames[-1]
             msg += f" (line {line})" if fname == current else f" ({fname[1:-1]}, line {line})"
         if len(frames) > 1:
-            rows = ["Traceback (your code only):"]
+            rows: list[str] = []
+            repeats = 0
             for fname, line, func in frames:
                 where = f"line {line}" if fname == current else f"{fname[1:-1]}, line {line}"
                 if func != "<module>":
                     where += f", in {func}"
                 lines = self.cells[fname]
                 src = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-                rows.append(f"  {where}: {src[:200]}")
-            msg = "\n".join(rows) + "\n" + msg
+                row = f"  {where}: {src[:200]}"
+                if rows and row == rows[-1]:
+                    repeats += 1
+                    continue
+                if repeats:
+                    rows.append(f"  [previous line repeated {repeats} more times]")
+                    repeats = 0
+                rows.append(row)
+            if repeats:
+                rows.append(f"  [previous line repeated {repeats} more times]")
+            if len(rows) > 12:
+                rows = rows[:4] + [f"  [... {len(rows) - 10} more frames ...]"] + rows[-6:]
+            msg = "Traceback (your code only):\n" + "\n".join(rows) + "\n" + msg
         return self._clean(msg)
 
     def _clean(self, text: str) -> str:
@@ -212,19 +253,16 @@ def _set_cpu_limit(seconds: float | None) -> None:
     if seconds is None:
         resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
         return
-    soft = int(_cpu_used() + seconds) + 1
+    soft = max(1, math.ceil(_cpu_used() + seconds))
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def _on_parent_death(signum, frame):
-    raise TakeOver()
-
-
 class Snapshot:
-    """A paused fork of the worker. It waits on a pipe: EOF means 'not needed' (exit), the parent-death
-    signal means 'the worker died during a cell' (take over)."""
+    """A paused fork of the worker, waiting on a private pipe: a byte means 'not needed' (exit); end of
+    file without a byte means the worker died during a cell (the kernel closed its end), so the snapshot
+    takes over. No signals are involved, so nothing can interrupt the takeover halfway."""
 
     def __init__(self):
         self.pid: int | None = None
@@ -233,7 +271,6 @@ class Snapshot:
 
     def make(self) -> bool:
         """Fork; returns True in the child once it has taken over, False in the live worker."""
-        parent = os.getpid()
         try:
             r, w = os.pipe()
             pid = os.fork()
@@ -244,22 +281,24 @@ class Snapshot:
             self.pid, self.release_fd = pid, w
             return False
         os.close(w)
-        try:
-            hardening.prctl(hardening.PR_SET_PDEATHSIG, signal.SIGUSR1)
-            if os.getppid() != parent:
-                raise TakeOver()
-            while True:
-                if not os.read(r, 1):
-                    os._exit(0)
-        except TakeOver:
-            hardening.prctl(hardening.PR_SET_PDEATHSIG, 0)
-            os.close(r)
-            self.pid, self.release_fd, self.zombies = None, None, []
-            return True
+        while True:
+            try:
+                data = os.read(r, 1)
+                break
+            except InterruptedError:
+                continue
+        if data:
+            os._exit(0)
+        os.close(r)
+        self.pid, self.release_fd, self.zombies = None, None, []
+        return True
 
     def release(self) -> None:
         if self.release_fd is not None:
-            os.close(self.release_fd)
+            try:
+                os.write(self.release_fd, b"x")
+            finally:
+                os.close(self.release_fd)
             self.zombies.append(self.pid)
             self.pid = self.release_fd = None
         for pid in list(self.zombies):
@@ -271,21 +310,29 @@ class Snapshot:
 
 
 def _load_context(init: dict):
-    path = init["context_path"]
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    text = data.decode("utf-8", "surrogatepass")
+    if init.get("context_fd") is not None:
+        fd = int(init["context_fd"])
+        size = os.fstat(fd).st_size
+        data = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
+        os.close(fd)
+    else:
+        path = init["context_path"]
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    text = codecs.utf_8_decode(data, "surrogatepass", True)[0]  # decodes straight from the mapping
+    if isinstance(data, mmap.mmap):
+        data.close()
     return text if init["context_kind"] == "str" else json.loads(text)
 
 
 def main() -> None:
-    signal.signal(signal.SIGUSR1, _on_parent_death)
     channel = Channel()
     init = channel.read()
+    channel.limits = dict(init.get("call_limits") or {})
     context = _load_context(init)
     scrub = [os.path.dirname(HERE), sys.argv[1], sys.prefix, sys.base_prefix, sys.exec_prefix,
              os.path.dirname(sys.executable), init.get("host_dir", "")]
@@ -294,9 +341,10 @@ def main() -> None:
     applied = hardening.apply(int(init["memory_mb"]))
     snapshot = Snapshot()
     greeting = {"type": "ready", "pid": os.getpid(), "hardening": applied}
+    completed = 0  # cells whose effects this process holds; a snapshot tells the parent which state it has
     while True:
         if snapshot.make():  # we are the snapshot and our parent died mid-cell
-            greeting = {"type": "restored", "pid": os.getpid()}
+            greeting = {"type": "restored", "pid": os.getpid(), "completed": completed}
             continue
         try:
             if greeting:
@@ -311,6 +359,7 @@ def main() -> None:
         _set_cpu_limit(float(msg["cpu_seconds"]))
         result = session.run(str(msg["code"]), int(msg["output_chars"]))
         _set_cpu_limit(None)
+        completed += 1
         result.update(type="result", worker_seconds=time.perf_counter() - t0)
         try:
             channel.send(result)

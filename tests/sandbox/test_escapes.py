@@ -12,9 +12,9 @@ from .conftest import SECRET_ENV, leaked
 ATTACKS = {
     # dunder and subclass walks
     "dunder_class_walk": "().__class__.__bases__[0].__subclasses__()",
-    "getattr_class": "c = getattr((), '__class__')\nprint('ESCAPED', c)",
+    "getattr_class": "c = getattr(getattr((), '__class__'), '__base__')\nprint('ESCAPED', c)",
     "getattr_subclasses": "print('ESCAPED', getattr(object, '__subclasses__')())",
-    "computed_name": "n = '_' * 2 + 'class' + '_' * 2\nprint('ESCAPED', getattr((), n))",
+    "computed_name": "n = '_' * 2 + 'globals' + '_' * 2\nprint('ESCAPED', getattr(FINAL, n))",
     "computed_join": "print('ESCAPED', getattr(len, ''.join(['__', 'self', '__'])))",
     "str_subclass_name": ("class S(str):\n    def startswith(self, *a):\n        return False\n"
                           "print('ESCAPED', getattr((), S('__class__')))"),
@@ -25,9 +25,9 @@ ATTACKS = {
     # str.format / format_map and str-like objects
     "format_globals": "def f():\n    pass\nprint('{0.__globals__}'.format(f))",
     "format_class_chain": "print('{0.__class__.__base__.__subclasses__}'.format(1))",
-    "format_map": "print('{x.__class__}'.format_map({'x': 1}))",
-    "format_unbound": "print(str.format('{0.__class__}', 1))",
-    "format_nested_spec": "print('{0:{1.__class__}}'.format(1, 2))",
+    "format_map": "print('{x.__class__.__mro__}'.format_map({'x': 1}))",
+    "format_unbound": "print(str.format('{0.__class__.__base__}', 1))",
+    "format_nested_spec": "print('{0:{1.__init__}}'.format(1, 2))",
     "format_getitem_globals": "def f():\n    pass\nprint('{0.__globals__[__builtins__]}'.format(f))",
     "userstring_format": ("import collections\n"
                           "print('ESCAPED', collections.UserString('{0.__globals__}').format(FINAL))"),
@@ -49,8 +49,10 @@ ATTACKS = {
         "        try:\n            o = getattr(mod, a)\n        except Exception:\n            continue\n"
         "        for b in dir(o):\n"
         "            try:\n                p = getattr(o, b)\n            except Exception:\n                continue\n"
-        "            if 'module' in repr(type(p)) or 'frame' in repr(type(p)) or 'code' == type(p).__name__:\n"
-        "                print('ESCAPED', a, b)\n"
+        "            items = list(p.values()) if isinstance(p, dict) else list(p) if isinstance(p, (list, tuple)) else []\n"
+        "            for q in [p] + items:\n"
+        "                if type(q).__name__ in ('module', 'frame', 'code', 'traceback', 'PyCapsule'):\n"
+        "                    print('ESCAPED', a, b)\n"
         "raise RuntimeError('walk finished')"),
     "typing_get_type_hints": "import typing\nprint('ESCAPED', typing.get_type_hints)",
     "singledispatch": "from functools import singledispatch\nprint('ESCAPED', singledispatch)",
@@ -88,6 +90,8 @@ ATTACKS = {
     "sandbox_metaclass": "class A:\n    pass\nM = type(A)\nprint('ESCAPED', M('B', (), {'__getattr__': 1}))",
     "dunder_getattr_method": "class A:\n    def __getattribute__(self, n):\n        return 1",
     "init_subclass": "class A:\n    def __init_subclass__(cls):\n        pass",
+    "super_reinit_module": "import re\nsuper(type(re), re).__init__('re', {'x': 1})\nprint('ESCAPED', re.x)",
+    "super_reinit_host_obj": "import random\nr = random.Random(1)\nsuper(type(r), r).__init__(2)\nprint('ESCAPED')",
     # functools / map with getattr
     "reduce_getattr": "import functools\nprint('ESCAPED', functools.reduce(getattr, ['__class__', '__base__'], ()))",
     "map_getattr": "print('ESCAPED', list(map(getattr, [FINAL], ['__globals__'])))",
@@ -173,3 +177,59 @@ def test_host_class_state_is_per_session(make_sandbox):
     probe = "import textwrap\nprint(textwrap.TextWrapper.unicode_whitespace_trans.get(65))"
     assert a.run(probe).stdout == "Z\n"
     assert b.run(probe).stdout == "None\n"
+
+
+OS_PROBE = r"""
+import os, sys, socket
+sys.path.insert(0, sys.argv[1])
+import hardening
+applied = hardening.apply(256)
+print("applied", ",".join(applied))
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, "ALLOWED")
+    except OSError as e:
+        print(name, "blocked", e.errno)
+attempt("socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+attempt("exec", lambda: os.execv("/bin/true", ["true"]))
+attempt("write_file", lambda: open("/tmp/rlm-probe-%d" % os.getpid(), "w"))
+attempt("read_secret", lambda: open(sys.argv[2]).read())
+attempt("signal_parent", lambda: os.kill(os.getppid(), 0))
+attempt("read_file", lambda: open("/etc/hostname").read())
+attempt("list_dir", lambda: os.listdir("/"))
+"""
+
+
+def test_os_layer_blocks_network_exec_writes_and_secrets(secret_file):
+    """Defence in depth, checked without the language layer: a process hardened like a worker cannot
+    open sockets, exec programs, write files, signal other processes, or (when the parent is root)
+    read a file only the parent can read."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "rlm_local", "sandbox")
+    out = subprocess.run([sys.executable, "-I", "-c", OS_PROBE, here, secret_file], capture_output=True,
+                         text=True, env={}, timeout=30).stdout
+    applied = out.splitlines()[0].split()[1].split(",")
+    results = dict(line.split()[:2] for line in out.splitlines()[1:])
+    assert SECRET_ENV not in out and "s3cr3t" not in out
+    if "seccomp" in applied:
+        assert results["socket"] == results["exec"] == results["write_file"] == "blocked"
+        assert results["signal_parent"] == "blocked"
+    elif "netns" in applied:
+        assert results["socket"] in ("blocked", "ALLOWED")  # a socket in an empty namespace reaches nothing
+    if "landlock" in applied:
+        assert results["read_file"] == results["list_dir"] == results["read_secret"] == "blocked"
+    if os.geteuid() == 0:
+        assert "drop-uid" in applied and results["read_secret"] == "blocked"
+
+
+def test_class_attribute_reads_stay_harmless(sandbox):
+    r = sandbox.run("class A:\n    'doc'\na = A()\nprint(a.__class__.__name__, A.__doc__, (1).__class__ is int)")
+    assert r.stdout == "A doc True\n", r
+    r = sandbox.run("meta = A.__class__\nmeta('B', (), {})")
+    assert r.error and "3 arguments" in r.error
+    r = sandbox.run("print(getattr(a, '__class__').__name__)\nprint(len.__class__)")
+    assert r.error is None

@@ -125,8 +125,9 @@ def test_subcall_time_does_not_count_against_wall(make_sandbox):
 def test_worker_killed_while_idle_is_replaced_by_snapshot(sb):
     import os
     import signal
+    time.sleep(0.5)  # the worker forks its next snapshot right after answering
     os.kill(sb.pid, signal.SIGKILL)
-    time.sleep(0.3)
+    time.sleep(0.5)
     assert_alive(sb)
 
 
@@ -138,3 +139,13 @@ def test_whole_worker_group_killed_restarts_with_notice(sb):
     assert r.error and "restarted" in r.error and not r.restored
     r = sb.run("print(context)")
     assert r.error is None and r.stdout == "hello world\n"
+
+
+def test_subcall_too_large(make_sandbox):
+    calls = []
+    s = make_sandbox(llm_handler=lambda ps: calls.extend(ps) or ["ok"] * len(ps), max_call_chars=1000, **FAST)
+    r = s.run("llm_query_batched(['x' * 600, 'y' * 600])")
+    assert r.error and "sub-call too large" in r.error
+    r = s.run("rlm_query('q', context=['z' * 2000])")
+    assert r.error and "sub-call too large" in r.error
+    assert calls == [] and s.run("print(llm_query('small'))").stdout == "ok\n"
