@@ -185,8 +185,13 @@ def completion_output(output: str) -> str:
     return COMPLETION_OUTPUT.replace("OUTPUT", output.rstrip("\n") or "(no output)")
 
 
+# Base models answer a sub-call on one line: with this frame the embedded model answered 4 of 4 probes
+# ("Paris", "4", a looked-up code, a summary); with "\n\nAnswer:" it opened with blank lines and said nothing.
+SUBCALL_COMPLETION_STOP = ("\n",)
+
+
 def subcall_prompt(prompt: str, prompt_format: str) -> str:
     """Sub-calls to a base model get a question/answer frame so it answers instead of rambling on."""
     if prompt_format == "completion":
-        return f"{prompt.rstrip()}\n\nAnswer:"
+        return f"Question: {prompt.strip()}\nAnswer:"
     return prompt

@@ -311,7 +311,8 @@ class RLM:
         fmt = self.sub_engine.prompt_format
         sampling = {"max_tokens": self._sub_max_tokens, "temperature": 0.0}
         if fmt == "completion":
-            requests = [Request.completion(prompts.subcall_prompt(p, fmt), stop=("\n\n",), **sampling) for p in prompts_in]
+            requests = [Request.completion(prompts.subcall_prompt(p, fmt), stop=prompts.SUBCALL_COMPLETION_STOP, **sampling)
+                        for p in prompts_in]
         else:
             requests = [Request.chat([{"role": "user", "content": p}], **sampling) for p in prompts_in]
         started = time.time()
