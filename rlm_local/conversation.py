@@ -26,12 +26,12 @@ class Conversation:
 
     @classmethod
     def start(cls, engine: Engine, question: str | None, info: ContextInfo, output_limit: int,
-              custom_system: str | None, budget_tokens: int) -> "Conversation":
+              custom_system: str | None, budget_tokens: int, sub_context_tokens: int) -> "Conversation":
         feedback_chars = min(output_limit, budget_tokens)  # about a quarter of the budget, in characters
         if engine.prompt_format == "completion":
             return cls(engine, prompts.COMPLETION_PREAMBLE + prompts.completion_task(question, info),
                        feedback_chars, budget_tokens)
-        head = [{"role": "system", "content": prompts.system_prompt(output_limit, custom_system)},
+        head = [{"role": "system", "content": prompts.system_prompt(output_limit, sub_context_tokens, custom_system)},
                 {"role": "user", "content": prompts.first_turn(question, info)}]
         return cls(engine, head, feedback_chars, budget_tokens)
 

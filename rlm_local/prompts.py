@@ -26,12 +26,12 @@ SYSTEM_PROMPT = """You are a Recursive Language Model. You answer a question abo
 
 The REPL gives you:
 - `context`: the data (a str; for several documents a list of str, also as `context_0`, `context_1`, ...; for named documents a dict of str).
-- `llm_query(prompt: str) -> str`: ask a sub-model (it sees only the prompt you pass; it can read roughly 20,000 words at a time).
+- `llm_query(prompt: str) -> str`: ask a sub-model (it sees only the prompt you pass; it can read about SUB_CONTEXT_CHARS characters at a time).
 - `llm_query_batched(prompts: list[str]) -> list[str]`: many independent sub-queries at once; much faster than a loop of llm_query.
 - `rlm_query(prompt: str, context=None) -> str`: hand a sub-task with its own context to a child RLM with its own REPL.
 - `FINAL(answer)`: call it with your final answer to finish. `FINAL_VAR("name")` finishes with the value of a variable.
 - `SHOW_VARS()`: list the variables you have defined.
-- Modules you can import: re, json, math, collections, itertools, functools, statistics, string, textwrap, datetime, heapq, bisect, random. No files, network or other modules. Names starting with "_" are not allowed.
+- Modules you can import: re, json, math, collections, itertools, functools, statistics, string, textwrap, datetime, heapq, bisect, random. No files, network or other modules. Names starting with "_", `match` statements and `async` are not available.
 
 How to work:
 1. Look before you leap: print the length, a slice, or lines matching a regex. Printed output is truncated to OUTPUT_LIMIT characters, so print summaries, not the whole context.
@@ -163,8 +163,10 @@ def describe_context(context: Context, count_tokens: Callable[[str], int]) -> Co
                        preview=" ".join(first[:PREVIEW_CHARS].split()))
 
 
-def system_prompt(output_limit: int, custom: str | None = None) -> str:
-    text = SYSTEM_PROMPT.replace("OUTPUT_LIMIT", f"{output_limit:,}")
+def system_prompt(output_limit: int, sub_context_tokens: int = 32_768, custom: str | None = None) -> str:
+    # ~3 characters a token leaves room for the sub-model's answer and template.
+    text = SYSTEM_PROMPT.replace("OUTPUT_LIMIT", f"{output_limit:,}").replace(
+        "SUB_CONTEXT_CHARS", f"{max(4_000, sub_context_tokens * 3) // 1000 * 1000:,}")
     return text if not custom else f"{text}\n\n{custom}"
 
 

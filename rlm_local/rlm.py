@@ -175,7 +175,7 @@ class RLM:
         info = prompts.describe_context(context, self.engine.count_tokens)
         run.trajectory.log("context", depth=depth, metadata=info.to_dict())
         convo = Conversation.start(self.engine, question, info, self.output_limit, self.custom_system_prompt,
-                                    self._root_budget_tokens)
+                                   self._root_budget_tokens, self.sub_engine.context_length or 32_768)
         with Sandbox(context=context, limits=self.sandbox_limits,
                      llm_handler=lambda ps: self._llm_handler(ps, depth + 1, run),
                      rlm_handler=lambda p, c=None: self._rlm_handler(p, c, depth + 1, run)) as sandbox:
