@@ -61,15 +61,21 @@ def bench_siblings(engine: TransformersEngine, chunk_tokens: int, n: int, new_to
     started = time.perf_counter()
     reused = engine.generate(requests)
     reuse_s = time.perf_counter() - started
-    identical = [a.text == b.text for a, b in zip(recomputed, reused)]
-    errors = [r.error for r in recomputed + reused if r.error]
+    # The same call again with the chunk's prefix already in the LRU (a later llm_query_batched over the
+    # same chunk, or the second max_batch slice of a big one): nothing of the chunk is recomputed.
+    started = time.perf_counter()
+    warm = engine.generate(requests)
+    warm_s = time.perf_counter() - started
+    identical = [a.text == b.text == c.text for a, b, c in zip(recomputed, reused, warm)]
+    errors = [r.error for r in recomputed + reused + warm if r.error]
     return {
         "siblings": n, "new_tokens": new_tokens,
         "prompt_tokens": [r.usage.prompt_tokens for r in reused],
         "cached_tokens": [r.usage.cached_tokens for r in reused],
-        "recompute_s": round(recompute_s, 2), "reuse_s": round(reuse_s, 2),
-        "speedup": round(recompute_s / reuse_s, 2), "identical": all(identical) and not errors,
-        "errors": errors,
+        "cached_tokens_warm": [r.usage.cached_tokens for r in warm],
+        "recompute_s": round(recompute_s, 2), "reuse_s": round(reuse_s, 2), "reuse_warm_s": round(warm_s, 2),
+        "speedup": round(recompute_s / reuse_s, 2), "speedup_warm": round(recompute_s / warm_s, 2),
+        "identical": all(identical) and not errors, "errors": errors,
     }
 
 
@@ -124,10 +130,11 @@ def main() -> None:
 
     print(f"\nsiblings: {sib['siblings']} questions over one chunk, prompt tokens {min(sib['prompt_tokens'])}-"
           f"{max(sib['prompt_tokens'])}, {sib['new_tokens']} new tokens each")
-    print(f"{'mode':<34}{'wall s':>9}")
+    print(f"{'mode':<34}{'wall s':>9}{'speedup':>9}")
     print(f"{'recomputed (one by one, no cache)':<34}{sib['recompute_s']:>9.2f}")
-    print(f"{'reused (one batch over the prefix)':<34}{sib['reuse_s']:>9.2f}")
-    print(f"speedup {sib['speedup']}x (target >= 6x); cached tokens {sib['cached_tokens']}; "
+    print(f"{'reused (one batch over the prefix)':<34}{sib['reuse_s']:>9.2f}{sib['speedup']:>8.2f}x  prefix computed in the call")
+    print(f"{'reused, prefix already in the LRU':<34}{sib['reuse_warm_s']:>9.2f}{sib['speedup_warm']:>8.2f}x  same call repeated")
+    print(f"target >= 6x; cached tokens {sib['cached_tokens']} then {sib['cached_tokens_warm']}; "
           f"outputs identical: {sib['identical']}")
     print(f"\nroot conversation: {len(root['turns'])} turns, {root['new_tokens']} new tokens each")
     print(f"{'turn':>4}{'prompt':>8}{'cached':>8}{'fresh s':>9}{'reused s':>10}{'speedup':>9}  identical")

@@ -1,6 +1,6 @@
 """Benchmark the sandbox: round trips, restricted vs plain CPython, context load, memory, large state.
 
-    python scripts/bench_sandbox.py [--out out/bench_sandbox.json] [--quick]
+    python scripts/bench_sandbox.py [--out scripts/results/bench_sandbox.json] [--quick]
 
 Prints a table and writes JSON. Targets (issue 3): trivial cell <= 10 ms, regex <= 1.1x plain,
 loop-heavy <= 3x plain, 100 MB context load <= 1 s.
@@ -78,7 +78,7 @@ def round_trips(sb: Sandbox, n: int, pause: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="out/bench_sandbox.json")
+    ap.add_argument("--out", default="scripts/results/bench_sandbox.json")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = ap.parse_args()
     ctx_mb, state_mb = (10, 100) if args.quick else (100, 1024)
