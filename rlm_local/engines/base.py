@@ -8,8 +8,11 @@ loses its siblings' answers.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "error"]
@@ -151,3 +154,20 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def generate_isolated(run_batch: Callable[[list[T]], list[Result]], items: Sequence[T], label: str) -> list[Result]:
+    """Run ``items`` as one batch; if the batch as a whole fails, run them one by one so that only the
+    request that caused the failure gets an error result (its siblings keep their answers)."""
+    try:
+        return run_batch(list(items))
+    except Exception as exc:
+        if len(items) == 1:
+            return [Result.failed(f"{label}: {type(exc).__name__}: {exc}")]
+    out: list[Result] = []
+    for item in items:
+        try:
+            out.extend(run_batch([item]))
+        except Exception as exc:
+            out.append(Result.failed(f"{label}: {type(exc).__name__}: {exc}"))
+    return out

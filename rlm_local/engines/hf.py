@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Engine, Request, Result, SamplingParams, Usage
+from .base import Engine, Request, Result, SamplingParams, Usage, generate_isolated
 from .prefix_cache import (PrefixCache, PrefixKV, batch_cache, common_prefix_len, extend_prefix,
                            prefix_from_cache, supports_reuse)
 
@@ -111,7 +111,7 @@ class TransformersEngine(Engine):
                 indices = sorted(indices, key=lambda i: ids[i])  # rows sharing a prefix land in one batch
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
-                for i, res in zip(chunk, self._generate_isolated([ids[i] for i in chunk], sampling)):
+                for i, res in zip(chunk, generate_isolated(lambda rows: self._generate_batch(rows, sampling), [ids[i] for i in chunk], "transformers")):
                     results[i] = res
         return [r if r is not None else Result.failed("internal error: no result") for r in results]
 
@@ -120,21 +120,6 @@ class TransformersEngine(Engine):
         bos = self.tokenizer.bos_token or ""
         add_special = not (bos and text.startswith(bos))
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
-
-    def _generate_isolated(self, rows: list[list[int]], sampling: SamplingParams) -> list[Result]:
-        """Generate a batch; if the batch as a whole fails, retry one by one so only the bad request fails."""
-        try:
-            return self._generate_batch(rows, sampling)
-        except Exception as exc:
-            if len(rows) == 1:
-                return [Result.failed(f"transformers: {type(exc).__name__}: {exc}")]
-        out: list[Result] = []
-        for row in rows:
-            try:
-                out.extend(self._generate_batch([row], sampling))
-            except Exception as exc:
-                out.append(Result.failed(f"transformers: {type(exc).__name__}: {exc}"))
-        return out
 
     def _generate_batch(self, rows: list[list[int]], sampling: SamplingParams) -> list[Result]:
         torch = self._torch

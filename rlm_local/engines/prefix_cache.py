@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 def common_prefix_len(a: torch.Tensor, b: torch.Tensor) -> int:

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from .base import Engine, EngineError, Request, Result, Usage
+from .base import Engine, EngineError, Request, Result, Usage, generate_isolated
 
 DEFAULT_LLM_KWARGS: dict[str, Any] = dict(enable_prefix_caching=True, gpu_memory_utilization=0.85,
                                           tensor_parallel_size=1, dtype="auto")
@@ -115,24 +115,11 @@ class VLLMEngine(Engine):
             prompts.append({"prompt_token_ids": ids})
             index.append(i)
         if prompts:
-            for i, res in zip(index, self._generate_isolated(prompts, params)):
+            for i, res in zip(index, generate_isolated(
+                    lambda pairs: self._generate_batch([p for p, _ in pairs], [q for _, q in pairs]),
+                    list(zip(prompts, params)), "vllm")):
                 results[i] = res
         return [r if r is not None else Result.failed("vllm: internal error: no result") for r in results]
-
-    def _generate_isolated(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Result]:
-        """One call for the whole list; if vllm rejects the list, retry one by one so only the bad one fails."""
-        try:
-            return self._generate_batch(prompts, params)
-        except Exception as exc:
-            if len(prompts) == 1:
-                return [Result.failed(f"vllm: {type(exc).__name__}: {exc}")]
-        out: list[Result] = []
-        for prompt, param in zip(prompts, params):
-            try:
-                out.extend(self._generate_batch([prompt], [param]))
-            except Exception as exc:
-                out.append(Result.failed(f"vllm: {type(exc).__name__}: {exc}"))
-        return out
 
     def _generate_batch(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Result]:
         if self._llm is None:
