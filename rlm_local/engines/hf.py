@@ -33,7 +33,7 @@ class TransformersEngine(Engine):
     backend = "transformers"
 
     def __init__(self, model_name: str | None = None, device: str | None = None, dtype: str | None = None,
-                 threads: int | None = None, max_batch: int = 16,
+                 threads: int | None = None, max_batch: int = 32,
                  progress: Callable[[str], None] | None = None, prefix_cache: bool = True,
                  prefix_cache_size: int = 16, prefix_cache_bytes: int = 1 << 30,
                  min_prefix_tokens: int = 64) -> None:
@@ -111,7 +111,9 @@ class TransformersEngine(Engine):
                 indices = sorted(indices, key=lambda i: ids[i])  # rows sharing a prefix land in one batch
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
-                for i, res in zip(chunk, generate_isolated(lambda rows: self._generate_batch(rows, sampling), [ids[i] for i in chunk], "transformers")):
+                batch = generate_isolated(lambda rows: self._generate_batch(rows, sampling),
+                                          [ids[i] for i in chunk], "transformers")
+                for i, res in zip(chunk, batch):
                     results[i] = res
         return [r if r is not None else Result.failed("internal error: no result") for r in results]
 
