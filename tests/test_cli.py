@@ -53,6 +53,15 @@ def test_unknown_model(tmp_path):
     one_line_error(cli("run", "--context", str(f), "--model", "org/not-here", "q", "-q"), 2, "never downloads")
 
 
+def test_model_directory_that_cannot_load(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    one_line_error(cli("run", "--context", str(f), "--model", str(broken), "q", "-q"), 2, "could not load model")
+
+
 def test_openai_backend_needs_a_url(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("hello")
