@@ -125,7 +125,8 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
     if not args.quiet:
         if args.backend == "transformers":  # the first run converts the embedded model: say what is happening
             kwargs["progress"] = lambda msg: err.print(f"[dim]{msg}[/dim]")
-        err.print(f"[dim]loading {args.backend} engine ({args.model or 'embedded default'})…[/dim]")
+        default = "embedded default" if args.backend == "transformers" else "the server's model"
+        err.print(f"[dim]loading {args.backend} engine ({args.model or default})…[/dim]")
     rlm = RLM(backend=args.backend, backend_kwargs=kwargs, max_depth=args.max_depth,
               max_iterations=args.max_iterations, max_timeout=args.max_timeout, max_tokens=args.max_tokens,
               max_subcalls=args.max_subcalls, trajectory_path=args.trajectory,

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ..models import find_card
 from .base import Engine, EngineError, Request, Result, Usage
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -61,7 +62,7 @@ class OpenAIEngine(Engine):
     def __init__(self, model_name: str | None = None, base_url: str | list[str] = "http://127.0.0.1:8000/v1",
                  api_key: str | None = None, timeout: float = 300.0, max_retries: int = 3,
                  endpoint: Literal["chat", "completions"] | None = None, max_concurrency: int = 16,
-                 prompt_format: Literal["chat", "completion"] = "chat", context_length: int = 0,
+                 prompt_format: Literal["chat", "completion"] | None = None, context_length: int | None = None,
                  affinity_chars: int = 1024, backoff: float = 0.5, max_backoff: float = 20.0,
                  connect_timeout: float = 10.0) -> None:
         import httpx  # a core dependency, but keep `import rlm_local.engines` light
@@ -76,8 +77,6 @@ class OpenAIEngine(Engine):
             raise EngineError("openai backend: need timeout > 0, max_retries >= 0 and max_concurrency >= 1")
         self.endpoint = endpoint
         self.model_name = model_name or ""  # empty: ask the first server's /models on first use
-        self.prompt_format = prompt_format
-        self.context_length = context_length
         self.timeout, self.max_retries = float(timeout), int(max_retries)
         self.max_concurrency, self.affinity_chars = int(max_concurrency), int(affinity_chars)
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
@@ -94,6 +93,16 @@ class OpenAIEngine(Engine):
         self._model_lock = threading.Lock()  # one model discovery at a time, without blocking routing
         self._inflight = {s: 0 for s in self.servers}
         self._closed = False
+        if not self.model_name:
+            try:
+                self._model()
+            except RequestFailed:
+                pass  # the server is not up yet: discover on the first request
+        # A registered model (say the embedded base model behind `rlm-local serve`) brings its prompt format
+        # and context length, so the RLM prompts it the way it would locally; explicit arguments win.
+        card = find_card(self.model_name) if self.model_name else None
+        self.prompt_format = prompt_format or (card.prompt_format if card else "chat")  # type: ignore[assignment]
+        self.context_length = context_length if context_length is not None else (card.context_length if card else 0)
 
     def __repr__(self) -> str:  # never show the api key
         return f"OpenAIEngine(model_name={self.model_name!r}, servers={self.servers!r})"
