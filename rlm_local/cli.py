@@ -12,20 +12,22 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from .documents import DocumentError
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 
-def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, threads: int | None) -> dict[str, Any]:
+def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, threads: int | None,
+                   flag: str = "--") -> dict[str, Any]:
     kwargs: dict[str, Any] = {"model_name": model}
     if backend == "openai":
         if not base_url:
-            raise ValueError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+            raise ValueError(f"the openai backend needs {flag}base-url (e.g. http://127.0.0.1:8000/v1)")
         kwargs["base_url"] = base_url if len(base_url) > 1 else base_url[0]
     elif base_url:
-        raise ValueError("--base-url only applies to --backend openai")
+        raise ValueError(f"{flag}base-url only applies to {flag}backend openai")
     if backend == "transformers" and threads:
         kwargs["threads"] = threads
     return kwargs
@@ -107,26 +109,30 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         task = make_needle_task(length=args.demo_length, depth=0.63, seed=7)
         context, question = task.context, args.question or task.question
         err.print(f"[bold]demo[/bold]: a {len(context):,}-character document with one planted fact; "
-                  f"question: {question!r}")
+                  f"question: {escape(repr(question))}")
     else:
         if not args.context:
             raise ValueError("give --context PATH (a file, a directory or - for stdin), or --demo")
+        if args.context == "-" and sys.stdin.isatty() and not args.quiet:
+            err.print("[dim]reading the context from standard input (end with Ctrl-D)…[/dim]")
         context, question = read_context(args.context), args.question
     kwargs = _engine_kwargs(args.backend, args.model, args.base_url, args.threads)
     other: dict[str, Any] = {}
     if args.sub_backend or args.sub_model or args.sub_base_url:
         sub_backend = args.sub_backend or args.backend
+        # The same kind of backend defaults to the root's servers; a different one needs its own --sub-base-url.
+        sub_urls = args.sub_base_url or (args.base_url if sub_backend == args.backend else None)
         other = {"other_backends": [sub_backend],
-                 "other_backend_kwargs": [_engine_kwargs(sub_backend, args.sub_model, args.sub_base_url, args.threads)]}
+                 "other_backend_kwargs": [_engine_kwargs(sub_backend, args.sub_model, sub_urls, args.threads, "--sub-")]}
     display = ProgressDisplay(err, verbose=args.verbose, live=not args.quiet)
     started = time.time()
     if args.backend == "transformers" or args.sub_backend == "transformers":
         _quiet_transformers()
     if not args.quiet:
         if args.backend == "transformers":  # the first run converts the embedded model: say what is happening
-            kwargs["progress"] = lambda msg: err.print(f"[dim]{msg}[/dim]")
+            kwargs["progress"] = lambda msg: err.print(f"[dim]{escape(msg)}[/dim]")
         default = "embedded default" if args.backend == "transformers" else "the server's model"
-        err.print(f"[dim]loading {args.backend} engine ({args.model or default})…[/dim]")
+        err.print(f"[dim]loading {args.backend} engine ({escape(args.model or default)})…[/dim]")
     rlm = RLM(backend=args.backend, backend_kwargs=kwargs, max_depth=args.max_depth,
               max_iterations=args.max_iterations, max_timeout=args.max_timeout, max_tokens=args.max_tokens,
               max_subcalls=args.max_subcalls, trajectory_path=args.trajectory,
@@ -146,8 +152,14 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
     if task is not None:
         ok = task.is_correct(result.response)
         err.print(f"demo {'[bold green]PASSED[/bold green]' if ok else '[bold red]FAILED[/bold red]'}: expected "
-                  f"{task.answer}, got {result.response!r} ({total:.1f} s in all, model load included)")
+                  f"{task.answer}, got {escape(repr(result.response))} ({total:.1f} s in all, model load included)")
         return 0 if ok else EXIT_FAILED
+    if result.stopped_reason == "engine_error" or not result.response.strip():
+        print(f"rlm-local: error: the run produced no answer (stopped: {result.stopped_reason}); "
+              "see --verbose or --trajectory for details", file=sys.stderr)
+        return EXIT_FAILED
+    if result.stopped_reason != "final" and not args.quiet:
+        err.print(f"[yellow]note: the {result.stopped_reason} budget ended the run; this is the best partial answer[/yellow]")
     return 0
 
 

@@ -68,8 +68,11 @@ def model_cards() -> dict[str, ModelCard]:
 
 
 def find_card(model_name: str | None) -> ModelCard | None:
-    """The card for a registered name or alias (None = the embedded default); None when unregistered."""
-    return model_cards().get((model_name or EMBEDDED_NAME).lower())
+    """The card for a registered name or alias (None = the embedded default), also matched by the last part
+    of a local path (/models/Qwen3-Coder-30B-A3B-Instruct); None when unregistered."""
+    cards = model_cards()
+    name = (model_name or EMBEDDED_NAME).lower()
+    return cards.get(name) or cards.get(Path(name.rstrip("/")).name)
 
 
 def cache_dir() -> Path:

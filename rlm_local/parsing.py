@@ -10,9 +10,13 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-_FENCE = re.compile(r"```[ \t]*(repl|python3?|py)?[ \t]*\n(.*?)(?:\n?```|\Z)", re.DOTALL | re.IGNORECASE)
+# Any fence tag is matched (so a ```json block cannot swallow the next ```repl); the tag decides what runs.
+_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[ \t]*\n(.*?)(?:\n?```|\Z)", re.DOTALL)
+_CODE_TAGS = {"repl", "python", "python3", "py"}
 _FINAL_VAR = re.compile(r"^[ \t]*FINAL_VAR\((.*?)\)[ \t]*$", re.MULTILINE)
-_FINAL = re.compile(r"^[ \t]*FINAL\((.*)\)[ \t]*$", re.MULTILINE | re.DOTALL)
+_FINAL_LINE = re.compile(r"^[ \t]*FINAL\(([^\n]*)\)[ \t]*$", re.MULTILINE)
+# An answer spanning lines: FINAL( whose bracket is not closed on its own line, up to the next line ending in ).
+_FINAL_BLOCK = re.compile(r"^[ \t]*FINAL\(([^\n]*\n.*?)\)[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
 @dataclass
@@ -20,6 +24,7 @@ class ParsedReply:
     code_blocks: list[str] = field(default_factory=list)
     final_answer: str | None = None  # FINAL(...) written in the text, outside code
     final_var: str | None = None  # FINAL_VAR(name) written in the text, outside code
+    final_is_name: bool = False  # FINAL(x) with a bare identifier: probably a REPL variable
 
     @property
     def has_final(self) -> bool:
@@ -33,17 +38,18 @@ def parse_reply(text: str) -> ParsedReply:
     for match in _FENCE.finditer(text):
         prose_parts.append(text[last:match.start()])
         last = match.end()
-        lang, body = match.group(1), match.group(2).strip("\n")
+        lang, body = match.group(1).lower(), match.group(2).strip("\n")
         # A bare ``` fence may be an output sample rather than code: run it only if it is valid Python.
-        if body.strip() and (lang or _parses(body)):
+        if body.strip() and (lang in _CODE_TAGS or (not lang and _parses(body))):
             blocks.append(body)
     prose_parts.append(text[last:])
     prose = "".join(prose_parts)
     parsed = ParsedReply(code_blocks=blocks)
     if m := _FINAL_VAR.search(prose):
         parsed.final_var = _strip_quotes(m.group(1).strip())
-    elif m := _FINAL.search(prose):
+    elif m := _FINAL_LINE.search(prose) or _FINAL_BLOCK.search(prose):
         parsed.final_answer = _literal_or_text(m.group(1).strip())
+        parsed.final_is_name = m.group(1).strip().isidentifier()
     return parsed
 
 

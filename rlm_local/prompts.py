@@ -149,11 +149,14 @@ def context_pieces(context: Context) -> list[str]:
 def describe_context(context: Context, count_tokens: Callable[[str], int]) -> ContextInfo:
     pieces = context_pieces(context)
     total_chars = sum(len(p) for p in pieces)
-    joined_sample = "".join(pieces)[:EXACT_TOKEN_LIMIT] if total_chars > EXACT_TOKEN_LIMIT else None
-    if joined_sample is None:
+    if total_chars <= EXACT_TOKEN_LIMIT:
         tokens, exact = sum(count_tokens(p) for p in pieces), True
-    else:
-        sample = joined_sample[: EXACT_TOKEN_LIMIT // 8]
+    else:  # sample from the first pieces without copying the whole context
+        sample, want = "", EXACT_TOKEN_LIMIT // 8
+        for p in pieces:
+            sample += p[: want - len(sample)]
+            if len(sample) >= want:
+                break
         tokens, exact = int(count_tokens(sample) * total_chars / max(1, len(sample))), False
     kind = "str" if isinstance(context, str) else "dict" if isinstance(context, dict) else "list"
     first = pieces[0] if pieces else ""

@@ -8,6 +8,7 @@ default ``max_depth=1`` means plain sub-calls only, as in the reference library.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -95,6 +96,11 @@ class RLM:
                  sub_engine: Engine | None = None) -> None:
         if max_iterations < 1 or max_depth < 1:
             raise RLMError("max_iterations and max_depth must be at least 1")
+        for name, value in (("max_timeout", max_timeout), ("max_tokens", max_tokens), ("output_limit", output_limit)):
+            if value is not None and value <= 0:
+                raise RLMError(f"{name} must be positive (or None for no limit), got {value!r}")
+        if max_subcalls is not None and max_subcalls < 0:
+            raise RLMError(f"max_subcalls must be >= 0, got {max_subcalls!r}")
         self.backend = backend
         self.backend_kwargs = dict(backend_kwargs or {})
         self.engine = engine or make_engine(backend, **self.backend_kwargs)
@@ -104,9 +110,15 @@ class RLM:
         elif others:
             kwargs = other_kwargs[0] if other_kwargs else {}
             same = others[0] == backend and kwargs == self.backend_kwargs
-            self.sub_engine = self.engine if same else make_engine(others[0], **kwargs)
+            try:
+                self.sub_engine = self.engine if same else make_engine(others[0], **kwargs)
+            except BaseException:
+                if engine is None:  # do not strand a loaded root model (GPU memory) on a bad sub-backend
+                    self.engine.close()
+                raise
         else:
             self.sub_engine = self.engine
+        self._closed = False
         sched_kwargs = dict(scheduler_kwargs or {})
         self.scheduler = Scheduler(self.engine, **sched_kwargs)
         self.sub_scheduler = self.scheduler if self.sub_engine is self.engine else Scheduler(self.sub_engine, **sched_kwargs)
@@ -131,15 +143,21 @@ class RLM:
     # ---- public API -------------------------------------------------------------------------------------
     def completion(self, prompt: Context, root_prompt: str | None = None) -> RLMResult:
         """Answer ``root_prompt`` about ``prompt`` (the context: a str, a list of str or a dict of str)."""
+        if self._closed:
+            raise RLMError("this RLM is closed")
         context = _check_context(prompt)
         started = time.time()
         run_id = uuid.uuid4().hex[:12]
         trajectory = Trajectory(self.trajectory_path, listeners=self.listeners, lock=self._file_lock, run_id=run_id)
         run = _Run(run_id=run_id, started=started, trajectory=trajectory,
-                   deadline=started + self.max_timeout if self.max_timeout else None)
+                   deadline=started + self.max_timeout if self.max_timeout is not None else None)
         trajectory.log("run_start", config=self._public_config(), question=root_prompt)
         try:
             answer, reason, iterations = self._solve(context, root_prompt, depth=0, run=run)
+        except BaseException as exc:
+            trajectory.log("error", error=f"{type(exc).__name__}: {exc}", seconds=round(time.time() - started, 3))
+            trajectory.close()
+            raise
         finally:
             # Run ids are never reused: anything still queued for this run (a child's stray thread) fails fast.
             self.scheduler.cancel(run_id, reject_new=True)
@@ -156,6 +174,7 @@ class RLM:
                                                   "sub_model": self.sub_engine.model_name})
 
     def close(self) -> None:
+        self._closed = True
         self.scheduler.close()
         if self.sub_scheduler is not self.scheduler:
             self.sub_scheduler.close()
@@ -195,7 +214,7 @@ class RLM:
         request = convo.request(self._root_sampling)
         for attempt in range(2):  # one retry: a transient engine failure should not end the run
             started = time.time()
-            result = self.scheduler.submit([request], run.run_id)[0]
+            result = self.scheduler.submit([request], run.run_id, timeout=self._wait_limit(run))[0]
             self._account(result, self.engine.model_name, depth, "root", run)
             run.trajectory.log("root_turn", depth=depth, iteration=iteration, prompt_tokens=result.usage.prompt_tokens,
                                cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
@@ -210,6 +229,10 @@ class RLM:
         parsed = convo.parse(reply)
         if not parsed.code_blocks:
             if parsed.final_answer is not None:
+                if parsed.final_is_name:  # FINAL(result) names a REPL variable when one exists
+                    cell = self._run_cell(f"FINAL_VAR({parsed.final_answer!r})", sandbox, depth, iteration, run)
+                    if cell.final is not None:
+                        return cell.final, ""
                 return parsed.final_answer, ""
             if parsed.final_var is not None:
                 cell = self._run_cell(f"FINAL_VAR({parsed.final_var!r})", sandbox, depth, iteration, run)
@@ -227,6 +250,7 @@ class RLM:
             cell = self._run_cell(f"FINAL_VAR({parsed.final_var!r})", sandbox, depth, iteration, run)
             if cell.final is not None:
                 return cell.final, ""
+            outputs.append(self._cell_text(cell))
         notes = [prompts.IGNORED_FINAL] if parsed.final_answer is not None else []
         return None, convo.feedback(outputs, notes)
 
@@ -254,7 +278,9 @@ class RLM:
                        iterations: int) -> tuple[str, str, int]:
         """A budget ended the run: ask the root once for its best answer from what it has seen."""
         convo.add_budget_stop(reason)
-        result = self.scheduler.submit([convo.request(self._root_sampling)], run.run_id)[0]
+        # The closing request gets a short grace period of its own even when the time budget is spent.
+        result = self.scheduler.submit([convo.request(self._root_sampling)], run.run_id,
+                                       timeout=None if run.deadline is None else 120.0)[0]
         self._account(result, self.engine.model_name, depth, "root", run)
         run.trajectory.log("root_turn", depth=depth, iteration=iterations + 1, prompt_tokens=result.usage.prompt_tokens,
                            cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
@@ -275,9 +301,14 @@ class RLM:
             cell = self._run_cell(f"FINAL_VAR({name!r})", sandbox, depth, iterations + 1, run)
             if cell.final is not None:
                 return cell.final, reason, iterations
-        return result.text.strip(), reason, iterations
+        # No final answer in the reply: its prose is the best partial answer, never its code.
+        return _prose(result.text), reason, iterations
 
     # ---- budgets and accounting -------------------------------------------------------------------------
+    def _wait_limit(self, run: _Run) -> float | None:
+        """How long an engine call may wait: the rest of the time budget (at least a second), else no limit."""
+        return None if run.deadline is None else max(1.0, run.deadline - time.time())
+
     def _budget_exhausted(self, run: _Run) -> str | None:
         if run.exhausted:
             return run.exhausted
@@ -297,9 +328,12 @@ class RLM:
     def _reserve_subcalls(self, count: int, run: _Run) -> None:
         with run.lock:
             if self.max_subcalls is not None and run.subcalls + count > self.max_subcalls:
-                run.exhausted = "max_subcalls"
-                raise BudgetExceeded(f"max_subcalls budget ({self.max_subcalls}) used up: {run.subcalls} sub-calls "
-                                     f"made, {count} more requested; call FINAL with what you have")
+                left = self.max_subcalls - run.subcalls
+                if left <= 0:
+                    run.exhausted = "max_subcalls"
+                    raise BudgetExceeded(f"max_subcalls budget ({self.max_subcalls}) used up; call FINAL with what you have")
+                raise BudgetExceeded(f"max_subcalls budget: {count} sub-calls requested but only {left} of "
+                                     f"{self.max_subcalls} left; ask fewer")
             run.subcalls += count
         if reason := self._budget_exhausted(run):
             if reason != "max_subcalls":
@@ -316,7 +350,7 @@ class RLM:
         else:
             requests = [Request.chat([{"role": "user", "content": p}], **sampling) for p in prompts_in]
         started = time.time()
-        results = self.sub_scheduler.submit(requests, run.run_id)
+        results = self.sub_scheduler.submit(requests, run.run_id, timeout=self._wait_limit(run))
         elapsed = round(time.time() - started, 3)
         answers: list[str] = []
         for prompt, result in zip(prompts_in, results):
@@ -341,6 +375,8 @@ class RLM:
             return f"[rlm_query error: {exc}]"
         run.trajectory.log("subcall", kind="rlm", depth=depth, prompt=prompt, response=answer,
                            stopped_reason=reason, iterations=iterations, seconds=round(time.time() - started, 3))
+        if reason != "final":  # tell the parent's code that this is a partial answer, and why
+            return f"[rlm_query stopped at {reason}] {answer}".rstrip()
         return answer
 
     def _public_config(self) -> dict[str, Any]:
@@ -352,6 +388,11 @@ class RLM:
                 "max_iterations": self.max_iterations, "max_timeout": self.max_timeout, "max_tokens": self.max_tokens,
                 "max_subcalls": self.max_subcalls, "output_limit": self.output_limit,
                 "implicit_batching": self.implicit_batching}
+
+
+def _prose(reply: str) -> str:
+    """A reply without its fenced code blocks."""
+    return re.sub(r"```.*?(?:```|\Z)", "", reply, flags=re.DOTALL).strip()
 
 
 def _flatten(context: Context) -> str:

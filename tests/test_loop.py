@@ -9,7 +9,7 @@ import pytest
 from rlm_local import RLM
 from rlm_local.engines import EngineError, Request
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.rlm import ContextError
+from rlm_local.rlm import ContextError, RLMError
 from rlm_local.trajectory import read_trajectory
 
 DOC = "\n".join(f"line {i}: nothing to see" for i in range(200)) + "\nThe vault code is 9157.\n"
@@ -93,15 +93,58 @@ def test_max_subcalls_stops_the_run_and_the_cell_sees_the_error():
             return "sub answer"
         if "STOP" in last_user(req):
             return "FINAL(partial)"
-        return repl("out = llm_query_batched(['a', 'b', 'c', 'd'])\nprint(out)")
+        return repl("out = llm_query_batched(['a', 'b', 'c', 'd'])\nprint(out)\nprint(llm_query('e'))")
 
-    rlm, engine = make(reply, max_subcalls=3, max_iterations=5)
+    rlm, engine = make(reply, max_subcalls=4, max_iterations=5)
     result = rlm.completion(DOC, "q")
     assert result.stopped_reason == "max_subcalls"
     assert result.response == "partial"
     cells = [e for e in result.trajectory if e["event"] == "cell"]
-    assert "max_subcalls" in cells[0]["error"]
-    assert not any(not is_root(r) for r in engine.requests)  # refused before reaching the engine
+    assert len(cells) == 1 and "sub answer" in cells[0]["stdout"] and "used up" in cells[0]["error"]
+    assert sum(not is_root(r) for r in engine.requests) == 4  # the refused call never reached the engine
+
+
+def test_an_oversized_batch_is_refused_without_ending_the_run():
+    def reply(req: Request) -> str:
+        if not is_root(req):
+            return "sub answer"
+        if "only 3 of 3 left" in last_user(req):
+            return repl("print(llm_query_batched(['a', 'b']))")
+        if "sub answer" in last_user(req):
+            return "FINAL(done)"
+        return repl("print(llm_query_batched(['a', 'b', 'c', 'd']))")
+
+    rlm, engine = make(reply, max_subcalls=3)
+    result = rlm.completion(DOC, "q")
+    assert result.stopped_reason == "final" and result.response == "done"
+    assert sum(not is_root(r) for r in engine.requests) == 2
+
+
+def test_final_of_a_variable_name_in_text_returns_its_value():
+    rlm, _ = make([repl("result = 6 * 7"), "FINAL(result)"])
+    assert rlm.completion(DOC, "q").response == "42"
+    rlm, _ = make(["FINAL(Paris)"])  # no such variable: the text itself is the answer
+    assert rlm.completion(DOC, "q").response == "Paris"
+
+
+def test_budget_stop_never_returns_code_as_the_answer():
+    rlm, _ = make([repl("print(1)"), "I could not finish.\n" + repl("print(2)")], max_iterations=1)
+    result = rlm.completion(DOC, "q")
+    assert result.stopped_reason == "max_iterations"
+    assert result.response.startswith("I could not finish.") and "print(2)" not in result.response
+
+
+def test_bad_budgets_are_refused():
+    for kwargs in ({"max_timeout": 0}, {"max_tokens": -5}, {"max_subcalls": -1}, {"max_iterations": 0}):
+        with pytest.raises(RLMError):
+            make(["FINAL(x)"], **kwargs)
+
+
+def test_closed_rlm_refuses_new_runs():
+    rlm, _ = make(["FINAL(x)"])
+    rlm.close()
+    with pytest.raises(RLMError, match="closed"):
+        rlm.completion(DOC, "q")
 
 
 def test_max_tokens_budget():

@@ -37,3 +37,14 @@ def test_final_mentioned_mid_sentence_is_not_an_answer():
 
 def test_multiline_final():
     assert parse_reply("FINAL(line one\nline two)").final_answer == "line one\nline two"
+
+
+def test_other_fence_tags_do_not_swallow_code():
+    p = parse_reply('```json\n{"a": 1}\n```\nNow:\n```repl\nprint(len(context))\n```')
+    assert p.code_blocks == ["print(len(context))"]
+    assert parse_reply("```text\nprint(1)\n```").code_blocks == []
+
+
+def test_final_stops_at_its_own_line():
+    assert parse_reply("FINAL(42)\nNote: verified with llm_query(chunk)").final_answer == "42"
+    assert parse_reply('FINAL("a")\nFINAL("b")').final_answer == "a"
