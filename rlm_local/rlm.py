@@ -23,7 +23,7 @@ from .engines import Engine, Request, Result, make_engine
 from .models import find_card
 from .conversation import Conversation
 from .prompts import Context
-from .sandbox import Limits, Sandbox
+from .sandbox import CellResult, Limits, Sandbox
 from .scheduler import Scheduler
 from .trajectory import Trajectory
 from .usage import UsageSummary, UsageTracker
@@ -213,15 +213,21 @@ class RLM:
     def _root_turn(self, convo: Conversation, depth: int, iteration: int, run: _Run) -> str | None:
         request = convo.request(self._root_sampling)
         for attempt in range(2):  # one retry: a transient engine failure should not end the run
-            started = time.time()
-            result = self.scheduler.submit([request], run.run_id, timeout=self._wait_limit(run))[0]
-            self._account(result, self.engine.model_name, depth, "root", run)
-            run.trajectory.log("root_turn", depth=depth, iteration=iteration, prompt_tokens=result.usage.prompt_tokens,
-                               cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
-                               seconds=round(time.time() - started, 3), attempt=attempt)
+            result = self._call_root(request, depth, iteration, run, self._wait_limit(run), attempt=attempt)
             if result.ok:
                 return result.text
         return None
+
+    def _call_root(self, request: Request, depth: int, iteration: int, run: _Run, timeout: float | None,
+                   **fields: Any) -> Result:
+        """One root-model call: through the scheduler, counted, and logged as a root_turn event."""
+        started = time.time()
+        result = self.scheduler.submit([request], run.run_id, timeout=timeout)[0]
+        self._account(result, self.engine.model_name, depth, "root", run)
+        run.trajectory.log("root_turn", depth=depth, iteration=iteration, prompt_tokens=result.usage.prompt_tokens,
+                           cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
+                           seconds=round(time.time() - started, 3), **fields)
+        return result
 
     def _act(self, convo: Conversation, reply: str, sandbox: Sandbox, depth: int, iteration: int,
              run: _Run) -> tuple[str | None, str]:
@@ -254,7 +260,7 @@ class RLM:
         notes = [prompts.IGNORED_FINAL] if parsed.final_answer is not None else []
         return None, convo.feedback(outputs, notes)
 
-    def _run_cell(self, code: str, sandbox: Sandbox, depth: int, iteration: int, run: _Run):
+    def _run_cell(self, code: str, sandbox: Sandbox, depth: int, iteration: int, run: _Run) -> CellResult:
         rewrites = 0
         if self.implicit_batching:
             code_to_run, rewrites = rewrite_sibling_calls(code, max_prompts=self.sandbox_limits.max_prompts_per_call)
@@ -266,7 +272,7 @@ class RLM:
                            restored=cell.restored, seconds=round(cell.seconds, 3))
         return cell
 
-    def _cell_text(self, cell: Any) -> str:
+    def _cell_text(self, cell: CellResult) -> str:
         parts = [cell.stdout.rstrip("\n")] if cell.stdout.strip() else []
         if cell.error:
             parts.append(cell.error.rstrip("\n"))
@@ -279,12 +285,8 @@ class RLM:
         """A budget ended the run: ask the root once for its best answer from what it has seen."""
         convo.add_budget_stop(reason)
         # The closing request gets a short grace period of its own even when the time budget is spent.
-        result = self.scheduler.submit([convo.request(self._root_sampling)], run.run_id,
-                                       timeout=None if run.deadline is None else 120.0)[0]
-        self._account(result, self.engine.model_name, depth, "root", run)
-        run.trajectory.log("root_turn", depth=depth, iteration=iterations + 1, prompt_tokens=result.usage.prompt_tokens,
-                           cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
-                           final_request=True)
+        result = self._call_root(convo.request(self._root_sampling), depth, iterations + 1, run,
+                                 None if run.deadline is None else 120.0, final_request=True)
         if not result.ok:
             return "", reason, iterations
         parsed = convo.parse(result.text)
