@@ -33,6 +33,7 @@ class CellResult:
     seconds: float = 0.0               # wall time of the cell without sub-calls
     subcall_seconds: float = 0.0       # time spent in llm_handler / rlm_handler
     calls: int = 0                     # prompts sent to sub-models by this cell
+    value: object = None               # Sandbox.read_variable: the variable as plain data (None if missing)
 
 
 def validate_call(msg: dict, L: Limits) -> tuple[str, list[str], object]:

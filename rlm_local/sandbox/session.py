@@ -222,9 +222,22 @@ class Sandbox:
         self.close()
 
     # running cells --------------------------------------------------------------------------------------
-    def run(self, code: str) -> CellResult:
+    def run(self, code: str, *, wall_seconds: float | None = None) -> CellResult:
+        """Runs one cell. ``wall_seconds`` lowers this cell's wall-clock (and CPU) limit below
+        ``limits.wall_seconds``, e.g. to the time left in a run's budget."""
         if not isinstance(code, str):
             raise TypeError("code must be a str")
+        return self._op({"code": code}, wall_seconds)
+
+    def read_variable(self, name: str, *, wall_seconds: float | None = None) -> CellResult:
+        """Reads REPL variable ``name`` without running a code cell: ``result.value`` is the value as plain
+        data (str, int, float, bool, None, lists and dicts of them; other objects as their ``str()``),
+        ``result.error`` says when there is no such variable. Runs under the same limits as a cell."""
+        if not isinstance(name, str):
+            raise TypeError("name must be a str")
+        return self._op({"read": name}, wall_seconds)
+
+    def _op(self, op: dict, wall_seconds: float | None) -> CellResult:
         with self._lock:
             if self._closed:
                 raise SandboxError("sandbox is closed")
@@ -233,7 +246,7 @@ class Sandbox:
                 self._start()
                 note = "note: the sandbox was restarted earlier; variables from before were lost"
             try:
-                result = self._run(code)
+                result = self._run(op, wall_seconds)
             except BaseException:
                 # e.g. KeyboardInterrupt inside a handler: the worker is mid-conversation, start afresh
                 self._discard_worker()
@@ -242,24 +255,25 @@ class Sandbox:
                 result.stdout = f"[{note}]\n{result.stdout}"
             return result
 
-    def _run(self, code: str) -> CellResult:
+    def _run(self, op: dict, wall_seconds: float | None) -> CellResult:
         L, w = self.limits, self._worker
+        wall = L.wall_seconds if wall_seconds is None else max(0.01, min(L.wall_seconds, wall_seconds))
         t0 = time.monotonic()
         spent = {"sub": 0.0, "calls": 0}
         self._drain_idle_messages()
         try:
-            w.send({"op": "run", "code": code, "cpu_seconds": float(L.cpu_seconds),
+            w.send({"op": "run", **op, "cpu_seconds": float(min(L.cpu_seconds, wall)),
                     "output_chars": int(L.output_chars)})
         except (protocol.ChannelClosed, protocol.ChannelTimeout, OSError):
             return self._restart(t0, spent, "the sandbox worker stopped responding", timed_out=False)
         while True:
-            deadline = t0 + spent["sub"] + L.wall_seconds
+            deadline = t0 + spent["sub"] + wall
             try:
                 msg = w.reader.read(deadline)
             except protocol.ChannelTimeout:
                 w.kill_live()
                 return self._await_restore(t0, spent, f"TimeoutError: the cell ran longer than the wall-clock "
-                                           f"limit of {L.wall_seconds:g} s and was stopped")
+                                           f"limit of {wall:g} s and was stopped")
             except protocol.ChannelClosed:
                 return self._restart(t0, spent, "the sandbox worker crashed", timed_out=False)
             kind = msg.get("type") if msg else None
@@ -344,7 +358,7 @@ class Sandbox:
         final = msg.get("final") if isinstance(msg.get("final"), str) else None
         return CellResult(stdout=stdout, error=error[:MAX_ERROR_CHARS] if error else None, final=final,
                           seconds=time.monotonic() - t0 - spent["sub"], subcall_seconds=spent["sub"],
-                          calls=spent["calls"])
+                          calls=spent["calls"], value=msg.get("value"))
 
     # sub-calls ------------------------------------------------------------------------------------------
     def _serve_call(self, msg: dict, spent: dict) -> dict:

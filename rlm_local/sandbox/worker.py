@@ -104,6 +104,19 @@ def _cap_final(text: str) -> str:
     return text[:MAX_FINAL_CHARS] + f"\n... [final answer truncated: {len(text) - MAX_FINAL_CHARS} more characters]"
 
 
+def _plain(value, depth: int):
+    """JSON-safe copy of a variable for the parent (capped like FINAL values)."""
+    if value is None or type(value) in (bool, float):
+        return value
+    if type(value) is int:
+        return value if -(1 << 53) < value < (1 << 53) else str(value)
+    if depth > 0 and type(value) in (list, tuple):
+        return [_plain(v, depth - 1) for v in value[:10_000]]
+    if depth > 0 and type(value) is dict:
+        return {_cap_final(str(k)): _plain(v, depth - 1) for k, v in list(value.items())[:10_000]}
+    return _cap_final(value if type(value) is str else str(value))
+
+
 def context_names(context) -> dict:
     names = {"context": context}
     if isinstance(context, list):
@@ -195,6 +208,19 @@ class Session:
         except BaseException as e:  # the model's SystemExit/KeyboardInterrupt too: the session lives on
             error = self._format_error(e, filename)
         return {"stdout": self._clean(self.printer.text()), "error": error, "final": self.final}
+
+    def read(self, name: str, output_chars: int) -> dict:
+        """A REPL variable as plain data (str, number, bool, None, or lists/dicts of them; anything else
+        as its str()). str() may run the model's own __str__, so this runs like a cell: same limits."""
+        self.printer.reset(output_chars)
+        if not name.isidentifier() or name.startswith("_") or name not in self.globals:
+            return {"stdout": "", "error": f"NameError: no variable named '{name[:80]}'", "final": None,
+                    "found": False}
+        try:
+            value = _plain(self.globals[name], 4)
+        except BaseException as e:
+            return {"stdout": "", "error": self._format_error(e, ""), "final": None, "found": False}
+        return {"stdout": "", "error": None, "final": None, "found": True, "value": value}
 
     def _format_error(self, e: BaseException, current: str) -> str:
         frames = []
@@ -357,7 +383,10 @@ def main() -> None:
             break
         t0 = time.perf_counter()
         _set_cpu_limit(float(msg["cpu_seconds"]))
-        result = session.run(str(msg["code"]), int(msg["output_chars"]))
+        if "read" in msg:
+            result = session.read(str(msg["read"]), int(msg["output_chars"]))
+        else:
+            result = session.run(str(msg["code"]), int(msg["output_chars"]))
         _set_cpu_limit(None)
         completed += 1
         result.update(type="result", worker_seconds=time.perf_counter() - t0)
