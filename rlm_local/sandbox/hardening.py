@@ -3,14 +3,22 @@
 Applied once, after the context is loaded and before any model code runs. Each step is best effort and
 reported by name, so the parent (and the tests) can see what this machine supports:
 - ``netns``: a private network namespace with no interfaces (via a user namespace when not root);
-- ``drop-uid``: when started as root, run as nobody, so files only the parent's user can read are closed;
-- ``rlimits``: no core dumps, no file growth, few open files, few processes, capped address space;
+- ``ipcns``: a private IPC namespace, so SysV/POSIX IPC objects die with the session's last process;
+- ``session-uid``: when started as root, run as a uid of this session alone (unused by any account), so
+  files only the parent's user can read are closed and the per-uid process cap is per session;
+- ``rlimits``: no core dumps, no file growth, few open files, capped address space;
+- ``nproc``: at most ``max_processes`` processes for this session (needs ``session-uid``: the kernel
+  counts processes per uid, and a shared uid would let one session starve another's snapshot fork);
 - ``not-dumpable``: other processes of the same uid cannot read our memory through /proc;
 - ``no-new-privs``: execve can never gain privileges;
 - ``landlock``: no file or directory can be opened at all any more, no TCP bind/connect, and (newer
   kernels) no signals to processes outside the sandbox;
-- ``seccomp``: sockets, exec, ptrace, signals to other processes, mounts, namespaces, io_uring and file
-  writes fail with EPERM.
+- ``seccomp``: sockets, exec, ptrace, signals to other processes, mounts, namespaces (also through
+  clone flags), io_uring, file writes, SysV/POSIX IPC, memfd, and leaving the process group
+  (``setsid``/``setpgid``) fail with EPERM. Nothing can leave the kill scope the parent holds.
+
+The parent adds ``cgroup`` (cgroup.py) where it can: all of the session's memory and processes counted
+together, whatever the worker does.
 """
 from __future__ import annotations
 
@@ -26,6 +34,8 @@ PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
+NS_CLONE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | CLONE_NEWIPC | CLONE_NEWUSER | 0x20000000 | CLONE_NEWNET
 NOBODY = 65534
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -35,22 +45,22 @@ def prctl(option: int, arg: int = 0) -> bool:
     return _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) == 0
 
 
-def _unshare_net() -> bool:
-    if os.geteuid() == 0 and _libc.unshare(CLONE_NEWNET) == 0:
+def _unshare(flags: int) -> bool:
+    if os.geteuid() == 0 and _libc.unshare(flags) == 0:
         return True
-    return _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
+    return _libc.unshare(CLONE_NEWUSER | flags) == 0
 
 
-def _drop_root() -> bool:
+def _drop_root(uid: int) -> bool:
     if os.geteuid() != 0:
         return False
     try:
         os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
     except OSError:
         return False
-    return os.geteuid() == NOBODY
+    return os.geteuid() == uid
 
 
 def _vm_bytes() -> int:
@@ -58,12 +68,10 @@ def _vm_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _rlimits(memory_mb: int, dropped: bool) -> None:
+def _rlimits(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
-    if dropped:  # RLIMIT_NPROC counts every process of the uid; only safe to cap for our own nobody
-        resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
     if memory_mb > 0:
         limit = _vm_bytes() + memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -115,12 +123,22 @@ X86_64_DENY = {  # name: number
     # signals to other processes (other sessions' workers share our uid)
     "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
     "pidfd_send_signal": 424, "pidfd_open": 434, "pidfd_getfd": 438,
+    # leaving the process group the parent kills as one
+    "setsid": 112, "setpgid": 109,
+    # SysV and POSIX IPC (memory outside RLIMIT_AS that outlives a process), anonymous files
+    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65, "semctl": 66,
+    "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240,
+    "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244,
+    "mq_getsetattr": 245, "memfd_create": 319, "fallocate": 285,
 }
+X86_64_CLONE, X86_64_CLONE3 = 56, 435  # clone: no namespace flags; clone3: ENOSYS, so libc uses clone
 X86_64_PRLIMIT = 302  # allowed only on ourselves (pid 0)
 X86_64_OPEN = {2: 1, 257: 2}  # open(path, flags), openat(dirfd, path, flags): index of the flags arg
 OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
 EPERM = 1
+ENOSYS = 38
 RET_ALLOW, RET_ERRNO, RET_KILL = 0x7FFF0000, 0x00050000 | EPERM, 0x80000000
+RET_ENOSYS = 0x00050000 | ENOSYS
 LD_ABS, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
 
 
@@ -138,6 +156,9 @@ def _seccomp_program() -> bytes:
     for nr, arg in X86_64_OPEN.items():
         ins += [(JEQ, 0, 4, nr), (LD_ABS, 0, 0, 16 + 8 * arg), (JSET, 0, 1, OPEN_WRITE_FLAGS),
                 (RET, 0, 0, RET_ERRNO), (RET, 0, 0, RET_ALLOW)]
+    ins += [(JEQ, 0, 1, X86_64_CLONE3), (RET, 0, 0, RET_ENOSYS)]
+    ins += [(JEQ, 0, 4, X86_64_CLONE), (LD_ABS, 0, 0, 16), (JSET, 0, 1, NS_CLONE_FLAGS), (RET, 0, 0, RET_ERRNO),
+            (RET, 0, 0, RET_ALLOW)]
     ins += [(JEQ, 0, 4, X86_64_PRLIMIT), (LD_ABS, 0, 0, 16), (JEQ, 1, 0, 0), (RET, 0, 0, RET_ERRNO),
             (RET, 0, 0, RET_ALLOW)]
     ins.append((RET, 0, 0, RET_ALLOW))
@@ -157,19 +178,27 @@ def _seccomp() -> bool:
     return _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
 
 
-def apply(memory_mb: int) -> list[str]:
-    """Harden the current process; returns the names of the steps that took effect."""
+def apply(memory_mb: int, uid: int | None, max_processes: int) -> list[str]:
+    """Harden the current process; returns the names of the steps that took effect. ``uid``: the
+    session's own uid (used when started as root; None means nobody)."""
     done = []
-    if _unshare_net():
+    if _unshare(CLONE_NEWNET):
         done.append("netns")
-    dropped = _drop_root()
-    if dropped:
-        done.append("drop-uid")
+    if _unshare(CLONE_NEWIPC):
+        done.append("ipcns")
+    if _drop_root(NOBODY if uid is None else int(uid)):
+        done.append("session-uid" if uid is not None else "drop-uid")
     try:
-        _rlimits(memory_mb, dropped)
+        _rlimits(memory_mb)
         done.append("rlimits")
     except (OSError, ValueError):
         pass
+    if "session-uid" in done:
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+            done.append("nproc")
+        except (OSError, ValueError):
+            pass
     if prctl(PR_SET_DUMPABLE, 0):  # other same-uid processes cannot read our memory via /proc
         done.append("not-dumpable")
     if prctl(PR_SET_NO_NEW_PRIVS, 1):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .protocol import check_call_size
+
 
 class SandboxError(RuntimeError):
-    """The sandbox could not be started or was used after close()."""
+    """The sandbox could not be started, was used after close(), or failed in a way no cell result can
+    describe. ``Sandbox.run`` returns a CellResult or raises this, nothing else (bar KeyboardInterrupt)."""
 
 
 @dataclass
@@ -20,6 +23,10 @@ class Limits:
     max_calls_per_session: int = 20_000
     max_prompt_chars: int = 2_000_000
     max_call_chars: int = 200_000_000  # all prompts of one call plus an rlm_query context
+    max_call_items: int = 100_000      # prompts plus context items of one call, empty ones included
+    max_final_chars: int = 2_000_000   # FINAL values and variables read by read_variable
+    max_error_chars: int = 20_000      # error text of one cell
+    max_processes: int = 16            # processes of one session (worker, snapshot, anything it forks)
     start_seconds: float = 60.0        # worker start, including loading the context
 
 
@@ -36,33 +43,25 @@ class CellResult:
     value: object = None               # Sandbox.read_variable: the variable as plain data (None if missing)
 
 
-def validate_call(msg: dict, L: Limits) -> tuple[str, list[str], object]:
-    """Checks a sub-call request from the (untrusted) worker against the limits."""
-    kind, prompts, context = msg.get("kind"), msg.get("prompts"), msg.get("context")
+def check_call_header(header: dict, L: Limits) -> None:
+    """Refuses a sub-call by its header alone, before its payload is read (raises ValueError)."""
+    sizes = header.get("parts", [])
+    if len(sizes) > L.max_prompts_per_call + 2 * L.max_call_items:
+        raise ValueError(f"sub-call with too many items: {len(sizes)} parts (limit {L.max_call_items} items)")
+    if sum(sizes) > 4 * L.max_call_chars + 16 * L.max_call_items:
+        raise ValueError(f"sub-call too large: {sum(sizes)} bytes (limit {L.max_call_chars} characters)")
+
+
+def validate_call(kind: object, prompts: list[str], context: object, L: Limits) -> None:
+    """Checks a decoded sub-call request from the (untrusted) worker against the limits; the worker runs
+    the same checks first (``protocol.call_cost``), so its code sees the same messages."""
     if kind not in ("llm", "rlm"):
         raise ValueError("unknown sub-call")
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+    if not prompts:
         raise ValueError("sub-call prompts must be a non-empty list of str")
-    if len(prompts) > L.max_prompts_per_call:
-        raise ValueError(f"too many prompts in one call: {len(prompts)} (limit {L.max_prompts_per_call}); "
-                         "split them into smaller batches")
-    longest = max(map(len, prompts))
-    if longest > L.max_prompt_chars:
-        raise ValueError(f"prompt too long: {longest} characters (limit {L.max_prompt_chars}); "
-                         "send a smaller chunk")
-    size = sum(map(len, prompts))
-    if kind == "rlm":
-        if len(prompts) != 1:
-            raise ValueError("rlm_query takes one prompt")
-        if isinstance(context, str):
-            size += len(context)
-        elif isinstance(context, list) and all(isinstance(c, str) for c in context):
-            size += sum(map(len, context))
-        elif (isinstance(context, dict)
-              and all(isinstance(k, str) and isinstance(v, str) for k, v in context.items())):
-            size += sum(map(len, context.values()))
-        elif context is not None:
-            raise TypeError("rlm_query context must be a str, a list of str or a dict of str to str")
-    if size > L.max_call_chars:
-        raise ValueError(f"sub-call too large: {size} characters of prompt and context (limit {L.max_call_chars})")
-    return kind, prompts, context if kind == "rlm" else None
+    if kind == "llm" and context is not None:
+        raise ValueError("llm_query takes no context")
+    if kind == "rlm" and len(prompts) != 1:
+        raise ValueError("rlm_query takes one prompt")
+    check_call_size(prompts, context, L.max_prompts_per_call, L.max_prompt_chars, L.max_call_chars,
+                    L.max_call_items)

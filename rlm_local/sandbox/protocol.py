@@ -1,20 +1,32 @@
-"""JSON-lines messages between the parent and a sandbox worker.
+"""Framed messages between the parent and a sandbox worker.
 
 Both sides import this file: the parent as ``rlm_local.sandbox.protocol``, the worker as a top-level
 module (it runs from a bare interpreter without the package). It therefore imports only the stdlib.
 
-The parent never trusts what it reads: lines are size-capped and anything that is not a JSON object is
-reported as ``None`` so the caller can treat it as garbage (a worker killed mid-write leaves half a line).
+A message is one JSON header line holding small fields only, followed by a binary payload: the UTF-8
+bytes of its string parts, whose byte lengths the header lists (``"parts": [n0, n1, ...]``). Text never
+travels inside JSON, so:
+- reading is linear: the header line is scanned for its newline once per byte (never from the start
+  again), the payload is read by length, and the deadline is checked before every read, even while the
+  other side floods the pipe;
+- the reader knows every size before it reads the bytes, so it can refuse a message by its header
+  (too many parts, too many bytes) instead of buffering it; an empty part still counts as a part;
+- nothing big is ever parsed as JSON (a hostile header is capped small, and JSON errors, deep nesting
+  included, come back as ``None``);
+- text is always valid UTF-8 on the wire: lone surrogates become U+FFFD when encoded, and decoding
+  replaces invalid bytes, so every consumer (trajectory writers, HTTP clients) can write what arrives.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import select
 import time
 
-MAX_LINE_BYTES = 256 * 1024 * 1024  # default cap; anything beyond is a broken or hostile sender
+MAX_HEADER_BYTES = 1 << 20      # header lines are small: field names, numbers, a list of part lengths
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class ChannelClosed(Exception):
@@ -25,60 +37,188 @@ class ChannelTimeout(Exception):
     """No complete message arrived before the deadline."""
 
 
-def encode(msg: dict) -> bytes:
-    return json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") + b"\n"
+class MessageTooLarge(Exception):
+    """A message's header announced (or its line reached) more than the reader accepts."""
 
 
-def decode(line: bytes) -> dict | None:
+def to_utf8(text: str) -> bytes:
+    """UTF-8 bytes of ``text``; lone surrogates (from surrogateescape'd files, or hostile code) become U+FFFD."""
     try:
-        msg = json.loads(line.decode("utf-8", "surrogatepass"))
-    except (ValueError, UnicodeDecodeError):
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub("\ufffd", text).encode("utf-8")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD (what the other side will receive)."""
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
+
+
+def encode(msg: dict, parts: list[str] | tuple[str, ...] = ()) -> bytes:
+    blobs = [to_utf8(p) for p in parts]
+    header = dict(msg, parts=[len(b) for b in blobs])
+    return json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n" + b"".join(blobs)
+
+
+def decode_header(line: bytes) -> dict | None:
+    """A header as a dict, or None for anything else (garbage, half a line, hostile nesting)."""
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError, UnicodeDecodeError):
         return None
-    return msg if isinstance(msg, dict) else None
+    if not isinstance(msg, dict):
+        return None
+    parts = msg.get("parts", [])
+    if not isinstance(parts, list) or not all(type(n) is int and n >= 0 for n in parts):
+        return None
+    return msg
 
 
-class LineReader:
-    """Reads newline-terminated messages from a raw fd, with an optional deadline (poll, not select:
-    a big parent process may hold fds above 1024)."""
+class Reader:
+    """Reads framed messages from a raw fd with an optional deadline (poll, not select: a big parent
+    process may hold fds above 1024)."""
 
-    def __init__(self, fd: int, max_line: int = MAX_LINE_BYTES):
+    def __init__(self, fd: int, max_header: int = MAX_HEADER_BYTES):
         self.fd = fd
-        self.max_line = max_line
+        self.max_header = max_header
         self.buf = bytearray()
+        self.scanned = 0  # bytes of buf already known to hold no newline
+        self.skipping = False  # dropping the rest of a refused message, up to the next newline
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
 
-    def read_line(self, deadline: float | None = None) -> bytes:
+    def _fill(self, deadline: float | None) -> None:
+        """Appends at least one byte to buf, or raises. The deadline is checked before every read."""
         while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                line = bytes(self.buf[:i])
-                del self.buf[: i + 1]
-                return line
-            if len(self.buf) > self.max_line:
-                raise ChannelClosed("message too large")
             if deadline is not None:
                 left = deadline - time.monotonic()
-                if not self.poller.poll(int(left * 1000) + 1 if left > 0 else 0):
-                    if left <= 0:
-                        raise ChannelTimeout()
+                if left <= 0:  # checked even when data keeps coming: a flood cannot outrun the deadline
+                    raise ChannelTimeout()
+                if not self.poller.poll(int(left * 1000) + 1):
                     continue
             try:
                 chunk = os.read(self.fd, 1 << 20)
             except InterruptedError:
+                continue
+            except BlockingIOError:
                 continue
             except OSError as e:
                 raise ChannelClosed(str(e)) from None
             if not chunk:
                 raise ChannelClosed("end of stream")
             self.buf += chunk
+            return
 
-    def read(self, deadline: float | None = None) -> dict | None:
-        """Next message; empty lines (a restored worker starts on a fresh line) are skipped."""
+    def pending(self) -> bool:
+        """True if bytes are buffered or waiting on the fd (a message may be there), without blocking."""
+        return bool(self.buf) or bool(self.poller.poll(0))
+
+    def read_header(self, deadline: float | None = None) -> dict | None:
+        """Next header; blank lines (a restored worker starts on a fresh line) are skipped. Returns None
+        for a line that is not a valid header (the caller treats the sender as broken)."""
+        while self.skipping:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                del self.buf[: i + 1]
+                self.skipping = False
+            else:
+                self.buf.clear()
+                self._fill(deadline)
         while True:
-            line = self.read_line(deadline)
+            i = self.buf.find(b"\n", self.scanned)
+            while i < 0:
+                self.scanned = len(self.buf)
+                if self.scanned > self.max_header:
+                    raise MessageTooLarge(f"a message header over {self.max_header} bytes")
+                self._fill(deadline)
+                i = self.buf.find(b"\n", self.scanned)
+            line = bytes(self.buf[:i])
+            del self.buf[: i + 1]
+            self.scanned = 0
             if line.strip():
-                return decode(line)
+                return decode_header(line)
+
+    def resync(self) -> None:
+        """Drops a refused message: everything up to the next newline (a restored worker greets on a
+        fresh line)."""
+        self.buf.clear()
+        self.scanned = 0
+        self.skipping = True
+
+    def read_parts(self, header: dict, deadline: float | None = None) -> list[str]:
+        """The payload announced by ``header`` (check its ``parts`` against your caps first)."""
+        sizes = header.get("parts", [])
+        total = sum(sizes)
+        while len(self.buf) < total:
+            self._fill(deadline)
+        data = bytes(self.buf[:total])
+        del self.buf[:total]
+        out, pos = [], 0
+        for n in sizes:
+            out.append(data[pos:pos + n].decode("utf-8", "replace"))
+            pos += n
+        return out
+
+
+def call_cost(prompts: list[str], context) -> tuple[int, int]:
+    """(items, characters) of a sub-call: every prompt and every context item counts as one item, empty
+    ones included; dict contexts count their keys' characters too. Both sides use this one rule."""
+    items, chars = len(prompts), sum(map(len, prompts))
+    if isinstance(context, str):
+        items, chars = items + 1, chars + len(context)
+    elif isinstance(context, dict):
+        items += len(context)
+        chars += sum(len(k) + len(v) for k, v in context.items())
+    elif isinstance(context, (list, tuple)):
+        items, chars = items + len(context), chars + sum(map(len, context))
+    return items, chars
+
+
+def check_call_size(prompts: list[str], context: object, max_prompts: int, max_prompt_chars: int,
+                    max_call_chars: int, max_items: int) -> None:
+    """The size rules of one sub-call, the same on both sides."""
+    if len(prompts) > max_prompts:
+        raise ValueError(f"too many prompts in one call: {len(prompts)} (limit {max_prompts}); "
+                         "split them into smaller batches")
+    longest = max(map(len, prompts), default=0)
+    if longest > max_prompt_chars:
+        raise ValueError(f"prompt too long: {longest} characters (limit {max_prompt_chars}); "
+                         "send a smaller chunk")
+    items, chars = call_cost(prompts, context)
+    if items > max_items:
+        raise ValueError(f"sub-call with too many items: {items} prompts and context items "
+                         f"(limit {max_items}, empty ones included); join small items first")
+    if chars > max_call_chars:
+        raise ValueError(f"sub-call too large: {chars} characters of prompt and context (limit {max_call_chars})")
+
+
+def call_parts(prompts: list[str], context) -> tuple[dict, list[str]]:
+    """Header fields and parts of a sub-call: the prompts, then the context (a dict as key, value pairs)."""
+    if context is None:
+        return {"prompts": len(prompts), "context": "none"}, list(prompts)
+    if isinstance(context, str):
+        return {"prompts": len(prompts), "context": "str"}, [*prompts, context]
+    if isinstance(context, dict):
+        flat = [x for kv in context.items() for x in kv]
+        return {"prompts": len(prompts), "context": "dict"}, [*prompts, *flat]
+    return {"prompts": len(prompts), "context": "list"}, [*prompts, *context]
+
+
+def split_call(header: dict, parts: list[str]) -> tuple[list[str], object]:
+    """Inverse of call_parts; raises ValueError on a header that does not match its parts."""
+    n, kind = header.get("prompts"), header.get("context")
+    if type(n) is not int or not 0 <= n <= len(parts):
+        raise ValueError("malformed sub-call")
+    prompts, rest = parts[:n], parts[n:]
+    if kind == "none" and not rest:
+        return prompts, None
+    if kind == "str" and len(rest) == 1:
+        return prompts, rest[0]
+    if kind == "list":
+        return prompts, rest
+    if kind == "dict" and len(rest) % 2 == 0:
+        return prompts, dict(zip(rest[::2], rest[1::2]))
+    raise ValueError("malformed sub-call")
 
 
 def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:

@@ -5,33 +5,18 @@ wall-clock time is enforced from here with SIGKILL (the worker's own snapshot th
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import weakref
 
 from . import protocol
+from .launch import WORKER_PATH, Worker
 from .limits import CellResult, Limits, SandboxError, validate_call
 
-WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
-# The worker's whole environment. The glibc tunable puts malloc'd memory on transparent huge pages, which
-# makes the per-cell snapshot fork of a session holding 1 GB ~30x cheaper (page tables are copied per page).
-CLEAN_ENV = {"LC_ALL": "C.UTF-8", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 RESTORE_WAIT_SECONDS = 15.0  # how long a paused snapshot may take to answer after its worker died
-MAX_ERROR_CHARS = 20_000
-
-
-def _site_dir() -> str:
-    spec = importlib.util.find_spec("RestrictedPython")
-    if spec is None or spec.origin is None:
-        raise SandboxError("RestrictedPython is not installed")
-    return os.path.dirname(os.path.dirname(spec.origin))
+RESULT_FIELDS = ("stdout", "error", "final", "value")
 
 
 def _check_context(context) -> None:
@@ -42,100 +27,14 @@ def _check_context(context) -> None:
         raise TypeError("context must be a str, a list of str or a dict of str to str")
 
 
-def _encode_context(context) -> tuple[str, bytes]:
-    if context is None:
-        context = ""
-    if isinstance(context, str):
-        try:
-            return "str", context.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape-decoded files
-            return "str", context.encode("utf-8", "surrogatepass")
-    if isinstance(context, tuple):
-        context = list(context)
-    return "json", json.dumps(context, ensure_ascii=False).encode("utf-8", "surrogatepass")
-
-
-def _context_file(payload: bytes) -> tuple[int, str | None]:
-    """The context goes to the worker once, as a file: an anonymous in-memory file (memfd) handed over
-    as the worker's only extra descriptor, or, where memfd is missing, a 0600 temp file the worker
-    deletes after reading. Returns (fd, None) or (-1, path)."""
-    if hasattr(os, "memfd_create"):
-        try:
-            fd = os.memfd_create("rlm-sandbox-context", os.MFD_CLOEXEC)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            return fd, None
-    fd, path = tempfile.mkstemp(prefix="rlm-sandbox-ctx-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-    return -1, path
-
-
-def _session_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class _Worker:
-    """One worker process group (the worker, its snapshot, and any successor after a restore)."""
-
-    def __init__(self, proc: subprocess.Popen, max_line: int):
-        self.proc = proc
-        self.pgid = proc.pid  # start_new_session: the worker leads its own session and group
-        self.live_pid = proc.pid
-        self.out_fd = proc.stdin.fileno()
-        os.set_blocking(self.out_fd, False)
-        self.reader = protocol.LineReader(proc.stdout.fileno(), max_line)
-        self.hardening: list[str] = []
-        self.dead = False
-        self.owner = os.getpid()  # a forked copy of the parent must not kill our worker at its exit
-
-    def send(self, msg: dict, timeout: float = 30.0) -> None:
-        protocol.write_all(self.out_fd, protocol.encode(msg), time.monotonic() + timeout)
-
-    def kill_live(self) -> None:
-        """SIGKILL the process now running cells; its snapshot takes over. The pid comes from the worker,
-        so it is only trusted if it belongs to this worker's session."""
-        pid = self.live_pid
-        if pid == self.proc.pid or _session_of(pid) == self.pgid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        else:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.dead or os.getpid() != self.owner:
-            return
-        self.dead = True
-        for _ in range(2):  # a snapshot may be mid-takeover during the first sweep
-            try:
-                os.killpg(self.pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
-
-
 class Sandbox:
     """A persistent, isolated Python REPL session for model-written code. One thread at a time."""
 
-    def __init__(self, context=None, llm_handler=None, rlm_handler=None, limits: Limits | None = None):
+    def __init__(self, context=None, llm_handler=None, rlm_handler=None, limits: Limits | None = None, *,
+                 _grant_real_os: bool = False):
+        # _grant_real_os: tests only. Hands the cells the real os, sys and ctypes, as after a full escape of
+        # the language layer, to show what the OS layer alone still holds (tests/sandbox/test_post_escape.py).
+        self._grant_real_os = _grant_real_os
         self.limits = limits or Limits()
         _check_context(context)
         self._context = context  # a reference, kept for restarts; encoded only when a worker starts
@@ -145,7 +44,7 @@ class Sandbox:
         self._closed = False
         self._calls_session = 0
         self._completed = 0  # cells whose results we accepted from the current worker
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._finalizer = None
         self.start_seconds = 0.0
         self._start()
@@ -153,47 +52,11 @@ class Sandbox:
     # lifecycle -----------------------------------------------------------------------------------------
     def _start(self) -> None:
         t0 = time.monotonic()
-        kind, payload = _encode_context(self._context)
-        fd, path = _context_file(payload)
-        del payload
-        try:
-            debug = os.environ.get("RLM_SANDBOX_DEBUG")
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", WORKER_PATH, _site_dir()],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if debug else subprocess.DEVNULL,
-                env=CLEAN_ENV, cwd="/", close_fds=True, pass_fds=(fd,) if path is None else (),
-                start_new_session=True)
-            worker = _Worker(proc, 4 * int(self.limits.max_call_chars) + (16 << 20))
-            self._finalizer = weakref.finalize(self, worker.kill)
-            self._worker = worker
-            deadline = t0 + self.limits.start_seconds
-            worker.send({"op": "init", "context_fd": fd if path is None else None, "context_path": path,
-                         "context_kind": kind, "memory_mb": int(self.limits.memory_mb),
-                         "output_chars": int(self.limits.output_chars),
-                         "call_limits": {"max_prompts_per_call": int(self.limits.max_prompts_per_call),
-                                         "max_prompt_chars": int(self.limits.max_prompt_chars),
-                                         "max_call_chars": int(self.limits.max_call_chars)},
-                         "host_dir": os.path.dirname(os.path.dirname(WORKER_PATH))})
-            msg = worker.reader.read(deadline)
-            if not msg or msg.get("type") != "ready" or not isinstance(msg.get("pid"), int):
-                raise SandboxError("sandbox worker sent an unexpected greeting")
-            worker.live_pid = msg["pid"]
-            self._completed = 0
-            worker.hardening = [str(h) for h in msg.get("hardening", [])]
-        except (protocol.ChannelClosed, protocol.ChannelTimeout, OSError) as e:
-            self._discard_worker()
-            raise SandboxError(f"sandbox worker failed to start: {type(e).__name__}: {e}") from None
-        except BaseException:
-            self._discard_worker()
-            raise
-        finally:
-            if path is not None:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-            else:
-                os.close(fd)
+        worker = Worker.start(self._context, self.limits, os.path.dirname(os.path.dirname(WORKER_PATH)),
+                              grant_real_os=self._grant_real_os)
+        self._finalizer = weakref.finalize(self, worker.kill)
+        self._worker = worker
+        self._completed = 0
         self.start_seconds = time.monotonic() - t0
 
     def _discard_worker(self) -> None:
@@ -247,6 +110,12 @@ class Sandbox:
                 note = "note: the sandbox was restarted earlier; variables from before were lost"
             try:
                 result = self._run(op, wall_seconds)
+            except SandboxError:
+                self._discard_worker()
+                raise
+            except Exception as e:  # a bug of ours, never the worker's doing: one documented type out
+                self._discard_worker()
+                raise SandboxError(f"sandbox failure: {type(e).__name__}: {e}") from e
             except BaseException:
                 # e.g. KeyboardInterrupt inside a handler: the worker is mid-conversation, start afresh
                 self._discard_worker()
@@ -261,36 +130,43 @@ class Sandbox:
         t0 = time.monotonic()
         spent = {"sub": 0.0, "calls": 0}
         self._drain_idle_messages()
+        text = op.get("code", op.get("read", ""))
         try:
-            w.send({"op": "run", **op, "cpu_seconds": float(min(L.cpu_seconds, wall)),
-                    "output_chars": int(L.output_chars)})
+            w.send({"op": "run", "read": "read" in op, "cpu_seconds": float(min(L.cpu_seconds, wall))}, [text])
         except (protocol.ChannelClosed, protocol.ChannelTimeout, OSError):
             return self._restart(t0, spent, "the sandbox worker stopped responding", timed_out=False)
         while True:
             deadline = t0 + spent["sub"] + wall
             try:
-                msg = w.reader.read(deadline)
+                msg, parts = w.read(deadline)
             except protocol.ChannelTimeout:
                 w.kill_live()
                 return self._await_restore(t0, spent, f"TimeoutError: the cell ran longer than the wall-clock "
                                            f"limit of {wall:g} s and was stopped")
+            except protocol.MessageTooLarge as e:
+                w.kill_live()
+                return self._await_restore(t0, spent, f"OverflowError: the cell sent more than the sandbox "
+                                           f"accepts ({e}) and was stopped")
             except protocol.ChannelClosed:
                 return self._restart(t0, spent, "the sandbox worker crashed", timed_out=False)
-            kind = msg.get("type") if msg else None
+            kind = msg.get("type")
             if kind == "result":
-                return self._result(msg, t0, spent)
+                return self._result(msg, parts, t0, spent)
             if kind == "call":
                 s0 = time.monotonic()
-                reply = self._serve_call(msg, spent)
+                reply, results = self._serve_call(msg, parts, spent)
                 spent["sub"] += time.monotonic() - s0
                 try:
-                    w.send(reply)
+                    w.send(reply, results)
                 except (protocol.ChannelClosed, protocol.ChannelTimeout, OSError):
                     return self._restart(t0, spent, "the sandbox worker stopped responding", timed_out=False)
+            elif kind == "abandon":  # code kept running after its cell; the worker handed over to its snapshot
+                reason = parts[0][:500] if parts else "the cell could not be settled"
+                return self._await_restore(t0, spent, f"RuntimeError: {reason}; the cell was stopped")
             elif kind == "restored":  # the worker died on its own (CPU rlimit or a crash); snapshot took over
                 w.live_pid = msg.get("pid") if isinstance(msg.get("pid"), int) else w.live_pid
                 return self._stopped(t0, spent, f"TimeoutError: the cell used more than its CPU time limit of "
-                                     f"{L.cpu_seconds:g} s (or crashed) and was stopped", restored=True)
+                                     f"{min(L.cpu_seconds, wall):g} s (or crashed) and was stopped", restored=True)
             else:
                 w.kill()
                 return self._restart(t0, spent, "the sandbox worker sent a malformed message", timed_out=False)
@@ -299,12 +175,12 @@ class Sandbox:
         """A worker that died while idle was replaced by its snapshot, which said so; nothing was lost
         because the snapshot holds the state after the last cell."""
         w = self._worker
-        while True:
+        while w.reader.pending():
             try:
-                msg = w.reader.read(time.monotonic())
-            except (protocol.ChannelTimeout, protocol.ChannelClosed):
+                msg, _ = w.read(time.monotonic() + 1.0)
+            except (protocol.ChannelTimeout, protocol.ChannelClosed, protocol.MessageTooLarge):
                 return
-            if msg and msg.get("type") == "restored" and isinstance(msg.get("pid"), int):
+            if msg.get("type") == "restored" and isinstance(msg.get("pid"), int):
                 w.live_pid = msg["pid"]
 
     def _await_restore(self, t0: float, spent: dict, reason: str) -> CellResult:
@@ -315,15 +191,17 @@ class Sandbox:
         deadline = time.monotonic() + RESTORE_WAIT_SECONDS
         while True:
             try:
-                msg = w.reader.read(deadline)
+                msg, parts = w.read(deadline)
+            except protocol.MessageTooLarge:
+                continue  # the rest of a flood from the dead cell; the snapshot's greeting follows it
             except (protocol.ChannelTimeout, protocol.ChannelClosed):
                 return self._restart(t0, spent, reason, timed_out=True)
-            if msg and msg.get("type") == "result" and late_result is None:
-                late_result = msg
-            elif msg and msg.get("type") == "restored" and isinstance(msg.get("pid"), int):
+            if msg.get("type") == "result" and late_result is None:
+                late_result = (msg, parts)
+            elif msg.get("type") == "restored" and isinstance(msg.get("pid"), int):
                 w.live_pid = msg["pid"]
                 if late_result is not None and msg.get("completed") == self._completed + 1:
-                    return self._result(late_result, t0, spent)
+                    return self._result(*late_result, t0, spent)
                 return self._stopped(t0, spent, reason, restored=True)
 
     def _stopped(self, t0: float, spent: dict, reason: str, restored: bool) -> CellResult:
@@ -348,31 +226,42 @@ class Sandbox:
                           seconds=time.monotonic() - t0 - spent["sub"], subcall_seconds=spent["sub"],
                           calls=spent["calls"])
 
-    def _result(self, msg: dict, t0: float, spent: dict) -> CellResult:
+    def _result(self, msg: dict, parts: list[str], t0: float, spent: dict) -> CellResult:
+        """A result as the worker sent it, capped again here: the worker is never trusted."""
         self._completed += 1
-        cap = int(self.limits.output_chars)
-        stdout = msg.get("stdout") if isinstance(msg.get("stdout"), str) else ""
-        if len(stdout) > cap + 200:  # the worker should have capped it already; never trust it
-            stdout = stdout[:cap] + f"\n... [output truncated: {len(stdout) - cap} more characters]\n"
-        error = msg.get("error") if isinstance(msg.get("error"), str) else None
-        final = msg.get("final") if isinstance(msg.get("final"), str) else None
-        return CellResult(stdout=stdout, error=error[:MAX_ERROR_CHARS] if error else None, final=final,
+        L = self.limits
+        present = msg.get("present") if isinstance(msg.get("present"), list) else []
+        got = {k: (parts[i] if i < len(parts) and i < len(present) and present[i] is True else None)
+               for i, k in enumerate(RESULT_FIELDS)}
+        stdout = got["stdout"] or ""
+        if len(stdout) > L.output_chars + 200:
+            stdout = stdout[:L.output_chars] + f"\n... [output truncated: {len(stdout) - L.output_chars} more characters]\n"
+        error, final = got["error"], got["final"]
+        value = None
+        if got["value"] is not None:
+            try:
+                value = json.loads(got["value"])
+            except (ValueError, RecursionError):
+                error = "ValueError: the variable could not be read"
+        return CellResult(stdout=stdout, error=error[:L.max_error_chars] if error else None,
+                          final=final[:L.max_final_chars + 200] if final is not None else None,
                           seconds=time.monotonic() - t0 - spent["sub"], subcall_seconds=spent["sub"],
-                          calls=spent["calls"], value=msg.get("value"))
+                          calls=spent["calls"], value=value)
 
     # sub-calls ------------------------------------------------------------------------------------------
-    def _serve_call(self, msg: dict, spent: dict) -> dict:
+    def _serve_call(self, msg: dict, parts: list[str], spent: dict) -> tuple[dict, list[str]]:
         try:
-            results = self._call_handler(msg, spent)
+            results = self._call_handler(msg, parts, spent)
         except Exception as e:  # message only: the model must never see a host traceback
             text = str(e)
-            return {"op": "reply", "ok": False,
-                    "error": (f"{type(e).__name__}: {text}" if text else type(e).__name__)[:2000]}
-        return {"op": "reply", "ok": True, "results": results}
+            return {"op": "reply", "ok": False}, [(f"{type(e).__name__}: {text}" if text else type(e).__name__)[:2000]]
+        return {"op": "reply", "ok": True}, results
 
-    def _call_handler(self, msg: dict, spent: dict) -> list[str]:
+    def _call_handler(self, msg: dict, parts: list[str], spent: dict) -> list[str]:
         L = self.limits
-        kind, prompts, context = validate_call(msg, L)
+        prompts, context = protocol.split_call(msg, parts)
+        kind = msg.get("kind")
+        validate_call(kind, prompts, context, L)
         n = len(prompts)
         if spent["calls"] + n > L.max_calls_per_cell:
             raise RuntimeError(f"sub-call limit reached: at most {L.max_calls_per_cell} sub-calls per cell")

@@ -158,7 +158,7 @@ def test_worker_cannot_see_parent_secrets_even_if_escaped(sandbox, secret_file):
         env = f.read()
     assert SECRET_ENV.encode() not in env and b"PATH=" not in env
     if os.geteuid() == 0:
-        assert "drop-uid" in sandbox.hardening
+        assert "session-uid" in sandbox.hardening
         with open(f"/proc/{pid}/status") as f:
             uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
         assert all(int(u) != 0 for u in uids)
@@ -183,7 +183,7 @@ OS_PROBE = r"""
 import os, sys, socket
 sys.path.insert(0, sys.argv[1])
 import hardening
-applied = hardening.apply(256)
+applied = hardening.apply(256, 0x5A000001, 16)
 print("applied", ",".join(applied))
 def attempt(name, fn):
     try:
@@ -223,7 +223,7 @@ def test_os_layer_blocks_network_exec_writes_and_secrets(secret_file):
     if "landlock" in applied:
         assert results["read_file"] == results["list_dir"] == results["read_secret"] == "blocked"
     if os.geteuid() == 0:
-        assert "drop-uid" in applied and results["read_secret"] == "blocked"
+        assert "session-uid" in applied and results["read_secret"] == "blocked"
 
 
 def test_class_attribute_reads_stay_harmless(sandbox):

@@ -7,20 +7,27 @@ import time
 
 import pytest
 
-import rlm_local.sandbox.session as session
+import rlm_local.sandbox.launch as launch
+from rlm_local.sandbox import protocol
 from rlm_local.sandbox import Limits, Sandbox
 from rlm_local.sandbox.limits import validate_call
 
 FAKE_WORKER = r'''
 import json, os, sys, time
-def send(m):
-    os.write(1, (json.dumps(m) + "\n").encode())
-sys.stdin.buffer.readline()
+def send(m, parts=()):
+    blobs = [p.encode() for p in parts]
+    os.write(1, (json.dumps(dict(m, parts=[len(b) for b in blobs])) + "\n").encode() + b"".join(blobs))
+def read():
+    header = json.loads(sys.stdin.buffer.readline() or "null")
+    if header is None:
+        return None
+    sys.stdin.buffer.read(sum(header.get("parts", [])))
+    return header
+read()
 send({"type": "ready", "pid": os.getpid(), "hardening": []})
 mode = os.environ.get("FAKE_MODE", sys.argv[-1])
 while True:
-    line = sys.stdin.buffer.readline()
-    if not line:
+    if read() is None:
         break
     if mode == "liar":      # claims a restore, naming the parent's pid as its own, then stalls
         send({"type": "restored", "pid": os.getppid()})
@@ -31,10 +38,24 @@ while True:
     elif mode == "flood":   # an endless line without a newline
         while True:
             os.write(1, b"x" * 65536)
+    elif mode == "nested":  # JSON nested past the parser's recursion limit
+        os.write(1, b"[" * 200_000 + b"]" * 200_000 + b"\n")
+        time.sleep(60)
+    elif mode == "trickle":  # announces a result, then sends it a byte at a time, forever
+        os.write(1, b'{"type":"result","present":[true,false,false,false],"parts":[4000]}\n')
+        while True:
+            os.write(1, b"\x01")
+            time.sleep(0.01)
+    elif mode == "huge_result":  # a result far over its caps
+        send({"type": "result", "present": [False, False, True, False]}, ["", "", "\x01" * 5_000_000, ""])
+        time.sleep(60)
+    elif mode == "many_items":  # a sub-call with more items than allowed, empty ones
+        send({"type": "call", "kind": "rlm", "prompts": 1, "context": "list"}, ["q"] + [""] * 50_000)
+        time.sleep(60)
     elif mode == "calls":   # asks for far more sub-calls than allowed
-        send({"type": "call", "kind": "llm", "prompts": ["p"] * 10})
-        sys.stdin.buffer.readline()
-        send({"type": "result", "stdout": "y" * 10_000, "error": None, "final": 5})
+        send({"type": "call", "kind": "llm", "prompts": 10, "context": "none"}, ["p"] * 10)
+        read()
+        send({"type": "result", "present": [True, False, False, False]}, ["y" * 2_000, "", "", ""])
 '''
 
 
@@ -43,7 +64,7 @@ def fake_worker(tmp_path, monkeypatch):
     def use(mode: str):
         path = tmp_path / f"fake_{mode}.py"
         path.write_text(FAKE_WORKER.replace('sys.argv[-1]', repr(mode)))
-        monkeypatch.setattr(session, "WORKER_PATH", str(path))
+        monkeypatch.setattr(launch, "WORKER_PATH", str(path))
         # the real worker is used again for restarts only if the test restores the path
     return use
 
@@ -62,16 +83,38 @@ def test_lying_pid_never_signals_the_parent(fake_worker):
     assert os.getpid() > 0  # still alive to assert anything at all
 
 
-def test_garbage_and_floods_are_survived(fake_worker):
-    for mode in ("garbage", "flood"):
-        fake_worker(mode)
-        sb = Sandbox(context="x", limits=Limits(wall_seconds=1, max_call_chars=1000))
-        try:
-            t0 = time.monotonic()
-            r = sb.run("1")
-            assert r.error and not r.restored and time.monotonic() - t0 < 30
-        finally:
-            sb.close()
+@pytest.mark.parametrize("mode", ["garbage", "flood", "nested"])
+def test_garbage_and_floods_are_survived(fake_worker, mode):
+    fake_worker(mode)
+    sb = Sandbox(context="x", limits=Limits(wall_seconds=1, max_call_chars=1000))
+    try:
+        t0 = time.monotonic()
+        r = sb.run("1")
+        assert r.error and not r.restored and time.monotonic() - t0 < 30
+    finally:
+        sb.close()
+
+
+@pytest.mark.parametrize("mode,words", [("trickle", "wall-clock"), ("huge_result", "more than the sandbox accepts"),
+                                        ("many_items", "more than the sandbox accepts")])
+def test_oversized_or_endless_messages_end_the_cell_in_time(fake_worker, mode, words):
+    """Caps are checked from the header, before reading; a flood cannot outrun the wall deadline."""
+    fake_worker(mode)
+    sb = Sandbox(context="x", limits=Limits(wall_seconds=2, max_final_chars=1000, max_call_items=1000))
+    try:
+        t0 = time.monotonic()
+        r = sb.run("1")
+        took = time.monotonic() - t0
+        assert r.error and words in r.error and r.timed_out, r
+        assert took < 2 + launch_restart_allowance(), took
+    finally:
+        sb.close()
+
+
+def launch_restart_allowance() -> float:
+    # the fake worker has no snapshot, so the parent waits RESTORE_WAIT_SECONDS and restarts it
+    import rlm_local.sandbox.session as session
+    return session.RESTORE_WAIT_SECONDS + 10
 
 
 def test_parent_caps_and_output_checks_hold_against_the_worker(fake_worker):
@@ -88,22 +131,36 @@ def test_parent_caps_and_output_checks_hold_against_the_worker(fake_worker):
         sb.close()
 
 
-@pytest.mark.parametrize("msg", [
-    {"kind": "llm", "prompts": "not a list"},
-    {"kind": "llm", "prompts": []},
-    {"kind": "llm", "prompts": [1, 2]},
-    {"kind": "shell", "prompts": ["p"]},
-    {"kind": "llm", "prompts": ["p"] * 9},
-    {"kind": "llm", "prompts": ["x" * 101]},
-    {"kind": "rlm", "prompts": ["a", "b"]},
-    {"kind": "rlm", "prompts": ["a"], "context": {"k": 1}},
-    {"kind": "rlm", "prompts": ["a"], "context": ["y" * 300]},
+@pytest.mark.parametrize("kind,prompts,context", [
+    ("llm", [], None),
+    ("shell", ["p"], None),
+    ("llm", ["p"] * 9, None),
+    ("llm", ["x" * 101], None),
+    ("llm", ["p"], "context for llm_query"),
+    ("rlm", ["a", "b"], None),
+    ("rlm", ["a"], ["y" * 300]),
+    ("rlm", ["a"], [""] * 1000),            # empty items count
+    ("rlm", ["a"], {str(i): "" for i in range(1000)}),
 ])
-def test_validate_call_rejects(msg):
-    with pytest.raises((ValueError, TypeError)):
-        validate_call(msg, Limits(max_prompts_per_call=8, max_prompt_chars=100, max_call_chars=250))
+def test_validate_call_rejects(kind, prompts, context):
+    with pytest.raises(ValueError):
+        validate_call(kind, prompts, context,
+                      Limits(max_prompts_per_call=8, max_prompt_chars=100, max_call_chars=250, max_call_items=500))
+
+
+@pytest.mark.parametrize("header,parts", [
+    ({"prompts": 3, "context": "none"}, ["a"]),
+    ({"prompts": "1", "context": "none"}, ["a"]),
+    ({"prompts": 1, "context": "str"}, ["a"]),
+    ({"prompts": 1, "context": "dict"}, ["a", "k"]),
+    ({"prompts": 1, "context": "pickle"}, ["a", "x"]),
+])
+def test_split_call_rejects_malformed(header, parts):
+    with pytest.raises(ValueError):
+        protocol.split_call(header, parts)
 
 
 def test_validate_call_accepts():
-    kind, prompts, ctx = validate_call({"kind": "rlm", "prompts": ["a"], "context": {"k": "v"}}, Limits())
-    assert (kind, prompts, ctx) == ("rlm", ["a"], {"k": "v"})
+    prompts, ctx = protocol.split_call({"prompts": 1, "context": "dict"}, ["a", "k", "v"])
+    validate_call("rlm", prompts, ctx, Limits())
+    assert (prompts, ctx) == (["a"], {"k": "v"})

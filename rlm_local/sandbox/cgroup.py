@@ -1,0 +1,147 @@
+"""A cgroup per sandbox session, where the machine lets us make one (parent side).
+
+It counts everything the session creates together, whatever the worker does after an escape: all of its
+processes against ``pids.max`` (so one session cannot use up a process budget others need for their
+snapshot forks) and all of their memory against one limit (anonymous memory of every process, and
+shared memory or files in memory too, which ``RLIMIT_AS`` does not see). Closing the session kills every
+process in the cgroup, so nothing outlives it even if it left the process group.
+
+cgroup v2 is used when the session's own cgroup can delegate ``memory`` and ``pids`` to a child; else
+cgroup v1's ``memory`` and ``pids`` hierarchies (as on this project's CI machines, as root). Unprivileged
+users of a systemd desktop usually have neither without delegation: the sandbox then reports no
+``cgroup`` step and relies on seccomp (no ``setsid``/``setpgid``) and rlimits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+
+log = logging.getLogger(__name__)
+ROOT = "/sys/fs/cgroup"
+
+
+def _own_path(controller: str) -> str | None:
+    """This process's cgroup path in the v1 hierarchy of ``controller`` ('' for v2)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, names, path = line.rstrip("\n").split(":", 2)
+                if (controller in names.split(",")) if controller else (names == "" and line.startswith("0:")):
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class SessionCgroup:
+    """One child cgroup (a directory per controller). ``create`` returns None where none can be made."""
+
+    def __init__(self, dirs: list[str], memory_file: str, usage_file: str):
+        self.dirs = dirs
+        self.memory_file = memory_file
+        self.usage_file = usage_file
+
+    @classmethod
+    def create(cls, max_processes: int) -> "SessionCgroup | None":
+        name = f"rlm-sandbox-{uuid.uuid4().hex[:12]}"
+        for make in (cls._v2, cls._v1):
+            try:
+                made = make(name, max_processes)
+            except OSError as e:
+                log.debug("cgroup %s unavailable: %s", make.__name__, e)
+                continue
+            if made is not None:
+                return made
+        return None
+
+    @classmethod
+    def _v2(cls, name: str, max_processes: int) -> "SessionCgroup | None":
+        own = _own_path("")
+        base = os.path.join(ROOT, (own or "").lstrip("/"))
+        if own is None or not os.path.exists(os.path.join(base, "cgroup.controllers")):
+            return None
+        with open(os.path.join(base, "cgroup.subtree_control")) as f:
+            enabled = f.read().split()
+        if not {"memory", "pids"} <= set(enabled):
+            return None
+        path = os.path.join(base, name)
+        os.mkdir(path)
+        try:
+            _write(os.path.join(path, "pids.max"), str(max_processes))
+        except OSError:
+            os.rmdir(path)
+            raise
+        return cls([path], os.path.join(path, "memory.max"), os.path.join(path, "memory.current"))
+
+    @classmethod
+    def _v1(cls, name: str, max_processes: int) -> "SessionCgroup | None":
+        dirs = []
+        try:
+            for controller in ("pids", "memory"):
+                own = _own_path(controller)
+                if own is None:
+                    raise OSError(f"no v1 {controller} hierarchy")
+                path = os.path.join(ROOT, controller, own.lstrip("/"), name)
+                os.mkdir(path)
+                dirs.append(path)
+            _write(os.path.join(dirs[0], "pids.max"), str(max_processes))
+        except OSError:
+            cls(dirs, "", "").remove()
+            raise
+        return cls(dirs, os.path.join(dirs[1], "memory.limit_in_bytes"),
+                   os.path.join(dirs[1], "memory.usage_in_bytes"))
+
+    def add(self, pid: int) -> None:
+        """Moves ``pid`` in (before it runs anything untrusted: its children inherit the cgroup)."""
+        for d in self.dirs:
+            _write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def limit_memory(self, extra_bytes: int) -> None:
+        """Caps the session at what it uses now plus ``extra_bytes``."""
+        with open(self.usage_file) as f:
+            used = int(f.read())
+        _write(self.memory_file, str(used + extra_bytes))
+
+    def pids(self) -> list[int]:
+        try:
+            with open(os.path.join(self.dirs[0], "cgroup.procs")) as f:
+                return [int(x) for x in f.read().split()]
+        except OSError:
+            return []
+
+    def kill_all(self) -> None:
+        for _ in range(100):  # a fork racing the sweep is caught by the next one
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.002)
+
+    def remove(self) -> None:
+        """Kills what is left and removes the directories (retrying while dead processes are reaped)."""
+        if self.dirs:
+            self.kill_all()
+        for d in reversed(self.dirs):
+            for _ in range(200):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.005)
+            else:
+                log.warning("could not remove sandbox cgroup %s", d)
+        self.dirs = []
