@@ -89,31 +89,35 @@ class MemberGuard:
             key = (obj, name)
             rule = self.class_memo.get(key)
             if rule is None:
-                rule = self.class_memo[key] = self._lookup((obj.__mro__, t.__mro__), name)
+                rule = self.class_memo[key] = self._lookup((obj.__mro__, t.__mro__), name, False)
             return rule
         if t is super:  # depends on the super object's classes: not memoised (rare)
             start, cls = obj.__thisclass__, obj.__self_class__
             if cls is None:
                 return "unbound super objects are not supported in the sandbox"
             mro = cls.__mro__
-            return self._lookup((mro[mro.index(start) + 1:],), name)
-        rule = self.memo[(t, name)] = self._lookup((t.__mro__,), name)
+            return self._lookup((mro[mro.index(start) + 1:],), name, False)
+        # Instances with a __dict__ may hold an entry that hides a method or class data of the same name
+        # (JSONDecoder.__init__ stores host parse functions there): such reads are checked by value.
+        rule = self.memo[(t, name)] = self._lookup((t.__mro__,), name, t.__dictoffset__ != 0)
         return rule
 
-    def _lookup(self, mros: tuple, name: str):
+    def _lookup(self, mros: tuple, name: str, shadowable: bool):
         for mro in mros:
             for cls in mro:
                 d = cls.__dict__
                 if name in d:
-                    return self._verdict(cls, name, d[name])
+                    return self._verdict(cls, name, d[name], shadowable)
         return DYNAMIC  # instance data or a __getattr__ hook: checked by value
 
-    def _verdict(self, cls: type, name: str, raw: Any):
-        if isinstance(cls, SandboxMeta):
-            return ALLOW
-        if not A.is_callable_member(raw):
-            return DYNAMIC if hasattr(type(raw), "__get__") else ALLOW
-        return self.member_rule(cls, name)
+    def _verdict(self, cls: type, name: str, raw: Any, shadowable: bool):
+        if hasattr(type(raw), "__set__"):  # data descriptor: wins over the instance dict, computes a value
+            return ALLOW if isinstance(cls, SandboxMeta) else DYNAMIC
+        if isinstance(cls, SandboxMeta) or not A.is_callable_member(raw):
+            rule = ALLOW if not hasattr(type(raw), "__get__") or isinstance(cls, SandboxMeta) else DYNAMIC
+        else:
+            rule = self.member_rule(cls, name)
+        return DYNAMIC if rule is ALLOW and shadowable else rule
 
     def member_rule(self, cls: type, name: str):
         if isinstance(cls, SandboxMeta):
@@ -136,9 +140,11 @@ class MemberGuard:
         return value
 
     def _value_rule(self, value: Any):
+        vt = type(value)
+        if vt is types.MethodType and sandbox_made(value.__func__):  # the common case: self.method
+            return ALLOW
         if id(value) in self.known_ids or sandbox_made(value):
             return ALLOW
-        vt = type(value)
         if vt is types.FunctionType:  # a host function that is not exposed (e.g. a module internal)
             return ALLOW if value.__code__ in self.known_codes else None
         if vt is types.MethodType:
