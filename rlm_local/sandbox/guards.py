@@ -288,9 +288,12 @@ class Guards:
         if proxy is None:
             raise ImportError(f"module '{name}' is not available in the sandbox; allowed: "
                               + ", ".join(ALLOWED_MODULES))
-        for item in fromlist or ():  # IMPORT_FROM would replace our reason with a generic message
-            if type(item) is str and item in proxy._mod_removed:
-                raise ImportError(proxy.missing(item))
+        # Every `from m import x` name must be exposed: on a missing attribute IMPORT_FROM falls back to
+        # sys.modules["m.x"], which held real submodules (json.decoder), and would replace our reason with
+        # a generic message.
+        for item in fromlist or ():
+            if type(item) is not str or item not in proxy._mod_attrs:
+                raise ImportError(proxy.missing(str(item)) if type(item) is str else "bad import name")
         return proxy
 
     # builtins ---------------------------------------------------------------------------------------

@@ -54,11 +54,16 @@ ATTACKS = {
     "cached_property_attrname_set": (
         "import functools\ncp = functools.cached_property(lambda s: 1)\ncp.attrname = '__class__'\n"
         "print('ESCAPED')"),
+    # (the real one read and wrote instance.__dict__[attrname]: with attrname='scan_once' on a JSONDecoder
+    # subclass it returned the host scanner that JSONDecoder.__init__ keeps in the instance dict)
     "cached_property_subclass_attrname": (
-        "import functools\nclass CP(functools.cached_property):\n    pass\n"
-        "cp = CP(lambda s: 'value')\ncp.attrname = '__globals__'\ncp.func = lambda s: 1\n"
-        "class K:\n    x = cp\nk = K()\nprint(k.x)\n"
-        "print('ESCAPED', getattr(k, '__globals__'))"),
+        "import functools, json\nclass CP(functools.cached_property):\n    pass\n"
+        "cp = CP(lambda s: 'computed')\ncp.attrname = 'scan_once'\n"
+        "class D(json.JSONDecoder):\n    x = cp\nv = D().x\n"
+        "if v != 'computed':\n    print('ESCAPED', v)\nraise RuntimeError('held')"),
+    "cached_property_named_like_host_internal": (
+        "import functools, json\nclass D(json.JSONDecoder):\n    @functools.cached_property\n"
+        "    def scan_once(self):\n        return 'computed'\nprint('ESCAPED', D().scan_once)"),
     "cached_property_on_host_instance": (
         "import functools, json\ncp = functools.cached_property(lambda s: 1)\n"
         "e = json.JSONEncoder()\nsetattr(e, 'x', cp)\nprint('ESCAPED')"),
@@ -136,10 +141,13 @@ ATTACKS = {
     # json hooks
     "json_object_hook_getattr": (
         "import json\nprint('ESCAPED', json.loads('[\"__globals__\"]', object_hook=None, "
-        "parse_constant=None), json.loads('{\"a\": 1}', object_pairs_hook=lambda p: getattr(FINAL, p[0][0] + '_')))"),
+        "parse_constant=None), json.loads('{\"__globals__\": 1}', object_pairs_hook=lambda p: getattr(FINAL, p[0][0])))"),
     "json_default_getattr": "import json\nprint('ESCAPED', json.dumps(FINAL, default=lambda o: getattr(o, '__globals__')))",
     "json_cls_hooks_host": "import json\nprint('ESCAPED', json.JSONDecoder().scan_once('{}', 0))",
-    "json_module_internals": "from json import decoder\nprint('ESCAPED', decoder)",
+    # IMPORT_FROM falls back to sys.modules['json.decoder'] when the proxy lacks the name
+    "json_module_internals": "from json import decoder\nprint('ESCAPED', decoder.scanstring)",
+    "from_import_loaded_submodules": (
+        "from typing import io\nprint('ESCAPED', io)\nfrom collections import abc\nprint('ESCAPED', abc)"),
     # every format route
     "format_builtin_spec": "print('ESCAPED', format(FINAL, '{0.__globals__}'))",
     "format_map_str_method": "print('ESCAPED', list(map(str.format, ['{0.__globals__}'], [FINAL])))",
@@ -288,3 +296,19 @@ def test_sandbox_subclass_inherits_nothing_unreviewed():
     del g.write(Sub).secret
     with pytest.raises(AttributeError, match="not reviewed"):
         g.getattr(Sub, "secret")
+
+
+def test_from_import_names_must_be_exposed():
+    """In process: the import hook refuses every from-import name the proxy does not expose, including
+    loaded submodules that IMPORT_FROM would otherwise fetch from sys.modules (re._parser is loaded)."""
+    import sys
+
+    from rlm_local.sandbox import guards as G
+
+    g = G.Guards(G.Printer(100), G.make_module_proxies())
+    assert "re._parser" in sys.modules and "json.decoder" in sys.modules
+    for module, name in (("re", "_parser"), ("json", "decoder"), ("re", "Scanner"), ("re", "*"),
+                         ("collections", "abc")):
+        with pytest.raises(ImportError):
+            g.import_(module, None, None, (name,), 0)
+    assert g.import_("re", None, None, ("compile", "findall"), 0) is g.proxies["re"]
