@@ -29,6 +29,13 @@ ALLOW, DYNAMIC, CLASS = 1, 2, 3  # rules; a str rule is the refusal message
 MEMO_LIMIT = 50_000  # classes the sandbox makes are keys; a loop making classes must not grow it forever
 CELL_FILE_PREFIX = "<cell "  # worker.Session compiles cells as "<cell N>"; host code never has this name
 _C_METHODS = (types.MethodDescriptorType, types.ClassMethodDescriptorType)
+# Callable wrappers whose call runs another callable: a value of these types is as safe as what it wraps.
+_WRAPPED_CALLABLE = {
+    functools.partial: lambda v: v.func,
+    type(functools.lru_cache()(abs)): lambda v: getattr(v, "__wrapped__", None),
+    staticmethod: lambda v: v.__func__,
+    classmethod: lambda v: v.__func__,
+}
 
 
 class SandboxMeta(type):
@@ -162,7 +169,11 @@ class MemberGuard:
             return self.member_rule(cls, value.__name__) if cls is not None else None
         if vt in _C_METHODS:
             return self.member_rule(value.__objclass__, value.__name__)
-        if vt in self.known_types:  # a callable instance of a reviewed host type (partial, lru wrapper)
+        inner = _WRAPPED_CALLABLE.get(vt)
+        if inner is not None:  # a partial, cache or static method of something: judge what it calls
+            target = inner(value)
+            return self._value_rule(target) if callable(target) and not isinstance(target, type) else ALLOW
+        if vt in self.known_types:  # a callable instance of a reviewed host type
             return ALLOW
         return None
 

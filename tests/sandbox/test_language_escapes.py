@@ -312,3 +312,43 @@ def test_from_import_names_must_be_exposed():
         with pytest.raises(ImportError):
             g.import_(module, None, None, (name,), 0)
     assert g.import_("re", None, None, ("compile", "findall"), 0) is g.proxies["re"]
+
+
+def test_instance_data_is_checked_by_value():
+    """In process: callables that reach the sandbox from instance dicts (where host code may have stored
+    its internals) pass only if the sandbox made them or the table allows what they run."""
+    import functools
+    import json.decoder
+
+    from rlm_local.sandbox import guards as G
+
+    g = G.Guards(G.Printer(100), G.make_module_proxies())
+    mine = eval(compile("lambda: 'mine'", "<cell 1>", "eval"))
+
+    class Unreviewed:
+        def method(self):
+            return "host code"
+
+    class Holder:  # a host object with instance data
+        pass
+
+    h = Holder()
+    refused = {
+        "host_function": json.decoder.JSONObject, "c_function": json.decoder.scanstring,
+        "partial_of_host": functools.partial(json.decoder.JSONObject),
+        "cached_host": functools.lru_cache()(json.decoder.JSONObject),
+        "bound_unreviewed": Unreviewed().method, "format_descriptor": str.format,
+        "partial_of_partial": functools.partial(functools.partial(json.decoder.scanstring)),
+    }
+    allowed = {
+        "sandbox_function": mine, "partial_of_sandbox": functools.partial(mine), "exposed": len,
+        "str_method": str.upper, "bound_c_method": "x".upper, "data": 3,
+        "cached_sandbox": functools.lru_cache()(mine),
+    }
+    for name, value in {**refused, **allowed}.items():
+        setattr(h, name, value)
+    for name in refused:
+        with pytest.raises(AttributeError, match="not available in the sandbox"):
+            g.getattr(h, name)
+    for name, value in allowed.items():
+        assert g.getattr(h, name) is value, name
