@@ -3,7 +3,9 @@
 The compiled code calls ``_getattr_``, ``_getitem_``, ``_write_``, ... from the session globals; this
 module builds those functions, the builtins, the import allowlist with read-only module proxies, and the
 session-wide printer. Design rule: nothing handed to the sandbox may reach a module, a frame, a code
-object or the import system through a public attribute.
+object or the import system through a public attribute, and no host callable is reachable unless
+allowlist.py reviewed it: module proxies and builtins are built from its rows, and the getattr guard
+checks host class members against it (members.py).
 """
 from __future__ import annotations
 
@@ -64,9 +66,9 @@ class ModuleProxy:
         try:
             return self._mod_attrs[attr]
         except KeyError:
-            raise AttributeError(self.missing(attr)) from None
+            raise AttributeError(self._missing(attr)) from None
 
-    def missing(self, attr: str) -> str:
+    def _missing(self, attr: str) -> str:  # private: the guard lets every public name through to proxies
         why = self._mod_removed.get(attr)
         if why is None:
             return f"module '{self._mod_name}' has no attribute '{attr}'"
@@ -293,7 +295,7 @@ class Guards:
         # a generic message.
         for item in fromlist or ():
             if type(item) is not str or item not in proxy._mod_attrs:
-                raise ImportError(proxy.missing(str(item)) if type(item) is str else "bad import name")
+                raise ImportError(proxy._missing(str(item)) if type(item) is str else "bad import name")
         return proxy
 
     # builtins ---------------------------------------------------------------------------------------
