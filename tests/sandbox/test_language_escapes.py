@@ -170,6 +170,17 @@ ATTACKS = {
     # more: other callers of getattr/setattr by name, and module-graph walks through the new surface
     "statistics_itemgetter": "from statistics import itemgetter\nprint('ESCAPED', itemgetter)",
     "statistics_fraction": "import statistics\nprint('ESCAPED', statistics.Fraction)",
+    # statistics converts results with T(value), handing an unexported Fraction to a sandbox int subclass
+    "statistics_returns_fraction": (
+        "import statistics\nseen = []\nclass S(int):\n    def __init__(self, v):\n        seen.append(v)\n"
+        "statistics.mean([S(1), S(3)])\nf = seen[-1]\nprint(type(f).__name__, f.numerator)\n"
+        "print('ESCAPED', f.limit_denominator, type(f).from_float)"),
+    "itertools_starmap_setattr": (
+        "import itertools, textwrap\nlist(itertools.starmap(setattr, [(textwrap.TextWrapper, 'width', 1)]))\n"
+        "print('ESCAPED')"),
+    "random_subclass_private_hooks": (
+        "import random\nclass R(random.Random):\n    def random(self):\n        return 0.25\n"
+        "print(R().choice('abcd'))\nprint('ESCAPED', R.register)"),
     "itertools_starmap_getattr": (
         "import itertools\nprint('ESCAPED', list(itertools.starmap(getattr, [(FINAL, '__globals__')])))"),
     "lru_cache_of_getattr": (
