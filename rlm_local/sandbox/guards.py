@@ -23,10 +23,10 @@ from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
 try:  # imported as rlm_local.sandbox.guards (tests) or as a sibling module (the worker)
     from . import allowlist as A
-    from .members import CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
+    from .members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
 except ImportError:
     import allowlist as A
-    from members import CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
+    from members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
 
 ALLOWED_MODULES = A.ALLOWED_MODULES
 
@@ -180,21 +180,21 @@ class Guards:
             special = self._special_attr(obj, name)
             if special is not None:
                 return special
-        t = type(obj)
-        rule = self._memo.get((t, name))
-        if rule is None or rule == CLASS:
-            rule = self.members.resolve(obj, t, name)
-        if type(rule) is str:
-            if default:
-                return default[0]
-            raise AttributeError(rule)
+        rule = self._memo.get((type(obj), name))
+        if rule is not ALLOW:  # the hot path (methods of builtin types, own objects) skips all of this
+            if rule is None or rule is CLASS:
+                rule = self.members.resolve(obj, type(obj), name)
+            if type(rule) is str:
+                if default:
+                    return default[0]
+                raise AttributeError(rule)
         try:
             value = getattr(obj, name)
         except AttributeError:
             if default:
                 return default[0]
             raise
-        if rule == DYNAMIC:
+        if rule is DYNAMIC:
             try:
                 value = self.members.check_value(value, name)
             except AttributeError:

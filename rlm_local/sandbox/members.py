@@ -104,6 +104,12 @@ class MemberGuard:
                 return "unbound super objects are not supported in the sandbox"
             mro = cls.__mro__
             return self._lookup((mro[mro.index(start) + 1:],), name, False)
+        if all(isinstance(c, SandboxMeta) or c is object for c in t.__mro__):
+            # Only sandbox code fills these instance dicts (no host __init__ ran; update_wrapper copies
+            # only sandbox function dicts; cached_property stores the sandbox function's result), and
+            # sandbox classes cannot define __getattr__: everything found is the sandbox's own.
+            rule = self.memo[(t, name)] = ALLOW
+            return rule
         # Instances with a __dict__ may hold an entry that hides a method or class data of the same name
         # (JSONDecoder.__init__ stores host parse functions there): such reads are checked by value.
         rule = self.memo[(t, name)] = self._lookup((t.__mro__,), name, t.__dictoffset__ != 0)
@@ -205,14 +211,16 @@ def _name_subset(names: Any, allowed: tuple[str, ...], what: str) -> tuple[str, 
 def update_wrapper(wrapper, wrapped, assigned=functools.WRAPPER_ASSIGNMENTS,
                    updated=functools.WRAPPER_UPDATES):
     """functools.update_wrapper restricted to the default attribute names, writing only to a function,
-    class or instance the sandbox created; a host object's __dict__ is never copied (it would hand its
-    members to the sandbox without the member guard)."""
+    class or instance the sandbox created. __dict__ is copied only from a sandbox function (whose dict only
+    ever holds what this function copied from other sandbox functions): any other object's dict may hold
+    host internals (JSONDecoder instances keep host parse functions there), which the member guard
+    trusts in instances of pure sandbox classes."""
     assigned = _name_subset(assigned, functools.WRAPPER_ASSIGNMENTS, "assigned")
     updated = _name_subset(updated, functools.WRAPPER_UPDATES, "updated")
     if not sandbox_made(wrapper):
         raise TypeError("update_wrapper/wraps can only update functions, classes and instances defined in "
                         "the sandbox")
-    if not sandbox_made(wrapped):
+    if type(wrapped) is not types.FunctionType or not sandbox_made(wrapped):
         updated = ()
     return functools.update_wrapper(wrapper, wrapped, assigned, updated)
 

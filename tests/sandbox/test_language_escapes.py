@@ -27,6 +27,11 @@ ATTACKS = {
         "import functools, collections\nclass B:\n    pass\nb = B()\n"
         "functools.update_wrapper(b, collections.UserString)\n"
         "print('ESCAPED', b.format('{0.__globals__}', FINAL))"),
+    "update_wrapper_copies_host_instance_dict": (
+        "import functools, json\nclass D(json.JSONDecoder):\n    pass\n"
+        "class P:\n    def scan_once(self):\n        return 'mine'\np = P()\n"
+        "functools.update_wrapper(p, D())\nv = p.scan_once\nprint(v())\nfunctools.update_wrapper(p, json.JSONDecoder())\n"
+        "print('ESCAPED', p.scan_once, p.parse_string)"),
     "update_wrapper_writes_host_class": (
         "import functools, textwrap\ndef f():\n    'changed'\n"
         "functools.update_wrapper(textwrap.TextWrapper, f)\nprint('ESCAPED')"),
