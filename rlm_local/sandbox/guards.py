@@ -180,7 +180,7 @@ class Guards:
             special = self._special_attr(obj, name)
             if special is not None:
                 return special
-        rule = self._memo.get((type(obj), name))
+        rule = self._memo[type(obj)].get(name)
         if rule is not ALLOW:  # the hot path (methods of builtin types, own objects) skips all of this
             if rule is None or rule is CLASS:
                 rule = self.members.resolve(obj, type(obj), name)

@@ -11,11 +11,12 @@ Guarantees (with guards.Guards.getattr, which consults this module for every pub
   dicts, ``__getattr__`` hooks or data descriptors are checked by value: a callable passes only if the
   sandbox made it, if it is an exposed module-level object, a bound or unbound method whose defining
   class the table allows, a class, or an instance of a reviewed host type.
-- Verdicts are memoised per (type, name) so the hot path is one dict lookup; writes to sandbox classes
+- Verdicts are memoised per type and name so the hot path is two dict lookups; writes to sandbox classes
   (the only class dicts the sandbox can change) clear the memo.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import types
 from typing import Any, Iterable
@@ -67,7 +68,8 @@ class MemberGuard:
 
     def __init__(self, known_values: Iterable[Any], proxy_type: type):
         self.classes = class_table()
-        self.memo: dict[tuple, Any] = {}  # (type(obj), name) -> rule; (metaclass, name) -> CLASS
+        # type(obj) -> {name: rule} (a metaclass's names map to CLASS); nested dicts, no key tuples to build
+        self.memo: collections.defaultdict[type, dict[str, Any]] = collections.defaultdict(dict)
         self.class_memo: dict[tuple, Any] = {}  # (cls, name) -> rule for attributes read off a class
         known = list(known_values)
         self.known_ids = {id(v) for v in known}
@@ -86,13 +88,13 @@ class MemberGuard:
         self.class_memo.clear()
 
     def resolve(self, obj: Any, t: type, name: str):
-        if len(self.memo) > MEMO_LIMIT or len(self.class_memo) > MEMO_LIMIT:
+        if len(self.memo) > MEMO_LIMIT or len(self.memo[t]) > MEMO_LIMIT or len(self.class_memo) > MEMO_LIMIT:
             self.forget()
         if t is self.proxy_type:  # module proxies hold only allowlisted names, by construction
-            rule = self.memo[(t, name)] = ALLOW
+            rule = self.memo[t][name] = ALLOW
             return rule
         if isinstance(obj, type):
-            self.memo[(t, name)] = CLASS
+            self.memo[t][name] = CLASS
             key = (obj, name)
             rule = self.class_memo.get(key)
             if rule is None:
@@ -108,11 +110,11 @@ class MemberGuard:
             # Only sandbox code fills these instance dicts (no host __init__ ran; update_wrapper copies
             # only sandbox function dicts; cached_property stores the sandbox function's result), and
             # sandbox classes cannot define __getattr__: everything found is the sandbox's own.
-            rule = self.memo[(t, name)] = ALLOW
+            rule = self.memo[t][name] = ALLOW
             return rule
         # Instances with a __dict__ may hold an entry that hides a method or class data of the same name
         # (JSONDecoder.__init__ stores host parse functions there): such reads are checked by value.
-        rule = self.memo[(t, name)] = self._lookup((t.__mro__,), name, t.__dictoffset__ != 0)
+        rule = self.memo[t][name] = self._lookup((t.__mro__,), name, t.__dictoffset__ != 0)
         return rule
 
     def _lookup(self, mros: tuple, name: str, shadowable: bool):
