@@ -30,6 +30,11 @@ ALLOW, DYNAMIC, CLASS = 1, 2, 3  # rules; a str rule is the refusal message
 MEMO_LIMIT = 50_000  # classes the sandbox makes are keys; a loop making classes must not grow it forever
 CELL_FILE_PREFIX = "<cell "  # worker.Session compiles cells as "<cell N>"; host code never has this name
 _C_METHODS = (types.MethodDescriptorType, types.ClassMethodDescriptorType)
+# Builtin bases of sandbox classes whose code never writes an instance __dict__ (BaseException's notes
+# go to '__notes__', unreadable): instances of sandbox classes over only these are filled by sandbox code.
+_DICTLESS_HOST_BASES = frozenset({object, dict, list, set, frozenset, tuple, str, bytes, int, float,
+                                  BaseException, Exception, ValueError, KeyError, TypeError, RuntimeError,
+                                  LookupError, ArithmeticError})
 # Callable wrappers whose call runs another callable: a value of these types is as safe as what it wraps.
 _WRAPPED_CALLABLE = {
     functools.partial: lambda v: v.func,
@@ -106,11 +111,13 @@ class MemberGuard:
                 return "unbound super objects are not supported in the sandbox"
             mro = cls.__mro__
             return self._lookup((mro[mro.index(start) + 1:],), name, False)
-        if all(isinstance(c, SandboxMeta) or c is object for c in t.__mro__):
-            # Only sandbox code fills these instance dicts (no host __init__ ran; update_wrapper copies
-            # only sandbox function dicts; cached_property stores the sandbox function's result), and
-            # sandbox classes cannot define __getattr__: everything found is the sandbox's own.
-            rule = self.memo[t][name] = ALLOW
+        if isinstance(t, SandboxMeta) and all(isinstance(c, SandboxMeta) or c in _DICTLESS_HOST_BASES
+                                              for c in t.__mro__):
+            # Only sandbox code fills these instance dicts (the builtin bases never write one;
+            # update_wrapper copies only sandbox function dicts; cached_property stores the sandbox
+            # function's result), sandbox classes cannot define __getattr__, and every builtin base
+            # member is a reviewed safe row: everything found is the sandbox's own or allowed.
+            rule = self.memo[t][name] = self._lookup((t.__mro__,), name, False)
             return rule
         # Instances with a __dict__ may hold an entry that hides a method or class data of the same name
         # (JSONDecoder.__init__ stores host parse functions there): such reads are checked by value.
