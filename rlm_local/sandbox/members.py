@@ -115,8 +115,8 @@ class MemberGuard:
                                               for c in t.__mro__):
             # Only sandbox code fills these instance dicts (the builtin bases never write one;
             # update_wrapper copies only sandbox function dicts; cached_property stores the sandbox
-            # function's result), sandbox classes cannot define __getattr__, and every builtin base
-            # member is a reviewed safe row: everything found is the sandbox's own or allowed.
+            # function's result) and sandbox classes cannot define __getattr__, so an instance entry
+            # never hides host code; members of the builtin bases still go through the table.
             rule = self.memo[t][name] = self._lookup((t.__mro__,), name, False)
             return rule
         # Instances with a __dict__ may hold an entry that hides a method or class data of the same name
