@@ -3,7 +3,9 @@
 The compiled code calls ``_getattr_``, ``_getitem_``, ``_write_``, ... from the session globals; this
 module builds those functions, the builtins, the import allowlist with read-only module proxies, and the
 session-wide printer. Design rule: nothing handed to the sandbox may reach a module, a frame, a code
-object or the import system through a public attribute.
+object or the import system through a public attribute, and no host callable is reachable unless
+allowlist.py reviewed it: module proxies and builtins are built from its rows, and the getattr guard
+checks host class members against it (members.py).
 """
 from __future__ import annotations
 
@@ -19,17 +21,15 @@ from _string import formatter_field_name_split as _formatter_field_name_split
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
-ALLOWED_MODULES = ("re", "json", "math", "collections", "itertools", "functools", "statistics", "string",
-                   "textwrap", "datetime", "heapq", "bisect", "random", "typing")
-# Public names that still reach code evaluation or attribute lookup by name (string.Formatter ->
-# get_field; singledispatch -> typing.get_type_hints -> eval).
-HIDDEN_NAMES = {
-    "string": {"Formatter"},
-    "functools": {"singledispatch", "singledispatchmethod"},
-}
-# typing is only offered for annotations; get_type_hints/ForwardRef would eval strings unrestricted.
-TYPING_NAMES = ("Any", "List", "Dict", "Tuple", "Set", "FrozenSet", "Optional", "Union", "Callable",
-                "Iterable", "Iterator", "Sequence", "Mapping", "DefaultDict", "Deque", "Generator")
+try:  # imported as rlm_local.sandbox.guards (tests) or as a sibling module (the worker)
+    from . import allowlist as A
+    from .members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
+except ImportError:
+    import allowlist as A
+    from members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
+
+ALLOWED_MODULES = A.ALLOWED_MODULES
+
 # C code inside datetime imports these through the frame's __import__ (strftime/strptime).
 C_INTERNAL_IMPORTS = ("time", "_strptime")
 PRELOADED_CODECS = ("ascii", "latin-1", "utf-8-sig", "utf-16", "utf-32", "cp1252", "iso8859-15",
@@ -49,19 +49,16 @@ INPLACE = {"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": 
            "@=": operator.imatmul}
 
 
-class SandboxMeta(type):
-    """Metaclass of every class statement in the sandbox; marks classes whose attributes the sandbox may
-    write (host classes stay read-only)."""
-
-
 class ModuleProxy:
-    """Read-only stand-in for an allowed module: public, non-module attributes only."""
+    """Read-only stand-in for an allowed module: only the names allowlist.py marks safe (as is) or
+    wrapped (as their guarded replacements)."""
 
-    __slots__ = ("_mod_name", "_mod_attrs")
+    __slots__ = ("_mod_name", "_mod_attrs", "_mod_removed")
 
-    def __init__(self, name: str, attrs: dict):
+    def __init__(self, name: str, attrs: dict, removed: dict[str, str]):
         object.__setattr__(self, "_mod_name", name)
         object.__setattr__(self, "_mod_attrs", attrs)
+        object.__setattr__(self, "_mod_removed", removed)
 
     def __getattr__(self, attr):
         if attr == "__name__":  # for ImportError messages of `from x import y`
@@ -69,7 +66,13 @@ class ModuleProxy:
         try:
             return self._mod_attrs[attr]
         except KeyError:
-            raise AttributeError(f"module '{self._mod_name}' has no attribute '{attr}'") from None
+            raise AttributeError(self._missing(attr)) from None
+
+    def _missing(self, attr: str) -> str:  # private: the guard lets every public name through to proxies
+        why = self._mod_removed.get(attr)
+        if why is None:
+            return f"module '{self._mod_name}' has no attribute '{attr}'"
+        return f"'{self._mod_name}.{attr}' is not available in the sandbox: {why}"
 
     def __setattr__(self, attr, value):
         raise AttributeError(f"module '{self._mod_name}' is read-only in the sandbox")
@@ -83,21 +86,23 @@ class ModuleProxy:
         return f"<module '{self._mod_name}'>"
 
 
-def _is_safe_module_attr(value) -> bool:
-    return not isinstance(value, FORBIDDEN_TYPES) and type(value).__name__ != "PyCapsule"
-
-
 def make_module_proxies() -> dict[str, ModuleProxy]:
+    """One proxy per allowed module, built from the allowlist only: a name the table does not list is
+    never exposed, whatever the module holds."""
+    table = A.parse(A.MODULE_ROWS)
+    wrappers = module_wrappers()
     proxies = {}
     for name in ALLOWED_MODULES:
         mod = __import__(name)
-        if name == "typing":
-            attrs = {k: getattr(mod, k) for k in TYPING_NAMES}
-        else:
-            hidden = HIDDEN_NAMES.get(name, set())
-            attrs = {k: v for k, v in vars(mod).items()
-                     if not k.startswith("_") and k not in hidden and _is_safe_module_attr(v)}
-        proxies[name] = ModuleProxy(name, attrs)
+        attrs, removed = {}, {}
+        for attr, (verdict, why) in table[name].items():
+            if verdict == A.SAFE:
+                attrs[attr] = getattr(mod, attr)
+            elif verdict == A.WRAPPED:
+                attrs[attr] = wrappers[(name, attr)]
+            else:
+                removed[attr] = why
+        proxies[name] = ModuleProxy(name, attrs, removed)
     for name in C_INTERNAL_IMPORTS:
         __import__(name)
     for codec in PRELOADED_CODECS:  # codecs load lazily from disk, and the worker loses file access
@@ -159,21 +164,43 @@ class Guards:
         self.printer = printer
         self.proxies = proxies
         self.formatter = _GuardedFormatter(self)
+        exposed = [v for p in proxies.values() for v in p._mod_attrs.values()]
+        exposed += [v for k, v in self.builtins().items() if not k.startswith("_")]
+        self.members = MemberGuard(exposed, ModuleProxy)
+        self._memo = self.members.memo
 
     # attribute access -------------------------------------------------------------------------------
     def getattr(self, obj, name, *default):
+        """getattr for sandbox code: '_' names and frame/code attributes refused, format only on exact
+        str (through the guarded formatter), host class members only as allowlist.py allows them
+        (members.py), and never a module, frame, code object or traceback."""
         if type(name) is not str:
             raise TypeError("attribute name must be a str")
         if name[:1] == "_" or name in SPECIAL_ATTRS:
             special = self._special_attr(obj, name)
             if special is not None:
                 return special
+        rule = self._memo[type(obj)].get(name)
+        if rule is not ALLOW:  # the hot path (methods of builtin types, own objects) skips all of this
+            if rule is None or rule is CLASS:
+                rule = self.members.resolve(obj, type(obj), name)
+            if type(rule) is str:
+                if default:
+                    return default[0]
+                raise AttributeError(rule)
         try:
             value = getattr(obj, name)
         except AttributeError:
             if default:
                 return default[0]
             raise
+        if rule is DYNAMIC:
+            try:
+                value = self.members.check_value(value, name)
+            except AttributeError:
+                if default:
+                    return default[0]
+                raise
         if isinstance(value, FORBIDDEN_TYPES):
             raise AttributeError(f"'{name}' refers to a {type(value).__name__}, not accessible in the sandbox")
         return value
@@ -224,7 +251,12 @@ class Guards:
     # writes -----------------------------------------------------------------------------------------
     def write(self, obj):
         t = type(obj)
-        if t in CONTAINER_TYPES or isinstance(t, SandboxMeta) or isinstance(obj, SandboxMeta):
+        if t in CONTAINER_TYPES or isinstance(t, SandboxMeta):
+            return obj
+        if isinstance(obj, SandboxMeta):
+            # A class dict is about to change: member verdicts resolved through it may be stale (deleting
+            # an override would otherwise keep exposing the host member it hid).
+            self.members.forget()
             return obj
         raise TypeError(f"cannot modify objects of type '{t.__name__}' in the sandbox "
                         "(only your own containers, classes and their instances)")
@@ -258,29 +290,27 @@ class Guards:
         if proxy is None:
             raise ImportError(f"module '{name}' is not available in the sandbox; allowed: "
                               + ", ".join(ALLOWED_MODULES))
+        # Every `from m import x` name must be exposed: on a missing attribute IMPORT_FROM falls back to
+        # sys.modules["m.x"], which held real submodules (json.decoder), and would replace our reason with
+        # a generic message.
+        for item in fromlist or ():
+            if type(item) is not str or item not in proxy._mod_attrs:
+                raise ImportError(proxy._missing(str(item)) if type(item) is str else "bad import name")
         return proxy
 
     # builtins ---------------------------------------------------------------------------------------
     def builtins(self) -> dict:
-        names = ("abs all any ascii bin bool bytearray bytes callable chr classmethod complex dict divmod "
-                 "enumerate filter float frozenset hash hex id int isinstance issubclass iter len list map "
-                 "max min next object oct ord pow property range repr reversed round set slice sorted "
-                 "staticmethod str sum super tuple zip format NotImplemented Ellipsis").split()
-        b = {n: getattr(builtins, n) for n in names}
-        b.update({n: v for n, v in vars(builtins).items()
-                  if isinstance(v, type) and issubclass(v, BaseException)
-                  and n not in ("BaseExceptionGroup", "ExceptionGroup")})
-        b.update({
-            "__build_class__": builtins.__build_class__,
-            "__import__": self.import_,
-            "getattr": self.getattr,
-            "hasattr": self.hasattr,
-            "setattr": self.setattr,
-            "delattr": self.delattr,
-            "type": _type1,
-            "dir": _dir,
-            "True": True, "False": False, "None": None,
-        })
+        """The sandbox's builtins: allowlist.py's ``builtins`` rows (safe ones as is, wrapped ones as the
+        guard functions) plus the hooks the compiled code needs."""
+        wrapped = {"getattr": self.getattr, "hasattr": self.hasattr, "setattr": self.setattr,
+                   "delattr": self.delattr, "type": _type1, "dir": _dir}
+        b = {}
+        for name, (verdict, _) in A.parse(A.MODULE_ROWS)["builtins"].items():
+            if verdict == A.SAFE:
+                b[name] = getattr(builtins, name)
+            elif verdict == A.WRAPPED:
+                b[name] = wrapped[name]
+        b.update({"__build_class__": builtins.__build_class__, "__import__": self.import_})
         return b
 
     def guard_globals(self) -> dict:
