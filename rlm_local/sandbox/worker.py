@@ -230,7 +230,8 @@ def main() -> None:
     del context
     sys.stdout = sys.stderr = HostStream(session)
     if init.get("grant_real_os"):  # test-only hook (tests/sandbox/test_post_escape.py): a full escape
-        session.reserved.update(real_os=os, real_sys=sys, real_ctypes=hardening.ctypes, real_exit=os._exit)
+        session.reserved.update(real_os=os, real_sys=sys, real_ctypes=hardening.ctypes, real_exit=os._exit,
+                                _getattr_=getattr, _getitem_=lambda obj, key: obj[key], _write_=lambda obj: obj)
         session.globals.update(session.reserved)
     applied = hardening.apply(int(channel.limits["memory_mb"]), init.get("uid"),
                               int(channel.limits["max_processes"]))

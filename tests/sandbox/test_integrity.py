@@ -81,7 +81,7 @@ def test_code_that_keeps_fighting_the_restore_is_stopped_and_rolled_back(make_sa
 def test_re_debug_output_lands_in_the_cell_and_the_session_survives(make_sandbox):
     sb = make_sandbox()
     assert sb.run("kept = 'still here'").error is None
-    r = sb.run("import re\np = re.compile('a+b', re.DEBUG)\nprint('compiled')")
+    r = sb.run("import re\np = re.compile('a+b', 128)  # re.DEBUG by value: the name is removed, the flag still works\nprint('compiled')")
     assert r.error is None and not r.restored, r
     assert "LITERAL" in r.stdout and "compiled" in r.stdout
     assert sb.run("print(kept)").stdout == "still here\n"
