@@ -36,6 +36,23 @@ def _own_path(controller: str) -> str | None:
     return None
 
 
+def _sweep(parent: str) -> None:
+    """Removes session cgroups left empty by a parent that was killed before it could clean up. rmdir
+    of a cgroup that still has processes fails, and young ones are left alone (one may be between its
+    mkdir and its first process)."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith("rlm-sandbox-")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if time.time() - os.stat(path).st_mtime > 60:
+                os.rmdir(path)
+        except OSError:
+            pass
+
+
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
@@ -72,6 +89,7 @@ class SessionCgroup:
             enabled = f.read().split()
         if not {"memory", "pids"} <= set(enabled):
             return None
+        _sweep(base)
         path = os.path.join(base, name)
         os.mkdir(path)
         try:
@@ -89,7 +107,9 @@ class SessionCgroup:
                 own = _own_path(controller)
                 if own is None:
                     raise OSError(f"no v1 {controller} hierarchy")
-                path = os.path.join(ROOT, controller, own.lstrip("/"), name)
+                parent = os.path.join(ROOT, controller, own.lstrip("/"))
+                _sweep(parent)
+                path = os.path.join(parent, name)
                 os.mkdir(path)
                 dirs.append(path)
             _write(os.path.join(dirs[0], "pids.max"), str(max_processes))

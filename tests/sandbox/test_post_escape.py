@@ -156,3 +156,18 @@ def test_secret_stays_out_of_reach(escaped, secret_file):
     r = sb.run(f"try:\n    fd = real_os.open({secret_file!r}, real_os.O_RDONLY)\n    print(real_os.read(fd, 100))\n"
                "except OSError as e:\n    print('blocked', e.errno)\nprint(sorted(real_os.environ))")
     assert not leaked(r) and SECRET not in r.stdout and "blocked" in r.stdout, r
+
+
+def test_cgroup_is_removed_on_close_and_stale_ones_are_swept(escaped):
+    sb = escaped()
+    if "cgroup" not in sb.hardening:
+        pytest.skip("no cgroup on this machine")
+    dirs = list(sb._worker.cgroup.dirs)
+    assert dirs and all(os.path.isdir(d) for d in dirs)
+    stale = os.path.join(os.path.dirname(dirs[0]), "rlm-sandbox-stale-test")
+    os.mkdir(stale)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    sb.close()
+    assert not any(os.path.exists(d) for d in dirs)
+    escaped()  # a new session sweeps the empty, old one a killed parent would have left
+    assert not os.path.exists(stale)
