@@ -132,6 +132,8 @@ class Reader:
                     raise MessageTooLarge(f"a message header over {self.max_header} bytes")
                 self._fill(deadline)
                 i = self.buf.find(b"\n", self.scanned)
+            if i > self.max_header:  # the whole line may have come in one read
+                raise MessageTooLarge(f"a message header over {self.max_header} bytes")
             line = bytes(self.buf[:i])
             del self.buf[: i + 1]
             self.scanned = 0
@@ -140,8 +142,7 @@ class Reader:
 
     def resync(self) -> None:
         """Drops a refused message: everything up to the next newline (a restored worker greets on a
-        fresh line)."""
-        self.buf.clear()
+        fresh line). What is already buffered after that newline is kept."""
         self.scanned = 0
         self.skipping = True
 

@@ -48,3 +48,22 @@ def make_sandbox():
 def leaked(result, secret: str = SECRET) -> bool:
     text = (result.stdout or "") + (result.error or "") + (result.final or "")
     return secret in text
+
+
+@pytest.fixture(scope="module")
+def attack_sandbox(secret_file):
+    """One session shared by a module's attack cells (each attack must leave it intact anyway)."""
+    sb = Sandbox(context="public text", llm_handler=echo_handler, limits=Limits(wall_seconds=10, cpu_seconds=10))
+    yield sb
+    sb.close()
+
+
+def run_attack(sandbox: Sandbox, code: str, secret_path: str):
+    """Runs one attack cell and checks what every attack must give: an error, no ESCAPED marker, no
+    secret, no host path in the message."""
+    r = sandbox.run(code.replace("{path}", secret_path).replace("{env}", SECRET_ENV))
+    assert r.error is not None, f"ran without error: {r.stdout!r}"
+    assert "ESCAPED" not in r.stdout, r.stdout
+    assert not leaked(r)
+    assert "/work/" not in r.error and ".venv" not in r.error
+    return r

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import SECRET_ENV, leaked
+from .conftest import SECRET_ENV, run_attack
 
 # Each cell raises (or fails to compile) when the sandbox holds; on success it prints ESCAPED and tries
 # to read the planted secret with whatever it reached.
@@ -125,13 +125,9 @@ ATTACKS["walk_all_modules"] = (
     "raise RuntimeError('walk finished')")
 
 
-@pytest.fixture(scope="module")
-def sandbox(secret_file):
-    from rlm_local.sandbox import Limits, Sandbox
-    from .conftest import echo_handler
-    sb = Sandbox(context="public text", llm_handler=echo_handler, limits=Limits(wall_seconds=10, cpu_seconds=10))
-    yield sb
-    sb.close()
+@pytest.fixture
+def sandbox(attack_sandbox):
+    return attack_sandbox
 
 
 def test_suite_has_forty_attacks():
@@ -140,12 +136,7 @@ def test_suite_has_forty_attacks():
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_blocked(name, sandbox, secret_file):
-    code = ATTACKS[name].replace("{path}", secret_file).replace("{env}", SECRET_ENV)
-    r = sandbox.run(code)
-    assert r.error is not None, f"{name} ran without error: {r.stdout!r}"
-    assert "ESCAPED" not in r.stdout, r.stdout
-    assert not leaked(r)
-    assert "/work/" not in (r.error or "") and ".venv" not in (r.error or "")
+    run_attack(sandbox, ATTACKS[name], secret_file)
     assert sandbox.run("print(6 * 7)").stdout == "42\n"  # the session lives on
 
 

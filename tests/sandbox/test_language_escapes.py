@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import SECRET_ENV, leaked
+from .conftest import run_attack
 
 # Each cell raises at the step the sandbox must refuse; past it, it prints ESCAPED.
 ATTACKS = {
@@ -209,13 +209,9 @@ ATTACKS = {
 }
 
 
-@pytest.fixture(scope="module")
-def sandbox(secret_file):
-    from rlm_local.sandbox import Limits, Sandbox
-    from .conftest import echo_handler
-    sb = Sandbox(context="public text", llm_handler=echo_handler, limits=Limits(wall_seconds=10, cpu_seconds=10))
-    yield sb
-    sb.close()
+@pytest.fixture
+def sandbox(attack_sandbox):
+    return attack_sandbox
 
 
 # After every attack the next cell must see the sandbox exactly as before: no real builtins, guarded
@@ -247,11 +243,8 @@ def test_suite_size():
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_language_attack_blocked(name, sandbox, secret_file):
-    code = ATTACKS[name].replace("{path}", secret_file).replace("{env}", SECRET_ENV)
-    r = sandbox.run(code)
-    assert r.error is not None, f"{name} ran without error: {r.stdout!r}"
-    assert "ESCAPED" not in r.stdout and r.final is None, (r.stdout, r.final)
-    assert not leaked(r)
+    r = run_attack(sandbox, ATTACKS[name], secret_file)
+    assert r.final is None, r.final
     after = sandbox.run(INTEGRITY)
     assert after.error is None and after.stdout == INTEGRITY_OUT, after
     for name_ in BUILTINS_GONE:

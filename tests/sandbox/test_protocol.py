@@ -84,8 +84,9 @@ def test_parts_round_trip_with_surrogates_replaced():
     os.close(r)
 
 
-def test_resync_skips_a_refused_message_up_to_the_next_line():
-    r = _pipe_writer(b"z" * 5000 + b"\n" + protocol.encode({"type": "restored"}), 512)
+@pytest.mark.parametrize("chunk", [512, 1 << 20])
+def test_resync_skips_a_refused_message_up_to_the_next_line(chunk):
+    r = _pipe_writer(b"z" * 5000 + b"\n" + protocol.encode({"type": "restored"}), chunk)
     reader = protocol.Reader(r, max_header=1000)
     with pytest.raises(protocol.MessageTooLarge):
         reader.read_header(time.monotonic() + 5)
