@@ -14,6 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Error": "errors", "InputError": "errors", "DocumentError": "documents",
     "RLM": "rlm", "RLMResult": "rlm", "RLMError": "rlm", "ContextError": "rlm", "BudgetExceeded": "rlm",
     "UsageSummary": "usage", "Sandbox": "sandbox", "Limits": "sandbox", "CellResult": "sandbox",
     "Request": "engines", "Result": "engines", "SamplingParams": "engines", "Usage": "engines",

@@ -19,15 +19,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .errors import Error, InputError
+
 EMBEDDED_NAME = "gemma-3-270m"
 _CONVERTED_MARKER = "rlm-local-converted.json"
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(InputError):
     """The model name is neither a registered embedded model nor a local directory."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(Error, RuntimeError):
     """The model exists but could not be loaded or converted."""
 
 

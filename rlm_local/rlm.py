@@ -22,6 +22,7 @@ from .batching import rewrite_sibling_calls
 from .engines import Engine, Request, Result, make_engine
 from .models import find_card
 from .conversation import Conversation
+from .errors import InputError
 from .prompts import Context
 from .sandbox import CellResult, Limits, Sandbox
 from .scheduler import Scheduler
@@ -31,11 +32,11 @@ from .usage import UsageSummary, UsageTracker
 STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "engine_error")
 
 
-class RLMError(Exception):
-    """Base class for errors the RLM API raises on bad input or a failing setup."""
+class RLMError(InputError):
+    """Bad arguments to RLM or completion(), or a closed RLM."""
 
 
-class ContextError(RLMError, ValueError):
+class ContextError(RLMError):
     """The prompt/context is empty or of an unsupported type."""
 
 

@@ -12,13 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from ..errors import Error
+
 T = TypeVar("T")
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "error"]
 
 
-class EngineError(RuntimeError):
+class EngineError(Error, RuntimeError):
     """An engine could not be created or could not serve at all (not a per-request failure)."""
 
 

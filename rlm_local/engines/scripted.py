@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+from ..errors import InputTypeError
 from .base import Engine, Request, Result, Usage
 
 
@@ -18,7 +19,7 @@ class ScriptedEngine(Engine):
     def __init__(self, replies: Sequence[str] | Callable[[Request], str], model_name: str = "scripted",
                  prompt_format: str = "chat", context_length: int = 32768) -> None:
         if not callable(replies) and not (isinstance(replies, Sequence) and all(isinstance(r, str) for r in replies)):
-            raise TypeError("scripted backend needs backend_kwargs={'replies': [str, ...]} or a callable")
+            raise InputTypeError("scripted backend needs backend_kwargs={'replies': [str, ...]} or a callable")
         self._replies = replies if callable(replies) else list(replies)
         self._next = 0
         self._lock = threading.Lock()
