@@ -237,7 +237,7 @@ def test_rlm_query_runs_a_child_with_its_own_repl():
     assert any(c["depth"] == 1 and c["stdout"].strip() == "3" for c in cells)
     assert any(c["depth"] == 0 and "child says 3" in c["stdout"] for c in cells)
     assert result.usage_summary.by_depth[1].calls == 2  # the child's two root turns
-    rlm_events = [e for e in result.trajectory if e["event"] == "subcall" and e["kind"] == "rlm"]
+    rlm_events = [e for e in result.trajectory if e["event"] == "subcall" and e["query"] == "rlm"]
     assert len(rlm_events) == 1 and rlm_events[0]["response"] == "child says 3"
 
 
@@ -268,7 +268,7 @@ def test_rlm_query_at_max_depth_degrades_to_llm_query():
     result = rlm.completion(DOC, "q")
     cell = next(e for e in result.trajectory if e["event"] == "cell")
     assert "answered by a plain sub-call" in cell["stdout"]
-    assert [e["kind"] for e in result.trajectory if e["event"] == "subcall"] == ["llm"]
+    assert [e["query"] for e in result.trajectory if e["event"] == "subcall"] == ["llm"]
 
 
 def test_other_backend_for_subcalls_and_usage_per_model():
@@ -277,7 +277,7 @@ def test_other_backend_for_subcalls_and_usage_per_model():
     rlm = RLM(backend="scripted", engine=root, sub_engine=sub)
     result = rlm.completion(DOC, "q")
     assert set(result.usage_summary.by_model) == {"root-model", "sub-model"}
-    assert result.usage_summary.model_usage_summaries["sub-model"]["total_calls"] == 1
+    assert result.usage_summary.model_usage_summaries["sub-model"].total_calls == 1
     assert len(sub.requests) == 1
 
 

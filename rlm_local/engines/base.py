@@ -131,11 +131,15 @@ class Engine(abc.ABC):
     prompt_format: Literal["chat", "completion"] = "chat"
     #: the model's context window in tokens (0 = unknown)
     context_length: int = 0
+    #: True when ``generate(requests, deadline=...)`` stops the work it started once ``time.monotonic()``
+    #: passes ``deadline`` (a cut-off request fails with its usage so far); the scheduler passes it then
+    supports_deadline: bool = False
 
     @abc.abstractmethod
     def generate(self, requests: list[Request]) -> list[Result]:
         """Run all requests (as one batch where the engine can) and return results in the same order.
-        Must not raise for a failure of a single request: return ``Result.failed`` for it."""
+        Must not raise for a failure of a single request: return ``Result.failed`` for it. Must be safe to
+        call from several threads (a lock is enough: the scheduler is the usual single caller)."""
 
     def render(self, request: Request) -> str:
         """The exact text the model will see for this request (chat template applied). The scheduler

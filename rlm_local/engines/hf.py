@@ -13,6 +13,7 @@ tokens whose KV it did not compute itself (taken from the LRU or from a sibling)
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ def default_threads() -> int:
 
 class TransformersEngine(Engine):
     backend = "transformers"
+    supports_deadline = True  # generate(max_time=...) stops decoding at the deadline
 
     def __init__(self, model_name: str | None = None, device: str | None = None, dtype: str | None = None,
                  threads: int | None = None, max_batch: int = 32,
@@ -68,6 +70,9 @@ class TransformersEngine(Engine):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_batch = max(1, max_batch)
+        # One generate at a time: the model, its KV buffers and the prefix cache are not thread-safe, and an
+        # engine may be shared by several RLMs, the server and a direct caller.
+        self._lock = threading.RLock()
         self.min_prefix_tokens = max(1, min_prefix_tokens)
         self.prefix_cache = cache if cache is not None and supports_reuse(self.model) else None
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
@@ -88,7 +93,11 @@ class TransformersEngine(Engine):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- generation -------------------------------------------------------------------------------------
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
+        with self._lock:
+            return self._generate_locked(requests, deadline)
+
+    def _generate_locked(self, requests: list[Request], deadline: float | None) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
         ids: dict[int, list[int]] = {}
         # Different sampling settings cannot share one generate() call; group, keeping input positions.
@@ -111,7 +120,7 @@ class TransformersEngine(Engine):
                 indices = sorted(indices, key=lambda i: ids[i])  # rows sharing a prefix land in one batch
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
-                batch = generate_isolated(lambda rows: self._generate_batch(rows, sampling),
+                batch = generate_isolated(lambda rows: self._generate_batch(rows, sampling, deadline),
                                           [ids[i] for i in chunk], "transformers")
                 for i, res in zip(chunk, batch):
                     results[i] = res
@@ -123,9 +132,12 @@ class TransformersEngine(Engine):
         add_special = not (bos and text.startswith(bos))
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
-    def _generate_batch(self, rows: list[list[int]], sampling: SamplingParams) -> list[Result]:
+    def _generate_batch(self, rows: list[list[int]], sampling: SamplingParams,
+                        deadline: float | None = None) -> list[Result]:
         torch = self._torch
         started = time.perf_counter()
+        if deadline is not None and time.monotonic() >= deadline:
+            return [Result.failed("transformers: stopped at the deadline before it started") for _ in rows]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         # Left padding: every row ends at the same slot, so one forward per token serves the whole batch.
@@ -145,6 +157,8 @@ class TransformersEngine(Engine):
             gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
         if sampling.stop:
             gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        if deadline is not None:
+            gen_kwargs["max_time"] = max(0.01, deadline - time.monotonic())
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                                       return_dict_in_generate=True, **gen_kwargs)
@@ -154,8 +168,13 @@ class TransformersEngine(Engine):
         new_tokens = sequences[:, width:].tolist()
         elapsed = time.perf_counter() - started
         cached = plan.cached if plan is not None else [0] * len(rows)
-        return [self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
-                for row, prompt, n_cached in zip(new_tokens, rows, cached)]
+        results = [self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
+                   for row, prompt, n_cached in zip(new_tokens, rows, cached)]
+        if deadline is not None and time.monotonic() >= deadline:  # cut short: the work is counted, not the text
+            for r in results:
+                if r.finish_reason == "length":
+                    r.text, r.finish_reason, r.error = "", "error", "transformers: stopped at the deadline"
+        return results
 
     # ---- prefix reuse -----------------------------------------------------------------------------------
     def _plan(self, rows: list[list[int]]) -> "_Plan":
