@@ -328,3 +328,22 @@ def test_custom_system_prompt_with_braces_does_not_crash():
     rlm, engine = make(["FINAL(ok)"], custom_system_prompt="Answer as JSON like {\"a\": 1} {missing}")
     assert rlm.completion(DOC, "q").response == "ok"
     assert '{"a": 1} {missing}' in engine.requests[0].messages[0]["content"]
+
+
+def test_final_var_is_read_directly_never_run_as_a_generated_cell():
+    rlm, engine = make([repl("res = 'abc' * 2") + "\nFINAL_VAR(res)"])
+    result = rlm.completion(DOC, "q")
+    assert result.response == "abcabc"
+    assert [e["code"] for e in result.trajectory if e["event"] == "cell"] == ["res = 'abc' * 2"]
+    rlm, engine = make(["FINAL_VAR(nothing_here)", "FINAL(recovered)"])
+    result = rlm.completion(DOC, "q")
+    assert result.response == "recovered"
+    assert "no variable named 'nothing_here'" in last_user(engine.requests[1])
+    assert not [e for e in result.trajectory if e["event"] == "cell"]
+
+
+def test_answer_dict_needs_ready():
+    rlm, engine = make([repl("answer = {'content': 'draft', 'ready': False}"),
+                        repl("answer['content'] = 'checked'\nanswer['ready'] = True")])
+    result = rlm.completion(DOC, "q")
+    assert result.response == "checked" and result.iterations == 2
