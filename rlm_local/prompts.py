@@ -194,9 +194,3 @@ def completion_output(output: str) -> str:
 # ("Paris", "4", a looked-up code, a summary); with "\n\nAnswer:" it opened with blank lines and said nothing.
 SUBCALL_COMPLETION_STOP = ("\n",)
 
-
-def subcall_prompt(prompt: str, prompt_format: str) -> str:
-    """Sub-calls to a base model get a question/answer frame so it answers instead of rambling on."""
-    if prompt_format == "completion":
-        return f"Question: {prompt.strip()}\nAnswer:"
-    return prompt

@@ -23,6 +23,7 @@ from . import schedulers
 from .engines import Engine, make_engine
 from .errors import InputError
 from .events import Event, RunError, RunFinal, RunStart
+from .formats import format_named
 from .models import find_card
 from .prompts import Context
 from .run import (STOP_REASONS, Budget, BudgetExceeded, ContextError, Model, Outcome, Run, Settings, SetupError,
@@ -218,7 +219,7 @@ def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Mode
     sub_tokens = sub_max_tokens or (card.sampling.get("max_tokens", 512) if card else 1024)
     prompt_tokens = card.max_prompt_tokens if card else max(4096, engine.context_length // 2 or 32768)
     return Model(engine=engine, scheduler=scheduler, name=engine.model_name,
-                 prompt_format=card.prompt_format if card else engine.prompt_format, root_sampling=root_sampling,
+                 format=format_named(card.prompt_format if card else engine.prompt_format), root_sampling=root_sampling,
                  sub_sampling={"max_tokens": sub_tokens, "temperature": 0.0}, prompt_tokens=prompt_tokens,
                  context_length=engine.context_length)
 

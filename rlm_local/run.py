@@ -24,6 +24,7 @@ from .conversation import Conversation
 from .engines import Engine, Request, Result, Usage
 from .errors import Error, InputError
 from .events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
+from .formats import PromptFormat
 from .prompts import Context
 from .sandbox import CellResult, Limits, Sandbox, SandboxError
 from .scheduler import Scheduler
@@ -110,7 +111,7 @@ class Model:
     engine: Engine
     scheduler: Scheduler
     name: str
-    prompt_format: str  # "chat" or "completion"
+    format: PromptFormat  # chat or completion, from the card
     root_sampling: dict[str, Any]  # for root turns: the card's sampling
     sub_sampling: dict[str, Any]  # for sub-calls: greedy, an answer's length
     prompt_tokens: int  # the most prompt tokens a root conversation may use
@@ -156,8 +157,8 @@ class Run:
         s = self.settings
         info = prompts.describe_context(context, s.root.engine.count_tokens)
         self.log(ContextDescribed(depth=self.depth, metadata=info.to_dict()))
-        self.convo = Conversation.start(s.root.engine, question, info, s.output_limit, s.custom_system_prompt,
-                                        s.root.prompt_tokens, s.sub.context_length or 32_768)
+        self.convo = Conversation.start(s.root.format, s.root.engine.count_tokens, question, info, s.output_limit,
+                                        s.custom_system_prompt, s.root.prompt_tokens, s.sub.context_length or 32_768)
         with self._open_sandbox(context) as self.sandbox:
             failures = 0  # consecutive turns whose cells all failed (max_errors)
             for iteration in range(1, self.budget.max_iterations + 1):
@@ -236,7 +237,8 @@ class Run:
         """The reference's rule for an RLM created at ``depth >= max_depth``: it is a plain model call."""
         text = _flatten(context) if question is None else f"{question}\n\n{_flatten(context)}"
         root = self.settings.root
-        result = root.scheduler.submit([_subcall_request(text, root)], self.run_id, timeout=self._wait_limit(),
+        result = root.scheduler.submit([root.format.subcall(text, root.sub_sampling)], self.run_id,
+                                       timeout=self._wait_limit(),
                                        on_late_usage=lambda u: self._count(u, root, "root"))[0]
         self._count_result(result, root, "root")
         self.log(SubCall(depth=self.depth, query="llm", prompt=text, response=result.text, error=result.error,
@@ -301,7 +303,7 @@ class Run:
         """``llm_query`` / ``llm_query_batched``: one scheduler submission, so siblings batch together."""
         sub, depth = self.settings.sub, self.depth + 1
         self.budget.reserve_subcalls(len(prompts_in), self.usage.total_tokens)
-        requests = [_subcall_request(p, sub) for p in prompts_in]
+        requests = [sub.format.subcall(p, sub.sub_sampling) for p in prompts_in]
         started = time.monotonic()
         results = sub.scheduler.submit(requests, self.run_id, timeout=self._wait_limit(),
                                        on_late_usage=lambda u: self._count(u, sub, "sub", depth))
@@ -336,13 +338,6 @@ class Run:
         if outcome.stopped_reason != "final":  # tell the parent's code that this is a partial answer, and why
             return f"[rlm_query stopped at {outcome.stopped_reason}] {outcome.answer}".rstrip()
         return outcome.answer
-
-
-def _subcall_request(prompt: str, sub: Model) -> Request:
-    if sub.prompt_format == "completion":
-        return Request.completion(prompts.subcall_prompt(prompt, "completion"), stop=prompts.SUBCALL_COMPLETION_STOP,
-                                  **sub.sub_sampling)
-    return Request.chat([{"role": "user", "content": prompt}], **sub.sub_sampling)
 
 
 def _cell_text(cell: CellResult) -> str:

@@ -439,7 +439,7 @@ class Scheduler:
             ok = []
             for item in piece:
                 try:
-                    item.text = self.engine.render(item.request)
+                    item.text = self.engine.rendered(item.request)
                     ok.append(item)
                 except Exception as exc:  # a request the engine cannot even render fails alone
                     self._deliver(item, Result.failed(f"engine could not render the request: {type(exc).__name__}: {exc}"))

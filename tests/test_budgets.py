@@ -90,7 +90,8 @@ def test_cut_off_work_is_counted():
     """A root call cut off at the deadline still shows up in usage (the engine worked on its prompt)."""
     result, _ = run_timed(scenario("root", "parent"))
     turns = [e for e in result.trajectory if e["event"] == "root_turn"]
-    assert turns[0]["error"] and "deadline" in turns[0]["error"]
+    # the engine's cut ("deadline") or the caller's give-up ("cancelled") comes first; either way it counts
+    assert turns[0]["error"] and ("deadline" in turns[0]["error"] or "cancelled" in turns[0]["error"])
     root = result.usage_summary.by_role["root"]
     assert root.calls == len(turns) and root.prompt_tokens > 0
 

@@ -104,7 +104,7 @@ class TransformersEngine(Engine):
         groups: dict[SamplingParams, list[int]] = {}
         for i, req in enumerate(requests):
             try:
-                ids[i] = self._tokenize(self.render(req))
+                ids[i] = self._tokenize(self.rendered(req))
             except Exception as exc:
                 results[i] = Result.failed(f"transformers: could not render or tokenize: {type(exc).__name__}: {exc}")
                 continue

@@ -132,7 +132,7 @@ class OpenAIEngine(Engine):
 
     def server_for(self, request: Request) -> str:
         """The server a request would go to now (affinity first, spill when that server is full)."""
-        return self._pick(self.render(request)[: self.affinity_chars], exclude=set(), reserve=False)
+        return self._pick(self.rendered(request)[: self.affinity_chars], exclude=set(), reserve=False)
 
     def close(self) -> None:
         if self._closed:
@@ -148,7 +148,7 @@ class OpenAIEngine(Engine):
             body, path = self._payload(request)
         except RequestFailed as exc:
             return Result.failed(f"openai: {exc}")
-        key = self.render(request)[: self.affinity_chars]
+        key = self.rendered(request)[: self.affinity_chars]
         refused: set[str] = set()
         attempt = 0
         while True:
@@ -198,7 +198,7 @@ class OpenAIEngine(Engine):
                 {"role": "user", "content": request.prompt or ""}]
             body["messages"] = messages
             return body, "/chat/completions"
-        body["prompt"] = self.render(request)
+        body["prompt"] = self.rendered(request)
         return body, "/completions"
 
     def _model(self) -> str:
@@ -292,7 +292,7 @@ class OpenAIEngine(Engine):
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return Usage(
             calls=1,
-            prompt_tokens=int(prompt) if isinstance(prompt, int) else self.count_tokens(self.render(request)),
+            prompt_tokens=int(prompt) if isinstance(prompt, int) else self.count_tokens(self.rendered(request)),
             cached_tokens=int(cached) if isinstance(cached, int) else None,  # null/absent: unknown, not 0
             completion_tokens=int(completion) if isinstance(completion, int) else self.count_tokens(text),
             seconds=seconds,

@@ -40,7 +40,7 @@ class ScriptedEngine(Engine):
 
     def _one(self, request: Request, deadline: float | None) -> Result:
         self.requests.append(request)
-        prompt_tokens = self.count_tokens(self.render(request))
+        prompt_tokens = self.count_tokens(self.rendered(request))
         if callable(self._replies):
             outcome = self._call(request, deadline)
             if isinstance(outcome, Exception):  # the script failing is a per-request error, like a real engine
