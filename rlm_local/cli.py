@@ -156,10 +156,7 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         result = rlm.completion(context, root_prompt=question)
     total = time.time() - started
     if args.json:
-        print(json.dumps({"response": result.response, "stopped_reason": result.stopped_reason,
-                          "iterations": result.iterations, "execution_time": round(result.execution_time, 3),
-                          "total_time": round(total, 3), "usage": result.usage_summary.to_dict(),
-                          "run_id": result.run_id}, indent=2))
+        print(json.dumps({**result.to_dict(), "total_time": round(total, 3)}, indent=2))
     else:
         print(result.response)
     if task is not None:

@@ -17,7 +17,7 @@ from rlm_local.run import FINAL_GRACE_SECONDS
 
 DOC = "alpha beta gamma\n" * 50
 MAX_OVERRUN = 2.0
-TIMEOUT = 1.5
+TIMEOUT = 1.0
 
 
 def repl(code: str) -> str:

@@ -47,6 +47,7 @@ class TransformersEngine(Engine):
         cache = PrefixCache(prefix_cache_size, prefix_cache_bytes) if prefix_cache else None  # bad bounds fail fast
 
         set_offline()
+        model_dir, card = resolve_model_dir(model_name, progress)  # before torch: a wrong name fails in ms
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,7 +55,6 @@ class TransformersEngine(Engine):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
             torch.set_num_threads(threads or default_threads())
-        model_dir, card = resolve_model_dir(model_name, progress)
         self.model_name = card.name if card else str(model_name)
         self.card = card
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
