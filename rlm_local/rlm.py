@@ -112,15 +112,16 @@ class RLM:
             from .display import VerbosePrinter
             self.listeners.append(VerbosePrinter())
         self._owned: list[Engine] = []  # engines this RLM created, and so closes
+        self._sharing: list[Engine] = []  # engines whose shared scheduler this RLM holds
         self._file_lock = threading.Lock()
         self._closed = False
         try:
             self.engine = engine or self._make(backend, self.backend_kwargs)
             self.sub_engine = sub_engine or self._sub_engine(_as_list(other_backends), _as_list(other_backend_kwargs))
             sched = dict(scheduler_kwargs or {})
-            root = _resolve(self.engine, schedulers.acquire(self.engine, **sched), sub_max_tokens)
+            root = _resolve(self.engine, self._scheduler(self.engine, sched), sub_max_tokens)
             sub = root if self.sub_engine is self.engine else _resolve(
-                self.sub_engine, schedulers.acquire(self.sub_engine, **sched), sub_max_tokens)
+                self.sub_engine, self._scheduler(self.sub_engine, sched), sub_max_tokens)
         except BaseException:
             self.close()  # do not strand a loaded model (GPU memory) or a scheduler on a bad argument
             raise
@@ -133,6 +134,11 @@ class RLM:
         engine = make_engine(backend, **kwargs)
         self._owned.append(engine)
         return engine
+
+    def _scheduler(self, engine: Engine, settings: dict[str, Any]) -> Any:
+        scheduler = schedulers.acquire(engine, **settings)
+        self._sharing.append(engine)
+        return scheduler
 
     def _sub_engine(self, others: list[str], other_kwargs: list[dict[str, Any]]) -> Engine:
         if not others:
@@ -188,7 +194,7 @@ class RLM:
         if self._closed:
             return
         self._closed = True
-        for engine in {id(e): e for e in (getattr(self, "engine", None), getattr(self, "sub_engine", None)) if e}.values():
+        for engine in self._sharing:
             schedulers.release(engine)
         for engine in self._owned:
             engine.close()

@@ -14,22 +14,11 @@ from rlm_local import RLM
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.run import FINAL_GRACE_SECONDS
+from scripting import repl, is_root, last_user
 
 DOC = "alpha beta gamma\n" * 50
 MAX_OVERRUN = 2.0
 TIMEOUT = 1.0
-
-
-def repl(code: str) -> str:
-    return f"```repl\n{code}\n```\n"
-
-
-def is_root(req: Request) -> bool:
-    return req.messages is not None and req.messages[0]["role"] == "system"
-
-
-def last_user(req: Request) -> str:
-    return [m for m in req.messages if m["role"] == "user"][-1]["content"]
 
 
 def in_child(req: Request) -> bool:

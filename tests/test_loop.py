@@ -11,20 +11,9 @@ from rlm_local.engines import EngineError, Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.rlm import ContextError, RLMError
 from rlm_local.trajectory import read_trajectory
+from scripting import repl, is_root, last_user
 
 DOC = "\n".join(f"line {i}: nothing to see" for i in range(200)) + "\nThe vault code is 9157.\n"
-
-
-def repl(code: str) -> str:
-    return f"Let me look.\n```repl\n{code}\n```\n"
-
-
-def is_root(req: Request) -> bool:
-    return req.messages is not None and req.messages[0]["role"] == "system"
-
-
-def last_user(req: Request) -> str:
-    return [m for m in req.messages if m["role"] == "user"][-1]["content"]
 
 
 def make(replies, **kwargs) -> tuple[RLM, ScriptedEngine]:

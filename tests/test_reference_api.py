@@ -17,10 +17,7 @@ from rlm_local import RLM, Error  # noqa: E402
 from rlm_local.engines import Request  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
 from rlm_local.server import BackgroundServer, create_app  # noqa: E402
-
-
-def repl(code: str) -> str:
-    return f"```repl\n{code}\n```"
+from scripting import repl  # noqa: E402
 
 
 def model(req: Request) -> str:

@@ -11,12 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from rlm_local import RLM, schedulers
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
+from scripting import repl
 
 DOC = "the code word is heron\n" * 20
-
-
-def repl(code: str) -> str:
-    return f"```repl\n{code}\n```\n"
 
 
 class Watched(ScriptedEngine):
@@ -136,3 +133,16 @@ def test_a_timed_out_http_call_is_dropped_at_the_deadline():
     stop_arrival = [t for t, stop in server.arrivals if stop][0]
     assert stop_arrival - started <= 1.5 + 1.0  # the closing request was not queued behind the slow one
     assert result.usage_summary.by_role["root"].calls == 2  # the dropped call is counted too
+
+
+def test_a_failed_rlm_does_not_release_another_ones_scheduler():
+    engine = ScriptedEngine(["FINAL(x)"])
+    first = RLM(backend="scripted", engine=engine)
+    try:
+        RLM(backend="scripted", engine=engine, other_backends=["no-such-backend"])
+    except Exception:
+        pass
+    assert schedulers.users(engine) == 1
+    assert first.completion(DOC, "q").response == "x"
+    first.close()
+    assert schedulers.users(engine) == 0
