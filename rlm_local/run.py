@@ -237,10 +237,7 @@ class Run:
         """The reference's rule for an RLM created at ``depth >= max_depth``: it is a plain model call."""
         text = _flatten(context) if question is None else f"{question}\n\n{_flatten(context)}"
         root = self.settings.root
-        result = root.scheduler.submit([root.format.subcall(text, root.sub_sampling)], self.run_id,
-                                       timeout=self._wait_limit(),
-                                       on_late_usage=lambda u: self._count(u, root, "root"))[0]
-        self._count_result(result, root, "root")
+        (result,) = self._submit(root, [root.format.subcall(text, root.sub_sampling)], "root", self.depth)
         self.log(SubCall(depth=self.depth, query="llm", prompt=text, response=result.text, error=result.error,
                          usage=result.usage, seconds=result.usage.seconds))
         return result.text.strip()
@@ -248,11 +245,8 @@ class Run:
     # ---- steps ----------------------------------------------------------------------------------------------
     def _call_root(self, request: Request, iteration: int, **fields: Any) -> Result:
         """One root-model call through the scheduler, bounded by the budget, counted and logged."""
-        root = self.settings.root
         started = time.monotonic()
-        result = root.scheduler.submit([request], self.run_id, timeout=self._wait_limit(),
-                                       on_late_usage=lambda u: self._count(u, root, "root"))[0]
-        self._count_result(result, root, "root")
+        (result,) = self._submit(self.settings.root, [request], "root", self.depth)
         self.log(RootTurn(depth=self.depth, iteration=iteration, prompt_tokens=result.usage.prompt_tokens,
                           cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
                           seconds=round(time.monotonic() - started, 3), **fields))
@@ -287,13 +281,18 @@ class Run:
     def _wait_limit(self) -> float | None:
         return self.budget.closing_limit() if self._closing else self.budget.wait_limit()
 
-    def _count(self, usage: Usage, model: Model, role: str, depth: int | None = None) -> None:
-        self.usage.add(usage, model.name, self.depth if depth is None else depth, role)
+    def _submit(self, model: Model, requests: list[Request], role: str, depth: int) -> list[Result]:
+        """Requests through the model's scheduler, bounded by the time left, with their usage counted;
+        work the engine finishes after we stopped waiting is counted when it ends."""
+        def count(usage: Usage) -> None:
+            self.usage.add(usage, model.name, depth, role)
 
-    def _count_result(self, result: Result, model: Model, role: str, depth: int | None = None) -> None:
-        if result.ok and result.usage.calls == 0:  # the scheduler answered from its memo: no engine work
-            self.usage.add_memo_hit()
-        self._count(result.usage, model, role, depth)
+        results = model.scheduler.submit(requests, self.run_id, timeout=self._wait_limit(), on_late_usage=count)
+        for result in results:
+            if result.ok and result.usage.calls == 0:  # the scheduler answered from its memo: no engine work
+                self.usage.add_memo_hit()
+            count(result.usage)
+        return results
 
     def log(self, event: Event) -> None:
         self.trajectory.log(event)
@@ -305,12 +304,10 @@ class Run:
         self.budget.reserve_subcalls(len(prompts_in), self.usage.total_tokens)
         requests = [sub.format.subcall(p, sub.sub_sampling) for p in prompts_in]
         started = time.monotonic()
-        results = sub.scheduler.submit(requests, self.run_id, timeout=self._wait_limit(),
-                                       on_late_usage=lambda u: self._count(u, sub, "sub", depth))
+        results = self._submit(sub, requests, "sub", depth)
         elapsed = round(time.monotonic() - started, 3)
         answers: list[str] = []
         for prompt, result in zip(prompts_in, results):
-            self._count_result(result, sub, "sub", depth)
             self.log(SubCall(depth=depth, query="llm", prompt=prompt, response=result.text, error=result.error,
                              usage=result.usage, seconds=elapsed, batch=len(prompts_in)))
             answers.append(result.text.strip() if result.ok else f"[llm_query error: {result.error}]")
