@@ -336,3 +336,18 @@ def test_answer_dict_needs_ready():
                         repl("answer['content'] = 'checked'\nanswer['ready'] = True")])
     result = rlm.completion(DOC, "q")
     assert result.response == "checked" and result.iterations == 2
+
+
+def test_a_sandbox_that_cannot_start_is_a_setup_error(monkeypatch):
+    import rlm_local
+    from rlm_local import run as run_module
+    from rlm_local.sandbox import SandboxError
+
+    def broken(*args, **kwargs):
+        raise SandboxError("sandbox worker failed to start: no interpreter")
+
+    monkeypatch.setattr(run_module, "Sandbox", broken)
+    rlm, _ = make(["FINAL(x)"])
+    with pytest.raises(rlm_local.SetupError, match="could not start the sandbox") as info:
+        rlm.completion(DOC, "q")
+    assert isinstance(info.value, rlm_local.Error)
