@@ -23,6 +23,7 @@ from .batching import rewrite_sibling_calls
 from .conversation import Conversation
 from .engines import Engine, Request, Result, Usage
 from .errors import Error, InputError
+from .errors import logger as _root_logger
 from .events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
 from .formats import PromptFormat
 from .prompts import Context
@@ -30,6 +31,8 @@ from .sandbox import CellResult, Limits, Sandbox, SandboxError
 from .scheduler import Scheduler
 from .trajectory import Trajectory
 from .usage import UsageTracker
+
+logger = _root_logger.getChild("run")
 
 STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "max_errors",
                 "engine_error")
@@ -185,6 +188,8 @@ class Run:
                 return result.text
             if self.stop_reason():  # cut off by the budget: not an engine failure, and no retry
                 return None
+            logger.warning("run %s depth %d turn %d: root call failed (attempt %d): %s", self.run_id, self.depth,
+                           iteration, attempt + 1, result.error)
         return None
 
     def _act(self, reply: str, iteration: int) -> tuple[str | None, str, bool]:
@@ -219,6 +224,8 @@ class Run:
     def _close(self, reason: str, iterations: int) -> Outcome:
         """A budget ended the run: ask the root once for its best answer from what it has seen."""
         self._closing = True
+        logger.info("run %s depth %d: %s after %d turns; asking for a final answer", self.run_id, self.depth, reason,
+                    iterations)
         self.convo.add_budget_stop(reason)
         result = self._call_root(self.convo.request(self.settings.root.root_sampling), iterations + 1,
                                  final_request=True)

@@ -351,3 +351,14 @@ def test_a_sandbox_that_cannot_start_is_a_setup_error(monkeypatch):
     with pytest.raises(rlm_local.SetupError, match="could not start the sandbox") as info:
         rlm.completion(DOC, "q")
     assert isinstance(info.value, rlm_local.Error)
+
+
+def test_failures_and_budget_stops_are_logged(caplog):
+    import logging
+
+    rlm, _ = make([])
+    with caplog.at_level(logging.INFO, logger="rlm_local"):
+        rlm.completion(DOC, "q")
+    messages = [r.getMessage() for r in caplog.records if r.name == "rlm_local.run"]
+    assert any("root call failed (attempt 2)" in m for m in messages)
+    assert any("engine_error after 1 turns" in m for m in messages)
