@@ -13,8 +13,10 @@ completion, children included.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ logger = _root_logger.getChild("run")
 STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "max_errors",
                 "engine_error")
 FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long past max_timeout
+SANDBOX_LOST = "the REPL session was closed at the time limit (max_timeout); its variables are gone"
 
 
 class ContextError(InputError):
@@ -151,6 +154,7 @@ class Run:
         self.convo: Conversation | None = None
         self.sandbox: Sandbox | None = None
         self._closing = False  # the closing request is under way: waits may use the grace
+        self._sandbox_lost = False  # the watchdog closed the session at the time limit
 
     def child(self) -> "Run":
         return Run(self.settings, self.budget, self.usage, self.trajectory, self.run_id, self.depth + 1)
@@ -264,7 +268,11 @@ class Run:
         code_to_run = code
         if self.settings.implicit_batching:
             code_to_run, rewrites = rewrite_sibling_calls(code, max_prompts=self.settings.sandbox_limits.max_prompts_per_call)
-        cell = self.sandbox.run(code_to_run, wall_seconds=self._wait_limit())
+        if self._sandbox_lost:
+            cell = CellResult(stdout="", error=SANDBOX_LOST)
+        else:
+            with self._watchdog():
+                cell = self.sandbox.run(code_to_run, wall_seconds=self._wait_limit())
         self.log(CellRan(depth=self.depth, iteration=iteration, code=code, batched_rewrites=rewrites,
                          stdout=cell.stdout, error=cell.error, final=cell.final, timed_out=cell.timed_out,
                          restored=cell.restored, seconds=round(cell.seconds, 3)))
@@ -272,7 +280,36 @@ class Run:
 
     def _read(self, name: str) -> CellResult:
         """A REPL variable, read directly (final.py resolves FINAL_VAR and the answer dict with it)."""
-        return self.sandbox.read_variable(name, wall_seconds=self._wait_limit())
+        if self._sandbox_lost:
+            return CellResult(stdout="", error=SANDBOX_LOST)
+        with self._watchdog():
+            return self.sandbox.read_variable(name, wall_seconds=self._wait_limit())
+
+    @contextlib.contextmanager
+    def _watchdog(self) -> Iterator[None]:
+        """Close the session if a cell outlives the time budget. A cell's wall limit is the time left, but
+        the sandbox does not count time spent waiting on sub-calls against it, so a cell that waited on a
+        sub-call until the deadline and then kept computing would run for that long again. Past the
+        deadline plus half the grace (the whole grace for the closing request's cells) the session is
+        closed: the run is over, and the closing request gets the rest of the grace."""
+        left = self.budget.time_left()
+        if left is None:
+            yield
+            return
+        timer = threading.Timer(max(0.0, left) + self.budget.final_grace * (1.0 if self._closing else 0.5),
+                                self._lose_sandbox)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _lose_sandbox(self) -> None:
+        self._sandbox_lost = True
+        logger.warning("run %s depth %d: a cell outlived max_timeout; its sandbox session was closed",
+                       self.run_id, self.depth)
+        self.sandbox.close()  # safe from another thread: the running cell ends with an error
 
     def _open_sandbox(self, context: Context) -> Sandbox:
         try:

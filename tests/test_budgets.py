@@ -25,12 +25,12 @@ def in_child(req: Request) -> bool:
     return "child task" in req.messages[1]["content"]
 
 
-def run_timed(reply, **kwargs):
+def run_timed(reply, timeout: float = TIMEOUT, **kwargs):
     engine = ScriptedEngine(reply)
-    rlm = RLM(backend="scripted", engine=engine, max_timeout=TIMEOUT, max_iterations=50, **kwargs)
+    rlm = RLM(backend="scripted", engine=engine, max_timeout=timeout, max_iterations=50, **kwargs)
     started = time.monotonic()
     result = rlm.completion(DOC, "q")
-    overrun = time.monotonic() - started - TIMEOUT
+    overrun = time.monotonic() - started - timeout
     rlm.close()
     print(f"overrun {overrun:+.2f} s")
     return result, overrun
@@ -41,7 +41,7 @@ def scenario(slow: str, where: str):
 
     def reply(req: Request) -> str:
         if not is_root(req):
-            if slow == "sub" and (where == "parent" or "from child" in req.messages[0]["content"]):
+            if slow.startswith("sub") and (where == "parent" or "from child" in req.messages[0]["content"]):
                 time.sleep(30)
             return "sub answer"
         child = in_child(req)
@@ -55,6 +55,9 @@ def scenario(slow: str, where: str):
                 return repl("print(llm_query('from child'))" if child else "print(llm_query('x'))")
             if mine and slow == "cell":
                 return repl("n = 0\nwhile True:\n    n += 1")
+            if mine and slow == "sub-then-busy":  # waits on a sub-call until the deadline, then computes
+                ask = "from child" if child else "x"
+                return repl(f"try:\n    llm_query('{ask}')\nexcept Exception:\n    pass\nn = 0\nwhile True:\n    n += 1")
             return repl("print('looking')")
         return repl("print(rlm_query('child task', context='some words'))")
 
@@ -73,6 +76,16 @@ def test_max_timeout_holds(slow, where):
         assert child_turns, "the child run never started"
     errors = [e for e in result.trajectory if e["event"] == "root_turn" and e["error"]]
     assert all("deadline" in e["error"] or "cancelled" in e["error"] for e in errors)
+
+
+@pytest.mark.parametrize("where", ["parent", "child"])
+def test_a_cell_that_computes_after_a_cut_off_subcall_is_stopped(where):
+    """The sandbox does not count sub-call time against a cell's wall limit, so this cell would run about
+    as long again as the time it had left (2.8 s past a 3 s budget, measured); the run's watchdog closes
+    the session at the deadline plus half the grace."""
+    result, overrun = run_timed(scenario("sub-then-busy", where), timeout=3.0, max_depth=2)
+    assert result.stopped_reason == "max_timeout" and result.response == "parent late"
+    assert overrun <= MAX_OVERRUN, f"{where}: {overrun:.2f} s past max_timeout"
 
 
 def test_cut_off_work_is_counted():
