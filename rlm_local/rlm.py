@@ -25,9 +25,8 @@ from .errors import InputError
 from .events import Event, RunError, RunFinal, RunStart
 from .formats import format_named
 from .models import find_card
-from .prompts import Context
-from .run import (STOP_REASONS, Budget, BudgetExceeded, ContextError, Model, Outcome, Run, Settings, SetupError,
-                  check_context)
+from .prompts import Context, ContextError, check_context
+from .run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
 from .sandbox import Limits
 from .trajectory import Trajectory
 from .usage import UsageSummary, UsageTracker

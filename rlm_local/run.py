@@ -24,11 +24,11 @@ from . import final, prompts
 from .batching import rewrite_sibling_calls
 from .conversation import Conversation
 from .engines import Engine, Request, Result, Usage
-from .errors import Error, InputError
+from .errors import Error
 from .errors import logger as _root_logger
 from .events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
 from .formats import PromptFormat
-from .prompts import Context
+from .prompts import Context, ContextError, check_context, flatten_context
 from .sandbox import CellResult, Limits, Sandbox, SandboxError
 from .scheduler import Scheduler
 from .trajectory import Trajectory
@@ -40,10 +40,6 @@ STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_sub
                 "engine_error")
 FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long past max_timeout
 SANDBOX_LOST = "the REPL session was closed at the time limit (max_timeout); its variables are gone"
-
-
-class ContextError(InputError):
-    """The prompt/context is empty or of an unsupported type."""
 
 
 class SetupError(Error, RuntimeError):
@@ -246,7 +242,7 @@ class Run:
 
     def answer_directly(self, context: Context, question: str | None) -> str:
         """The reference's rule for an RLM created at ``depth >= max_depth``: it is a plain model call."""
-        text = _flatten(context) if question is None else f"{question}\n\n{_flatten(context)}"
+        text = flatten_context(context) if question is None else f"{question}\n\n{flatten_context(context)}"
         root = self.settings.root
         (result,) = self._submit(root, [root.format.subcall(text, root.sub_sampling)], "root", self.depth)
         self.log(SubCall(depth=self.depth, query="llm", prompt=text, response=result.text, error=result.error,
@@ -363,7 +359,7 @@ class Run:
         """``rlm_query``: a child run one level deeper, or a plain sub-call at the depth limit."""
         depth = self.depth + 1
         if depth >= self.settings.max_depth:
-            text = prompt if context is None else f"{prompt}\n\n{_flatten(context)}"
+            text = prompt if context is None else f"{prompt}\n\n{flatten_context(context)}"
             return self.llm_query([text])[0]
         self.budget.reserve_subcalls(1, self.usage.total_tokens)
         question = prompt if context is not None else None
@@ -392,36 +388,3 @@ def _cell_text(cell: CellResult) -> str:
 
 def _missing(name: str | None) -> str:
     return f"NameError: FINAL_VAR: no variable named {name!r}; define it first"
-
-
-def _flatten(context: Context) -> str:
-    if isinstance(context, dict):
-        return "\n\n".join(f"## {k}\n{v}" for k, v in context.items())
-    return context if isinstance(context, str) else "\n\n".join(context)
-
-
-def check_context(prompt: Any) -> Context:
-    """A usable context from what the caller passed, or ContextError. Chat messages (a list of
-    ``{"role", "content"}`` dicts, as the reference accepts) become a list of "role: content" strings."""
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, dict) for p in prompt):
-        if not all(isinstance(m.get("content"), str) for m in prompt):
-            raise ContextError("a list of messages needs a str 'content' in every message")
-        prompt = [f"{m['role']}: {m['content']}" if isinstance(m.get("role"), str) else m["content"] for m in prompt]
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise ContextError("the context is empty")
-        return prompt
-    if isinstance(prompt, (list, tuple)):
-        if not prompt or not all(isinstance(p, str) for p in prompt):
-            raise ContextError("a list context must be a non-empty list of str (or of chat messages)")
-        if not any(p.strip() for p in prompt):
-            raise ContextError("the context is empty")
-        return list(prompt)
-    if isinstance(prompt, dict):
-        if not prompt or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompt.items()):
-            raise ContextError("a dict context must map str names to str documents")
-        if not any(v.strip() for v in prompt.values()):
-            raise ContextError("the context is empty")
-        return dict(prompt)
-    raise ContextError(f"the context must be a str, a list of str, a list of chat messages or a dict of str, "
-                       f"not {type(prompt).__name__}")
