@@ -14,8 +14,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "RLM": "rlm", "RLMResult": "rlm", "RLMError": "rlm", "ContextError": "rlm", "BudgetExceeded": "rlm",
-    "UsageSummary": "usage", "Sandbox": "sandbox", "Limits": "sandbox", "CellResult": "sandbox",
+    "Error": "errors", "InputError": "errors", "DocumentError": "documents",
+    "RLM": "rlm", "RLMResult": "rlm", "RLMError": "rlm", "ContextError": "prompts", "BudgetExceeded": "run",
+    "SetupError": "run", "Budget": "run", "Run": "run", "UsageSummary": "usage", "ModelUsageSummary": "usage", "Sandbox": "sandbox", "Limits": "sandbox", "CellResult": "sandbox",
     "Request": "engines", "Result": "engines", "SamplingParams": "engines", "Usage": "engines",
     "EngineError": "engines", "make_engine": "engines", "Scheduler": "scheduler",
     "ModelNotFoundError": "models", "ModelLoadError": "models",

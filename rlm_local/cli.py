@@ -1,20 +1,25 @@
 """`rlm-local`: run an RLM over a file, a directory or stdin; a demo; serve a model; list models.
 
 Argument parsing and display only: the work happens in RLM, the engines and the server.
-Exit codes: 0 success, 1 the run failed (or the demo's answer was wrong), 2 bad input or setup.
+Exit codes: 0 success; 2 bad input or setup (any ``rlm_local.Error``: one line on stderr); 1 the run
+failed, the demo's answer was wrong, or an internal error (a bug: a short hint on stderr, the full
+traceback in the log file, ``$RLM_LOCAL_LOG`` or ~/.cache/rlm-local/logs/rlm-local.log).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from .documents import DocumentError
+from .errors import Error, InputError, log_to_file, logger
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
@@ -24,10 +29,10 @@ def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, 
     kwargs: dict[str, Any] = {"model_name": model}
     if backend == "openai":
         if not base_url:
-            raise ValueError(f"the openai backend needs {flag}base-url (e.g. http://127.0.0.1:8000/v1)")
+            raise InputError(f"the openai backend needs {flag}base-url (e.g. http://127.0.0.1:8000/v1)")
         kwargs["base_url"] = base_url if len(base_url) > 1 else base_url[0]
     elif base_url:
-        raise ValueError(f"{flag}base-url only applies to {flag}backend openai")
+        raise InputError(f"{flag}base-url only applies to {flag}backend openai")
     if backend == "transformers" and threads:
         kwargs["threads"] = threads
     return kwargs
@@ -74,26 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_path() -> Path:
+    """Where the CLI writes its log (and the traceback of an internal error)."""
+    from .models import cache_dir
+    return Path(os.environ.get("RLM_LOCAL_LOG") or cache_dir() / "logs" / "rlm-local.log")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     err = Console(stderr=True, highlight=False)
+    try:
+        log = log_to_file(log_path())
+    except OSError:  # a read-only home must not stop the CLI; an internal error then says so
+        log = None
     try:
         return {"run": _cmd_run, "serve": _cmd_serve, "models": _cmd_models, "prepare": _cmd_prepare}[args.command](args, err)
     except KeyboardInterrupt:
         err.print("rlm-local: interrupted")
         return 130
-    except Exception as exc:  # every known failure becomes one readable line, never a traceback
-        code = EXIT_BAD_INPUT if _is_input_error(exc) else EXIT_FAILED
-        print(f"rlm-local: error: {exc}", file=sys.stderr)
-        return code
-
-
-def _is_input_error(exc: Exception) -> bool:
-    from .engines import EngineError
-    from .models import ModelLoadError, ModelNotFoundError
-    from .rlm import RLMError
-    return isinstance(exc, (DocumentError, ModelNotFoundError, ModelLoadError, EngineError, RLMError, ValueError,
-                            TypeError))
+    except Error as exc:  # bad input or setup: what the API reports on purpose, one readable line
+        print(f"rlm-local: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # anything else is a bug: say where, keep the traceback in the log
+        logger.exception("internal error in `rlm-local %s`", args.command)
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+        print(f"rlm-local: internal error: {type(exc).__name__}: {exc}\n  at {where}; full traceback in "
+              f"{log if log else 'no log file (could not open one)'}; please report it", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _cmd_run(args: argparse.Namespace, err: Console) -> int:
@@ -105,14 +118,14 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
     task = None
     if args.demo:
         if args.context:
-            raise ValueError("--demo makes its own document; do not pass --context")
+            raise InputError("--demo makes its own document; do not pass --context")
         task = make_needle_task(length=args.demo_length, depth=0.63, seed=7)
         context, question = task.context, args.question or task.question
         err.print(f"[bold]demo[/bold]: a {len(context):,}-character document with one planted fact; "
                   f"question: {escape(repr(question))}")
     else:
         if not args.context:
-            raise ValueError("give --context PATH (a file, a directory or - for stdin), or --demo")
+            raise InputError("give --context PATH (a file, a directory or - for stdin), or --demo")
         if args.context == "-" and sys.stdin.isatty() and not args.quiet:
             err.print("[dim]reading the context from standard input (end with Ctrl-D)…[/dim]")
         context, question = read_context(args.context), args.question
@@ -143,10 +156,7 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         result = rlm.completion(context, root_prompt=question)
     total = time.time() - started
     if args.json:
-        print(json.dumps({"response": result.response, "stopped_reason": result.stopped_reason,
-                          "iterations": result.iterations, "execution_time": round(result.execution_time, 3),
-                          "total_time": round(total, 3), "usage": result.usage_summary.to_dict(),
-                          "run_id": result.run_id}, indent=2))
+        print(json.dumps({**result.to_dict(), "total_time": round(total, 3)}, indent=2))
     else:
         print(result.response)
     if task is not None:

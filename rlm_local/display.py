@@ -1,4 +1,4 @@
-"""Showing a run as it happens, on stderr (stdout is for the answer). Listens to trajectory events."""
+"""Showing a run as it happens, on stderr (stdout is for the answer). Listens to the typed events of events.py."""
 from __future__ import annotations
 
 import threading
@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
+
+from .events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, RunFinal, SubCall
 
 
 def _short(text: Any, limit: int = 160) -> str:
@@ -40,51 +42,49 @@ class ProgressDisplay:
         if self._status is not None:
             self._status.stop()
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         with self._lock:
             self._handle(event)
             if self._status is not None:
                 self._status.update(f"turn {self._turns} · {self._subcalls} sub-calls · {self._tokens:,} tokens · "
                                     f"{time.time() - self._started:.0f} s")
 
-    def _handle(self, ev: dict[str, Any]) -> None:
-        kind, depth = ev["event"], ev.get("depth", 0)
-        pad = "  " * depth
+    def _handle(self, ev: Event) -> None:
+        pad = "  " * getattr(ev, "depth", 0)
         say = self.console.print
-        if kind == "context" and depth == 0:
-            meta = ev["metadata"]
+        if isinstance(ev, ContextDescribed) and ev.depth == 0:
+            meta = ev.metadata
             say(f"[dim]context: {meta['type']}, {meta['chars']:,} characters, "
                 f"{'' if meta['tokens_exact'] else '~'}{meta['tokens']:,} tokens[/dim]")
-        elif kind == "root_turn":
-            self._turns += depth == 0
-            self._tokens += int(ev.get("prompt_tokens") or 0)
-            label = "final answer request" if ev.get("final_request") else f"turn {ev.get('iteration')}"
-            if ev.get("error"):
-                say(f"{pad}[red]{label} (depth {depth}): engine error: {escape(_short(ev['error']))}[/red]")
+        elif isinstance(ev, RootTurn):
+            self._turns += ev.depth == 0
+            self._tokens += ev.prompt_tokens
+            label = "final answer request" if ev.final_request else f"turn {ev.iteration}"
+            if ev.error:
+                say(f"{pad}[red]{label} (depth {ev.depth}): engine error: {escape(_short(ev.error))}[/red]")
             else:
-                say(f"{pad}[bold cyan]{label}[/bold cyan] (depth {depth}, {ev.get('prompt_tokens', 0):,} prompt tokens, "
-                    f"{ev.get('seconds', 0):.1f} s)")
+                say(f"{pad}[bold cyan]{label}[/bold cyan] (depth {ev.depth}, {ev.prompt_tokens:,} prompt tokens, "
+                    f"{ev.seconds:.1f} s)")
                 if self.verbose:
-                    say(escape(str(ev.get("reply", ""))))
-        elif kind == "cell" and ev.get("final") is not None:
-            say(f"{pad}  cell ran FINAL in {ev.get('seconds', 0):.2f} s: {escape(_short(ev['final'], 120))}")
-        elif kind == "cell":
-            status = "[red]error[/red]" if ev.get("error") else "[green]ok[/green]"
-            extra = f", {ev['batched_rewrites']} loop(s) batched" if ev.get("batched_rewrites") else ""
-            say(f"{pad}  cell {status} in {ev.get('seconds', 0):.2f} s{extra}: "
-                f"{escape(_short(ev.get('error') or ev.get('stdout') or '(no output)', 120))}")
-            if self.verbose and ev.get("stdout"):
-                say(escape(str(ev["stdout"])))
-        elif kind == "subcall":
+                    say(escape(ev.reply))
+        elif isinstance(ev, CellRan) and ev.final is not None:
+            say(f"{pad}  cell ran FINAL in {ev.seconds:.2f} s: {escape(_short(ev.final, 120))}")
+        elif isinstance(ev, CellRan):
+            status = "[red]error[/red]" if ev.error else "[green]ok[/green]"
+            extra = f", {ev.batched_rewrites} loop(s) batched" if ev.batched_rewrites else ""
+            say(f"{pad}  cell {status} in {ev.seconds:.2f} s{extra}: "
+                f"{escape(_short(ev.error or ev.stdout or '(no output)', 120))}")
+            if self.verbose and ev.stdout:
+                say(escape(ev.stdout))
+        elif isinstance(ev, SubCall):
             self._subcalls += 1
-            if ev.get("kind") == "rlm" or self.verbose:
-                say(f"{pad}  [magenta]{ev.get('kind')}_query[/magenta] (depth {depth}): "
-                    f"{escape(_short(ev.get('prompt'), 80))} → {escape(_short(ev.get('response') or ev.get('error'), 80))}")
-        elif kind == "child_start":
-            say(f"{pad}[magenta]child RLM at depth {depth}[/magenta]")
-        elif kind == "final":
-            say(f"[bold green]done[/bold green]: {ev.get('stopped_reason')} after {ev.get('iterations')} turn(s), "
-                f"{ev.get('seconds', 0):.1f} s")
+            if ev.query == "rlm" or self.verbose:
+                say(f"{pad}  [magenta]{ev.query}_query[/magenta] (depth {ev.depth}): "
+                    f"{escape(_short(ev.prompt, 80))} → {escape(_short(ev.response or ev.error, 80))}")
+        elif isinstance(ev, ChildStart):
+            say(f"{pad}[magenta]child RLM at depth {ev.depth}[/magenta]")
+        elif isinstance(ev, RunFinal):
+            say(f"[bold green]done[/bold green]: {ev.stopped_reason} after {ev.iterations} turn(s), {ev.seconds:.1f} s")
 
 
 class VerbosePrinter(ProgressDisplay):

@@ -8,6 +8,7 @@ that (~7 s) every later time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import os
 import shutil
@@ -19,15 +20,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .errors import Error, InputError
+
 EMBEDDED_NAME = "gemma-3-270m"
 _CONVERTED_MARKER = "rlm-local-converted.json"
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(InputError):
     """The model name is neither a registered embedded model nor a local directory."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(Error, RuntimeError):
     """The model exists but could not be loaded or converted."""
 
 
@@ -46,7 +49,12 @@ class ModelCard:
 
 
 def model_cards() -> dict[str, ModelCard]:
-    """All registered cards, keyed by name and by every alias."""
+    """All registered cards, keyed by name and by every alias (read from disk once per process)."""
+    return dict(_load_cards())
+
+
+@functools.cache
+def _load_cards() -> dict[str, ModelCard]:
     cards: dict[str, ModelCard] = {}
     for entry in resources.files("rlm_local.model_cards").iterdir():
         if not entry.name.endswith(".toml"):
@@ -70,7 +78,7 @@ def model_cards() -> dict[str, ModelCard]:
 def find_card(model_name: str | None) -> ModelCard | None:
     """The card for a registered name or alias (None = the embedded default), also matched by the last part
     of a local path (/models/Qwen3-Coder-30B-A3B-Instruct); None when unregistered."""
-    cards = model_cards()
+    cards = _load_cards()
     name = (model_name or EMBEDDED_NAME).lower()
     return cards.get(name) or cards.get(Path(name.rstrip("/")).name)
 

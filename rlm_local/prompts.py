@@ -15,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InputError
+
 Context = str | list[str] | dict[str, str]
+
+
+class ContextError(InputError):
+    """The prompt/context is empty or of an unsupported type."""
 
 # Above this size the token count is extrapolated from a sample: exact tokenisation of 100 MB would take
 # longer than the run's first turn and the model only needs the order of magnitude.
@@ -195,8 +201,34 @@ def completion_output(output: str) -> str:
 SUBCALL_COMPLETION_STOP = ("\n",)
 
 
-def subcall_prompt(prompt: str, prompt_format: str) -> str:
-    """Sub-calls to a base model get a question/answer frame so it answers instead of rambling on."""
-    if prompt_format == "completion":
-        return f"Question: {prompt.strip()}\nAnswer:"
-    return prompt
+def flatten_context(context: Context) -> str:
+    if isinstance(context, dict):
+        return "\n\n".join(f"## {k}\n{v}" for k, v in context.items())
+    return context if isinstance(context, str) else "\n\n".join(context)
+
+
+def check_context(prompt: Any) -> Context:
+    """A usable context from what the caller passed, or ContextError. Chat messages (a list of
+    ``{"role", "content"}`` dicts, as the reference accepts) become a list of "role: content" strings."""
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, dict) for p in prompt):
+        if not all(isinstance(m.get("content"), str) for m in prompt):
+            raise ContextError("a list of messages needs a str 'content' in every message")
+        prompt = [f"{m['role']}: {m['content']}" if isinstance(m.get("role"), str) else m["content"] for m in prompt]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ContextError("the context is empty")
+        return prompt
+    if isinstance(prompt, (list, tuple)):
+        if not prompt or not all(isinstance(p, str) for p in prompt):
+            raise ContextError("a list context must be a non-empty list of str (or of chat messages)")
+        if not any(p.strip() for p in prompt):
+            raise ContextError("the context is empty")
+        return list(prompt)
+    if isinstance(prompt, dict):
+        if not prompt or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompt.items()):
+            raise ContextError("a dict context must map str names to str documents")
+        if not any(v.strip() for v in prompt.values()):
+            raise ContextError("the context is empty")
+        return dict(prompt)
+    raise ContextError(f"the context must be a str, a list of str, a list of chat messages or a dict of str, "
+                       f"not {type(prompt).__name__}")

@@ -17,6 +17,10 @@ Guarantees callers rely on:
   caller whose request did the engine work gets the engine's usage; every other gets the same text with
   ``usage.calls == 0`` and zero tokens, so summing usage over callers gives exactly the engine's work;
 - requests that never reached the engine (cancelled, refused, closed) fail with ``usage.calls == 0``;
+- a submit that times out while the engine already runs its request gets the engine's usage later, through
+  ``on_late_usage``: work that was cancelled is still counted, exactly once;
+- engines that can stop work at a deadline (``Engine.supports_deadline``) are given the latest deadline
+  of the callers waiting on a call, so a timed-out generation does not hold the engine long after.
 - a whole-batch engine exception is retried request by request, so only the bad request fails.
 """
 from __future__ import annotations
@@ -26,11 +30,14 @@ import itertools
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from .engines.base import Engine, Request, Result, Usage
+from .errors import logger as _root_logger
 from .prefix import plan_calls
+
+logger = _root_logger.getChild("scheduler")
 
 _CLOSED_RUNS_KEPT = 1024
 
@@ -62,14 +69,17 @@ class SchedulerStats:
 class _Ticket:
     """One submit() call: a result slot per request and an event set once every slot is filled."""
 
-    __slots__ = ("results", "remaining", "done", "run_id", "cancelled")
+    __slots__ = ("results", "remaining", "done", "run_id", "cancelled", "deadline", "on_late_usage")
 
-    def __init__(self, n: int, run_id: str) -> None:
+    def __init__(self, n: int, run_id: str, deadline: float | None = None,
+                 on_late_usage: Callable[[Usage], None] | None = None) -> None:
         self.results: list[Result | None] = [None] * n
         self.remaining = n
         self.done = threading.Event()
         self.run_id = run_id
         self.cancelled: str | None = None  # set while blocked on a full queue
+        self.deadline = deadline  # time.monotonic() by which the caller stops waiting, or None
+        self.on_late_usage = on_late_usage
 
     def fill(self, index: int, result: Result) -> bool:
         if self.results[index] is not None:
@@ -90,6 +100,7 @@ class _Item:
     seq: int
     waiters: list[tuple[_Ticket, int]]
     text: str = ""
+    late: list[Callable[[Usage], None]] = field(default_factory=list)  # gave up while running; owed usage
     state: str = "queued"  # queued -> taken -> running -> done, or dropped
 
 
@@ -170,17 +181,20 @@ class Scheduler:
 
     # ---------------------------------------------------------------- caller side
 
-    def submit(self, requests: Iterable[Request], run_id: str = "default", timeout: float | None = None) -> list[Result]:
+    def submit(self, requests: Iterable[Request], run_id: str = "default", timeout: float | None = None,
+               on_late_usage: Callable[[Usage], None] | None = None) -> list[Result]:
         """Run ``requests`` and return their results in the same order. Blocks; never raises for engine
-        trouble: failures come back as results with ``error`` set. ``timeout`` bounds the whole wait."""
+        trouble: failures come back as results with ``error`` set. ``timeout`` bounds the whole wait; when
+        it runs out while the engine already works on a request, ``on_late_usage(usage)`` is called with
+        that work's usage once the engine is done (from the scheduler's thread)."""
         requests = list(requests)
         for r in requests:
             if not isinstance(r, Request):
                 raise TypeError(f"submit takes Request objects, got {type(r).__name__}")
         if not requests:
             return []
-        ticket = _Ticket(len(requests), run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
+        ticket = _Ticket(len(requests), run_id, deadline, on_late_usage)
         with self._cond:
             self._stats.submitted += len(requests)
             refusal = self._admit(ticket, len(requests), deadline)
@@ -336,6 +350,8 @@ class Scheduler:
                 if match(ticket):
                     if ticket.results[i] is None:
                         n += 1
+                        if item.state == "running" and ticket.on_late_usage is not None:
+                            item.late.append(ticket.on_late_usage)
                     self._fill(ticket, i, _no_engine_result(message))
                 else:
                     kept.append((ticket, i))
@@ -423,7 +439,7 @@ class Scheduler:
             ok = []
             for item in piece:
                 try:
-                    item.text = self.engine.render(item.request)
+                    item.text = self.engine.rendered(item.request)
                     ok.append(item)
                 except Exception as exc:  # a request the engine cannot even render fails alone
                     self._deliver(item, Result.failed(f"engine could not render the request: {type(exc).__name__}: {exc}"))
@@ -450,14 +466,23 @@ class Scheduler:
                     else:
                         self._forget(item, "dropped")
             if items:
-                results = self._generate([it.request for it in items])
+                results = self._generate([it.request for it in items], self._deadline(items))
                 for item, result in zip(items, results):
                     self._deliver(item, result)
 
-    def _generate(self, requests: list[Request]) -> list[Result]:
+    def _deadline(self, items: list[_Item]) -> float | None:
+        """The latest deadline of the callers waiting on ``items`` (None: one of them waits for ever)."""
+        with self._cond:
+            deadlines = [t.deadline for it in items for t, _ in it.waiters]
+        return None if not deadlines or None in deadlines else max(deadlines)  # type: ignore[type-var]
+
+    def _generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
         start = time.monotonic()
         try:
-            results = self.engine.generate(requests)
+            if deadline is not None and self.engine.supports_deadline:
+                results = self.engine.generate(requests, deadline=deadline)  # type: ignore[call-arg]
+            else:
+                results = self.engine.generate(requests)
             if not isinstance(results, list) or len(results) != len(requests) or not all(isinstance(r, Result) for r in results):
                 got = len(results) if isinstance(results, list) else type(results).__name__
                 raise RuntimeError(f"engine returned {got} results for {len(requests)} requests")
@@ -475,7 +500,7 @@ class Scheduler:
             return results
         if len(requests) == 1:
             return [Result.failed(f"engine error: {type(error).__name__}: {error}")]
-        return [self._generate([r])[0] for r in requests]
+        return [self._generate([r], deadline)[0] for r in requests]
 
     def _deliver(self, item: _Item, result: Result) -> None:
         with self._cond:
@@ -493,4 +518,11 @@ class Scheduler:
                 else:
                     self._stats.memo_hits += 1
                     self._fill(ticket, i, _memo_copy(result))
-            item.waiters = []
+            # The engine's work is owed to one caller: the first waiter, else the first who gave up.
+            owed = item.late[0] if not item.waiters and item.late else None
+            item.waiters, item.late = [], []
+        if owed is not None:
+            try:
+                owed(dataclasses.replace(result.usage))
+            except Exception:  # a caller's bookkeeping must not stop the scheduler
+                logger.exception("on_late_usage callback failed")

@@ -2,8 +2,8 @@
 `/health`. Lets other tools (and other RLM implementations) use our engines and scheduler over the network.
 
 Requests go through the scheduler when one is given, so concurrent HTTP clients are batched together with
-every other caller of the same engine; without one, the engine is called directly under a lock (engines
-are not required to be thread-safe). The OpenAI ``user`` field, when set, names the run for the
+every other caller of the same engine; without one, the engine is called directly (under a lock of the
+server's own too, for engines written before engines had to be thread-safe). The OpenAI ``user`` field, when set, names the run for the
 scheduler's fairness. Non-streaming only: ``stream=true`` is answered with 400.
 """
 from __future__ import annotations
@@ -114,19 +114,20 @@ def create_app(engine: Engine, scheduler: Any = None, model_name: str | None = N
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, scheduler: Any = None,
           model_name: str | None = None, log_level: str = "info", use_scheduler: bool = True) -> None:
     """Run the server in the foreground until interrupted (the `rlm-local serve` command). Unless told
-    otherwise, a Scheduler is put in front of the engine so concurrent clients are batched together."""
+    otherwise, the engine's shared scheduler (schedulers.py) is put in front of it, so concurrent clients
+    are batched together, and with any RLM of this process using the same engine."""
     import uvicorn
 
-    own = None
-    if scheduler is None and use_scheduler:
-        from .scheduler import Scheduler
+    shared = scheduler is None and use_scheduler
+    if shared:  # the engine's process-wide scheduler: RLMs in this process batch with HTTP clients
+        from . import schedulers
 
-        scheduler = own = Scheduler(engine)
+        scheduler = schedulers.acquire(engine)
     try:
         uvicorn.run(create_app(engine, scheduler, model_name), host=host, port=port, log_level=log_level)
     finally:
-        if own is not None:
-            own.close()
+        if shared:
+            schedulers.release(engine)
 
 
 class BackgroundServer:

@@ -1,40 +1,35 @@
 """The run's story as JSONL: one event a line, appended as it happens, readable while the run goes on.
 
-Events carry what happened (turns, cells, sub-calls, the final answer), never the context itself: the
-reference library copied the whole context into every event and its logs grew to gigabytes. Long text
-fields are clipped to ``max_field_chars`` with a note of the full length.
+Events are the typed records of events.py (their ``to_dict()`` is the line schema). They carry what
+happened (turns, cells, sub-calls, the final answer), never the context itself: the reference library
+copied the whole context into every event and its logs grew to gigabytes. Long text fields are clipped to
+``max_field_chars`` with a note of the full length.
 """
 from __future__ import annotations
 
 import json
 import threading
-import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
-from .engines.base import Usage
+from .events import Event, clip
 
-
-
-def clip(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return f"{text[:limit]}... [clipped: {len(text):,} characters in all]"
+__all__ = ["Trajectory", "clip", "read_trajectory"]
 
 
 class Trajectory:
-    """Collects events in memory (``events``) and, when a path is given, appends them to a JSONL file.
-    Thread-safe: concurrent child runs write to the same trajectory."""
+    """Collects events in memory (``events``, as dicts) and, when a path is given, appends them to a JSONL
+    file; ``listeners`` get each typed event as it happens. Thread-safe: child runs log concurrently."""
 
     def __init__(self, path: str | Path | None = None, max_field_chars: int = 8000,
-                 listeners: list[Callable[[dict[str, Any]], None]] | None = None,
-                 lock: threading.Lock | None = None, **common: Any) -> None:
+                 listeners: list[Callable[[Event], None]] | None = None,
+                 lock: threading.Lock | None = None, run_id: str = "") -> None:
         self.path = Path(path) if path else None
         self.max_field_chars = max_field_chars
         self.events: list[dict[str, Any]] = []
         self.listeners = list(listeners or [])
-        self.common = common  # fields stamped on every event, e.g. run_id
+        self.run_id = run_id  # stamped on every event
         # Several runs may append to one file: they share the caller's lock so lines never interleave.
         self._lock = lock or threading.Lock()
         self._file: TextIO | None = None
@@ -42,23 +37,16 @@ class Trajectory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
 
-    def log(self, event: str, **fields: Any) -> dict[str, Any]:
-        record: dict[str, Any] = {"event": event, "time": round(time.time(), 3), **self.common}
-        for key, value in fields.items():
-            if isinstance(value, Usage):
-                value = value.to_dict()
-            elif isinstance(value, str):
-                value = clip(value, self.max_field_chars)
-            elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                value = [clip(v, self.max_field_chars) for v in value]
-            record[key] = value
+    def log(self, event: Event) -> dict[str, Any]:
+        event.run_id = self.run_id
+        record = event.to_dict(self.max_field_chars)
         with self._lock:
             self.events.append(record)
             if self._file is not None:
                 self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                 self._file.flush()
         for listener in self.listeners:
-            listener(record)
+            listener(event)
         return record
 
     def close(self) -> None:

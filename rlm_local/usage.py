@@ -9,9 +9,23 @@ from .engines.base import Usage
 
 
 @dataclass
+class ModelUsageSummary:
+    """One model's totals under the reference library's names."""
+
+    total_calls: int = 0
+    total_input_tokens: int = 0
+    total_output_tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"total_calls": self.total_calls, "total_input_tokens": self.total_input_tokens,
+                "total_output_tokens": self.total_output_tokens}
+
+
+@dataclass
 class UsageSummary:
-    """``result.usage_summary``: totals plus breakdowns. ``model_usage_summaries`` mirrors the reference
-    library's field so existing analysis code keeps working."""
+    """``result.usage_summary``: totals plus breakdowns. ``model_usage_summaries`` (objects with
+    ``total_calls``, ``total_input_tokens``, ``total_output_tokens`` and ``to_dict()``) mirrors the reference
+    library's field, and ``to_dict()`` has its ``model_usage_summaries`` key, so existing analysis code works."""
 
     total: Usage = field(default_factory=Usage)
     by_model: dict[str, Usage] = field(default_factory=dict)
@@ -20,12 +34,13 @@ class UsageSummary:
     memo_hits: int = 0
 
     @property
-    def model_usage_summaries(self) -> dict[str, dict[str, int]]:
-        return {m: {"total_calls": u.calls, "total_input_tokens": u.prompt_tokens,
-                    "total_output_tokens": u.completion_tokens} for m, u in self.by_model.items()}
+    def model_usage_summaries(self) -> dict[str, ModelUsageSummary]:
+        return {m: ModelUsageSummary(total_calls=u.calls, total_input_tokens=u.prompt_tokens,
+                                     total_output_tokens=u.completion_tokens) for m, u in self.by_model.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "model_usage_summaries": {m: s.to_dict() for m, s in self.model_usage_summaries.items()},
             "total": self.total.to_dict(),
             "by_model": {m: u.to_dict() for m, u in self.by_model.items()},
             "by_depth": {str(d): u.to_dict() for d, u in sorted(self.by_depth.items())},

@@ -86,3 +86,35 @@ def test_demo_end_to_end_on_the_embedded_model(tmp_path):
     events = [json.loads(line) for line in traj.read_text().splitlines()]
     assert events[0]["event"] == "run_start" and events[-1]["event"] == "final"
     assert any(e["event"] == "cell" for e in events)
+
+
+def test_internal_error_is_not_reported_as_bad_input(monkeypatch, capsys, tmp_path):
+    """A bug (an exception that is not an rlm_local.Error) exits 1 with a hint and the log path, and the
+    full traceback lands in the log; bad input stays one line with exit 2."""
+    from rlm_local import cli as cli_module
+
+    log = tmp_path / "cli.log"
+    monkeypatch.setenv("RLM_LOCAL_LOG", str(log))
+
+    def broken(args, err):
+        raise TypeError("unsupported operand in a helper")
+
+    monkeypatch.setattr(cli_module, "_cmd_models", broken)
+    assert cli_module.main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: TypeError: unsupported operand" in err and str(log) in err
+    assert "Traceback" not in err
+    assert "Traceback" in log.read_text() and "unsupported operand" in log.read_text()
+    assert cli_module.main(["run", "q"]) == 2
+    assert capsys.readouterr().err.strip().startswith("rlm-local: error: give --context")
+
+
+def test_every_api_error_derives_from_one_base():
+    import rlm_local
+    from rlm_local.engines import EngineError, make_engine
+
+    for cls in (rlm_local.RLMError, rlm_local.ContextError, rlm_local.ModelNotFoundError, rlm_local.ModelLoadError,
+                rlm_local.DocumentError, EngineError):
+        assert issubclass(cls, rlm_local.Error), cls
+    with pytest.raises(rlm_local.Error, match="unexpected keyword"):
+        make_engine("scripted", replies=["x"], bogus=1)

@@ -208,3 +208,35 @@ def test_lru_evicts_by_count_and_bytes_and_drops_covered_entries():
     for first in (1, 2, 3):
         small.insert(fake_prefix([first, 0, 0]))
     assert len(small) == 2 and small.nbytes <= 2 * size + 1
+
+
+@pytest.mark.model
+def test_concurrent_callers_are_serialised_and_get_their_own_answers(engine):
+    """Two threads (say an RLM's scheduler and the server) calling generate at once: same answers as alone."""
+    import threading
+
+    requests = [[sibling(QUESTIONS[0])], [sibling(QUESTIONS[1]), sibling(QUESTIONS[2])]]
+    alone = [[r.text for r in engine.generate(batch)] for batch in requests]
+    together: dict[int, list[str]] = {}
+
+    def call(i: int) -> None:
+        together[i] = [r.text for r in engine.generate(requests[i])]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert [together[0], together[1]] == alone
+
+
+@pytest.mark.model
+def test_generation_stops_at_the_deadline_and_counts_the_work(engine):
+    import time
+
+    started = time.monotonic()
+    (result,) = engine.generate([sibling("Summarise the records.", max_tokens=400)], deadline=started + 0.5)
+    took = time.monotonic() - started
+    assert took < 3.0, took  # 400 tokens take far longer on CPU; the cut comes within a decode step or two
+    assert not result.ok and "deadline" in result.error
+    assert result.usage.calls == 1 and result.usage.prompt_tokens > 0

@@ -11,20 +11,9 @@ from rlm_local.engines import EngineError, Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.rlm import ContextError, RLMError
 from rlm_local.trajectory import read_trajectory
+from scripting import repl, is_root, last_user
 
 DOC = "\n".join(f"line {i}: nothing to see" for i in range(200)) + "\nThe vault code is 9157.\n"
-
-
-def repl(code: str) -> str:
-    return f"Let me look.\n```repl\n{code}\n```\n"
-
-
-def is_root(req: Request) -> bool:
-    return req.messages is not None and req.messages[0]["role"] == "system"
-
-
-def last_user(req: Request) -> str:
-    return [m for m in req.messages if m["role"] == "user"][-1]["content"]
 
 
 def make(replies, **kwargs) -> tuple[RLM, ScriptedEngine]:
@@ -237,7 +226,7 @@ def test_rlm_query_runs_a_child_with_its_own_repl():
     assert any(c["depth"] == 1 and c["stdout"].strip() == "3" for c in cells)
     assert any(c["depth"] == 0 and "child says 3" in c["stdout"] for c in cells)
     assert result.usage_summary.by_depth[1].calls == 2  # the child's two root turns
-    rlm_events = [e for e in result.trajectory if e["event"] == "subcall" and e["kind"] == "rlm"]
+    rlm_events = [e for e in result.trajectory if e["event"] == "subcall" and e["query"] == "rlm"]
     assert len(rlm_events) == 1 and rlm_events[0]["response"] == "child says 3"
 
 
@@ -268,7 +257,7 @@ def test_rlm_query_at_max_depth_degrades_to_llm_query():
     result = rlm.completion(DOC, "q")
     cell = next(e for e in result.trajectory if e["event"] == "cell")
     assert "answered by a plain sub-call" in cell["stdout"]
-    assert [e["kind"] for e in result.trajectory if e["event"] == "subcall"] == ["llm"]
+    assert [e["query"] for e in result.trajectory if e["event"] == "subcall"] == ["llm"]
 
 
 def test_other_backend_for_subcalls_and_usage_per_model():
@@ -277,7 +266,7 @@ def test_other_backend_for_subcalls_and_usage_per_model():
     rlm = RLM(backend="scripted", engine=root, sub_engine=sub)
     result = rlm.completion(DOC, "q")
     assert set(result.usage_summary.by_model) == {"root-model", "sub-model"}
-    assert result.usage_summary.model_usage_summaries["sub-model"]["total_calls"] == 1
+    assert result.usage_summary.model_usage_summaries["sub-model"].total_calls == 1
     assert len(sub.requests) == 1
 
 
@@ -328,3 +317,48 @@ def test_custom_system_prompt_with_braces_does_not_crash():
     rlm, engine = make(["FINAL(ok)"], custom_system_prompt="Answer as JSON like {\"a\": 1} {missing}")
     assert rlm.completion(DOC, "q").response == "ok"
     assert '{"a": 1} {missing}' in engine.requests[0].messages[0]["content"]
+
+
+def test_final_var_is_read_directly_never_run_as_a_generated_cell():
+    rlm, engine = make([repl("res = 'abc' * 2") + "\nFINAL_VAR(res)"])
+    result = rlm.completion(DOC, "q")
+    assert result.response == "abcabc"
+    assert [e["code"] for e in result.trajectory if e["event"] == "cell"] == ["res = 'abc' * 2"]
+    rlm, engine = make(["FINAL_VAR(nothing_here)", "FINAL(recovered)"])
+    result = rlm.completion(DOC, "q")
+    assert result.response == "recovered"
+    assert "no variable named 'nothing_here'" in last_user(engine.requests[1])
+    assert not [e for e in result.trajectory if e["event"] == "cell"]
+
+
+def test_answer_dict_needs_ready():
+    rlm, engine = make([repl("answer = {'content': 'draft', 'ready': False}"),
+                        repl("answer['content'] = 'checked'\nanswer['ready'] = True")])
+    result = rlm.completion(DOC, "q")
+    assert result.response == "checked" and result.iterations == 2
+
+
+def test_a_sandbox_that_cannot_start_is_a_setup_error(monkeypatch):
+    import rlm_local
+    from rlm_local import run as run_module
+    from rlm_local.sandbox import SandboxError
+
+    def broken(*args, **kwargs):
+        raise SandboxError("sandbox worker failed to start: no interpreter")
+
+    monkeypatch.setattr(run_module, "Sandbox", broken)
+    rlm, _ = make(["FINAL(x)"])
+    with pytest.raises(rlm_local.SetupError, match="could not start the sandbox") as info:
+        rlm.completion(DOC, "q")
+    assert isinstance(info.value, rlm_local.Error)
+
+
+def test_failures_and_budget_stops_are_logged(caplog):
+    import logging
+
+    rlm, _ = make([])
+    with caplog.at_level(logging.INFO, logger="rlm_local"):
+        rlm.completion(DOC, "q")
+    messages = [r.getMessage() for r in caplog.records if r.name == "rlm_local.run"]
+    assert any("root call failed (attempt 2)" in m for m in messages)
+    assert any("engine_error after 1 turns" in m for m in messages)

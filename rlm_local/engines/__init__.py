@@ -1,6 +1,7 @@
 """Engines by name. Heavy backends (torch, vllm, httpx) are imported only when asked for."""
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
@@ -8,21 +9,34 @@ from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
 BACKENDS = ("transformers", "vllm", "openai", "scripted")
 
 
-def make_engine(backend: str, **kwargs: Any) -> Engine:
-    """Create an engine from a backend name and its keyword arguments (the ``backend_kwargs`` of RLM)."""
+def engine_class(backend: str) -> type[Engine]:
+    """The engine class of a backend name (imports only that backend)."""
     if backend == "scripted":
         from .scripted import ScriptedEngine
-        return ScriptedEngine(**kwargs)
+        return ScriptedEngine
     if backend == "transformers":
         from .hf import TransformersEngine
-        return TransformersEngine(**kwargs)
+        return TransformersEngine
     if backend == "vllm":
         from .vllm_engine import VLLMEngine
-        return VLLMEngine(**kwargs)
+        return VLLMEngine
     if backend == "openai":
         from .openai_http import OpenAIEngine
-        return OpenAIEngine(**kwargs)
+        return OpenAIEngine
     raise EngineError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "Request", "Result", "SamplingParams", "Usage", "make_engine"]
+def make_engine(backend: str, **kwargs: Any) -> Engine:
+    """Create an engine from a backend name and its keyword arguments (the ``backend_kwargs`` of RLM).
+    Arguments the backend does not take are refused with an EngineError naming them (a user mistake),
+    checked before the constructor runs so a TypeError from inside it still surfaces as the bug it is."""
+    cls = engine_class(backend)
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        raise EngineError(f"backend {backend!r}: {exc} (check backend_kwargs)") from None
+    return cls(**kwargs)
+
+
+__all__ = ["BACKENDS", "Engine", "EngineError", "Request", "Result", "SamplingParams", "Usage", "engine_class",
+           "make_engine"]

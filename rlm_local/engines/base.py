@@ -8,17 +8,22 @@ loses its siblings' answers.
 from __future__ import annotations
 
 import abc
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from ..errors import Error
+
 T = TypeVar("T")
+RENDER_MEMO_SIZE = 256  # requests whose rendered text an engine remembers (a few batches' worth)
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "error"]
 
 
-class EngineError(RuntimeError):
+class EngineError(Error, RuntimeError):
     """An engine could not be created or could not serve at all (not a per-request failure)."""
 
 
@@ -129,11 +134,15 @@ class Engine(abc.ABC):
     prompt_format: Literal["chat", "completion"] = "chat"
     #: the model's context window in tokens (0 = unknown)
     context_length: int = 0
+    #: True when ``generate(requests, deadline=...)`` stops the work it started once ``time.monotonic()``
+    #: passes ``deadline`` (a cut-off request fails with its usage so far); the scheduler passes it then
+    supports_deadline: bool = False
 
     @abc.abstractmethod
     def generate(self, requests: list[Request]) -> list[Result]:
         """Run all requests (as one batch where the engine can) and return results in the same order.
-        Must not raise for a failure of a single request: return ``Result.failed`` for it."""
+        Must not raise for a failure of a single request: return ``Result.failed`` for it. Must be safe to
+        call from several threads (a lock is enough: the scheduler is the usual single caller)."""
 
     def render(self, request: Request) -> str:
         """The exact text the model will see for this request (chat template applied). The scheduler
@@ -141,6 +150,24 @@ class Engine(abc.ABC):
         if request.prompt is not None:
             return request.prompt
         return "".join(f"<{m['role']}>\n{m['content']}\n" for m in request.messages or ()) + "<assistant>\n"
+
+    def rendered(self, request: Request) -> str:
+        """``render(request)``, remembered for the most recent requests (by identity): the scheduler renders a
+        request to group prefixes and the engine to run it, and a long root prompt is rendered only once."""
+        memo = self.__dict__.get("_render_memo")
+        if memo is None:
+            memo = self.__dict__.setdefault("_render_memo", (threading.Lock(), OrderedDict()))
+        lock, recent = memo
+        with lock:
+            hit = recent.get(id(request))
+            if hit is not None and hit[0] is request:
+                return hit[1]
+        text = self.render(request)
+        with lock:
+            recent[id(request)] = (request, text)  # holding the request keeps its id from being reused
+            while len(recent) > RENDER_MEMO_SIZE:
+                recent.popitem(last=False)
+        return text
 
     def count_tokens(self, text: str) -> int:
         """Token count of ``text``; engines without a tokenizer estimate (~4 characters a token)."""

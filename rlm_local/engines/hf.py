@@ -13,6 +13,7 @@ tokens whose KV it did not compute itself (taken from the LRU or from a sibling)
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ def default_threads() -> int:
 
 class TransformersEngine(Engine):
     backend = "transformers"
+    supports_deadline = True  # generate(max_time=...) stops decoding at the deadline
 
     def __init__(self, model_name: str | None = None, device: str | None = None, dtype: str | None = None,
                  threads: int | None = None, max_batch: int = 32,
@@ -45,6 +47,7 @@ class TransformersEngine(Engine):
         cache = PrefixCache(prefix_cache_size, prefix_cache_bytes) if prefix_cache else None  # bad bounds fail fast
 
         set_offline()
+        model_dir, card = resolve_model_dir(model_name, progress)  # before torch: a wrong name fails in ms
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,7 +55,6 @@ class TransformersEngine(Engine):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
             torch.set_num_threads(threads or default_threads())
-        model_dir, card = resolve_model_dir(model_name, progress)
         self.model_name = card.name if card else str(model_name)
         self.card = card
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
@@ -68,6 +70,9 @@ class TransformersEngine(Engine):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_batch = max(1, max_batch)
+        # One generate at a time: the model, its KV buffers and the prefix cache are not thread-safe, and an
+        # engine may be shared by several RLMs, the server and a direct caller.
+        self._lock = threading.RLock()
         self.min_prefix_tokens = max(1, min_prefix_tokens)
         self.prefix_cache = cache if cache is not None and supports_reuse(self.model) else None
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
@@ -88,14 +93,18 @@ class TransformersEngine(Engine):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- generation -------------------------------------------------------------------------------------
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
+        with self._lock:
+            return self._generate_locked(requests, deadline)
+
+    def _generate_locked(self, requests: list[Request], deadline: float | None) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
         ids: dict[int, list[int]] = {}
         # Different sampling settings cannot share one generate() call; group, keeping input positions.
         groups: dict[SamplingParams, list[int]] = {}
         for i, req in enumerate(requests):
             try:
-                ids[i] = self._tokenize(self.render(req))
+                ids[i] = self._tokenize(self.rendered(req))
             except Exception as exc:
                 results[i] = Result.failed(f"transformers: could not render or tokenize: {type(exc).__name__}: {exc}")
                 continue
@@ -111,7 +120,7 @@ class TransformersEngine(Engine):
                 indices = sorted(indices, key=lambda i: ids[i])  # rows sharing a prefix land in one batch
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
-                batch = generate_isolated(lambda rows: self._generate_batch(rows, sampling),
+                batch = generate_isolated(lambda rows: self._generate_batch(rows, sampling, deadline),
                                           [ids[i] for i in chunk], "transformers")
                 for i, res in zip(chunk, batch):
                     results[i] = res
@@ -123,9 +132,12 @@ class TransformersEngine(Engine):
         add_special = not (bos and text.startswith(bos))
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
-    def _generate_batch(self, rows: list[list[int]], sampling: SamplingParams) -> list[Result]:
+    def _generate_batch(self, rows: list[list[int]], sampling: SamplingParams,
+                        deadline: float | None = None) -> list[Result]:
         torch = self._torch
         started = time.perf_counter()
+        if deadline is not None and time.monotonic() >= deadline:
+            return [Result.failed("transformers: stopped at the deadline before it started") for _ in rows]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         # Left padding: every row ends at the same slot, so one forward per token serves the whole batch.
@@ -145,6 +157,8 @@ class TransformersEngine(Engine):
             gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
         if sampling.stop:
             gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        if deadline is not None:
+            gen_kwargs["max_time"] = max(0.01, deadline - time.monotonic())
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                                       return_dict_in_generate=True, **gen_kwargs)
@@ -154,8 +168,13 @@ class TransformersEngine(Engine):
         new_tokens = sequences[:, width:].tolist()
         elapsed = time.perf_counter() - started
         cached = plan.cached if plan is not None else [0] * len(rows)
-        return [self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
-                for row, prompt, n_cached in zip(new_tokens, rows, cached)]
+        results = [self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
+                   for row, prompt, n_cached in zip(new_tokens, rows, cached)]
+        if deadline is not None and time.monotonic() >= deadline:  # cut short: the work is counted, not the text
+            for r in results:
+                if r.finish_reason == "length":
+                    r.text, r.finish_reason, r.error = "", "error", "transformers: stopped at the deadline"
+        return results
 
     # ---- prefix reuse -----------------------------------------------------------------------------------
     def _plan(self, rows: list[list[int]]) -> "_Plan":

@@ -9,6 +9,10 @@ With several base URLs, a request goes to the server chosen by rendezvous hashin
 ``affinity_chars`` characters of its rendered prompt, so siblings that share a prefix land where that
 prefix is already cached; a server that is full (``max_concurrency`` requests in flight) spills to the next
 one in the same hash order, and a server that refuses connections is skipped on retry.
+
+A deadline from the scheduler (a run's time budget) bounds each request's whole HTTP exchange: at the
+deadline the connection is dropped (vLLM then aborts the generation) and the request fails with its
+prompt counted, instead of holding the scheduler until the server answers.
 """
 from __future__ import annotations
 
@@ -27,6 +31,10 @@ from .base import Engine, EngineError, Request, Result, Usage
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a reply bigger than this is garbage, not a completion
+
+
+class DeadlinePassed(Exception):
+    """The caller's deadline passed during a request: the connection was dropped, nothing to retry."""
 
 
 class RequestFailed(Exception):
@@ -58,6 +66,7 @@ def rendezvous_order(key: str, servers: list[str]) -> list[str]:
 
 class OpenAIEngine(Engine):
     backend = "openai"
+    supports_deadline = True
 
     def __init__(self, model_name: str | None = None, base_url: str | list[str] = "http://127.0.0.1:8000/v1",
                  api_key: str | None = None, timeout: float = 300.0, max_retries: int = 3,
@@ -80,6 +89,7 @@ class OpenAIEngine(Engine):
         self.timeout, self.max_retries = float(timeout), int(max_retries)
         self.max_concurrency, self.affinity_chars = int(max_concurrency), int(affinity_chars)
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self._connect_timeout = min(connect_timeout, self.timeout)
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or "EMPTY"
         workers = self.max_concurrency * len(self.servers)  # max_concurrency is per server
         self._client = httpx.Client(
@@ -108,10 +118,10 @@ class OpenAIEngine(Engine):
         return f"OpenAIEngine(model_name={self.model_name!r}, servers={self.servers!r})"
 
     # ---- public API ---------------------------------------------------------------------------------------
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
         if self._closed:
             return [Result.failed("openai: engine is closed") for _ in requests]
-        futures = [self._pool.submit(self._run_one, r) for r in requests]
+        futures = [self._pool.submit(self._run_one, r, deadline) for r in requests]
         results: list[Result] = []
         for f in futures:  # each job catches its own errors and has a deadline, so result() returns
             try:
@@ -122,7 +132,7 @@ class OpenAIEngine(Engine):
 
     def server_for(self, request: Request) -> str:
         """The server a request would go to now (affinity first, spill when that server is full)."""
-        return self._pick(self.render(request)[: self.affinity_chars], exclude=set(), reserve=False)
+        return self._pick(self.rendered(request)[: self.affinity_chars], exclude=set(), reserve=False)
 
     def close(self) -> None:
         if self._closed:
@@ -132,21 +142,26 @@ class OpenAIEngine(Engine):
         self._client.close()
 
     # ---- one request ----------------------------------------------------------------------------------------
-    def _run_one(self, request: Request) -> Result:
+    def _run_one(self, request: Request, deadline: float | None = None) -> Result:
         started = time.perf_counter()
         try:
             body, path = self._payload(request)
         except RequestFailed as exc:
             return Result.failed(f"openai: {exc}")
-        key = self.render(request)[: self.affinity_chars]
+        key = self.rendered(request)[: self.affinity_chars]
         refused: set[str] = set()
         attempt = 0
         while True:
             server = self._pick(key, refused, reserve=True)
             try:
-                data = self._post(server, path, body)
+                data = self._send("POST", server, path, body, deadline)
                 return self._parse(data, request, path, server, time.perf_counter() - started)
+            except DeadlinePassed as exc:  # the work the server did is counted: it was asked for
+                usage = self._usage(None, request, "", time.perf_counter() - started)
+                return Result(text="", finish_reason="error", usage=usage, error=f"openai: {exc}")
             except RequestFailed as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return Result.failed(f"openai: {exc} (deadline passed, not retried)")
                 if not exc.retry or attempt >= self.max_retries or self._closed:
                     tries = f" after {attempt + 1} attempts" if attempt else ""
                     return Result.failed(f"openai: {exc}{tries}")
@@ -183,7 +198,7 @@ class OpenAIEngine(Engine):
                 {"role": "user", "content": request.prompt or ""}]
             body["messages"] = messages
             return body, "/chat/completions"
-        body["prompt"] = self.render(request)
+        body["prompt"] = self.rendered(request)
         return body, "/completions"
 
     def _model(self) -> str:
@@ -202,15 +217,22 @@ class OpenAIEngine(Engine):
     def _get(self, server: str, path: str) -> Any:
         return self._send("GET", server, path, None)
 
-    def _post(self, server: str, path: str, body: dict[str, Any]) -> Any:
-        return self._send("POST", server, path, body)
-
-    def _send(self, method: str, server: str, path: str, body: dict[str, Any] | None) -> Any:
+    def _send(self, method: str, server: str, path: str, body: dict[str, Any] | None,
+              stop_at: float | None = None) -> Any:
+        """One HTTP exchange. ``stop_at`` (time.monotonic()) is the caller's deadline: the exchange is
+        dropped there and DeadlinePassed raised."""
         httpx = self._httpx
         url = server + path
         deadline = time.monotonic() + self.timeout  # httpx's timeouts are per phase; this bounds the whole reply
+        timeout = self.timeout
+        if stop_at is not None:
+            timeout = stop_at - time.monotonic()
+            if timeout <= 0:
+                raise DeadlinePassed(f"{url}: deadline passed before the request was sent")
+            deadline = min(deadline, stop_at)
         try:
-            with self._client.stream(method, url, json=body) as resp:
+            with self._client.stream(method, url, json=body, timeout=httpx.Timeout(
+                    min(timeout, self.timeout), connect=min(timeout, self._connect_timeout))) as resp:
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in resp.iter_bytes():
@@ -219,6 +241,8 @@ class OpenAIEngine(Engine):
                     if size > MAX_RESPONSE_BYTES:
                         raise RequestFailed(f"{url} sent more than {MAX_RESPONSE_BYTES} bytes", retry=False)
                     if time.monotonic() > deadline:
+                        if stop_at is not None and deadline >= stop_at:
+                            raise DeadlinePassed(f"{url}: stopped at the deadline")
                         raise RequestFailed(f"{url} did not finish its reply within {self.timeout:g}s", retry=False)
                 raw = b"".join(chunks)
                 status = resp.status_code
@@ -229,6 +253,8 @@ class OpenAIEngine(Engine):
             raise RequestFailed(f"cannot connect to {server} (is the server running?): {exc}", retry=True,
                                 refused=True)
         except httpx.TimeoutException:
+            if stop_at is not None and time.monotonic() >= stop_at - 0.05:
+                raise DeadlinePassed(f"{url}: stopped at the deadline (connection dropped)") from None
             # A generation that timed out would time out again; retrying only doubles the wait.
             raise RequestFailed(f"{url} timed out after {self.timeout:g}s", retry=False)
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
@@ -266,7 +292,7 @@ class OpenAIEngine(Engine):
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return Usage(
             calls=1,
-            prompt_tokens=int(prompt) if isinstance(prompt, int) else self.count_tokens(self.render(request)),
+            prompt_tokens=int(prompt) if isinstance(prompt, int) else self.count_tokens(self.rendered(request)),
             cached_tokens=int(cached) if isinstance(cached, int) else None,  # null/absent: unknown, not 0
             completion_tokens=int(completion) if isinstance(completion, int) else self.count_tokens(text),
             seconds=seconds,

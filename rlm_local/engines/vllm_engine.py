@@ -84,7 +84,7 @@ class VLLMEngine(Engine):
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _token_ids(self, request: Request) -> list[int]:
-        text = self.render(request)
+        text = self.rendered(request)
         bos = getattr(self.tokenizer, "bos_token", None)
         # A chat template that already wrote BOS must not get a second one; raw prompts get the usual specials.
         add_special = request.prompt is not None and not (bos and text.startswith(bos))

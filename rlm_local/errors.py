@@ -1,0 +1,42 @@
+"""The one exception base of rlm-local, and the logger every module writes to.
+
+Everything the API raises on purpose derives from :class:`Error`, so ``except rlm_local.Error`` catches
+every failure we report (bad input, a failing setup, an engine that cannot serve) and nothing else: an
+exception of another type escaping the API is a bug. :class:`InputError` marks the caller's mistakes
+(bad arguments, an empty context, a missing file); the CLI answers those with one line and exit code 2.
+
+Logging: every module logs to the ``rlm_local`` logger tree (``logging.getLogger("rlm_local.rlm")`` and
+so on). The library adds no handlers; applications configure logging as they like (the CLI writes a log
+file, see :func:`log_to_file`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger("rlm_local")
+
+
+class Error(Exception):
+    """Base class of every exception the rlm-local API raises."""
+
+
+class InputError(Error, ValueError):
+    """The caller's input or configuration is wrong (a ValueError, so older ``except ValueError`` works)."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument has the wrong type."""
+
+
+def log_to_file(path: str | Path, level: int = logging.INFO) -> Path:
+    """Append the ``rlm_local`` logger's records (tracebacks included) to ``path``; returns the path."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve()) for h in logger.handlers):
+        return path  # already logging there (main() called twice in one process)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.level or level, level))
+    return path

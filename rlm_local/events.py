@@ -1,0 +1,135 @@
+"""Typed records of what happens in a run: the trajectory writes them, the display and the CLI read them.
+
+Every event is a dataclass with a ``kind``; ``to_dict()`` is its JSONL form, the trajectory schema:
+``{"event": kind, "time": unix seconds, "run_id": ..., <the event's fields>}``. Depth 0 is the root run;
+a child started by ``rlm_query`` logs its events at its own depth. Events never carry the context.
+
+| kind          | fields                                                                                 |
+|---------------|----------------------------------------------------------------------------------------|
+| run_start     | config (the RLM's settings, secrets masked), question                                  |
+| context       | depth, metadata (type, chars, tokens, tokens_exact, chunk_chars, names)                |
+| root_turn     | depth, iteration, prompt_tokens, cached_tokens, reply, error, seconds, attempt,        |
+|               | final_request (the closing request after a budget stop)                                |
+| cell          | depth, iteration, code (as the model wrote it), batched_rewrites, stdout, error,       |
+|               | final, timed_out, restored, seconds                                                    |
+| subcall       | depth, query ("llm" or "rlm"), prompt, response, error, usage, seconds, batch,         |
+|               | stopped_reason and iterations (rlm only)                                               |
+| child_start   | depth, question                                                                        |
+| final         | answer, stopped_reason, iterations, usage (UsageSummary.to_dict()), seconds            |
+| error         | error, seconds (completion() raised)                                                   |
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .engines.base import Usage
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [clipped: {len(text):,} characters in all]"
+
+
+@dataclass(kw_only=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    time: float = field(default_factory=lambda: round(time.time(), 3))
+    run_id: str = ""
+
+    def to_dict(self, max_field_chars: int | None = None) -> dict[str, Any]:
+        """The JSONL record; long strings clipped to ``max_field_chars`` with a note of their length."""
+        record: dict[str, Any] = {"event": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Usage):
+                value = value.to_dict()
+            elif max_field_chars is not None and isinstance(value, str):
+                value = clip(value, max_field_chars)
+            record[f.name] = value
+        return record
+
+
+@dataclass(kw_only=True)
+class RunStart(Event):
+    kind: ClassVar[str] = "run_start"
+    config: dict[str, Any]
+    question: str | None
+
+
+@dataclass(kw_only=True)
+class ContextDescribed(Event):
+    kind: ClassVar[str] = "context"
+    depth: int
+    metadata: dict[str, Any]
+
+
+@dataclass(kw_only=True)
+class RootTurn(Event):
+    kind: ClassVar[str] = "root_turn"
+    depth: int
+    iteration: int
+    prompt_tokens: int
+    cached_tokens: int | None
+    reply: str
+    error: str | None
+    seconds: float
+    attempt: int = 0
+    final_request: bool = False
+
+
+@dataclass(kw_only=True)
+class CellRan(Event):
+    kind: ClassVar[str] = "cell"
+    depth: int
+    iteration: int
+    code: str
+    batched_rewrites: int
+    stdout: str
+    error: str | None
+    final: str | None
+    timed_out: bool
+    restored: bool
+    seconds: float
+
+
+@dataclass(kw_only=True)
+class SubCall(Event):
+    kind: ClassVar[str] = "subcall"
+    depth: int
+    query: str  # "llm" or "rlm"
+    prompt: str
+    response: str
+    seconds: float
+    error: str | None = None
+    usage: Usage | None = None
+    batch: int = 1
+    stopped_reason: str | None = None
+    iterations: int | None = None
+
+
+@dataclass(kw_only=True)
+class ChildStart(Event):
+    kind: ClassVar[str] = "child_start"
+    depth: int
+    question: str | None
+
+
+@dataclass(kw_only=True)
+class RunFinal(Event):
+    kind: ClassVar[str] = "final"
+    answer: str
+    stopped_reason: str
+    iterations: int
+    usage: dict[str, Any]
+    seconds: float
+
+
+@dataclass(kw_only=True)
+class RunError(Event):
+    kind: ClassVar[str] = "error"
+    error: str
+    seconds: float

@@ -1,0 +1,83 @@
+"""The one place a final answer is worked out, for every path: a normal turn, the closing request after a
+budget stop, a child run; written in the reply text or done by the code.
+
+Ways a model says it is done, in the order they are trusted:
+1. code ran ``FINAL(value)`` or ``FINAL_VAR("name")`` (the sandbox reports ``cell.final``);
+2. code set the reference library's ``answer = {"content": ..., "ready": True}``;
+3. the reply text says ``FINAL_VAR(name)``: the variable's value, read from the REPL directly;
+4. the reply text says ``FINAL(x)``: the value of variable ``x`` when ``x`` is a bare name that exists
+   (small models write ``FINAL(result)`` meaning the variable), else ``x`` as written.
+A text ``FINAL(...)`` next to code is ignored: it was written before the code's output was seen. A text
+``FINAL_VAR(name)`` after code is trusted: it names what that code just computed.
+Variables are read with ``Sandbox.read_variable``, never by running a generated code cell.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .parsing import ParsedReply
+from .sandbox import CellResult
+
+ANSWER_VAR = "answer"  # the reference library's answer-dict protocol
+_MENTIONS_ANSWER = re.compile(rf"\b{ANSWER_VAR}\b")
+
+# read(name) -> the REPL variable's CellResult (value, or error when missing)
+Reader = Callable[[str], CellResult]
+
+
+def as_text(value: Any) -> str:
+    """A REPL value as answer text: strings as they are, containers as JSON, anything else as str()."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def read_text(read: Reader, name: str) -> str | None:
+    """The value of REPL variable ``name`` as text, or None when there is no such variable."""
+    cell = read(name)
+    return None if cell.error is not None else as_text(cell.value)
+
+
+def answer_dict(read: Reader, code_blocks: list[str]) -> str | None:
+    """``answer["content"]`` once the code set ``answer = {..., "ready": True}``; read only when the code
+    of this turn mentions ``answer`` (a round trip to the REPL is cheap, but not free)."""
+    if not any(_MENTIONS_ANSWER.search(code) for code in code_blocks):
+        return None
+    cell = read(ANSWER_VAR)
+    value = cell.value if cell.error is None else None
+    if isinstance(value, dict) and value.get("ready") is True and "content" in value:
+        return as_text(value["content"])
+    return None
+
+
+def from_text(parsed: ParsedReply, read: Reader | None, closing: bool = False) -> str | None:
+    """A final answer written in the reply text (rules 3 and 4 above); ``read`` None means no REPL.
+    ``closing``: the reply to the closing request after a budget stop, where a FINAL next to code is taken
+    (there is no later turn to give it in)."""
+    if parsed.final_var is not None:
+        return read_text(read, parsed.final_var) if read is not None else None
+    if parsed.final_answer is None or (parsed.code_blocks and not closing):
+        return None
+    if parsed.final_is_name and read is not None:
+        value = read_text(read, parsed.final_answer)
+        if value is not None:
+            return value
+    return parsed.final_answer
+
+
+def after_cells(parsed: ParsedReply, cells: list[CellResult], read: Reader) -> str | None:
+    """The final answer of a turn whose code ran (``cells``, in order), or None to go on."""
+    for cell in cells:
+        if cell.final is not None:
+            return cell.final
+    return answer_dict(read, parsed.code_blocks) or from_text(parsed, read)
+
+
+def prose(reply: str) -> str:
+    """A reply without its fenced code blocks: the best partial answer when no final one was given."""
+    return re.sub(r"```.*?(?:```|\Z)", "", reply, flags=re.DOTALL).strip()
