@@ -103,7 +103,8 @@ class Worker:
                 self.cgroup = None
 
     @classmethod
-    def start(cls, context, limits: Limits, host_dir: str, grant_real_os: bool = False) -> "Worker":
+    def start(cls, context, limits: Limits, host_dir: str, tools: tuple[list[str], dict] = ([], {}),
+              grant_real_os: bool = False) -> "Worker":
         """Starts a worker, hands it the context, and waits for its greeting (bounded by start_seconds)."""
         t0 = time.monotonic()
         kind, payload = encode_context(context)
@@ -118,7 +119,8 @@ class Worker:
             worker.send({"op": "init", "context_fd": fd if path is None else None, "context_path": path,
                          "context_kind": kind, "limits": {n: int(getattr(limits, n)) for n in names},
                          "uid": secrets.randbelow(SESSION_UIDS[1] - SESSION_UIDS[0]) + SESSION_UIDS[0],
-                         "host_dir": host_dir, "grant_real_os": grant_real_os})
+                         "host_dir": host_dir, "grant_real_os": grant_real_os, "tool_functions": tools[0]},
+                        [json.dumps(tools[1], ensure_ascii=False)])
             msg, _ = worker.read(t0 + limits.start_seconds)
             if msg.get("type") != "ready" or not isinstance(msg.get("pid"), int):
                 raise SandboxError("sandbox worker sent an unexpected greeting")

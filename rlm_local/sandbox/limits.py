@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import Error
 from .protocol import check_call_size
 
 
-class SandboxError(RuntimeError):
+class SandboxError(Error, RuntimeError):
     """The sandbox could not be started, was used after close(), or failed in a way no cell result can
     describe. ``Sandbox.run`` returns a CellResult or raises this, nothing else (bar KeyboardInterrupt)."""
 
@@ -52,16 +53,14 @@ def check_call_header(header: dict, L: Limits) -> None:
         raise ValueError(f"sub-call too large: {sum(sizes)} bytes (limit {L.max_call_chars} characters)")
 
 
-def validate_call(kind: object, prompts: list[str], context: object, L: Limits) -> None:
+def validate_call(kind: object, prompts: list[str], contexts: list | None, L: Limits) -> None:
     """Checks a decoded sub-call request from the (untrusted) worker against the limits; the worker runs
-    the same checks first (``protocol.call_cost``), so its code sees the same messages."""
+    the same size checks first (``protocol.check_call_size``), so its code sees the same messages."""
     if kind not in ("llm", "rlm"):
         raise ValueError("unknown sub-call")
     if not prompts:
         raise ValueError("sub-call prompts must be a non-empty list of str")
-    if kind == "llm" and context is not None:
-        raise ValueError("llm_query takes no context")
-    if kind == "rlm" and len(prompts) != 1:
-        raise ValueError("rlm_query takes one prompt")
-    check_call_size(prompts, context, L.max_prompts_per_call, L.max_prompt_chars, L.max_call_chars,
+    if (kind == "llm") != (contexts is None) or (contexts is not None and len(contexts) != len(prompts)):
+        raise ValueError("llm_query takes no context; rlm_query takes one (or None) per prompt")
+    check_call_size(prompts, contexts, L.max_prompts_per_call, L.max_prompt_chars, L.max_call_chars,
                     L.max_call_items)

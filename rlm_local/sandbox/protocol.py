@@ -161,21 +161,22 @@ class Reader:
         return out
 
 
-def call_cost(prompts: list[str], context) -> tuple[int, int]:
+def call_cost(prompts: list[str], contexts: list | None) -> tuple[int, int]:
     """(items, characters) of a sub-call: every prompt and every context item counts as one item, empty
     ones included; dict contexts count their keys' characters too. Both sides use this one rule."""
     items, chars = len(prompts), sum(map(len, prompts))
-    if isinstance(context, str):
-        items, chars = items + 1, chars + len(context)
-    elif isinstance(context, dict):
-        items += len(context)
-        chars += sum(len(k) + len(v) for k, v in context.items())
-    elif isinstance(context, (list, tuple)):
-        items, chars = items + len(context), chars + sum(map(len, context))
+    for context in contexts or ():
+        if isinstance(context, str):
+            items, chars = items + 1, chars + len(context)
+        elif isinstance(context, dict):
+            items += len(context)
+            chars += sum(len(k) + len(v) for k, v in context.items())
+        elif isinstance(context, (list, tuple)):
+            items, chars = items + len(context), chars + sum(map(len, context))
     return items, chars
 
 
-def check_call_size(prompts: list[str], context: object, max_prompts: int, max_prompt_chars: int,
+def check_call_size(prompts: list[str], contexts: list | None, max_prompts: int, max_prompt_chars: int,
                     max_call_chars: int, max_items: int) -> None:
     """The size rules of one sub-call, the same on both sides."""
     if len(prompts) > max_prompts:
@@ -185,7 +186,7 @@ def check_call_size(prompts: list[str], context: object, max_prompts: int, max_p
     if longest > max_prompt_chars:
         raise ValueError(f"prompt too long: {longest} characters (limit {max_prompt_chars}); "
                          "send a smaller chunk")
-    items, chars = call_cost(prompts, context)
+    items, chars = call_cost(prompts, contexts)
     if items > max_items:
         raise ValueError(f"sub-call with too many items: {items} prompts and context items "
                          f"(limit {max_items}, empty ones included); join small items first")
@@ -193,33 +194,57 @@ def check_call_size(prompts: list[str], context: object, max_prompts: int, max_p
         raise ValueError(f"sub-call too large: {chars} characters of prompt and context (limit {max_call_chars})")
 
 
-def call_parts(prompts: list[str], context) -> tuple[dict, list[str]]:
-    """Header fields and parts of a sub-call: the prompts, then the context (a dict as key, value pairs)."""
+def _context_parts(context) -> tuple[list, list[str]]:
     if context is None:
-        return {"prompts": len(prompts), "context": "none"}, list(prompts)
+        return ["none", 0], []
     if isinstance(context, str):
-        return {"prompts": len(prompts), "context": "str"}, [*prompts, context]
+        return ["str", 1], [context]
     if isinstance(context, dict):
-        flat = [x for kv in context.items() for x in kv]
-        return {"prompts": len(prompts), "context": "dict"}, [*prompts, *flat]
-    return {"prompts": len(prompts), "context": "list"}, [*prompts, *context]
+        return ["dict", 2 * len(context)], [x for kv in context.items() for x in kv]
+    return ["list", len(context)], list(context)
 
 
-def split_call(header: dict, parts: list[str]) -> tuple[list[str], object]:
+def call_parts(prompts: list[str], contexts: list | None) -> tuple[dict, list[str]]:
+    """Header fields and parts of a sub-call: the prompts, then each prompt's context (``rlm`` calls; a
+    dict as key, value pairs). ``contexts`` is None for ``llm`` calls, else one entry per prompt."""
+    if contexts is None:
+        return {"prompts": len(prompts), "contexts": None}, list(prompts)
+    shapes, parts = [], list(prompts)
+    for context in contexts:
+        shape, items = _context_parts(context)
+        shapes.append(shape)
+        parts += items
+    return {"prompts": len(prompts), "contexts": shapes}, parts
+
+
+def split_call(header: dict, parts: list[str]) -> tuple[list[str], list | None]:
     """Inverse of call_parts; raises ValueError on a header that does not match its parts."""
-    n, kind = header.get("prompts"), header.get("context")
+    n, shapes = header.get("prompts"), header.get("contexts")
     if type(n) is not int or not 0 <= n <= len(parts):
         raise ValueError("malformed sub-call")
-    prompts, rest = parts[:n], parts[n:]
-    if kind == "none" and not rest:
+    prompts, pos = parts[:n], n
+    if shapes is None:
+        if pos != len(parts):
+            raise ValueError("malformed sub-call")
         return prompts, None
-    if kind == "str" and len(rest) == 1:
-        return prompts, rest[0]
-    if kind == "list":
-        return prompts, rest
-    if kind == "dict" and len(rest) % 2 == 0:
-        return prompts, dict(zip(rest[::2], rest[1::2]))
-    raise ValueError("malformed sub-call")
+    if not isinstance(shapes, list) or len(shapes) != n:
+        raise ValueError("malformed sub-call")
+    contexts: list = []
+    for shape in shapes:
+        if not (isinstance(shape, list) and len(shape) == 2 and type(shape[1]) is int and shape[1] >= 0):
+            raise ValueError("malformed sub-call")
+        kind, count = shape
+        items = parts[pos:pos + count]
+        pos += count
+        if len(items) != count or ((kind, count) not in (("none", 0), ("str", 1)) and kind not in ("list", "dict")):
+            raise ValueError("malformed sub-call")
+        if kind == "dict" and count % 2:
+            raise ValueError("malformed sub-call")
+        contexts.append(None if kind == "none" else items[0] if kind == "str" else
+                        dict(zip(items[::2], items[1::2])) if kind == "dict" else items)
+    if pos != len(parts):
+        raise ValueError("malformed sub-call")
+    return prompts, contexts
 
 
 def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import gc
 import json
 import keyword
+import types
 
 import guards as G
 import protocol
 from policy import compile_cell
 
-STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "FINAL", "FINAL_VAR", "SHOW_VARS")
+STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL", "FINAL_VAR",
+              "SHOW_VARS")
 SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding names after that is hostile
 
 
@@ -66,6 +68,15 @@ def _plain(value, depth: int, cap: int):
     return cap_text(value if type(value) is str else str(value), cap, "value")
 
 
+def _frozen(value):
+    """Read-only copy of JSON data: lists become tuples, dicts read-only mappings."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return types.MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    return value
+
+
 def context_names(context) -> dict:
     names = {"context": context}
     if isinstance(context, list):
@@ -99,6 +110,41 @@ class Session:
         self.globals: dict = dict(self.reserved)
 
     # names the model sees ----------------------------------------------------------------------------
+    def _reserve(self, name: str, value) -> None:
+        if not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name) or name in self.reserved:
+            raise ValueError(f"'{name}' cannot be used as a name in the sandbox (taken or invalid)")
+        self.reserved[name] = self.globals[name] = value
+
+    def add_context(self, value, name: str | None) -> str:
+        """Binds a context added to the live session; returns its name (default: the next context_N)."""
+        if name is None:
+            count = 1  # context (or context_0.. of a list) came first
+            while f"context_{count}" in self.reserved:
+                count += 1
+            name = f"context_{count}"
+        self._reserve(name, value)
+        return name
+
+    def add_tools(self, functions: list[str], data: dict) -> None:
+        """Tool functions call the parent (JSON arguments and result); tool data is read-only."""
+        for name in functions:
+            self._reserve(name, self._tool_stub(name))
+        for name, value in data.items():
+            self._reserve(name, _frozen(value))
+
+    def _tool_stub(self, name: str):
+        call = self.call
+
+        def tool(*args, **kwargs):
+            try:
+                payload = json.dumps([args, kwargs], ensure_ascii=False)
+            except (TypeError, ValueError):
+                raise TypeError(f"{name}() takes JSON data (str, numbers, lists, dicts) as arguments") from None
+            return json.loads(call("tool", [name, payload])[0])
+
+        tool.__name__ = tool.__qualname__ = name
+        return tool
+
     def _stubs(self) -> dict:
         call = self.call
 
@@ -112,7 +158,16 @@ class Session:
             return call("llm", prompts) if prompts else []
 
         def rlm_query(prompt, context=None, model=None):
-            return call("rlm", [_as_str(prompt, "rlm_query prompt")], _json_context(context))[0]
+            return call("rlm", [_as_str(prompt, "rlm_query prompt")], [_json_context(context)])[0]
+
+        def rlm_query_batched(prompts, contexts=None, model=None):
+            if isinstance(prompts, str):
+                raise TypeError("rlm_query_batched takes a list of prompts")
+            prompts = [_as_str(p, "each rlm_query_batched prompt") for p in prompts]
+            contexts = [None] * len(prompts) if contexts is None else list(contexts)
+            if len(contexts) != len(prompts):
+                raise ValueError(f"rlm_query_batched: {len(prompts)} prompts but {len(contexts)} contexts")
+            return call("rlm", prompts, [_json_context(c) for c in contexts]) if prompts else []
 
         def FINAL(value):
             self.final = cap_text(str(value), self._cap("max_final_chars"), "final answer")
@@ -140,7 +195,7 @@ class Session:
             self.printer.write("\n".join(rows or ["(no variables)"]) + "\n")
 
         return {"llm_query": llm_query, "llm_query_batched": llm_query_batched, "rlm_query": rlm_query,
-                "FINAL": FINAL, "FINAL_VAR": FINAL_VAR, "SHOW_VARS": SHOW_VARS}
+                "rlm_query_batched": rlm_query_batched, "FINAL": FINAL, "FINAL_VAR": FINAL_VAR, "SHOW_VARS": SHOW_VARS}
 
     def _cap(self, name: str) -> int:
         return int(self.limits[name])

@@ -6,10 +6,12 @@ wall-clock time is enforced from here with SIGKILL (the worker's own snapshot th
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import threading
 import time
 import weakref
+from typing import Any
 
 from . import protocol
 from .launch import WORKER_PATH, Worker
@@ -17,6 +19,23 @@ from .limits import CellResult, Limits, SandboxError, validate_call
 
 RESTORE_WAIT_SECONDS = 15.0  # how long a paused snapshot may take to answer after its worker died
 RESULT_FIELDS = ("stdout", "error", "final", "value")
+
+
+def _split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(functions, data) of a tools mapping, checked: usable names, data that is JSON."""
+    funcs, data = {}, {}
+    for name, value in tools.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name):
+            raise ValueError(f"tool names must be identifiers not starting with '_': {name!r}")
+        if callable(value):
+            funcs[name] = value
+        else:
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"tool {name!r} is neither callable nor JSON data") from None
+            data[name] = value
+    return funcs, data
 
 
 def _check_context(context) -> None:
@@ -31,7 +50,12 @@ class Sandbox:
     """A persistent, isolated Python REPL session for model-written code. One thread at a time."""
 
     def __init__(self, context=None, llm_handler=None, rlm_handler=None, limits: Limits | None = None, *,
-                 _grant_real_os: bool = False):
+                 rlm_batch_handler=None, tools: dict[str, Any] | None = None, _grant_real_os: bool = False):
+        """``llm_handler(prompts) -> answers``; ``rlm_handler(prompt, context) -> answer`` per child run,
+        or ``rlm_batch_handler(prompts, contexts) -> answers`` for ``rlm_query_batched`` as one batch.
+        ``tools``: names the cells can use; a callable becomes a function whose JSON arguments are sent
+        to the parent, which calls it and returns its JSON result; any other value (JSON data) is a
+        read-only variable (lists become tuples, dicts read-only mappings)."""
         # _grant_real_os: tests only. Hands the cells the real os, sys and ctypes, as after a full escape of
         # the language layer, to show what the OS layer alone still holds (tests/sandbox/test_post_escape.py).
         self._grant_real_os = _grant_real_os
@@ -40,6 +64,9 @@ class Sandbox:
         self._context = context  # a reference, kept for restarts; encoded only when a worker starts
         self.llm_handler = llm_handler
         self.rlm_handler = rlm_handler
+        self.rlm_batch_handler = rlm_batch_handler
+        self._tools, self._tool_data = _split_tools(tools or {})
+        self._added: list[tuple[str, Any]] = []  # contexts added later, re-sent to a restarted worker
         self._lock = threading.Lock()
         self._closed = False
         self._calls_session = 0
@@ -53,11 +80,45 @@ class Sandbox:
     def _start(self) -> None:
         t0 = time.monotonic()
         worker = Worker.start(self._context, self.limits, os.path.dirname(os.path.dirname(WORKER_PATH)),
-                              grant_real_os=self._grant_real_os)
+                              tools=(sorted(self._tools), self._tool_data), grant_real_os=self._grant_real_os)
         self._finalizer = weakref.finalize(self, worker.kill)
         self._worker = worker
         self._completed = 0
+        for name, value in self._added:
+            self._send_context(name, value)
         self.start_seconds = time.monotonic() - t0
+
+    def add_context(self, value, name: str | None = None) -> str:
+        """Adds a context to the live session as a REPL variable (default name: the next ``context_N``;
+        a name such as ``history`` works too) and returns its name. Like ``context``, it is restored
+        before every cell, and it survives a restart of the worker. Values: str, list or dict of JSON data."""
+        if name is not None and (not isinstance(name, str) or not name.isidentifier() or name.startswith("_")):
+            raise ValueError(f"not a usable variable name: {name!r}")
+        json.dumps(value)  # JSON data only; raises TypeError on anything else
+        with self._lock:
+            if self._closed:
+                raise SandboxError("sandbox is closed")
+            if self._worker is None:
+                self._start()
+            name = self._send_context(name, value)
+            self._added.append((name, value))
+            return name
+
+    def _send_context(self, name: str | None, value) -> str:
+        kind, part = ("str", value) if isinstance(value, str) else ("json", json.dumps(value, ensure_ascii=False))
+        w = self._worker
+        try:
+            w.send({"op": "add", "name": name, "kind": kind}, [part])
+            msg, parts = w.read(time.monotonic() + self.limits.start_seconds)
+        except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.MessageTooLarge, OSError) as e:
+            self._discard_worker()
+            raise SandboxError(f"could not add the context: {type(e).__name__}: {e}") from None
+        if msg.get("type") != "added" or not parts:
+            self._discard_worker()
+            raise SandboxError("could not add the context: the sandbox worker answered out of turn")
+        if msg.get("error"):
+            raise ValueError(parts[0])
+        return parts[0]
 
     def _discard_worker(self) -> None:
         if self._finalizer is not None:
@@ -85,22 +146,25 @@ class Sandbox:
         self.close()
 
     # running cells --------------------------------------------------------------------------------------
-    def run(self, code: str, *, wall_seconds: float | None = None) -> CellResult:
+    def run(self, code: str, *, wall_seconds: float | None = None, deadline: float | None = None) -> CellResult:
         """Runs one cell. ``wall_seconds`` lowers this cell's wall-clock (and CPU) limit below
-        ``limits.wall_seconds``, e.g. to the time left in a run's budget."""
+        ``limits.wall_seconds``; ``deadline`` (a ``time.monotonic()`` value) is a hard end that counts
+        time spent waiting on sub-calls too, e.g. the end of a run's time budget. A cell stopped at either
+        is rolled back like any other."""
         if not isinstance(code, str):
             raise TypeError("code must be a str")
-        return self._op({"code": code}, wall_seconds)
+        return self._op({"code": code}, wall_seconds, deadline)
 
-    def read_variable(self, name: str, *, wall_seconds: float | None = None) -> CellResult:
+    def read_variable(self, name: str, *, wall_seconds: float | None = None,
+                      deadline: float | None = None) -> CellResult:
         """Reads REPL variable ``name`` without running a code cell: ``result.value`` is the value as plain
         data (str, int, float, bool, None, lists and dicts of them; other objects as their ``str()``),
         ``result.error`` says when there is no such variable. Runs under the same limits as a cell."""
         if not isinstance(name, str):
             raise TypeError("name must be a str")
-        return self._op({"read": name}, wall_seconds)
+        return self._op({"read": name}, wall_seconds, deadline)
 
-    def _op(self, op: dict, wall_seconds: float | None) -> CellResult:
+    def _op(self, op: dict, wall_seconds: float | None, deadline: float | None = None) -> CellResult:
         with self._lock:
             if self._closed:
                 raise SandboxError("sandbox is closed")
@@ -109,7 +173,7 @@ class Sandbox:
                 self._start()
                 note = "note: the sandbox was restarted earlier; variables from before were lost"
             try:
-                result = self._run(op, wall_seconds)
+                result = self._run(op, wall_seconds, deadline)
             except SandboxError:
                 self._discard_worker()
                 raise
@@ -124,10 +188,12 @@ class Sandbox:
                 result.stdout = f"[{note}]\n{result.stdout}"
             return result
 
-    def _run(self, op: dict, wall_seconds: float | None) -> CellResult:
+    def _run(self, op: dict, wall_seconds: float | None, hard_deadline: float | None) -> CellResult:
         L, w = self.limits, self._worker
         wall = L.wall_seconds if wall_seconds is None else max(0.01, min(L.wall_seconds, wall_seconds))
         t0 = time.monotonic()
+        if hard_deadline is not None:
+            wall = max(0.01, min(wall, hard_deadline - t0))
         spent = {"sub": 0.0, "calls": 0}
         self._drain_idle_messages()
         text = op.get("code", op.get("read", ""))
@@ -137,12 +203,15 @@ class Sandbox:
             return self._restart(t0, spent, "the sandbox worker stopped responding", timed_out=False)
         while True:
             deadline = t0 + spent["sub"] + wall
+            if hard_deadline is not None and hard_deadline < deadline:
+                deadline = hard_deadline
             try:
                 msg, parts = w.read(deadline)
             except protocol.ChannelTimeout:
                 w.kill_live()
-                return self._await_restore(t0, spent, f"TimeoutError: the cell ran longer than the wall-clock "
-                                           f"limit of {wall:g} s and was stopped")
+                why = ("the time budget ran out during this cell" if deadline == hard_deadline else
+                       f"the cell ran longer than the wall-clock limit of {wall:g} s")
+                return self._await_restore(t0, spent, f"TimeoutError: {why} and it was stopped")
             except protocol.MessageTooLarge as e:
                 w.kill_live()
                 return self._await_restore(t0, spent, f"OverflowError: the cell sent more than the sandbox "
@@ -259,9 +328,11 @@ class Sandbox:
 
     def _call_handler(self, msg: dict, parts: list[str], spent: dict) -> list[str]:
         L = self.limits
-        prompts, context = protocol.split_call(msg, parts)
+        prompts, contexts = protocol.split_call(msg, parts)
         kind = msg.get("kind")
-        validate_call(kind, prompts, context, L)
+        if kind == "tool":
+            return self._call_tool(prompts, contexts, spent)
+        validate_call(kind, prompts, contexts, L)
         n = len(prompts)
         if spent["calls"] + n > L.max_calls_per_cell:
             raise RuntimeError(f"sub-call limit reached: at most {L.max_calls_per_cell} sub-calls per cell")
@@ -269,13 +340,36 @@ class Sandbox:
             raise RuntimeError(f"sub-call limit reached: at most {L.max_calls_per_session} sub-calls per session")
         spent["calls"] += n
         self._calls_session += n
-        if kind == "rlm" and self.rlm_handler is not None:
-            results = [self.rlm_handler(prompts[0], context)]
+        if kind == "rlm" and self.rlm_batch_handler is not None:
+            results = list(self.rlm_batch_handler(prompts, contexts))
+        elif kind == "rlm" and self.rlm_handler is not None:
+            results = [self.rlm_handler(p, c) for p, c in zip(prompts, contexts)]
         else:
             results = self._llm(prompts)
         if not isinstance(results, list) or len(results) != n or not all(isinstance(r, str) for r in results):
             raise RuntimeError(f"the model server returned a malformed answer for {n} prompt(s)")
         return results
+
+    def _call_tool(self, prompts: list[str], contexts, spent: dict) -> list[str]:
+        """A tool function the cell called: [name, JSON [args, kwargs]] -> [JSON result]."""
+        if len(prompts) != 2 or contexts is not None or prompts[0] not in self._tools:
+            raise ValueError("unknown tool")
+        if len(prompts[1]) > self.limits.max_prompt_chars:
+            raise ValueError(f"tool arguments too large (limit {self.limits.max_prompt_chars} characters)")
+        if spent["calls"] + 1 > self.limits.max_calls_per_cell:
+            raise RuntimeError(f"call limit reached: at most {self.limits.max_calls_per_cell} calls per cell")
+        spent["calls"] += 1
+        try:
+            args, kwargs = json.loads(prompts[1])
+        except (ValueError, TypeError, RecursionError):
+            raise ValueError("tool arguments must be JSON data") from None
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("tool arguments must be JSON data")
+        result = self._tools[prompts[0]](*args, **kwargs)
+        try:
+            return [json.dumps(result, ensure_ascii=False)]
+        except (TypeError, ValueError):
+            raise TypeError(f"tool {prompts[0]} returned {type(result).__name__}, not JSON data") from None
 
     def _llm(self, prompts: list[str]) -> list[str]:
         if self.llm_handler is None:

@@ -56,14 +56,14 @@ class Channel:
             raise protocol.ChannelClosed("garbled message")
         return msg, self.reader.read_parts(msg)
 
-    def call(self, kind: str, prompts: list[str], context=None) -> list[str]:
+    def call(self, kind: str, prompts: list[str], contexts: list | None = None) -> list[str]:
         lim = self.limits
         try:  # early, readable refusals; the parent enforces the same rules on what arrives
-            protocol.check_call_size(prompts, context, lim["max_prompts_per_call"], lim["max_prompt_chars"],
+            protocol.check_call_size(prompts, contexts, lim["max_prompts_per_call"], lim["max_prompt_chars"],
                                      lim["max_call_chars"], lim["max_call_items"])
         except ValueError as e:
             raise RuntimeError(f"ValueError: {e}") from None
-        fields, parts = protocol.call_parts(prompts, context)
+        fields, parts = protocol.call_parts(prompts, contexts)
         collecting = gc.isenabled()
         gc.disable()  # no finalizer of the model may run in the middle of a protocol exchange
         try:
@@ -221,12 +221,13 @@ def main() -> None:
     gc.disable()  # model code must not run from an automatic collection between cells (repl.py)
     fd_in, fd_out, capture = _private_fds()
     channel = Channel(fd_in, fd_out)
-    init, _ = channel.read()
+    init, init_parts = channel.read()
     channel.limits = dict(init["limits"])
     context = _load_context(init)
     scrub = [os.path.dirname(HERE), sys.argv[1], sys.prefix, sys.base_prefix, sys.exec_prefix,
              os.path.dirname(sys.executable), init.get("host_dir", "")]
     session = repl.Session(context, channel.call, channel.limits, scrub, capture.drain)
+    session.add_tools(init.get("tool_functions") or [], json.loads(init_parts[0]) if init_parts else {})
     del context
     sys.stdout = sys.stderr = HostStream(session)
     if init.get("grant_real_os"):  # test-only hook (tests/sandbox/test_post_escape.py): a full escape
@@ -251,6 +252,14 @@ def main() -> None:
             msg, parts = channel.read()
         except (protocol.ChannelClosed, OSError):
             break
+        if msg.get("op") == "add" and len(parts) == 1:  # a context added between cells
+            try:
+                value = parts[0] if msg.get("kind") == "str" else json.loads(parts[0])
+                channel.send({"type": "added"}, [session.add_context(value, msg.get("name"))])
+            except (ValueError, TypeError) as e:
+                channel.send({"type": "added", "error": True}, [str(e)])
+            snapshot.release()  # the next snapshot must hold the new context too
+            continue
         if msg.get("op") != "run" or len(parts) != 1:
             break
         t0 = time.perf_counter()

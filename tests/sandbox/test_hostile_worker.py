@@ -50,10 +50,10 @@ while True:
         send({"type": "result", "present": [False, False, True, False]}, ["", "", "\x01" * 5_000_000, ""])
         time.sleep(60)
     elif mode == "many_items":  # a sub-call with more items than allowed, empty ones
-        send({"type": "call", "kind": "rlm", "prompts": 1, "context": "list"}, ["q"] + [""] * 50_000)
+        send({"type": "call", "kind": "rlm", "prompts": 1, "contexts": [["list", 50_000]]}, ["q"] + [""] * 50_000)
         time.sleep(60)
     elif mode == "calls":   # asks for far more sub-calls than allowed
-        send({"type": "call", "kind": "llm", "prompts": 10, "context": "none"}, ["p"] * 10)
+        send({"type": "call", "kind": "llm", "prompts": 10, "contexts": None}, ["p"] * 10)
         read()
         send({"type": "result", "present": [True, False, False, False]}, ["y" * 2_000, "", "", ""])
 '''
@@ -131,29 +131,35 @@ def test_parent_caps_and_output_checks_hold_against_the_worker(fake_worker):
         sb.close()
 
 
-@pytest.mark.parametrize("kind,prompts,context", [
+@pytest.mark.parametrize("kind,prompts,contexts", [
     ("llm", [], None),
     ("shell", ["p"], None),
     ("llm", ["p"] * 9, None),
     ("llm", ["x" * 101], None),
-    ("llm", ["p"], "context for llm_query"),
-    ("rlm", ["a", "b"], None),
-    ("rlm", ["a"], ["y" * 300]),
-    ("rlm", ["a"], [""] * 1000),            # empty items count
-    ("rlm", ["a"], {str(i): "" for i in range(1000)}),
+    ("llm", ["p"], ["context for llm_query"]),
+    ("rlm", ["a", "b"], [None]),
+    ("rlm", ["a"], None),
+    ("rlm", ["a"], [["y" * 300]]),
+    ("rlm", ["a"], [[""] * 1000]),            # empty items count
+    ("rlm", ["a", "b"], [[""] * 400, [""] * 400]),
+    ("rlm", ["a"], [{str(i): "" for i in range(1000)}]),
 ])
-def test_validate_call_rejects(kind, prompts, context):
+def test_validate_call_rejects(kind, prompts, contexts):
     with pytest.raises(ValueError):
-        validate_call(kind, prompts, context,
+        validate_call(kind, prompts, contexts,
                       Limits(max_prompts_per_call=8, max_prompt_chars=100, max_call_chars=250, max_call_items=500))
 
 
 @pytest.mark.parametrize("header,parts", [
-    ({"prompts": 3, "context": "none"}, ["a"]),
-    ({"prompts": "1", "context": "none"}, ["a"]),
-    ({"prompts": 1, "context": "str"}, ["a"]),
-    ({"prompts": 1, "context": "dict"}, ["a", "k"]),
-    ({"prompts": 1, "context": "pickle"}, ["a", "x"]),
+    ({"prompts": 3, "contexts": None}, ["a"]),
+    ({"prompts": "1", "contexts": None}, ["a"]),
+    ({"prompts": 1, "contexts": None}, ["a", "extra"]),
+    ({"prompts": 1, "contexts": [["str", 2]]}, ["a", "x", "y"]),
+    ({"prompts": 1, "contexts": [["dict", 1]]}, ["a", "k"]),
+    ({"prompts": 1, "contexts": [["pickle", 1]]}, ["a", "x"]),
+    ({"prompts": 1, "contexts": [["list", 5]]}, ["a", "x"]),
+    ({"prompts": 2, "contexts": [["none", 0]]}, ["a", "b"]),
+    ({"prompts": 1, "contexts": [["list", -1]]}, ["a"]),
 ])
 def test_split_call_rejects_malformed(header, parts):
     with pytest.raises(ValueError):
@@ -161,6 +167,6 @@ def test_split_call_rejects_malformed(header, parts):
 
 
 def test_validate_call_accepts():
-    prompts, ctx = protocol.split_call({"prompts": 1, "context": "dict"}, ["a", "k", "v"])
-    validate_call("rlm", prompts, ctx, Limits())
-    assert (prompts, ctx) == (["a"], {"k": "v"})
+    prompts, ctxs = protocol.split_call({"prompts": 2, "contexts": [["dict", 2], ["none", 0]]}, ["a", "b", "k", "v"])
+    validate_call("rlm", prompts, ctxs, Limits())
+    assert (prompts, ctxs) == (["a", "b"], [{"k": "v"}, None])

@@ -96,8 +96,8 @@ def test_resync_skips_a_refused_message_up_to_the_next_line(chunk):
 
 
 def test_call_parts_round_trip():
-    for prompts, context in ((["a"], None), (["a", ""], None), (["q"], ""), (["q"], ["", "x"]),
-                             (["q"], {"k": "", "": "v"})):
-        header, parts = protocol.call_parts(prompts, context)
-        assert protocol.split_call(header, parts) == (prompts, context)
-    assert protocol.call_cost(["a"], [""] * 10) == (11, 1)
+    for prompts, contexts in ((["a"], None), (["a", ""], None), (["q"], [""]), (["q"], [["", "x"]]),
+                              (["q"], [{"k": "", "": "v"}]), (["q", "r"], [None, ["z"]])):
+        header, parts = protocol.call_parts(prompts, contexts)
+        assert protocol.split_call(header, parts) == (prompts, contexts)
+    assert protocol.call_cost(["a"], [[""] * 10]) == (11, 1)
