@@ -13,10 +13,8 @@ completion, children included.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +37,6 @@ logger = _root_logger.getChild("run")
 STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "max_errors",
                 "engine_error")
 FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long past max_timeout
-SANDBOX_LOST = "the REPL session was closed at the time limit (max_timeout); its variables are gone"
 
 
 class SetupError(Error, RuntimeError):
@@ -150,7 +147,6 @@ class Run:
         self.convo: Conversation | None = None
         self.sandbox: Sandbox | None = None
         self._closing = False  # the closing request is under way: waits may use the grace
-        self._sandbox_lost = False  # the watchdog closed the session at the time limit
 
     def child(self) -> "Run":
         return Run(self.settings, self.budget, self.usage, self.trajectory, self.run_id, self.depth + 1)
@@ -264,11 +260,7 @@ class Run:
         code_to_run = code
         if self.settings.implicit_batching:
             code_to_run, rewrites = rewrite_sibling_calls(code, max_prompts=self.settings.sandbox_limits.max_prompts_per_call)
-        if self._sandbox_lost:
-            cell = CellResult(stdout="", error=SANDBOX_LOST)
-        else:
-            with self._watchdog():
-                cell = self.sandbox.run(code_to_run, wall_seconds=self._wait_limit())
+        cell = self.sandbox.run(code_to_run, wall_seconds=self._wait_limit(), deadline=self._cell_deadline())
         self.log(CellRan(depth=self.depth, iteration=iteration, code=code, batched_rewrites=rewrites,
                          stdout=cell.stdout, error=cell.error, final=cell.final, timed_out=cell.timed_out,
                          restored=cell.restored, seconds=round(cell.seconds, 3)))
@@ -276,36 +268,18 @@ class Run:
 
     def _read(self, name: str) -> CellResult:
         """A REPL variable, read directly (final.py resolves FINAL_VAR and the answer dict with it)."""
-        if self._sandbox_lost:
-            return CellResult(stdout="", error=SANDBOX_LOST)
-        with self._watchdog():
-            return self.sandbox.read_variable(name, wall_seconds=self._wait_limit())
+        return self.sandbox.read_variable(name, wall_seconds=self._wait_limit(), deadline=self._cell_deadline())
 
-    @contextlib.contextmanager
-    def _watchdog(self) -> Iterator[None]:
-        """Close the session if a cell outlives the time budget. A cell's wall limit is the time left, but
-        the sandbox does not count time spent waiting on sub-calls against it, so a cell that waited on a
-        sub-call until the deadline and then kept computing would run for that long again. Past the
-        deadline plus half the grace (the whole grace for the closing request's cells) the session is
-        closed: the run is over, and the closing request gets the rest of the grace."""
+    def _cell_deadline(self) -> float | None:
+        """When a cell must end, time waiting on its sub-calls included: the time budget plus half the
+        grace (the whole grace for the closing request's cells, the closing request gets the rest). A
+        cell's wall limit alone does not count sub-call waits, so a cell that waited on a sub-call until
+        the deadline and then kept computing would run that long again (2.8 s past a 3 s budget,
+        measured); the sandbox stops it here instead and rolls the session back, variables kept."""
         left = self.budget.time_left()
         if left is None:
-            yield
-            return
-        timer = threading.Timer(max(0.0, left) + self.budget.final_grace * (1.0 if self._closing else 0.5),
-                                self._lose_sandbox)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-
-    def _lose_sandbox(self) -> None:
-        self._sandbox_lost = True
-        logger.warning("run %s depth %d: a cell outlived max_timeout; its sandbox session was closed",
-                       self.run_id, self.depth)
-        self.sandbox.close()  # safe from another thread: the running cell ends with an error
+            return None
+        return time.monotonic() + max(0.0, left) + self.budget.final_grace * (1.0 if self._closing else 0.5)
 
     def _open_sandbox(self, context: Context) -> Sandbox:
         try:

@@ -81,8 +81,8 @@ def test_max_timeout_holds(slow, where):
 @pytest.mark.parametrize("where", ["parent", "child"])
 def test_a_cell_that_computes_after_a_cut_off_subcall_is_stopped(where):
     """The sandbox does not count sub-call time against a cell's wall limit, so this cell would run about
-    as long again as the time it had left (2.8 s past a 3 s budget, measured); the run's watchdog closes
-    the session at the deadline plus half the grace."""
+    as long again as the time it had left (2.8 s past a 3 s budget, measured); the run gives the sandbox a
+    hard deadline (the budget plus half the grace) that counts sub-call waits too."""
     result, overrun = run_timed(scenario("sub-then-busy", where), timeout=3.0, max_depth=2)
     assert result.stopped_reason == "max_timeout" and result.response == "parent late"
     assert overrun <= MAX_OVERRUN, f"{where}: {overrun:.2f} s past max_timeout"
