@@ -35,6 +35,7 @@ The REPL gives you:
 - `llm_query(prompt: str) -> str`: ask a sub-model (it sees only the prompt you pass; it can read about SUB_CONTEXT_CHARS characters at a time).
 - `llm_query_batched(prompts: list[str]) -> list[str]`: many independent sub-queries at once; much faster than a loop of llm_query.
 - `rlm_query(prompt: str, context=None) -> str`: hand a sub-task with its own context to a child RLM with its own REPL.
+- `rlm_query_batched(prompts: list[str], contexts=None) -> list[str]`: several child RLMs at once (one context per prompt).
 - `FINAL(answer)`: call it with your final answer to finish. `FINAL_VAR("name")` finishes with the value of a variable.
 - `SHOW_VARS()`: list the variables you have defined.
 - Modules you can import: re, json, math, collections, itertools, functools, statistics, string, textwrap, datetime, heapq, bisect, random. No files, network or other modules. Names starting with "_", `match` statements and `async` are not available.
@@ -170,6 +171,18 @@ def describe_context(context: Context, count_tokens: Callable[[str], int]) -> Co
                        chunk_chars=[len(p) for p in pieces] if kind != "str" else [total_chars],
                        names=list(context) if isinstance(context, dict) else [],
                        preview=" ".join(first[:PREVIEW_CHARS].split()))
+
+
+def tools_prompt(tools: dict[str, Any]) -> str:
+    """The lines that tell the root model about the caller's custom tools (first docstring line each)."""
+    rows = []
+    for name, value in tools.items():
+        if callable(value):
+            doc = (getattr(value, "__doc__", None) or "").strip().splitlines()
+            rows.append(f"- `{name}(...)`" + (f": {doc[0]}" if doc else ": a function (JSON arguments and result)"))
+        else:
+            rows.append(f"- `{name}`: read-only data ({type(value).__name__})")
+    return "Extra tools in the REPL:\n" + "\n".join(rows) if rows else ""
 
 
 def system_prompt(output_limit: int, sub_context_tokens: int = 32_768, custom: str | None = None) -> str:

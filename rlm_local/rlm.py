@@ -10,6 +10,7 @@ the default ``max_depth=1`` means plain sub-calls only, as in the reference libr
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schedulers
+from . import prompts, schedulers
 from .engines import Engine, make_engine
 from .errors import InputError
 from .events import Event, RunError, RunFinal, RunStart
@@ -92,7 +93,10 @@ class RLM:
                  implicit_batching: bool = True, scheduler_kwargs: dict[str, Any] | None = None,
                  sub_max_tokens: int | None = None, engine: Engine | None = None,
                  sub_engine: Engine | None = None) -> None:
-        _check_reference_options(environment, environment_kwargs, persistent, custom_tools, max_budget)
+        _check_reference_options(environment, environment_kwargs, persistent, max_budget)
+        tools = _check_tools(custom_tools)
+        if tools:
+            custom_system_prompt = "\n\n".join(p for p in (custom_system_prompt, prompts.tools_prompt(tools)) if p)
         if max_iterations < 1 or max_depth < 1 or depth < 0:
             raise RLMError("max_iterations and max_depth must be at least 1, and depth at least 0")
         for name, value in (("max_timeout", max_timeout), ("max_tokens", max_tokens), ("output_limit", output_limit),
@@ -127,7 +131,8 @@ class RLM:
         self.settings = Settings(root=root, sub=sub, max_depth=max_depth,
                                  output_limit=output_limit,
                                  sandbox_limits=sandbox_limits or Limits(output_chars=output_limit),
-                                 custom_system_prompt=custom_system_prompt, implicit_batching=implicit_batching)
+                                 custom_system_prompt=custom_system_prompt, implicit_batching=implicit_batching,
+                                 tools=tools)
 
     def _make(self, backend: str, kwargs: dict[str, Any]) -> Engine:
         engine = make_engine(backend, **kwargs)
@@ -229,8 +234,29 @@ def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Mode
                  context_length=engine.context_length)
 
 
+def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:
+    """The reference's ``custom_tools``: a callable becomes a REPL function run here in the caller's process
+    (JSON arguments and result), anything else read-only JSON data; the names must not shadow the REPL's."""
+    if not custom_tools:
+        return {}
+    if not isinstance(custom_tools, dict):
+        raise RLMError("custom_tools must be a dict of name -> function or JSON data")
+    taken = {"context", "history", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL",
+             "FINAL_VAR", "SHOW_VARS", "print", "printed"}
+    for name, value in custom_tools.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or name in taken:
+            raise RLMError(f"custom_tools: {name!r} cannot be a REPL name (identifiers only, not starting with '_', "
+                           "not one of the REPL's own names)")
+        if not callable(value):
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise RLMError(f"custom_tools: {name!r} is neither a function nor JSON data") from None
+    return dict(custom_tools)
+
+
 def _check_reference_options(environment: str, environment_kwargs: dict[str, Any] | None, persistent: bool,
-                             custom_tools: dict[str, Any] | None, max_budget: float | None) -> None:
+                             max_budget: float | None) -> None:
     """The reference's options we take but cannot honour yet fail here, with the reason, never silently."""
     if environment in REFERENCE_ENVIRONMENTS:
         raise RLMError(f"environment={environment!r} is not available in rlm-local: code runs in its own local "
@@ -243,9 +269,6 @@ def _check_reference_options(environment: str, environment_kwargs: dict[str, Any
     if persistent:
         raise RLMError("persistent=True (one REPL across completion() calls) is not supported yet: the sandbox "
                        "cannot load a second context into a live session")
-    if custom_tools:
-        raise RLMError("custom_tools are not supported yet: the sandbox cannot expose host functions or values to "
-                       "the REPL")
     if max_budget is not None:
         raise RLMError("max_budget is a cost in dollars, which local models do not have; use max_tokens")
 
@@ -256,7 +279,6 @@ def _use_logger(logger: Any, listeners: list[Callable[[Event], None]]) -> Path |
     if logger is None:
         return None
     if isinstance(logger, logging.Logger):
-        import json
         listeners.append(lambda ev: logger.info("%s", json.dumps(ev.to_dict(2000), default=str)))
         return None
     log_dir = getattr(logger, "log_dir", None)

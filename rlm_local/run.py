@@ -128,6 +128,7 @@ class Settings:
     sandbox_limits: Limits
     custom_system_prompt: str | None
     implicit_batching: bool
+    tools: dict[str, Any] = field(default_factory=dict)  # custom_tools: REPL names backed by the caller
 
 
 @dataclass
@@ -284,7 +285,7 @@ class Run:
     def _open_sandbox(self, context: Context) -> Sandbox:
         try:
             return Sandbox(context=context, limits=self.settings.sandbox_limits, llm_handler=self.llm_query,
-                           rlm_handler=self.rlm_query)
+                           rlm_handler=self.rlm_query, tools=self.settings.tools)
         except SandboxError as exc:
             raise SetupError(f"could not start the sandbox: {exc}") from exc
 

@@ -134,7 +134,9 @@ def test_depth_at_max_depth_is_a_plain_model_call(server):
     ({"environment": "modal"}, "use environment='local'"),
     ({"environment": "nowhere"}, "unknown environment"),
     ({"persistent": True}, "persistent"),
-    ({"custom_tools": {"fetch": print}}, "custom_tools"),
+    ({"custom_tools": {"llm_query": len}}, "custom_tools"),
+    ({"custom_tools": {"_secret": len}}, "custom_tools"),
+    ({"custom_tools": {"blob": object()}}, "custom_tools"),
     ({"max_budget": 1.0}, "max_tokens"),
 ])
 def test_options_we_do_not_run_are_refused_clearly(kwargs, fragment):
@@ -149,3 +151,27 @@ def test_every_api_failure_is_an_rlm_local_error():
         RLM(backend="scripted", backend_kwargs={"replies": ["FINAL(x)"]}).completion("")
     with pytest.raises(Error):
         RLM(backend="openai", backend_kwargs={"model_name": "m", "base_url": "not a url"})
+
+
+def test_custom_tools_are_repl_functions_run_by_the_caller_and_read_only_data():
+    """The reference's custom_tools: a function runs in the caller's process with JSON arguments; data is
+    read-only; the root model is told about both."""
+    calls = []
+
+    def lookup_price(sku: str) -> float:
+        """Price of a product by its SKU."""
+        calls.append(sku)
+        return {"A1": 9.5}.get(sku, 0.0)
+
+    code = ("```repl\nprint(lookup_price('A1'), currency['code'])\nFINAL(lookup_price('A1') * 2)\n```")
+    rlm = RLM(backend="scripted", backend_kwargs={"replies": [code]},
+              custom_tools={"lookup_price": lookup_price, "currency": {"code": "EUR"}})
+    try:
+        result = rlm.completion("a catalogue", root_prompt="What do two A1 cost?")
+    finally:
+        rlm.close()
+    assert result.response == "19.0" and calls == ["A1", "A1"]
+    cells = [e for e in result.trajectory if e["event"] == "cell"]
+    assert cells[0]["stdout"] == "9.5 EUR\n"
+    prompt = rlm.settings.custom_system_prompt
+    assert "lookup_price(...)`: Price of a product by its SKU." in prompt and "`currency`: read-only data" in prompt
