@@ -107,6 +107,7 @@ class Session:
         self.reserved.update(self.guards.guard_globals())
         self.reserved["_echo_"] = self._echo
         self.reserved["__builtins__"] = self.builtins
+        self.added: set[str] = set()  # names bound by add_context, which it may bind again
         self.globals: dict = dict(self.reserved)
 
     # names the model sees ----------------------------------------------------------------------------
@@ -116,13 +117,19 @@ class Session:
         self.reserved[name] = self.globals[name] = value
 
     def add_context(self, value, name: str | None) -> str:
-        """Binds a context added to the live session; returns its name (default: the next context_N)."""
+        """Binds a context added to the live session; returns its name (default: the next context_N).
+        ``context`` itself and names added this way before may be bound again (a persistent session's
+        newest document, its ``history``); the stubs, guards and tools may not."""
         if name is None:
             count = 1  # context (or context_0.. of a list) came first
             while f"context_{count}" in self.reserved:
                 count += 1
             name = f"context_{count}"
-        self._reserve(name, value)
+        if name == "context" or name in self.added:
+            self.reserved[name] = self.globals[name] = value
+        else:
+            self._reserve(name, value)
+        self.added.add(name)
         return name
 
     def add_tools(self, functions: list[str], data: dict) -> None:

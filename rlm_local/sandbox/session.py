@@ -90,8 +90,9 @@ class Sandbox:
 
     def add_context(self, value, name: str | None = None) -> str:
         """Adds a context to the live session as a REPL variable (default name: the next ``context_N``;
-        a name such as ``history`` works too) and returns its name. Like ``context``, it is restored
-        before every cell, and it survives a restart of the worker. Values: str, list or dict of JSON data."""
+        a name such as ``history`` works too, and ``context`` or a name added before is bound anew) and
+        returns its name. Like ``context``, it is restored before every cell, and it survives a restart
+        of the worker. Values: str, list or dict of JSON data."""
         if name is not None and (not isinstance(name, str) or not name.isidentifier() or name.startswith("_")):
             raise ValueError(f"not a usable variable name: {name!r}")
         json.dumps(value)  # JSON data only; raises TypeError on anything else
@@ -101,7 +102,7 @@ class Sandbox:
             if self._worker is None:
                 self._start()
             name = self._send_context(name, value)
-            self._added.append((name, value))
+            self._added = [(n, v) for n, v in self._added if n != name] + [(name, value)]
             return name
 
     def _send_context(self, name: str | None, value) -> str:

@@ -82,8 +82,15 @@ def test_added_contexts_are_variables_restored_every_cell_and_survive_restore_an
     assert sb.run("print(context_1)").stdout == "second doc\n"
     sb._discard_worker()                                                 # a restart re-sends them
     assert sb.run("print(context_1, len(history))").stdout.endswith("second doc 1\n")
+    assert sb.add_context("newest", name="context") == "context"       # bound anew, like history below
+    assert sb.add_context(["q1", "q2"], name="history") == "history"
+    assert sb.run("print(context, history)").stdout == "newest ['q1', 'q2']\n"
+    assert sb.run("while True: pass", wall_seconds=1).restored
+    assert sb.run("print(context, len(history))").stdout == "newest 2\n"
     with pytest.raises(ValueError):
         sb.add_context("x", name="llm_query")
+    with pytest.raises(ValueError):
+        sb.add_context("x", name="lookup")
     with pytest.raises(ValueError):
         sb.add_context("x", name="_private")
     with pytest.raises(TypeError):
