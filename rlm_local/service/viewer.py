@@ -47,6 +47,8 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     pending: dict[int, list[str]] = defaultdict(list)
     last_turn: dict[int, str] = {}
     batches: dict[int, list] = {}  # parent depth -> [group id, remaining]
+    open_turn: dict[int, str] = {}  # depth -> a turn whose cell has not ended yet
+    ended = any(e.get("event") in ("final", "error") for e in events)
     for i, e in enumerate(events):
         kind, depth = e.get("event"), int(e.get("depth") or 0)
         if kind == "run_start":
@@ -59,12 +61,14 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             n = node(f"t{i}", "turn", label, stack.get(depth, "run"), e, text=(e.get("reply") or "")[:TEXT],
                      error=e.get("error"), prompt_tokens=e.get("prompt_tokens"), cached_tokens=e.get("cached_tokens"))
             last_turn[depth] = n["id"]
+            open_turn[depth] = n["id"]
         elif kind == "cell":
             parent = last_turn.get(depth) or stack.get(depth, "run")
             n = node(f"c{i}", "cell", f"cell (turn {e.get('iteration')})", parent, e, code=(e.get("code") or "")[:TEXT],
                      text=(e.get("stdout") or "")[:TEXT], error=e.get("error"), final=e.get("final"))
             n["children"] = pending.pop(depth, [])
             batches.pop(depth, None)
+            open_turn.pop(depth, None)
         elif kind == "child_start":
             n = node(f"r{i}", "child", f"child run (depth {depth}): {str(e.get('question') or '')[:120]}", None, e,
                      question=e.get("question"))
@@ -98,10 +102,13 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             root.update(seconds=float(e.get("seconds") or 0), answer=e.get("answer"), error=e.get("error"),
                         stopped_reason=e.get("stopped_reason"), usage=e.get("usage"))
             root["label"] += f"  [{e.get('stopped_reason') or 'error'}]"
+    if not ended:  # a run going on: the cell of its latest turn at each depth is still running
+        for d, turn in open_turn.items():
+            pending.setdefault(d, [])
     for p, waiting in pending.items():  # a cell still running (or a direct answer at depth 0)
         holder = stack.get(p, "run") if p >= 0 else "run"
         parent = last_turn.get(p, holder) if p >= 0 else "run"
-        running = node(f"running{p}", "cell", "running cell…", parent)
+        running = node(f"running{p}", "cell", "running cell…" if not ended else "sub-calls", parent)
         running["children"] = waiting
     for n in nodes.values():
         if n["kind"] in ("batch", "child") and n["children"]:
