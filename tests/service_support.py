@@ -52,8 +52,8 @@ def make_config(tmp: Path, **kwargs) -> ServiceConfig:
 
 
 @contextmanager
-def serving(config: ServiceConfig):
-    app = create_service_app(config)
+def serving(config: ServiceConfig, **kwargs):
+    app = create_service_app(config, **kwargs)
     try:
         with BackgroundServer(app) as url:
             yield url, app.state.service

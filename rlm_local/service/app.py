@@ -33,14 +33,14 @@ from .telemetry import Telemetry
 class Service:
     """Everything the app holds: stores, runs, engines, access control, telemetry. ``close()`` at exit."""
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, tracer_provider: Any = "default") -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.access = Access(config.keys)
         self.engines = Engines()
         self.files = FileStore(config.data_dir / "files", config.max_upload_bytes)
         self.sessions = SessionStore(config.data_dir / "sessions", config.session_ttl)
-        self.telemetry = Telemetry()
+        self.telemetry = Telemetry(tracer_provider)  # "default": OTLP when the OTEL_* variables say so
         self.runs = RunManager(config, self.access, self.engines, on_finish=[self.telemetry.run_finished])
         self.bare: dict[str, Any] = {}  # bare model name -> (engine, scheduler)
         for cfg in config.rlms.values():
@@ -59,8 +59,8 @@ class Service:
         self.telemetry.shutdown()
 
 
-def create_service_app(config: ServiceConfig) -> FastAPI:
-    service = Service(config)
+def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") -> FastAPI:
+    service = Service(config, tracer_provider)
     app = FastAPI(title="rlm-local service", version="0.1.0",
                   description="Recursive Language Models behind an OpenAI-compatible API.")
     app.state.service = service
