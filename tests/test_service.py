@@ -109,3 +109,17 @@ def test_named_context_and_uploaded_files(tmp_path):
         r = client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
                                            extra_body={"rlm": {"file_ids": [f.id]}})
         assert "FILE-END" in r.choices[0].message.content
+
+
+def test_overhead_script_runs(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "service_overhead.py"
+    spec = importlib.util.spec_from_file_location("service_overhead", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--runs", "2", "--out", str(tmp_path / "o.json")]) == 0
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert set(data["paths"]) == {"in-process completion()", "server, non-streaming", "server, streaming"}
+    assert "overhead ms" in capsys.readouterr().out

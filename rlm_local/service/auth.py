@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .config import KeyConfig
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 class Denied(Exception):
