@@ -45,7 +45,6 @@ def test_no_server_errors_on_any_operation(tmp_path):
                 fuzz()
             except Unsatisfiable:  # no way to violate the schema of an operation without parameters
                 assert mode == GenerationMode.NEGATIVE
-        assert service.runs.pool  # still serving
     print(f"\nfuzz: {len(operations)} operations, {sum(statuses.values())} requests, by class: "
           f"{dict(sorted(statuses.items()))}")
     assert not failures, failures[:5]

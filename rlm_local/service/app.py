@@ -7,7 +7,6 @@ Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -321,6 +320,3 @@ def _last_user(req: ChatRequest) -> str:
             return m.text()
     raise ApiError(400, "a session question needs a user message", param="messages")
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str)

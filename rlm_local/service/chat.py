@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 from ..documents import DocumentError, read_context
@@ -146,6 +145,3 @@ async def stream(record: RunRecord, include_usage: bool, cancel: Any):
         if not finished and not record.done.is_set():
             cancel(record.id)
 
-
-def now() -> int:
-    return int(time.time())

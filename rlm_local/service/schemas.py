@@ -1,7 +1,7 @@
 """Pydantic request models of the service API (they are its OpenAPI schema) and OpenAI-shaped errors."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
