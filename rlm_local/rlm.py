@@ -115,6 +115,7 @@ class RLM:
         self._sharing: list[Engine] = []  # engines whose shared scheduler this RLM holds
         self._file_lock = threading.Lock()
         self._runs: dict[str, Run] = {}  # completions under way, for cancel()
+        self._cancelled: set[str] = set()  # run ids cancelled before they started
         self._closed = False
         try:
             self.engine = engine or self._make(backend, self.backend_kwargs)
@@ -171,6 +172,8 @@ class RLM:
         run.sandbox_provider = sandbox_provider
         with self._file_lock:
             self._runs[run_id] = run
+            if run_id in self._cancelled:  # cancelled before it started
+                budget.cancel()
         trajectory.log(RunStart(config=self._public_config(), question=root_prompt))
         try:
             if self.depth >= self.max_depth:  # the reference's rule: at the depth limit an RLM is a plain LM
@@ -199,12 +202,13 @@ class RLM:
 
     def cancel(self, run_id: str) -> bool:
         """Stop a running completion (from another thread): its budget ends it at the next check with
-        ``stopped_reason="cancelled"`` and its queued sub-calls and root turns are dropped. False when no
-        such run is going."""
+        ``stopped_reason="cancelled"`` and its queued sub-calls and root turns are dropped. A ``run_id``
+        not started yet is remembered and stops at its start. True when a going run was cancelled."""
         with self._file_lock:
             run = self._runs.get(run_id)
-        if run is None:
-            return False
+            if run is None:  # not started yet: it stops as soon as it starts
+                self._cancelled.add(run_id)
+                return False
         run.budget.cancel()
         for model in {id(m.scheduler): m for m in (self.settings.root, self.settings.sub)}.values():
             model.scheduler.cancel(run_id)

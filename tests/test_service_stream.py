@@ -78,3 +78,30 @@ def test_disconnect_cancels_the_run_and_its_queued_subcalls(server):
                 and r.messages[0]["role"] != "system"]
     assert len(subcalls) <= 2, f"{len(subcalls)} of the 50 sub-calls ran after the disconnect"
     assert service.runs.active() == 0
+
+
+def test_a_non_streaming_client_that_gives_up_cancels_too(server):
+    url, service = server
+    service_support.RELEASE.clear()
+    try:
+        with httpx.Client(base_url=url, timeout=1.5) as http, pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json={"model": "scripted-rlm", "messages": [
+                {"role": "user", "content": "doc two"}, {"role": "user", "content": "!slow again"}]})
+        deadline = time.monotonic() + 15
+        while service.runs.active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.runs.active() == 0
+        latest = service.runs.list("local")[0]
+        assert latest["status"] == "cancelled" and latest["stopped_reason"] == "cancelled"
+    finally:
+        service_support.RELEASE.set()
+
+
+def test_cancel_before_start():
+    from rlm_local import RLM
+    from rlm_local.engines.scripted import ScriptedEngine
+
+    with RLM(engine=ScriptedEngine(["FINAL(never)"]), backend="scripted") as rlm:
+        assert rlm.cancel("early") is False
+        result = rlm.completion("ctx", "q", run_id="early")
+        assert result.stopped_reason == "cancelled" and result.response == ""

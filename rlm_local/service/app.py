@@ -122,10 +122,17 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
             include = bool(req.stream_options and req.stream_options.include_usage)
             return EventSourceResponse(chat.stream(record, include, service.runs.cancel), ping=10,
                                        headers={"x-rlm-run-id": record.id})
-        await asyncio.to_thread(record.done.wait)
+        await _wait(record, request)
         if record.result is None:
             raise chat.failed(record)
         return JSONResponse(chat.completion(record), headers={"x-rlm-run-id": record.id})
+
+    async def _wait(record: Any, request: Request) -> None:
+        """Until the run ends; a client that goes away meanwhile cancels it (as a streaming one does)."""
+        while not await asyncio.to_thread(record.done.wait, 0.25):
+            if await request.is_disconnected():
+                service.runs.cancel(record.id)
+                await asyncio.to_thread(record.done.wait)
 
     async def _bare(req: ChatRequest) -> JSONResponse:
         engine, scheduler = service.bare[req.model]
@@ -211,7 +218,8 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
 
         try:
             return service.runs.start(who, config.rlms[s.model], context, s.question_with_history(question),
-                                      session=s.id, sandbox_provider=s.sandbox_provider, on_done=done)
+                                      session=s.id, sandbox_provider=s.sandbox_provider, on_done=done,
+                                      title=question)
         except BaseException:
             s.busy.release()
             raise
@@ -250,9 +258,9 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
         return s.public()
 
     @app.post("/v1/sessions/{session_id}/ask")
-    async def ask(session_id: str, body: Ask, who: Caller = Depends(caller)) -> JSONResponse:
+    async def ask(session_id: str, body: Ask, request: Request, who: Caller = Depends(caller)) -> JSONResponse:
         record = _ask_session(who, session_id, body.question)
-        await asyncio.to_thread(record.done.wait)
+        await _wait(record, request)
         if record.result is None:
             raise chat.failed(record)
         return JSONResponse(chat.completion(record))

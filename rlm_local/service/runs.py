@@ -113,13 +113,14 @@ class RunManager:
 
     def start(self, caller: Caller, cfg: RLMConfig, context: Any, question: str | None, *,
               session: str | None = None, sandbox_provider: Callable[..., Any] | None = None,
-              on_done: Callable[[RunRecord], None] | None = None) -> RunRecord:
-        """Start a run (the caller's limits are checked first: Denied(429)); returns at once."""
+              on_done: Callable[[RunRecord], None] | None = None, title: str | None = None) -> RunRecord:
+        """Start a run (the caller's limits are checked first: Denied(429)); returns at once. ``title``:
+        the question as the user asked it, for listings (a session's question carries its history)."""
         self.access.start_run(caller)
         run_id = uuid.uuid4().hex[:12]
         folder = self.root / _safe(caller.owner)
         folder.mkdir(parents=True, exist_ok=True)
-        record = RunRecord(id=run_id, owner=caller.owner, model=cfg.name, question=question, session=session,
+        record = RunRecord(id=run_id, owner=caller.owner, model=cfg.name, question=title or question, session=session,
                            path=folder / f"{run_id}.jsonl",
                            context_sha256=hashlib.sha256(json.dumps(context).encode()).hexdigest())
         try:
