@@ -1,6 +1,7 @@
 """A scripted RLM service for tests: the root's reply depends on keywords in the question, sub-calls echo."""
 from __future__ import annotations
 
+import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,3 +60,9 @@ def serving(config: ServiceConfig, **kwargs):
             yield url, app.state.service
     finally:
         app.state.service.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,8 @@ openai = pytest.importorskip("openai")
 
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
 from rlm_local.server import BackgroundServer, create_app  # noqa: E402
-from service_support import script  # noqa: E402
+from service_support import free_port, script  # noqa: E402
 from test_service_sessions import make_pdf  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")

@@ -86,6 +86,8 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(server):
             assert r.status_code == status, (name, r.text)
             assert set(r.json()["error"]) == {"message", "type", "param", "code"}
         assert http.post("/v1/files", data={"purpose": "x"}).status_code == 400  # no file at all
+        huge = http.post("/v1/files", files={"file": ("huge.txt", b"a" * (1024 * 1024))})  # refused unread
+        assert huge.status_code == 413 and "over the limit" in huge.json()["error"]["message"]
         assert http.get("/v1/files").json()["data"] == []
     leftovers = [p for p in (config.data_dir / "files").rglob("*") if p.is_file()]
     assert leftovers == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ if not Path(CHROMIUM).exists():
 from rlm_local import RLM  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
 from scripting import is_root, repl  # noqa: E402
+from service_support import free_port  # noqa: E402
 
 SHOTS = Path(os.environ.get("RLM_VIEWER_SHOTS", Path(__file__).parent / "artifacts"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -49,12 +49,6 @@ def record_run(path: Path) -> None:
 
     with RLM(engine=ScriptedEngine(reply, model_name="scripted-model"), max_depth=2, trajectory_path=path) as rlm:
         rlm.completion("a long document " * 100, "What do the parts say?")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_view(path: Path) -> tuple[subprocess.Popen, str]:

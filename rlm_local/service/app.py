@@ -85,6 +85,8 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
 
+    app.add_middleware(UploadCap, limit=config.max_upload_bytes + 64 * 1024)
+
     def caller(request: Request) -> Caller:
         return service.access.identify(request.headers.get("authorization"),
                                        request.client.host if request.client else None)
@@ -320,6 +322,24 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
 
     viewer.mount(app)
     return app
+
+
+class UploadCap:
+    """An upload announced as over the cap is refused before its body is read (or spooled to disk). Plain
+    ASGI: a BaseHTTPMiddleware would hide client disconnects from the endpoints."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/files":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = error_response(413, f"upload of {int(length):,} bytes is over the limit of "
+                                          f"{self.limit - 64 * 1024:,}", param="file")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _last_user(req: ChatRequest) -> str:
