@@ -75,19 +75,20 @@ class Telemetry:
         self.runs.labels(record.model, record.status).inc()
         config = next((e.get("config") for e in record.events if e.get("event") == "run_start"), None) or {}
         root_model, sub_model = config.get("model") or record.model, config.get("sub_model") or record.model
-        seen_batches = set()
-        for i, e in enumerate(record.events):
+        left: dict[int, int] = {}  # depth -> sub-calls still to come of the batch being read
+        for e in record.events:
             if e.get("event") == "root_turn":
                 self.model_call(root_model, "root", float(e.get("seconds") or 0))
             elif e.get("event") == "subcall":
                 self.subcalls.labels(record.model).inc()
-                if e.get("query") == "llm":
+                depth = int(e.get("depth") or 0)
+                if e.get("query") == "llm" and left.get(depth, 0) > 0:
+                    left[depth] -= 1  # a later member of a batch already counted
+                elif e.get("query") == "llm":  # one observation per submission: its members are logged together
                     size = int(e.get("batch") or 1)
-                    key = (e.get("depth"), e.get("time"), e.get("seconds"), size)
-                    if key not in seen_batches or size == 1:  # one observation per submission
-                        seen_batches.add(key)
-                        self.batch.labels(record.model).observe(size)
-                        self.model_call(sub_model, "sub", float(e.get("seconds") or 0))
+                    left[depth] = size - 1
+                    self.batch.labels(record.model).observe(size)
+                    self.model_call(sub_model, "sub", float(e.get("seconds") or 0))
         if record.result is not None:
             total = record.result.usage_summary.total
             self.run_seconds.labels(record.model).observe(record.result.execution_time)
