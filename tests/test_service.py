@@ -76,6 +76,13 @@ def test_bad_input_is_4xx_in_openai_shape(server, client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
                                        extra_body={"rlm": {"file_ids": ["file-000000000000000000000000"]}})
+    with httpx.Client(base_url=url, timeout=10) as http:  # JSON can carry lone surrogates: not text
+        r = http.post("/v1/chat/completions", headers={"content-type": "application/json"},
+                      content=b'{"model": "scripted-rlm", "messages": [{"role": "user", "content": "a \\ud800"}]}')
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
+        r = http.post("/v1/chat/completions", headers={"content-type": "application/json"},
+                      content=b'{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}')
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
     # and the server still serves
     assert client.chat.completions.create(model="scripted-model", messages=[{"role": "user", "content": "ok"}])
 

@@ -75,7 +75,7 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body" and "[" not in str(p) and p != "str")
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             msg = "request body is not valid JSON"

@@ -1,21 +1,33 @@
 """Pydantic request models of the service API (they are its OpenAPI schema) and OpenAI-shaped errors."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _unicode(text: str) -> str:
+    """JSON may carry lone surrogates (``"\\ud800"``); they are not text and cannot be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (a lone surrogate cannot be encoded)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -56,19 +68,19 @@ class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(max_length=200)
     file_ids: list[str] = Field(default_factory=list, max_length=1000)
-    contexts: list[str] = Field(default_factory=list, max_length=1000, description="inline texts")
+    contexts: list[Text] = Field(default_factory=list, max_length=1000, description="inline texts")
     context: str | None = Field(default=None, max_length=200, description="a named context from the config")
 
 
 class ContextsAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file_ids: list[str] = Field(default_factory=list, max_length=1000)
-    contexts: list[str] = Field(default_factory=list, max_length=1000)
+    contexts: list[Text] = Field(default_factory=list, max_length=1000)
 
 
 class Ask(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1, max_length=1_000_000)
+    question: Text = Field(min_length=1, max_length=1_000_000)
 
 
 class ApiError(Exception):
@@ -81,6 +93,7 @@ class ApiError(Exception):
 def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
                    code: str | None = None) -> JSONResponse:
     message = " ".join(str(message).split())[:1000]  # one line
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # echoed input may hold surrogates
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code or str(status)}},
                         status_code=status)
 
