@@ -69,10 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", "-v", action="store_true", help="show the root's code and every output")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
-    serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    serve = sub.add_parser("serve", help="serve RLMs (and their models) over an OpenAI-compatible HTTP API")
     _add_engine_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--config", default=None, help="TOML file: RLM configurations, API keys, named contexts, "
+                       "data directory (README: Serving RLMs)")
+    serve.add_argument("--name", default="rlm", help="model name of the RLM made from the flags (default: rlm)")
+    serve.add_argument("--sub-backend", default=None)
+    serve.add_argument("--sub-model", default=None)
+    serve.add_argument("--sub-base-url", action="append", default=None)
+    for flag, kind in (("--max-iterations", int), ("--max-depth", int), ("--max-timeout", float),
+                       ("--max-tokens", int), ("--max-subcalls", int)):
+        serve.add_argument(flag, type=kind, default=None)
+    serve.add_argument("--data-dir", default=None, help="files, sessions and run logs (default: the config's or "
+                       "~/.local/share/rlm-local/service)")
+    serve.add_argument("--session-ttl", type=float, default=None, help="seconds an idle session lives")
+    serve.add_argument("--bare", action="store_true", help="serve only the bare model (the server before RLMs)")
+
+    view = sub.add_parser("view", help="open a trajectory JSONL file in the browser viewer")
+    view.add_argument("trajectory", help="a file written by --trajectory or the server's run log")
+    view.add_argument("--host", default="127.0.0.1")
+    view.add_argument("--port", type=int, default=8765)
 
     sub.add_parser("models", help="list known models")
     sub.add_parser("prepare", help="convert and cache the embedded model now (otherwise done on first use)")
@@ -93,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:  # a read-only home must not stop the CLI; an internal error then says so
         log = None
     try:
-        return {"run": _cmd_run, "serve": _cmd_serve, "models": _cmd_models, "prepare": _cmd_prepare}[args.command](args, err)
+        return {"run": _cmd_run, "serve": _cmd_serve, "view": _cmd_view, "models": _cmd_models, "prepare": _cmd_prepare}[args.command](args, err)
     except KeyboardInterrupt:
         err.print("rlm-local: interrupted")
         return 130
@@ -183,11 +201,55 @@ def _quiet_transformers() -> None:
 
 def _cmd_serve(args: argparse.Namespace, err: Console) -> int:
     from .engines import make_engine
-    from .server import serve
 
-    engine = make_engine(args.backend, **_engine_kwargs(args.backend, args.model, args.base_url, args.threads))
-    err.print(f"serving {engine.model_name} ({args.backend}) on http://{args.host}:{args.port}/v1")
-    serve(engine, host=args.host, port=args.port)
+    if args.bare:
+        from .server import serve
+
+        engine = make_engine(args.backend, **_engine_kwargs(args.backend, args.model, args.base_url, args.threads))
+        err.print(f"serving {engine.model_name} ({args.backend}) on http://{args.host}:{args.port}/v1")
+        serve(engine, host=args.host, port=args.port)
+        return 0
+    import uvicorn
+
+    from .service import create_service_app
+    from .service.config import BUDGETS, RLMConfig, ServiceConfig
+
+    config = ServiceConfig.load(args.config, data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+                                session_ttl=args.session_ttl)
+    if not config.rlms or args.config is None:  # the flags make one RLM configuration
+        _engine_kwargs(args.backend, args.model, args.base_url, args.threads)  # checks the flags
+        budgets = {k: getattr(args, k) for k in BUDGETS if getattr(args, k, None) is not None}
+        base = args.base_url if not args.base_url or len(args.base_url) > 1 else args.base_url[0]
+        sub_base = args.sub_base_url if not args.sub_base_url or len(args.sub_base_url) > 1 else args.sub_base_url[0]
+        config.rlms[args.name] = RLMConfig(name=args.name, backend=args.backend, model=args.model, base_url=base,
+                                           sub_backend=args.sub_backend, sub_model=args.sub_model,
+                                           sub_base_url=sub_base, threads=args.threads, budgets=budgets)
+    if not config.keys and args.host not in ("127.0.0.1", "::1", "localhost"):
+        err.print("[yellow]no API keys configured: only loopback clients will be served[/yellow]")
+    app = create_service_app(config)
+    url = f"http://{args.host}:{args.port}"
+    err.print(f"serving RLMs {', '.join(config.rlms)} and models {', '.join(app.state.service.bare) or '-'} on "
+              f"{url}/v1\n  runs: {url}/runs  API docs: {url}/docs  metrics: {url}/metrics  data: {config.data_dir}")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        app.state.service.close()
+    return 0
+
+
+def _cmd_view(args: argparse.Namespace, err: Console) -> int:
+    import uvicorn
+
+    from .service.viewer import file_app
+
+    path = Path(args.trajectory).expanduser()
+    if not path.is_file():
+        raise InputError(f"no such trajectory file: {args.trajectory}")
+    app = file_app(path)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(config)
+    print(f"http://{args.host}:{args.port}/runs", flush=True)
+    server.run()
     return 0
 
 

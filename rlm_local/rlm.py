@@ -117,6 +117,8 @@ class RLM:
         self._owned: list[Engine] = []  # engines this RLM created, and so closes
         self._sharing: list[Engine] = []  # engines whose shared scheduler this RLM holds
         self._file_lock = threading.Lock()
+        self._runs: dict[str, Run] = {}  # completions under way, for cancel()
+        self._cancelled: set[str] = set()  # run ids cancelled before they started
         self._closed = False
         try:
             self.engine = engine or self._make(backend, self.backend_kwargs)
@@ -153,14 +155,17 @@ class RLM:
         return self._make(others[0], kwargs)
 
     # ---- public API -------------------------------------------------------------------------------------
-    def completion(self, prompt: Context | list[dict[str, str]], root_prompt: str | None = None) -> RLMResult:
+    def completion(self, prompt: Context | list[dict[str, str]], root_prompt: str | None = None, *,
+                   run_id: str | None = None, sandbox_provider: Callable[..., Any] | None = None) -> RLMResult:
         """Answer ``root_prompt`` about ``prompt`` (the context: a str, a list of str, a list of chat
-        messages or a dict of str). Raises ContextError for an unusable context, RLMError when closed."""
+        messages or a dict of str). Raises ContextError for an unusable context, RLMError when closed.
+        ``run_id`` names the run (``cancel(run_id)`` stops it); ``sandbox_provider(run, context)`` gives
+        the depth-0 run a REPL to use, e.g. a session's kept-alive one (see Run.sandbox_provider)."""
         if self._closed:
             raise RLMError("this RLM is closed")
         context = check_context(prompt)
         started = time.monotonic()
-        run_id = uuid.uuid4().hex[:12]
+        run_id = run_id or uuid.uuid4().hex[:12]
         path = self.trajectory_path or (self.log_dir / f"rlm_{time.strftime('%Y%m%d_%H%M%S')}_{run_id}.jsonl"
                                         if self.log_dir else None)
         trajectory = Trajectory(path, listeners=self.listeners, lock=self._file_lock, run_id=run_id)
@@ -168,6 +173,11 @@ class RLM:
                         max_subcalls=self.max_subcalls, max_errors=self.max_errors)
         usage = UsageTracker()
         run = Run(self.settings, budget, usage, trajectory, run_id, depth=self.depth)
+        run.sandbox_provider = sandbox_provider
+        with self._file_lock:
+            self._runs[run_id] = run
+            if run_id in self._cancelled:  # cancelled before it started
+                budget.cancel()
         trajectory.log(RunStart(config=self._public_config(), question=root_prompt))
         try:
             if self.depth >= self.max_depth:  # the reference's rule: at the depth limit an RLM is a plain LM
@@ -179,6 +189,8 @@ class RLM:
             trajectory.close()
             raise
         finally:
+            with self._file_lock:
+                self._runs.pop(run_id, None)
             # Run ids are never reused: anything still queued for this run (a child's stray thread) fails fast.
             for model in {id(m.scheduler): m for m in (self.settings.root, self.settings.sub)}.values():
                 model.scheduler.cancel(run_id, reject_new=True)
@@ -191,6 +203,20 @@ class RLM:
                          trajectory=trajectory.events, stopped_reason=outcome.stopped_reason,
                          iterations=outcome.iterations, run_id=run_id, root_model=self.settings.root.name,
                          metadata={"model": self.settings.root.name, "sub_model": self.settings.sub.name})
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop a running completion (from another thread): its budget ends it at the next check with
+        ``stopped_reason="cancelled"`` and its queued sub-calls and root turns are dropped. A ``run_id``
+        not started yet is remembered and stops at its start. True when a going run was cancelled."""
+        with self._file_lock:
+            run = self._runs.get(run_id)
+            if run is None:  # not started yet: it stops as soon as it starts
+                self._cancelled.add(run_id)
+                return False
+        run.budget.cancel()
+        for model in {id(m.scheduler): m for m in (self.settings.root, self.settings.sub)}.values():
+            model.scheduler.cancel(run_id)
+        return True
 
     def close(self) -> None:
         """Release this RLM's hold on the shared schedulers and close the engines it created (never an

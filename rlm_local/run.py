@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,7 @@ from .usage import UsageTracker
 logger = _root_logger.getChild("run")
 
 STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "max_errors",
-                "engine_error")
+                "engine_error", "cancelled")
 FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long past max_timeout
 
 
@@ -86,6 +88,10 @@ class Budget:
         if self.max_subcalls is not None and self.subcalls >= self.max_subcalls:
             return "max_subcalls"
         return None
+
+    def cancel(self) -> None:
+        """Stop the run at its next check (the caller went away): no closing request, sub-calls refused."""
+        self.exhausted = "cancelled"
 
     def reserve_subcalls(self, count: int, tokens_used: int) -> None:
         """Count ``count`` sub-calls against the budget, or raise BudgetExceeded (shown to the code)."""
@@ -147,6 +153,9 @@ class Run:
         self.run_id, self.depth = run_id, depth
         self.convo: Conversation | None = None
         self.sandbox: Sandbox | None = None
+        # A session's REPL outlives its runs: ``sandbox_provider(run, context)`` gives the context manager
+        # to run in (a kept-alive sandbox is not closed by it). Children always open their own.
+        self.sandbox_provider: Callable[["Run", Context], AbstractContextManager[Sandbox]] | None = None
         self._closing = False  # the closing request is under way: waits may use the grace
 
     def child(self) -> "Run":
@@ -159,7 +168,8 @@ class Run:
         self.log(ContextDescribed(depth=self.depth, metadata=info.to_dict()))
         self.convo = Conversation.start(s.root.format, s.root.engine.count_tokens, question, info, s.output_limit,
                                         s.custom_system_prompt, s.root.prompt_tokens, s.sub.context_length or 32_768)
-        with self._open_sandbox(context) as self.sandbox:
+        opener = self.sandbox_provider(self, context) if self.sandbox_provider else self._open_sandbox(context)
+        with opener as self.sandbox:
             failures = 0  # consecutive turns whose cells all failed (max_errors)
             for iteration in range(1, self.budget.max_iterations + 1):
                 if reason := self.stop_reason():
@@ -220,6 +230,8 @@ class Run:
 
     def _close(self, reason: str, iterations: int) -> Outcome:
         """A budget ended the run: ask the root once for its best answer from what it has seen."""
+        if reason == "cancelled":  # nobody is waiting for a best answer
+            return Outcome("", reason, iterations)
         self._closing = True
         logger.info("run %s depth %d: %s after %d turns; asking for a final answer", self.run_id, self.depth, reason,
                     iterations)

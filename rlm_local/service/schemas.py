@@ -1,0 +1,102 @@
+"""Pydantic request models of the service API (they are its OpenAPI schema) and OpenAI-shaped errors."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _unicode(text: str) -> str:
+    """JSON may carry lone surrogates (``"\\ud800"``); they are not text and cannot be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (a lone surrogate cannot be encoded)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: Text
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class RLMOptions(BaseModel):
+    """The ``rlm`` extension of a chat request (``extra_body={"rlm": {...}}`` with the openai SDK): where the
+    long context comes from. Without any, the conversation's earlier messages are the context (a single
+    message is itself the context and the task)."""
+    model_config = ConfigDict(extra="forbid")
+    file_ids: list[str] | None = Field(default=None, max_length=1000, description="uploaded files: context_0..N")
+    context: str | None = Field(default=None, max_length=200, description="a named context from the config")
+    session: str | None = Field(default=None, max_length=64, description="ask in this session")
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(max_length=200)
+    messages: list[Message] = Field(min_length=1, max_length=10_000)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+    user: str | None = Field(default=None, max_length=200)
+    rlm: RLMOptions | None = None
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=200)
+    file_ids: list[str] = Field(default_factory=list, max_length=1000)
+    contexts: list[Text] = Field(default_factory=list, max_length=1000, description="inline texts")
+    context: str | None = Field(default=None, max_length=200, description="a named context from the config")
+
+
+class ContextsAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file_ids: list[str] = Field(default_factory=list, max_length=1000)
+    contexts: list[Text] = Field(default_factory=list, max_length=1000)
+
+
+class Ask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: Text = Field(min_length=1, max_length=1_000_000)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.param, self.code = status, kind, param, code
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    message = " ".join(str(message).split())[:1000]  # one line
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # echoed input may hold surrogates
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code or str(status)}},
+                        status_code=status)
+
+
+def not_found(what: str, ident: str) -> ApiError:
+    return ApiError(404, f"no such {what}: {ident[:100]!r}", code=f"{what.replace(' ', '_')}_not_found")

@@ -1,0 +1,107 @@
+"""Streaming RLM runs: progress events, then the answer as content deltas, and a client that goes away
+cancelling its run and the run's queued sub-calls."""
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("sse_starlette", reason="the service needs the [server] extra")
+openai = pytest.importorskip("openai")
+
+import service_support  # noqa: E402
+from service_support import make_config, serving  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving(make_config(tmp_path_factory.mktemp("data"))) as (url, service):
+        yield url, service
+
+
+def test_stream_with_the_openai_sdk(server):
+    client = openai.OpenAI(base_url=server[0] + "/v1", api_key="x", max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="scripted-rlm", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "a document STREAM-END"}, {"role": "user", "content": "!look first"}]))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    run_id = chunks[0].model_extra["rlm"]["run_id"]
+    events = [c.model_extra["rlm_event"] for c in chunks if (c.model_extra or {}).get("rlm_event")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "final"
+    assert kinds.count("root_turn") == 2 and "cell" in kinds
+    assert all(e["run_id"] == run_id for e in events)
+    assert all("STREAM-END" not in json.dumps(e) for e in events if e["event"] != "cell")  # no context in events
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "second turn"
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_extra["rlm"]["iterations"] == 2
+
+
+def test_long_answer_arrives_in_deltas(server):
+    client = openai.OpenAI(base_url=server[0] + "/v1", api_key="x", max_retries=0)
+    doc = "x" * 100 + "LONG" * 40
+    chunks = list(client.chat.completions.create(model="scripted-rlm", stream=True, messages=[
+        {"role": "user", "content": doc}, {"role": "user", "content": "echo"}]))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) >= 1 and "".join(deltas).startswith("sub:echo ")
+
+
+def test_disconnect_cancels_the_run_and_its_queued_subcalls(server):
+    url, service = server
+    service_support.RELEASE.clear()
+    engine = service.config.rlms["scripted-rlm"].engine
+    before = len(engine.requests)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            with http.stream("POST", "/v1/chat/completions", json={
+                    "model": "scripted-rlm", "stream": True,
+                    "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "!slow please"}]}) as r:
+                assert r.status_code == 200
+                run_id = None
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        data = json.loads(line[6:])
+                        run_id = run_id or data["rlm"]["run_id"] if "rlm" in data else run_id
+                        if data.get("rlm_event", {}).get("event") == "root_turn":
+                            break  # the cell and its first sub-call start now; the client goes away
+        record = service.runs.get("local", run_id)
+        assert record.done.wait(15), "the run did not stop after the client disconnected"
+        assert record.status == "cancelled" and record.result.stopped_reason == "cancelled"
+    finally:
+        service_support.RELEASE.set()
+    time.sleep(0.5)
+    subcalls = [r for r in engine.requests[before:] if "slow" in r.messages[-1]["content"]
+                and r.messages[0]["role"] != "system"]
+    assert len(subcalls) <= 2, f"{len(subcalls)} of the 50 sub-calls ran after the disconnect"
+    assert service.runs.active() == 0
+
+
+def test_a_non_streaming_client_that_gives_up_cancels_too(server):
+    url, service = server
+    service_support.RELEASE.clear()
+    try:
+        with httpx.Client(base_url=url, timeout=1.5) as http, pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json={"model": "scripted-rlm", "messages": [
+                {"role": "user", "content": "doc two"}, {"role": "user", "content": "!slow again"}]})
+        deadline = time.monotonic() + 15
+        while service.runs.active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.runs.active() == 0
+        latest = service.runs.list("local")[0]
+        assert latest["status"] == "cancelled" and latest["stopped_reason"] == "cancelled"
+    finally:
+        service_support.RELEASE.set()
+
+
+def test_cancel_before_start():
+    from rlm_local import RLM
+    from rlm_local.engines.scripted import ScriptedEngine
+
+    with RLM(engine=ScriptedEngine(["FINAL(never)"]), backend="scripted") as rlm:
+        assert rlm.cancel("early") is False
+        result = rlm.completion("ctx", "q", run_id="early")
+        assert result.stopped_reason == "cancelled" and result.response == ""
