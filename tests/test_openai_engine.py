@@ -139,11 +139,19 @@ class Flaky(BaseHTTPRequestHandler):
             srv.active[mode] = srv.active.get(mode, 0) + 1
             srv.max_active[mode] = max(srv.max_active.get(mode, 0), srv.active[mode])
             srv.auth.append(self.headers.get("authorization"))
+        self.mode = mode
         try:
             self.answer(mode, hits, body)
         finally:
-            with srv.lock:
-                srv.active[mode] -= 1
+            self.leave()
+
+    def leave(self) -> None:
+        """No longer in flight: counted before the answer goes out, since the client may send its next
+        request the moment it has the answer (counting after the write raced with that next request)."""
+        if self.mode is not None:
+            with self.server.lock:
+                self.server.active[self.mode] -= 1
+            self.mode = None
 
     def answer(self, mode: str, hits: int, body: dict) -> None:
         ok = {"choices": [{"text": "fine", "finish_reason": "length"}],
@@ -176,6 +184,7 @@ class Flaky(BaseHTTPRequestHandler):
 
     def send(self, status: int, payload, headers: dict | None = None) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.leave()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
