@@ -26,6 +26,7 @@ from .errors import InputError
 from .events import Event, RunError, RunFinal, RunStart
 from .formats import format_named
 from .models import find_card
+from .persistent import PersistentREPL
 from .prompts import Context, ContextError, check_context
 from .run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
 from .sandbox import Limits
@@ -93,7 +94,7 @@ class RLM:
                  implicit_batching: bool = True, scheduler_kwargs: dict[str, Any] | None = None,
                  sub_max_tokens: int | None = None, engine: Engine | None = None,
                  sub_engine: Engine | None = None) -> None:
-        _check_reference_options(environment, environment_kwargs, persistent, max_budget)
+        _check_reference_options(environment, environment_kwargs, max_budget)
         tools = _check_tools(custom_tools)
         if tools:
             custom_system_prompt = "\n\n".join(p for p in (custom_system_prompt, prompts.tools_prompt(tools)) if p)
@@ -120,6 +121,7 @@ class RLM:
         self._runs: dict[str, Run] = {}  # completions under way, for cancel()
         self._cancelled: set[str] = set()  # run ids cancelled before they started
         self._closed = False
+        self.persistent = PersistentREPL() if persistent else None  # one REPL across completions
         try:
             self.engine = engine or self._make(backend, self.backend_kwargs)
             self.sub_engine = sub_engine or self._sub_engine(_as_list(other_backends), _as_list(other_backend_kwargs))
@@ -173,17 +175,24 @@ class RLM:
                         max_subcalls=self.max_subcalls, max_errors=self.max_errors)
         usage = UsageTracker()
         run = Run(self.settings, budget, usage, trajectory, run_id, depth=self.depth)
+        question = root_prompt
+        if self.persistent is not None and sandbox_provider is None:
+            sandbox_provider = self.persistent.provider
+            if note := self.persistent.follow_up_note():
+                question = f"{root_prompt}\n\n{note}" if root_prompt else note
         run.sandbox_provider = sandbox_provider
         with self._file_lock:
             self._runs[run_id] = run
             if run_id in self._cancelled:  # cancelled before it started
                 budget.cancel()
-        trajectory.log(RunStart(config=self._public_config(), question=root_prompt))
+        trajectory.log(RunStart(config=self._public_config(), question=question))
         try:
             if self.depth >= self.max_depth:  # the reference's rule: at the depth limit an RLM is a plain LM
                 outcome = Outcome(run.answer_directly(context, root_prompt), "final", 0)
             else:
-                outcome = run.solve(context, root_prompt)
+                outcome = run.solve(context, question)
+                if self.persistent is not None and sandbox_provider == self.persistent.provider:
+                    self.persistent.record(root_prompt, outcome.answer)
         except BaseException as exc:
             trajectory.log(RunError(error=f"{type(exc).__name__}: {exc}", seconds=round(time.monotonic() - started, 3)))
             trajectory.close()
@@ -224,6 +233,8 @@ class RLM:
         if self._closed:
             return
         self._closed = True
+        if self.persistent is not None:
+            self.persistent.close()
         for engine in self._sharing:
             schedulers.release(engine)
         for engine in self._owned:
@@ -281,7 +292,7 @@ def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:
     return dict(custom_tools)
 
 
-def _check_reference_options(environment: str, environment_kwargs: dict[str, Any] | None, persistent: bool,
+def _check_reference_options(environment: str, environment_kwargs: dict[str, Any] | None,
                              max_budget: float | None) -> None:
     """The reference's options we take but cannot honour yet fail here, with the reason, never silently."""
     if environment in REFERENCE_ENVIRONMENTS:
@@ -292,9 +303,6 @@ def _check_reference_options(environment: str, environment_kwargs: dict[str, Any
     if environment_kwargs:
         raise RLMError(f"environment_kwargs are not used by rlm-local's sandbox (got {sorted(environment_kwargs)}); "
                        "set limits with sandbox_limits=Limits(...)")
-    if persistent:
-        raise RLMError("persistent=True (one REPL across completion() calls) is not supported yet: the sandbox "
-                       "cannot load a second context into a live session")
     if max_budget is not None:
         raise RLMError("max_budget is a cost in dollars, which local models do not have; use max_tokens")
 

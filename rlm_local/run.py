@@ -168,7 +168,7 @@ class Run:
         self.log(ContextDescribed(depth=self.depth, metadata=info.to_dict()))
         self.convo = Conversation.start(s.root.format, s.root.engine.count_tokens, question, info, s.output_limit,
                                         s.custom_system_prompt, s.root.prompt_tokens, s.sub.context_length or 32_768)
-        opener = self.sandbox_provider(self, context) if self.sandbox_provider else self._open_sandbox(context)
+        opener = self.sandbox_provider(self, context) if self.sandbox_provider else self.open_sandbox(context)
         with opener as self.sandbox:
             failures = 0  # consecutive turns whose cells all failed (max_errors)
             for iteration in range(1, self.budget.max_iterations + 1):
@@ -294,10 +294,14 @@ class Run:
             return None
         return time.monotonic() + max(0.0, left) + self.budget.final_grace * (1.0 if self._closing else 0.5)
 
-    def _open_sandbox(self, context: Context) -> Sandbox:
+    def open_sandbox(self, context: Context, llm_handler: Callable[[list[str]], list[str]] | None = None,
+                     rlm_handler: Callable[..., str] | None = None) -> Sandbox:
+        """A new REPL session on ``context`` with this run's limits and tools; sub-calls go to this run
+        unless other handlers are given (a persistent REPL routes them to whichever run uses it)."""
         try:
-            return Sandbox(context=context, limits=self.settings.sandbox_limits, llm_handler=self.llm_query,
-                           rlm_handler=self.rlm_query, tools=self.settings.tools)
+            return Sandbox(context=context, limits=self.settings.sandbox_limits,
+                           llm_handler=llm_handler or self.llm_query, rlm_handler=rlm_handler or self.rlm_query,
+                           tools=self.settings.tools)
         except SandboxError as exc:
             raise SetupError(f"could not start the sandbox: {exc}") from exc
 

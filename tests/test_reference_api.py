@@ -133,7 +133,6 @@ def test_depth_at_max_depth_is_a_plain_model_call(server):
     ({"environment": "docker"}, "use environment='local'"),
     ({"environment": "modal"}, "use environment='local'"),
     ({"environment": "nowhere"}, "unknown environment"),
-    ({"persistent": True}, "persistent"),
     ({"custom_tools": {"llm_query": len}}, "custom_tools"),
     ({"custom_tools": {"_secret": len}}, "custom_tools"),
     ({"custom_tools": {"blob": object()}}, "custom_tools"),
@@ -175,3 +174,24 @@ def test_custom_tools_are_repl_functions_run_by_the_caller_and_read_only_data():
     assert cells[0]["stdout"] == "9.5 EUR\n"
     prompt = rlm.settings.custom_system_prompt
     assert "lookup_price(...)`: Price of a product by its SKU." in prompt and "`currency`: read-only data" in prompt
+
+
+def test_persistent_keeps_one_repl_across_completions():
+    """The reference's persistent=True: variables survive, each context stays reachable, history grows."""
+    replies = ["```repl\nfirst_len = len(context)\nFINAL(first_len)\n```",
+               "```repl\nprint(first_len, len(context), context_0[:5], history[0]['answer'])\n"
+               "FINAL(f'{first_len}+{len(context)}')\n```",
+               "```repl\nFINAL(context_1 + '|' + context + '|' + str(len(history)))\n```"]
+    rlm = RLM(backend="scripted", backend_kwargs={"replies": replies}, persistent=True)
+    try:
+        a = rlm.completion("alpha document", root_prompt="How long?")
+        b = rlm.completion("beta", root_prompt="And now?")
+        c = rlm.completion("gamma", root_prompt="Last?")
+    finally:
+        rlm.close()
+    assert a.response == "14" and b.response == "14+4" and c.response == "beta|gamma|2"
+    cells = [e for e in b.trajectory if e["event"] == "cell"]
+    assert cells[0]["stdout"] == "14 4 alpha 14\n"
+    turns = [e for e in c.trajectory if e["event"] == "run_start"]
+    assert "Persistent session, question 3" in turns[0]["question"]
+    assert rlm.persistent.sandbox is None  # closed with the RLM

@@ -66,7 +66,7 @@ class Sandbox:
         self.rlm_handler = rlm_handler
         self.rlm_batch_handler = rlm_batch_handler
         self._tools, self._tool_data = _split_tools(tools or {})
-        self._added: list[tuple[str, Any]] = []  # contexts added later, re-sent to a restarted worker
+        self._added: list[tuple[str, Any, bool]] = []  # contexts added later, re-sent to a restarted worker
         self._lock = threading.Lock()
         self._closed = False
         self._calls_session = 0
@@ -84,15 +84,16 @@ class Sandbox:
         self._finalizer = weakref.finalize(self, worker.kill)
         self._worker = worker
         self._completed = 0
-        for name, value in self._added:
-            self._send_context(name, value)
+        for name, value, as_context in self._added:
+            self._send_context(name, value, as_context)
         self.start_seconds = time.monotonic() - t0
 
-    def add_context(self, value, name: str | None = None) -> str:
+    def add_context(self, value, name: str | None = None, *, as_context: bool = False) -> str:
         """Adds a context to the live session as a REPL variable (default name: the next ``context_N``;
         a name such as ``history`` works too, and ``context`` or a name added before is bound anew) and
         returns its name. Like ``context``, it is restored before every cell, and it survives a restart
-        of the worker. Values: str, list or dict of JSON data."""
+        of the worker. Values: str, list or dict of JSON data. ``as_context``: ``context`` names the same
+        value too (sent once), as for the newest document of a persistent session."""
         if name is not None and (not isinstance(name, str) or not name.isidentifier() or name.startswith("_")):
             raise ValueError(f"not a usable variable name: {name!r}")
         json.dumps(value)  # JSON data only; raises TypeError on anything else
@@ -101,15 +102,16 @@ class Sandbox:
                 raise SandboxError("sandbox is closed")
             if self._worker is None:
                 self._start()
-            name = self._send_context(name, value)
-            self._added = [(n, v) for n, v in self._added if n != name] + [(name, value)]
+            name = self._send_context(name, value, as_context)
+            renamed = {name, "context"} if as_context else {name}
+            self._added = [(n, v, a) for n, v, a in self._added if n not in renamed] + [(name, value, as_context)]
             return name
 
-    def _send_context(self, name: str | None, value) -> str:
+    def _send_context(self, name: str | None, value, as_context: bool = False) -> str:
         kind, part = ("str", value) if isinstance(value, str) else ("json", json.dumps(value, ensure_ascii=False))
         w = self._worker
         try:
-            w.send({"op": "add", "name": name, "kind": kind}, [part])
+            w.send({"op": "add", "name": name, "kind": kind, "as_context": as_context}, [part])
             msg, parts = w.read(time.monotonic() + self.limits.start_seconds)
         except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.MessageTooLarge, OSError) as e:
             self._discard_worker()

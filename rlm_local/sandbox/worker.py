@@ -255,7 +255,10 @@ def main() -> None:
         if msg.get("op") == "add" and len(parts) == 1:  # a context added between cells
             try:
                 value = parts[0] if msg.get("kind") == "str" else json.loads(parts[0])
-                channel.send({"type": "added"}, [session.add_context(value, msg.get("name"))])
+                name = session.add_context(value, msg.get("name"))
+                if msg.get("as_context"):
+                    session.add_context(value, "context")
+                channel.send({"type": "added"}, [name])
             except (ValueError, TypeError) as e:
                 channel.send({"type": "added", "error": True}, [str(e)])
             snapshot.release()  # the next snapshot must hold the new context too

@@ -82,7 +82,8 @@ def test_added_contexts_are_variables_restored_every_cell_and_survive_restore_an
     assert sb.run("print(context_1)").stdout == "second doc\n"
     sb._discard_worker()                                                 # a restart re-sends them
     assert sb.run("print(context_1, len(history))").stdout.endswith("second doc 1\n")
-    assert sb.add_context("newest", name="context") == "context"       # bound anew, like history below
+    assert sb.add_context("newest", as_context=True) == "context_2"     # context_2 and context, one value
+    assert sb.run("print(context_2 is context)").stdout == "True\n"
     assert sb.add_context(["q1", "q2"], name="history") == "history"
     assert sb.run("print(context, history)").stdout == "newest ['q1', 'q2']\n"
     assert sb.run("while True: pass", wall_seconds=1).restored
