@@ -244,7 +244,9 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
 
     @app.delete("/v1/sessions/{session_id}")
     async def delete_session(session_id: str, who: Caller = Depends(caller)) -> dict:
-        _session(who, session_id)
+        if _session(who, session_id).busy.locked():
+            raise ApiError(409, f"session {session_id} is answering a question; cancel its run or wait",
+                           code="session_busy")
         await asyncio.to_thread(service.sessions.delete, who.owner, session_id)
         return {"id": session_id, "object": "session.deleted", "deleted": True}
 
