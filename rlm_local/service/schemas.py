@@ -64,6 +64,21 @@ class ChatRequest(BaseModel):
     rlm: RLMOptions | None = None
 
 
+class CompletionRequest(BaseModel):
+    """``/v1/completions``, for the bare models (RLM models answer chat completions)."""
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(max_length=200)
+    prompt: Text | list[Text]
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+    user: str | None = Field(default=None, max_length=200)
+
+
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(max_length=200)
