@@ -21,6 +21,8 @@ def question(req: Request) -> str:
 
 
 def script(req: Request) -> str:
+    if req.prompt is not None:  # a bare /v1/completions call
+        return f"sub:{req.prompt}"
     if not is_root(req):
         text = req.messages[-1]["content"]
         if text.startswith("slow"):

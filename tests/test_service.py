@@ -41,13 +41,17 @@ def test_rlm_model_answers_with_rlm_usage(client):
 
 def test_models_lists_rlm_and_bare(client):
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["scripted-rlm", "deep-rlm", "scripted-model"]
+    assert ids == ["scripted-model", "scripted-rlm", "deep-rlm"]  # the bare model first, as before RLMs
 
 
 def test_bare_model_still_answers(client):
     r = client.chat.completions.create(model="scripted-model", messages=[{"role": "user", "content": "hello"}])
     assert r.choices[0].message.content == "sub:hello"
     assert not (r.model_extra or {}).get("rlm")
+    c = client.completions.create(model="scripted-model", prompt=["one", "two"], max_tokens=5)
+    assert [x.text for x in c.choices] == ["sub:one", "sub:two"] and c.usage.total_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="scripted-rlm", prompt="an RLM answers chat completions")
 
 
 def test_child_runs_count_depth(client):

@@ -57,7 +57,7 @@ def test_readme_path(tmp_path):
             tree = httpx.get(f"{url}/v1/runs/{run_id}/tree").json()
             assert tree["status"] == "done" and tree["children"][0]["kind"] == "turn"
             assert "<script" in httpx.get(f"{url}/runs/{run_id}").text
-            assert [m.id for m in client.models.list().data] == ["rlm", "scripted-model"]
+            assert [m.id for m in client.models.list().data] == ["scripted-model", "rlm"]
         finally:
             proc.terminate()
             proc.wait(20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 
 import pytest
 
@@ -16,7 +17,7 @@ from schemathesis import GenerationMode  # noqa: E402
 
 from service_support import make_config, serving  # noqa: E402
 
-EXAMPLES = 20  # per operation and mode; bounded so the suite stays quick on two cores
+EXAMPLES = int(os.environ.get("RLM_FUZZ_EXAMPLES", "20"))  # per operation and mode; bounded for two cores
 
 
 def test_no_server_errors_on_any_operation(tmp_path):

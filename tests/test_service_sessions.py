@@ -152,3 +152,30 @@ def test_session_errors(server):
         s = http.post("/v1/sessions", json={"model": "scripted-rlm"}).json()
         r = http.post(f"/v1/sessions/{s['id']}/ask", json={"question": "q"})
         assert r.status_code == 400 and "no contexts" in r.json()["error"]["message"]
+
+
+def test_a_busy_session_refuses_a_second_question_and_deletion(server):
+    import json as _json
+
+    import service_support
+
+    url, service, _ = server
+    service_support.RELEASE.clear()
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            s = http.post("/v1/sessions", json={"model": "scripted-rlm", "contexts": ["doc"]}).json()
+            with http.stream("POST", "/v1/chat/completions", json={
+                    "model": "scripted-rlm", "stream": True, "messages": [{"role": "user", "content": "!slow q"}],
+                    "rlm": {"session": s["id"]}}) as r:
+                lines = r.iter_lines()
+                run_id = next(_json.loads(x[6:])["rlm"]["run_id"] for x in lines if x.startswith("data: {"))
+                again = http.post(f"/v1/sessions/{s['id']}/ask", json={"question": "another"})
+                assert again.status_code == 409 and again.json()["error"]["code"] == "session_busy"
+                assert http.delete(f"/v1/sessions/{s['id']}").status_code == 409
+                assert http.post(f"/v1/runs/{run_id}/cancel").json()["cancelled"] is True
+                assert [x for x in lines if x.startswith("data: ")][-1] == "data: [DONE]"
+            got = http.get(f"/v1/sessions/{s['id']}").json()
+            assert got["history"] == []  # a cancelled question leaves no answer in the history
+            assert http.delete(f"/v1/sessions/{s['id']}").json()["deleted"]
+    finally:
+        service_support.RELEASE.set()

@@ -24,7 +24,8 @@ from .auth import Access, Caller, Denied
 from .config import ServiceConfig
 from .files import FileStore, UploadError
 from .runs import Engines, RunManager
-from .schemas import ApiError, Ask, ChatRequest, ContextsAdd, SessionCreate, error_response, not_found
+from .schemas import (ApiError, Ask, ChatRequest, CompletionRequest, ContextsAdd, SessionCreate, error_response,
+                      not_found)
 from .sessions import SessionStore
 from .telemetry import Telemetry
 
@@ -102,9 +103,11 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
 
     @app.get("/v1/models")
     async def models(who: Caller = Depends(caller)) -> dict:
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "rlm-local", "rlm": c.public()}
-                for n, c in config.rlms.items()]
-        data += [{"id": n, "object": "model", "created": 0, "owned_by": "rlm-local"} for n in service.bare]
+        # Bare models first: clients that take the first listed model (rlm-local's openai engine without a
+        # model name) keep getting the plain model, as from the server before RLMs.
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "rlm-local"} for n in service.bare]
+        data += [{"id": n, "object": "model", "created": 0, "owned_by": "rlm-local", "rlm": c.public()}
+                 for n, c in config.rlms.items()]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
@@ -136,30 +139,55 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
                 service.runs.cancel(record.id)
                 await asyncio.to_thread(record.done.wait)
 
-    async def _bare(req: ChatRequest) -> JSONResponse:
-        engine, scheduler = service.bare[req.model]
-        max_tokens = req.max_tokens or req.max_completion_tokens or SamplingParams().max_tokens
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    async def _generate(req: ChatRequest | CompletionRequest, requests: list[dict[str, Any]],
+                        default_max_tokens: int) -> list[Any]:
+        """Plain model calls on a bare model, through its shared scheduler."""
+        _, scheduler = service.bare[req.model]
         if req.stream:
             raise ApiError(400, "stream=true is served for RLM models only; bare models answer whole",
                            param="stream")
+        max_tokens = req.max_tokens or getattr(req, "max_completion_tokens", None) or default_max_tokens
         sampling = SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                                  top_p=1.0 if req.top_p is None else req.top_p, stop=stop, seed=req.seed)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+                                  top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+                                  stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()))
         started = time.monotonic()
-        (result,) = await asyncio.to_thread(scheduler.submit, [EngineRequest(messages=messages, sampling=sampling)],
-                                            req.user or "http")
+        results = await asyncio.to_thread(scheduler.submit, [EngineRequest(sampling=sampling, **r) for r in requests],
+                                          req.user or "http")
         service.telemetry.model_call(req.model, "bare", time.monotonic() - started)
-        if not result.ok:
-            raise ApiError(502, f"engine error: {result.error}", kind="server_error", code="engine_error")
-        u = result.usage
+        if not all(r.ok for r in results):
+            error = next(r.error for r in results if not r.ok)
+            raise ApiError(502, f"engine error: {error}", kind="server_error", code="engine_error")
+        return results
+
+    def _usage(results: list[Any]) -> dict[str, Any]:
+        p, c = sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results)
+        cached = [r.usage.cached_tokens for r in results]
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "prompt_tokens_details": {"cached_tokens": None if None in cached else sum(cached)}}
+
+    async def _bare(req: ChatRequest) -> JSONResponse:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        (result,) = await _generate(req, [{"messages": messages}], SamplingParams().max_tokens)
         return JSONResponse({"id": f"chatcmpl-{time.time_ns():x}", "object": "chat.completion",
                              "created": int(time.time()), "model": req.model,
                              "choices": [{"index": 0, "finish_reason": result.finish_reason, "logprobs": None,
                                           "message": {"role": "assistant", "content": result.text}}],
-                             "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                                       "total_tokens": u.total_tokens,
-                                       "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}})
+                             "usage": _usage([result])})
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, who: Caller = Depends(caller)) -> JSONResponse:
+        if req.model not in service.bare:
+            raise ApiError(404, f"the model {req.model!r} is not a bare model here (RLM models answer "
+                           f"/v1/chat/completions); bare models: {sorted(service.bare)}", param="model",
+                           code="model_not_found")
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
+        results = await _generate(req, [{"prompt": p} for p in prompts], 16)
+        return JSONResponse({"id": f"cmpl-{time.time_ns():x}", "object": "text_completion", "created": int(time.time()),
+                             "model": req.model, "usage": _usage(results),
+                             "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+                                         for i, r in enumerate(results)]})
 
     # ---- sessions ---------------------------------------------------------------------------------------
     def _session(who: Caller, session_id: str) -> Any:
@@ -244,7 +272,9 @@ def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") 
 
     @app.delete("/v1/sessions/{session_id}")
     async def delete_session(session_id: str, who: Caller = Depends(caller)) -> dict:
-        _session(who, session_id)
+        if _session(who, session_id).busy.locked():
+            raise ApiError(409, f"session {session_id} is answering a question; cancel its run or wait",
+                           code="session_busy")
         await asyncio.to_thread(service.sessions.delete, who.owner, session_id)
         return {"id": session_id, "object": "session.deleted", "deleted": True}
 

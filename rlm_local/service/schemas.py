@@ -47,21 +47,30 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ModelCall(BaseModel):
+    """What chat and text completion requests share: the model and OpenAI's sampling fields."""
     model_config = ConfigDict(extra="allow")
     model: str = Field(max_length=200)
-    messages: list[Message] = Field(min_length=1, max_length=10_000)
     stream: bool = False
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = Field(default=None, ge=1, le=1)
     user: str | None = Field(default=None, max_length=200)
+
+
+class ChatRequest(ModelCall):
+    messages: list[Message] = Field(min_length=1, max_length=10_000)
+    stream_options: StreamOptions | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     rlm: RLMOptions | None = None
+
+
+class CompletionRequest(ModelCall):
+    """``/v1/completions``, for the bare models (RLM models answer chat completions)."""
+    prompt: Text | list[Text]
 
 
 class SessionCreate(BaseModel):
