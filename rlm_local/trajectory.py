@@ -35,7 +35,9 @@ class Trajectory:
         self._file: TextIO | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            # A lone surrogate (a file read with surrogateescape, or model output) is written as its JSON escape
+            # (\udXXX): the file stays valid UTF-8 and json.loads gives the same text back.
+            self._file = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
 
     def log(self, event: Event) -> dict[str, Any]:
         event.run_id = self.run_id

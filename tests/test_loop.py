@@ -362,3 +362,19 @@ def test_failures_and_budget_stops_are_logged(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "rlm_local.run"]
     assert any("root call failed (attempt 2)" in m for m in messages)
     assert any("engine_error after 1 turns" in m for m in messages)
+
+
+def test_trajectory_file_stays_valid_utf8_with_lone_surrogates(tmp_path):
+    from rlm_local import RLM
+    from rlm_local.trajectory import read_trajectory
+    path = tmp_path / "run.jsonl"
+    rlm = RLM(backend="scripted", backend_kwargs={"replies": ["```repl\nprint('x\\udc80y')\nFINAL('done')\n```"]},
+              trajectory_path=path)
+    try:
+        result = rlm.completion("bad \udc80 bytes", root_prompt="q \ud800?")
+    finally:
+        rlm.close()
+    assert result.response == "done"
+    path.read_bytes().decode("utf-8")  # strict: raises on anything that is not UTF-8
+    events = read_trajectory(path)
+    assert events[0]["question"] == "q \ud800?"
