@@ -79,6 +79,7 @@ class RootTurn(Event):
     seconds: float
     attempt: int = 0
     final_request: bool = False
+    completion_tokens: int | None = None
 
 
 @dataclass(kw_only=True)

@@ -264,8 +264,9 @@ class Run:
         started = time.monotonic()
         (result,) = self._submit(self.settings.root, [request], "root", self.depth)
         self.log(RootTurn(depth=self.depth, iteration=iteration, prompt_tokens=result.usage.prompt_tokens,
-                          cached_tokens=result.usage.cached_tokens, reply=result.text, error=result.error,
-                          seconds=round(time.monotonic() - started, 3), **fields))
+                          cached_tokens=result.usage.cached_tokens, completion_tokens=result.usage.completion_tokens,
+                          reply=result.text, error=result.error, seconds=round(time.monotonic() - started, 3),
+                          **fields))
         return result
 
     def _run_cell(self, code: str, iteration: int) -> CellResult:

@@ -47,6 +47,8 @@ def test_spans_follow_the_genai_conventions_and_never_carry_the_context(tmp_path
     sub = [s for s in chats if s.attributes["rlm.role"] == "sub"]
     assert sub and all(s.attributes["gen_ai.usage.input_tokens"] > 0 and "gen_ai.usage.output_tokens" in s.attributes
                        for s in sub)
+    root_turns = [s for s in chats if s.attributes["rlm.role"] == "root"]
+    assert root_turns and all(s.attributes["gen_ai.usage.output_tokens"] > 0 for s in root_turns)
     assert all(s.attributes["gen_ai.request.model"] == "scripted-model" for s in chats)
     tools = by_name["execute_tool repl"]
     assert tools and all(s.attributes["gen_ai.tool.name"] == "repl" for s in tools)

@@ -59,7 +59,8 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         elif kind == "root_turn":
             label = f"turn {e.get('iteration')}" + (" (closing request)" if e.get("final_request") else "")
             n = node(f"t{i}", "turn", label, stack.get(depth, "run"), e, text=(e.get("reply") or "")[:TEXT],
-                     error=e.get("error"), prompt_tokens=e.get("prompt_tokens"), cached_tokens=e.get("cached_tokens"))
+                     error=e.get("error"), prompt_tokens=e.get("prompt_tokens"), cached_tokens=e.get("cached_tokens"),
+                     completion_tokens=e.get("completion_tokens"))
             last_turn[depth] = n["id"]
             open_turn[depth] = n["id"]
         elif kind == "cell":
