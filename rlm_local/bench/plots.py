@@ -1,0 +1,90 @@
+"""PNG plots of saved rows, the shape of the paper's figures: score against context length per method
+(Fig. 1) and cost percentiles per method (Fig. 4: tokens and seconds at p25 / p50 / p75 / p95).
+
+matplotlib runs with the Agg backend (no display needed); it is the ``bench`` extra.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .items import BenchError
+from .methods import METHODS
+from .results import percentile, summarize
+
+PERCENTILES = (25, 50, 75, 95)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise BenchError("plots need matplotlib: pip install 'rlm-local[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _order(methods: set[str]) -> list[str]:
+    return [m for m in METHODS if m in methods] + sorted(methods - set(METHODS))
+
+
+def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One panel per family: mean score (%) against context length (tokens, log scale), a line per method."""
+    plt = _pyplot()
+    cells = summarize(rows)
+    families = sorted({c.family for c in cells})
+    fig, axes = plt.subplots(1, len(families), figsize=(4.5 * len(families), 3.8), squeeze=False)
+    for ax, fam in zip(axes[0], families):
+        for method in _order({c.method for c in cells if c.family == fam}):
+            pts = sorted((c.length_tokens, 100 * c.score) for c in cells if c.family == fam and c.method == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-5, 105)
+        ax.set_title(fam)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("score (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    models = ", ".join(sorted({c.model for c in cells}))
+    fig.suptitle(f"score against context length ({models})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_costs(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Two panels: total tokens and seconds per query, percentiles per method (all families and lengths)."""
+    plt = _pyplot()
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+    methods = _order(set(by_method))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / len(PERCENTILES)
+    for ax, (label, value) in zip(axes, (("tokens per query", lambda r: r["prompt_tokens"] + r["completion_tokens"]),
+                                        ("seconds per query", lambda r: r["seconds"]))):
+        for k, q in enumerate(PERCENTILES):
+            heights = [percentile([float(value(r)) for r in by_method[m]], q) for m in methods]
+            ax.bar([i + (k - (len(PERCENTILES) - 1) / 2) * width for i in range(len(methods))], heights, width,
+                   label=f"p{q}")
+        ax.set_xticks(range(len(methods)), methods)
+        if all(percentile([float(value(r)) for r in rs], 25) > 0 for rs in by_method.values()):
+            ax.set_yscale("log")  # costs span orders of magnitude; a zero (an oracle's base) needs linear
+        ax.set_title(label)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"cost per query by method ({len(rows)} rows)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    if not rows:
+        raise BenchError("no rows to plot")
+    out.mkdir(parents=True, exist_ok=True)
+    return [plot_scores(rows, out / "scores.png"), plot_costs(rows, out / "costs.png")]
