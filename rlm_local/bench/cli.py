@@ -46,7 +46,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--source", default=None, help="codeqa: a directory of Python code (default: the stdlib)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="distribute items over a Ray cluster (no ADDRESS: start a local one); needs rlm-local[ray]")
+    p.add_argument("--workers", type=int, default=None, help="with --ray: worker actors, each with its own engine "
+                   "(default: one per --base-url, else one)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--markdown", action="store_true", help="with 'report': print the table as Markdown")
 
 
 def run(args: argparse.Namespace, err: Console) -> int:
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace, err: Console) -> int:
     if args.family == "report":
         if not args.report_dir:
             raise BenchError("usage: rlm-local bench report DIR")
-        return _report(Path(args.report_dir), out, err, plots=not args.no_plots)
+        return _report(Path(args.report_dir), out, err, plots=not args.no_plots, markdown=args.markdown)
     if args.report_dir:
         raise BenchError(f"unexpected argument {args.report_dir!r} (only `bench report DIR` takes a directory)")
     from .runner import EngineSpec, Sweep, run_sweep
@@ -85,25 +88,28 @@ def run(args: argparse.Namespace, err: Console) -> int:
 
         if args.ray:
             from .ray_runner import run_sweep_on_ray
-            path = run_sweep_on_ray(sweep, None if args.ray == "local" else args.ray, on_row=on_row,
-                                    on_total=on_total)
+            path = run_sweep_on_ray(sweep, None if args.ray == "local" else args.ray, workers=args.workers,
+                                    on_row=on_row, on_total=on_total)
         else:
             path = run_sweep(sweep, on_row=on_row, on_total=on_total)
     return _report(path.parent, out, err, plots=not args.no_plots)
 
 
-def _report(directory: Path, out: Console, err: Console, plots: bool = True) -> int:
-    from .results import COLUMNS, load_rows, summarize, table_rows
+def _report(directory: Path, out: Console, err: Console, plots: bool = True, markdown: bool = False) -> int:
+    from .results import COLUMNS, load_rows, markdown_table, summarize, table_rows
 
     rows = load_rows(directory)
     if not rows:
         raise BenchError(f"{directory} has no finished rows yet")
-    table = Table(title=f"{directory}: {len(rows)} rows")
-    for col in COLUMNS:
-        table.add_column(col, justify="left" if col in ("family", "method") else "right")
-    for r in table_rows(summarize(rows)):
-        table.add_row(*r)
-    out.print(table)
+    if markdown:
+        print(markdown_table(summarize(rows)))
+    else:
+        table = Table(title=f"{directory}: {len(rows)} rows")
+        for col in COLUMNS:
+            table.add_column(col, justify="left" if col in ("family", "method") else "right")
+        for r in table_rows(summarize(rows)):
+            table.add_row(*r)
+        out.print(table)
     if plots:
         from .plots import write_plots
         try:

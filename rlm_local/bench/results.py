@@ -23,8 +23,9 @@ REQUIRED = ("family", "item_id", "method", "model", "length_tokens", "score", "s
 logger = logging.getLogger("rlm_local.bench")
 
 
-def row_key(item_id: str, method: str, model: str) -> tuple[str, str, str]:
-    return (item_id, method, model)
+def row_key(item_id: str, method: str) -> tuple[str, str]:
+    """What identifies a finished row within one results directory (one model per directory)."""
+    return (item_id, method)
 
 
 def load_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -133,13 +133,13 @@ def make_row(item: Item, method: str, answer: Answer, model: str, backend: str, 
 
 
 def run_items(methods: Methods, items: list[Item], names: list[str], concurrency: int,
-              on_row: Callable[[dict[str, Any]], None], skip: set[tuple[str, str, str]] = frozenset(),
+              on_row: Callable[[dict[str, Any]], None], skip: set[tuple[str, str]] = frozenset(),
               backend: str = "") -> int:
     """Run every (item, method) not in ``skip`` with ``concurrency`` workers; ``on_row`` gets each finished
     row (from the worker thread). Returns how many ran."""
     model = methods.engine.model_name or backend
     tokens = {it.item_id: describe_context(it.context, methods.engine.count_tokens).total_tokens for it in items}
-    jobs = [(it, m) for it in items for m in names if row_key(it.item_id, m, model) not in skip]
+    jobs = [(it, m) for it in items for m in names if row_key(it.item_id, m) not in skip]
 
     def one(job: tuple[Item, str]) -> None:
         item, method = job
@@ -160,25 +160,29 @@ def machine() -> dict[str, Any]:
             "processor": platform.processor() or platform.machine()}
 
 
-def prepare_out(sweep: Sweep) -> tuple[Path, set[tuple[str, str, str]]]:
-    """The rows file and the keys already done; refuses to mix a new sweep into old rows without resume."""
+def prepare_out(sweep: Sweep) -> tuple[Path, set[tuple[str, str]], set[str]]:
+    """The rows file, the (item, method) keys already done and the models of those rows; refuses to mix a new
+    sweep into old rows without resume."""
     path = sweep.out / ROWS_FILE
     if path.exists() and path.stat().st_size and not sweep.resume:
         raise BenchError(f"{path} already has rows; pass --resume to continue that sweep or choose another --out")
-    done = {row_key(r["item_id"], r["method"], r["model"]) for r in load_rows(path)} if path.exists() else set()
-    return path, done
+    rows = load_rows(path) if path.exists() else []
+    return path, {row_key(r["item_id"], r["method"]) for r in rows}, {r["model"] for r in rows}
 
 
 def run_sweep(sweep: Sweep, on_row: Callable[[dict[str, Any]], None] = lambda row: None,
               on_total: Callable[[int], None] = lambda n: None) -> Path:
     """Run the sweep locally; returns the rows file. ``on_total`` is told how many rows are still to run."""
     sweep.check()
-    path, done = prepare_out(sweep)
+    path, done, models = prepare_out(sweep)
     by_length = {length: sweep.items(length) for length in sweep.lengths}
     engine = sweep.engine.make(it for items in by_length.values() for it in items)
     model = engine.model_name or sweep.engine.backend
+    if models - {model}:
+        engine.close()
+        raise BenchError(f"{path} holds rows of {', '.join(sorted(models))}, not {model}; use another --out")
     on_total(sum(1 for items in by_length.values() for it in items for m in sweep.methods
-                 if row_key(it.item_id, m, model) not in done))
+                 if row_key(it.item_id, m) not in done))
     sweep.out.mkdir(parents=True, exist_ok=True)
     (sweep.out / "sweep.json").write_text(json.dumps({"sweep": _jsonable(sweep), "machine": machine()}, indent=2))
     writer = RowWriter(path)
