@@ -14,8 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .items import FAMILIES, BenchError, parse_length
-from .methods import METHODS
+from .items import FAMILIES, METHODS, BenchError, parse_length
 
 BACKENDS = ("transformers", "vllm", "openai", "oracle")
 
@@ -25,7 +24,7 @@ def add_parser(sub: Any) -> None:
                        description="Run a task family with several methods and context lengths, or "
                                    "`bench report DIR` to redraw tables and plots from saved rows.")
     p.add_argument("family", help=f"{', '.join(FAMILIES)}, or 'report'")
-    p.add_argument("report_dir", nargs="?", help="with 'report': the results directory")
+    p.add_argument("report_dir", nargs="?", help="with 'report': a results directory (or a directory of them)")
     p.add_argument("--lengths", default="8k,32k", help="context lengths in tokens, comma-separated (8k, 1m, 4096)")
     p.add_argument("--n", type=int, default=3, help="items per length")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
@@ -96,9 +95,9 @@ def run(args: argparse.Namespace, err: Console) -> int:
 
 
 def _report(directory: Path, out: Console, err: Console, plots: bool = True, markdown: bool = False) -> int:
-    from .results import COLUMNS, load_rows, markdown_table, summarize, table_rows
+    from .results import COLUMNS, load_tree, markdown_table, summarize, table_rows
 
-    rows = load_rows(directory)
+    rows = load_tree(directory)
     if not rows:
         raise BenchError(f"{directory} has no finished rows yet")
     if markdown:

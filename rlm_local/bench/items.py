@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import InputError
 
 FAMILIES = ("niah", "oolong", "pairs", "codeqa")
+METHODS = ("base", "rlm-nosub", "rlm", "summary")  # in the order tables and plots show them
 CHARS_PER_TOKEN = 4  # generators size contexts in characters; the runner counts real tokens per engine
 MIN_TOKENS, MAX_TOKENS = 1_000, 10_000_000
 

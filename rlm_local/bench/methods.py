@@ -22,9 +22,7 @@ from typing import Any
 from ..engines import Engine, Request, Result, Usage
 from ..rlm import RLM
 from ..run import Model
-from .items import BenchError, Item
-
-METHODS = ("base", "rlm-nosub", "rlm", "summary")
+from .items import METHODS, BenchError, Item
 NOTES_CHARS = 2_000  # running notes of the summary agent are cut here so they never crowd out the chunk
 FRAME_TOKENS = 64  # room for the prompt frame ("Question: ... Answer:") around context and question
 

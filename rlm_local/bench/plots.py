@@ -9,11 +9,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .items import BenchError
-from .methods import METHODS
+from .items import METHODS, BenchError
 from .results import percentile, summarize
 
 PERCENTILES = (25, 50, 75, 95)
+MARKERS = ("o", "s", "^", "D", "v")
+STYLES = ("-", "--", "-.", ":")
+
+
+def _short(tokens: int) -> str:
+    return f"{tokens / 1e6:g}M" if tokens >= 1_000_000 else f"{tokens / 1e3:g}K" if tokens >= 1000 else str(tokens)
 
 
 def _pyplot() -> Any:
@@ -36,19 +41,31 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
     cells = summarize(rows)
     families = sorted({c.family for c in cells})
     fig, axes = plt.subplots(1, len(families), figsize=(4.5 * len(families), 3.8), squeeze=False)
+    models = sorted({c.model for c in cells})
+    # One style per (model, method) across all panels, so a method looks the same in every family.
+    series = [(model, m) for model in models for m in _order({c.method for c in cells})]
     for ax, fam in zip(axes[0], families):
-        for method in _order({c.method for c in cells if c.family == fam}):
-            pts = sorted((c.length_tokens, 100 * c.score) for c in cells if c.family == fam and c.method == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        for k, (model, method) in enumerate(series):
+            pts = sorted((c.length_tokens, 100 * c.score) for c in cells
+                         if c.family == fam and c.method == method and c.model == model)
+            if not pts:
+                continue
+            # Methods often tie (all 0 or all 100): a small sideways dodge and distinct markers keep each visible.
+            dodge = 1.0 + 0.04 * (k - (len(series) - 1) / 2)
+            ax.plot([p[0] * dodge for p in pts], [p[1] for p in pts], marker=MARKERS[k % len(MARKERS)],
+                    linestyle=STYLES[k % len(STYLES)], color=f"C{k % 10}", alpha=0.85,
+                    label=method if len(models) == 1 else f"{method} ({model})")
+        lengths = sorted({c.length_tokens for c in cells if c.family == fam})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [_short(n) for n in lengths])
+        ax.minorticks_off()
         ax.set_ylim(-5, 105)
         ax.set_title(fam)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("score (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    models = ", ".join(sorted({c.model for c in cells}))
-    fig.suptitle(f"score against context length ({models})", fontsize=10)
+    fig.suptitle(f"score against context length ({', '.join(models)})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -58,11 +75,13 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
 def plot_costs(rows: list[dict[str, Any]], path: Path) -> Path:
     """Two panels: total tokens and seconds per query, percentiles per method (all families and lengths)."""
     plt = _pyplot()
+    models = sorted({r["model"] for r in rows})
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_method[r["method"]].append(r)
-    methods = _order(set(by_method))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for r in rows:  # with several models in the rows, one group per (method, model)
+        by_method[r["method"] if len(models) == 1 else f"{r['method']}\n{r['model']}"].append(r)
+    order = _order({k.split("\n")[0] for k in by_method})
+    methods = sorted(by_method, key=lambda k: (order.index(k.split("\n")[0]), k))
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.4 * len(methods)), 3.8))
     width = 0.8 / len(PERCENTILES)
     for ax, (label, value) in zip(axes, (("tokens per query", lambda r: r["prompt_tokens"] + r["completion_tokens"]),
                                         ("seconds per query", lambda r: r["seconds"]))):
@@ -70,7 +89,7 @@ def plot_costs(rows: list[dict[str, Any]], path: Path) -> Path:
             heights = [percentile([float(value(r)) for r in by_method[m]], q) for m in methods]
             ax.bar([i + (k - (len(PERCENTILES) - 1) / 2) * width for i in range(len(methods))], heights, width,
                    label=f"p{q}")
-        ax.set_xticks(range(len(methods)), methods)
+        ax.set_xticks(range(len(methods)), methods, fontsize=9 if len(models) == 1 else 7)
         if all(percentile([float(value(r)) for r in rs], 25) > 0 for rs in by_method.values()):
             ax.set_yscale("log")  # costs span orders of magnitude; a zero (an oracle's base) needs linear
         ax.set_title(label)

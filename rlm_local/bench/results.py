@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .items import BenchError
+from .items import METHODS, BenchError
 
 ROWS_FILE = "rows.jsonl"
 REQUIRED = ("family", "item_id", "method", "model", "length_tokens", "score", "seconds", "prompt_tokens",
@@ -55,6 +55,18 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def load_tree(directory: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``directory``, or, when it has no rows file of its own, of every ``*/rows.jsonl`` one level
+    below it (one sweep per family, reported together)."""
+    directory = Path(directory)
+    if (directory / ROWS_FILE).exists() or not directory.is_dir():
+        return load_rows(directory)
+    files = sorted(directory.glob(f"*/{ROWS_FILE}"))
+    if not files:
+        raise BenchError(f"no {ROWS_FILE} in {directory} or its subdirectories")
+    return [row for f in files for row in load_rows(f)]
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile, q in [0, 100]; 0 for no values."""
     if not values:
@@ -90,7 +102,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[Cell]:
     for r in rows:
         groups[(r["family"], r["model"], r["method"], r["length_tokens"])].append(r)
     cells = []
-    for (fam, model, method, length), rs in sorted(groups.items()):
+    def order(key: tuple) -> tuple:
+        fam, model, method, length = key
+        return (fam, model, METHODS.index(method) if method in METHODS else len(METHODS), method, length)
+
+    for (fam, model, method, length), rs in sorted(groups.items(), key=lambda kv: order(kv[0])):
         scores = [float(r["score"]) for r in rs]
         secs = [float(r["seconds"]) for r in rs]
         toks = [float(r["prompt_tokens"] + r["completion_tokens"]) for r in rs]
