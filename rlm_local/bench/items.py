@@ -2,8 +2,9 @@
 
 An :class:`Item` is one question over one generated context, with everything needed to reproduce it
 (family, seed, requested length) and to score it (gold). Families are looked up by name; each one is a
-module exposing ``generate(length_tokens, n, seed, **options) -> list[Item]``, ``score(item, answer)``
-(a float in [0, 1]) and the oracle hooks used by tests (``oracle_code``, ``oracle_sub``).
+module exposing ``make_item(length_tokens, index, seed, **options) -> Item`` (options a family does not
+use are ignored, e.g. codeqa's ``source``), ``generate(length_tokens, n, seed, **options)``,
+``score(item, answer)`` (a float in [0, 1]) and the oracle hooks (``oracle_code``, ``oracle_sub``).
 """
 from __future__ import annotations
 

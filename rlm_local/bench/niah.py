@@ -42,7 +42,7 @@ def _filler(rng: random.Random, n_chars: int) -> list[str]:
     return lines
 
 
-def make_item(length_tokens: int, index: int, seed: int, n_distractors: int = 4) -> Item:
+def make_item(length_tokens: int, index: int, seed: int, n_distractors: int = 4, **_: object) -> Item:
     s = item_seed(seed, length_tokens, index)
     rng = random.Random(s)
     adj, noun = rng.choice(_ADJ), rng.choice(_NOUN)

@@ -98,7 +98,7 @@ def _question(rng: random.Random, kind: str, records: list[Record]) -> tuple[dic
             {"type": "number", "value": value})
 
 
-def make_item(length_tokens: int, index: int, seed: int) -> Item:
+def make_item(length_tokens: int, index: int, seed: int, **_: object) -> Item:
     s = item_seed(seed, length_tokens, index)
     rng = random.Random(s)
     records = make_records(rng, length_tokens * CHARS_PER_TOKEN, n_users=rng.randint(8, 14))

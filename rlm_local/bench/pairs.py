@@ -41,7 +41,7 @@ def gold_pairs(per_user: dict[int, Counter], predicate: str, x: str, y: str) -> 
     return {(a, b) for a, b in itertools.combinations(sorted(per_user), 2) if test(per_user[a], per_user[b], x, y)}
 
 
-def make_item(length_tokens: int, index: int, seed: int) -> Item:
+def make_item(length_tokens: int, index: int, seed: int, **_: object) -> Item:
     s = item_seed(seed, length_tokens, index)
     rng = random.Random(s)
     records = make_records(rng, length_tokens * CHARS_PER_TOKEN, n_users=rng.randint(6, 10))

@@ -98,8 +98,7 @@ class Sweep:
     def items(self, length: int, indices: Iterable[int] | None = None) -> list[Item]:
         fam = family(self.family)
         wanted = range(self.n) if indices is None else indices
-        return [fam.make_item(length, i, self.seed, **({"source": self.source} if self.family == "codeqa" else {}))
-                for i in wanted]
+        return [fam.make_item(length, i, self.seed, source=self.source) for i in wanted]
 
 
 class RowWriter:
