@@ -3,7 +3,6 @@ code) standing in for the model: every family scores 100%, rows survive a killed
 with one line."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ from rlm_local.bench.oracle import oracle_engine
 from rlm_local.bench.results import load_rows
 from rlm_local.bench.runner import EngineSpec, Sweep, run_sweep
 from rlm_local.bench.items import BenchError
-from rlm_local.engines.scripted import ScriptedEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ from collections import Counter
 from . import scoring
 from .instances import LABELS
 from .items import CHARS_PER_TOKEN, Item, item_id, item_seed
-from .oolong import ORACLE_READ, PREAMBLE, make_records, oracle_sub  # noqa: F401  (oracle_sub is this family's too)
+from . import oolong
+from .oolong import ORACLE_READ, PREAMBLE, make_records
 
 NAME = "pairs"
 # predicate name -> (question text with {x} {y}, test on the two users' label counters)
@@ -88,3 +89,8 @@ for r, l in zip(rows, labels):
     c.setdefault(r[1], collections.Counter())[l] += 1
 found = [(a, b) for a, b in itertools.combinations(sorted(c), 2) if {_ORACLE_TESTS[m['predicate']]}]
 FINAL('Answer: ' + ', '.join(f'({{a}}, {{b}})' for a, b in found))"""
+
+
+def oracle_sub(prompt: str) -> str | None:
+    """The same oracle sub-model as oolong's: it labels instances."""
+    return oolong.oracle_sub(prompt)

@@ -21,7 +21,7 @@ from .items import BenchError, item_id
 from .methods import Methods
 from .oracle import Oracle
 from .results import row_key
-from .runner import EngineSpec, RowWriter, Sweep, prepare_out, run_items
+from .runner import RowWriter, Sweep, prepare_out, run_items
 
 Row = dict[str, Any]
 
