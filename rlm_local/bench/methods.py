@@ -21,7 +21,7 @@ from typing import Any
 
 from ..engines import Engine, Request, Result, Usage
 from ..rlm import RLM
-from ..run import Model
+from ..run import FINAL_GRACE_SECONDS, Model
 from .items import METHODS, BenchError, Item
 NOTES_CHARS = 2_000  # running notes of the summary agent are cut here so they never crowd out the chunk
 FRAME_TOKENS = 64  # room for the prompt frame ("Question: ... Answer:") around context and question
@@ -128,7 +128,7 @@ class Methods:
         budget = self.window - self.engine.count_tokens(item.question) - self._answer_tokens() - FRAME_TOKENS
         context = self._fit(item.context, budget)
         result, usage = self._ask([f"{context}\n\n{item.question}"], started)
-        return Answer(answer=result.text.strip(), stop="answer" if result.ok else "engine_error",
+        return Answer(answer=result.text.strip(), stop=self._stop("answer", result, started),
                       seconds=time.monotonic() - started, root_calls=usage.calls, prompt_tokens=usage.prompt_tokens,
                       cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens, error=result.error,
                       extra={"context_chars_seen": len(context)})
@@ -152,9 +152,11 @@ class Methods:
             total = total + usage
             if result.ok and result.text.strip():
                 notes = result.text.strip()[:NOTES_CHARS]
-        result, usage = self._ask([f"Notes: {notes}\n\n{item.question}"], started)
+        # The answer from the notes gets the closing grace an RLM's final request gets: notes without an
+        # answer would be the budget's doing, not the method's.
+        result, usage = self._ask([f"Notes: {notes}\n\n{item.question}"], started, closing=True)
         total = total + usage
-        return Answer(answer=result.text.strip(), stop=stop if result.ok else "engine_error",
+        return Answer(answer=result.text.strip(), stop=self._stop(stop, result, started),
                       seconds=time.monotonic() - started, root_calls=total.calls, prompt_tokens=total.prompt_tokens,
                       cached_tokens=total.cached_tokens, completion_tokens=total.completion_tokens, error=result.error,
                       iterations=len(chunks), extra={"chunks": len(chunks)})
@@ -163,9 +165,19 @@ class Methods:
     def _answer_tokens(self) -> int:
         return int(self.model.sub_sampling.get("max_tokens", 256))
 
-    def _ask(self, texts: list[str], started: float) -> tuple[Result, Usage]:
-        """One model call through the shared scheduler, bounded by what is left of ``max_timeout``."""
-        left = None if self.max_timeout is None else max(1.0, self.max_timeout - (time.monotonic() - started))
+    def _stop(self, stop: str, result: Result, started: float) -> str:
+        """The row's stop reason: a failed call after the time budget ran out is the budget's, not the engine's."""
+        if result.ok:
+            return stop
+        if self.max_timeout is not None and time.monotonic() - started >= self.max_timeout:
+            return "max_timeout"
+        return "engine_error"
+
+    def _ask(self, texts: list[str], started: float, closing: bool = False) -> tuple[Result, Usage]:
+        """One model call through the shared scheduler, bounded by what is left of ``max_timeout`` (plus the
+        closing grace for the last call of a method)."""
+        grace = FINAL_GRACE_SECONDS if closing else 0.0
+        left = None if self.max_timeout is None else max(1.0, self.max_timeout + grace - (time.monotonic() - started))
         m = self.model
         results = m.scheduler.submit([m.format.subcall(t, m.sub_sampling) for t in texts],
                                      f"bench-{uuid.uuid4().hex[:8]}", timeout=left)
