@@ -31,6 +31,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def FuncFormatter(fn: Any) -> Any:  # noqa: N802  (matplotlib's class, imported only when plotting)
+    from matplotlib.ticker import FuncFormatter as formatter
+    return formatter(fn)
+
+
 def _order(methods: set[str]) -> list[str]:
     return [m for m in METHODS if m in methods] + sorted(methods - set(METHODS))
 
@@ -92,6 +97,10 @@ def plot_costs(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xticks(range(len(methods)), methods, fontsize=9 if len(models) == 1 else 7)
         if all(percentile([float(value(r)) for r in rs], 25) > 0 for rs in by_method.values()):
             ax.set_yscale("log")  # costs span orders of magnitude; a zero (an oracle's base) needs linear
+            plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title(label)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
