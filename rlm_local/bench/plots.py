@@ -70,11 +70,7 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("score (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"score against context length ({', '.join(models)})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, f"score against context length ({', '.join(models)})", path)
 
 
 def plot_costs(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -104,7 +100,11 @@ def plot_costs(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(label)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    fig.suptitle(f"cost per query by method ({len(rows)} rows)", fontsize=10)
+    return _save(plt, fig, f"cost per query by method ({len(rows)} rows)", path)
+
+
+def _save(plt: Any, fig: Any, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
