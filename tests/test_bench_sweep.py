@@ -157,6 +157,11 @@ def test_every_method_on_the_embedded_model(tmp_path):
     rows = {r["method"]: r for r in load_rows(tmp_path)}
     assert set(rows) == {"base", "rlm-nosub", "rlm", "summary"} and "niah" in proc.stdout
     for row in rows.values():
-        assert row["model"] == "gemma-3-270m" and row["stop"] in ("final", "answer", "max_timeout", "max_iterations")
-        assert row["prompt_tokens"] > 0 and row["root_calls"] >= 1 and row["peak_rss_mb"] > 100
+        assert row["model"] == "gemma-3-270m" and row["peak_rss_mb"] > 100
+        if row["stop"] in ("final", "answer"):
+            assert row["prompt_tokens"] > 0 and row["root_calls"] >= 1
+        elif row["stop"] == "max_timeout":  # a call still running at the budget is not in the row's usage
+            assert row["seconds"] >= 29
+        else:
+            assert row["stop"] == "max_iterations" and row["root_calls"] >= 3
     assert (tmp_path / "scores.png").exists() and (tmp_path / "costs.png").exists()
