@@ -1,4 +1,4 @@
-"""`rlm-local`: run an RLM over a file, a directory or stdin; a demo; serve a model; list models.
+"""`rlm-local`: run an RLM over a file, a directory or stdin; a demo; serve a model; list models; benchmarks.
 
 Argument parsing and display only: the work happens in RLM, the engines and the server.
 Exit codes: 0 success; 2 bad input or setup (any ``rlm_local.Error``: one line on stderr); 1 the run
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list known models")
     sub.add_parser("prepare", help="convert and cache the embedded model now (otherwise done on first use)")
+    from .bench.cli import add_parser as add_bench
+    add_bench(sub)
     return parser
 
 
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:  # a read-only home must not stop the CLI; an internal error then says so
         log = None
     try:
-        return {"run": _cmd_run, "serve": _cmd_serve, "view": _cmd_view, "models": _cmd_models, "prepare": _cmd_prepare}[args.command](args, err)
+        commands = {"run": _cmd_run, "serve": _cmd_serve, "view": _cmd_view, "models": _cmd_models,
+                    "prepare": _cmd_prepare, "bench": _cmd_bench}
+        return commands[args.command](args, err)
     except KeyboardInterrupt:
         err.print("rlm-local: interrupted")
         return 130
@@ -251,6 +255,11 @@ def _cmd_view(args: argparse.Namespace, err: Console) -> int:
     print(f"http://{args.host}:{args.port}/runs", flush=True)
     server.run()
     return 0
+
+
+def _cmd_bench(args: argparse.Namespace, err: Console) -> int:
+    from .bench.cli import run
+    return run(args, err)
 
 
 def _cmd_models(args: argparse.Namespace, err: Console) -> int:
