@@ -2,6 +2,18 @@ import os
 
 import pytest
 
+# The files whose tests mostly wait (wall-clock limits, budgets, subprocesses, a browser, a Ray cluster,
+# a fuzzer): the contributors' fast loop (`pytest -q`) leaves them out with the model tests; README's
+# command and CI run everything (`-m ""`). Measured here: about 90 of the fast suite's 137 test-seconds.
+SLOW_FILES = {"test_resources.py", "test_post_escape.py", "test_budgets.py", "test_service_fuzz.py",
+              "test_bench_sweep.py", "test_bench_ray.py", "test_viewer.py", "test_cli.py", "test_service_cli.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
 # Tests never touch a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
