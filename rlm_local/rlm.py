@@ -29,7 +29,7 @@ from .models import find_card
 from .persistent import PersistentREPL
 from .prompts import Context, ContextError, check_context
 from .run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
-from .sandbox import Limits
+from .sandbox import Limits, split_tools
 from .trajectory import Trajectory
 from .usage import UsageSummary, UsageTracker
 
@@ -273,22 +273,16 @@ def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Mode
 
 def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:
     """The reference's ``custom_tools``: a callable becomes a REPL function run here in the caller's process
-    (JSON arguments and result), anything else read-only JSON data; the names must not shadow the REPL's."""
+    (JSON arguments and result), anything else read-only JSON data (rules: ``sandbox.split_tools``);
+    ``history`` is kept for persistent sessions."""
     if not custom_tools:
         return {}
-    if not isinstance(custom_tools, dict):
-        raise RLMError("custom_tools must be a dict of name -> function or JSON data")
-    taken = {"context", "history", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL",
-             "FINAL_VAR", "SHOW_VARS", "print", "printed"}
-    for name, value in custom_tools.items():
-        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or name in taken:
-            raise RLMError(f"custom_tools: {name!r} cannot be a REPL name (identifiers only, not starting with '_', "
-                           "not one of the REPL's own names)")
-        if not callable(value):
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                raise RLMError(f"custom_tools: {name!r} is neither a function nor JSON data") from None
+    try:
+        split_tools(custom_tools)
+    except (TypeError, ValueError) as exc:
+        raise RLMError(f"custom_tools: {exc}") from None
+    if "history" in custom_tools:
+        raise RLMError("custom_tools: 'history' cannot be a tool name (persistent sessions use it)")
     return dict(custom_tools)
 
 

@@ -27,3 +27,11 @@ def embedded_engine():
     engine = TransformersEngine()
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def served_rlm(tmp_path_factory):
+    """A scripted RLM service (tests/service_support.py) on 127.0.0.1 for one test module: (url, service)."""
+    from service_support import make_config, serving
+    with serving(make_config(tmp_path_factory.mktemp("data"))) as served:
+        yield served

@@ -14,9 +14,8 @@ from service_support import make_config, serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serving(make_config(tmp_path_factory.mktemp("data"))) as (url, service):
-        yield url, service
+def server(served_rlm):
+    return served_rlm
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ pytest.importorskip("sse_starlette", reason="the service needs the [server] extr
 openai = pytest.importorskip("openai")
 
 import service_support  # noqa: E402
-from service_support import make_config, serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serving(make_config(tmp_path_factory.mktemp("data"))) as (url, service):
-        yield url, service
+def server(served_rlm):
+    return served_rlm
 
 
 def test_stream_with_the_openai_sdk(server):

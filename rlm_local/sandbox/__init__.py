@@ -7,6 +7,6 @@ Only session.py is imported here; the worker-side files (worker, guards, policy,
 worker process and are never imported by the parent.
 """
 from .limits import CellResult, Limits, SandboxError
-from .session import Sandbox
+from .session import Sandbox, split_tools
 
-__all__ = ["CellResult", "Limits", "Sandbox", "SandboxError"]
+__all__ = ["CellResult", "Limits", "Sandbox", "SandboxError", "split_tools"]

@@ -25,6 +25,10 @@ import re
 import select
 import time
 
+# The functions every REPL session defines; with `context`, `print` and `printed` no other name may take them.
+STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL", "FINAL_VAR",
+              "SHOW_VARS")
+RESERVED_NAMES = frozenset(STUB_NAMES) | {"context", "print", "printed"}
 MAX_HEADER_BYTES = 1 << 20      # header lines are small: field names, numbers, a list of part lengths
 _SURROGATES = re.compile("[\ud800-\udfff]")
 

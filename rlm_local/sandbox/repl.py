@@ -24,8 +24,7 @@ import guards as G
 import protocol
 from policy import compile_cell
 
-STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL", "FINAL_VAR",
-              "SHOW_VARS")
+STUB_NAMES = protocol.STUB_NAMES
 SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding names after that is hostile
 
 

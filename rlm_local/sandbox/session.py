@@ -21,19 +21,24 @@ RESTORE_WAIT_SECONDS = 15.0  # how long a paused snapshot may take to answer aft
 RESULT_FIELDS = ("stdout", "error", "final", "value")
 
 
-def _split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(functions, data) of a tools mapping, checked: usable names, data that is JSON."""
+def split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(functions, data) of a tools mapping, checked: names usable in the REPL and not its own, data that
+    is JSON. Raises ValueError or TypeError with the reason."""
+    if not isinstance(tools, dict):
+        raise TypeError("tools must be a dict of name -> function or JSON data")
     funcs, data = {}, {}
     for name, value in tools.items():
-        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name):
-            raise ValueError(f"tool names must be identifiers not starting with '_': {name!r}")
+        if (not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name)
+                or name in protocol.RESERVED_NAMES):
+            raise ValueError(f"{name!r} cannot be a tool name in the REPL (identifiers only, not starting with '_', "
+                             "not one of the REPL's own names)")
         if callable(value):
             funcs[name] = value
         else:
             try:
                 json.dumps(value)
             except (TypeError, ValueError):
-                raise TypeError(f"tool {name!r} is neither callable nor JSON data") from None
+                raise TypeError(f"tool {name!r} is neither a function nor JSON data") from None
             data[name] = value
     return funcs, data
 
@@ -65,7 +70,7 @@ class Sandbox:
         self.llm_handler = llm_handler
         self.rlm_handler = rlm_handler
         self.rlm_batch_handler = rlm_batch_handler
-        self._tools, self._tool_data = _split_tools(tools or {})
+        self._tools, self._tool_data = split_tools(tools or {})
         self._added: list[tuple[str, Any, bool]] = []  # contexts added later, re-sent to a restarted worker
         self._lock = threading.Lock()
         self._closed = False
