@@ -1,8 +1,11 @@
 """Engine benchmark on CUDA (or CPU with --quick): batched generate throughput and shared-prefix reuse.
 
-A Qwen3-0.6B-shaped model with randomly initialised weights (built from a config in code: no download) in
-bf16. Random weights give meaningless text but honest speed: the arithmetic per token is the real model's.
-EOS is disabled so every row generates exactly the requested number of tokens.
+A model with randomly initialised weights in bf16, built from a config in code (no download; the lent GPU
+machine can neither fetch nor carry real weights): by default the shape of Qwen3-Coder-30B-A3B, the
+recommended GPU model (a mixture of experts: 48 layers, 128 experts, 8 active per token, ~61 GB in bf16),
+or ``--shape qwen3-0.6b`` for a small dense model. Random weights give meaningless text but honest speed:
+the arithmetic per token is the real model's. EOS is disabled so every row generates exactly the requested
+number of tokens. On CUDA the run also writes ``gpu/RESULTS.md`` (device, date, the tables).
 
   transformers  generate throughput at batch 1/4/8/16/32; a ~1,500-token shared prefix with 8 suffixes:
                 recomputed per suffix vs its KV cache computed once (DynamicCache) and reused, one by one
@@ -10,7 +13,8 @@ EOS is disabled so every row generates exactly the requested number of tokens.
   vllm          (where vllm imports, CUDA only) the same prompts through vllm.LLM with prefix caching off
                 and on, each in a child process so GPU memory is released between them
 
-    python gpu/bench_engine.py                       # CUDA, full sizes, writes gpu/results.json
+    python gpu/bench_engine.py                       # CUDA, full sizes, writes gpu/results.json + RESULTS.md
+    python gpu/bench_engine.py --layers 12           # the same shape cut to 12 layers (a quicker look)
     python gpu/bench_engine.py --device cpu --quick  # tiny model and sizes: checks that the script works
 """
 from __future__ import annotations
@@ -29,16 +33,42 @@ import time
 from pathlib import Path
 from typing import Any
 
-FULL_SHAPE = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8, head_dim=128, vocab_size=151936)
-QUICK_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=32, vocab_size=32000)
+# (config class, its arguments): the published configs of the models, less what a random model does not need.
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen3-coder-30b-a3b": ("Qwen3MoeConfig", dict(
+        hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=48,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+        norm_topk_prob=True, decoder_sparse_step=1, vocab_size=151936, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000_000.0})),
+    "qwen3-0.6b": ("Qwen3Config", dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0})),
+}
+# --quick: the same architecture in miniature (checks the script, says nothing about speed).
+QUICK_OVERRIDES = dict(hidden_size=128, intermediate_size=384, moe_intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=8,
+                       num_experts_per_tok=2, vocab_size=32000)
+
+
+def model_config(shape: str, quick: bool, layers: int | None) -> tuple[str, dict[str, Any]]:
+    cls, kwargs = SHAPES[shape]
+    kwargs = dict(kwargs)
+    if quick:
+        kwargs.update({k: v for k, v in QUICK_OVERRIDES.items() if k in kwargs})
+    if layers:
+        kwargs["num_hidden_layers"] = layers
+    return cls, kwargs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (a smoke run, e.g. on CPU)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-coder-30b-a3b", help="model shape")
+    p.add_argument("--layers", type=int, default=None, help="cut the model to this many layers")
+    p.add_argument("--results-md", default=str(Path(__file__).with_name("RESULTS.md")),
+                   help="markdown report written after a CUDA run (not after --quick)")
     p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     p.add_argument("--batches", default="1,4,8,16,32")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length for throughput (default 128)")
@@ -63,18 +93,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---- transformers ---------------------------------------------------------------------------------------------
-def build_model(torch: Any, device: str, quick: bool) -> Any:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def build_model(torch: Any, device: str, args: argparse.Namespace) -> Any:
+    import transformers
+    from transformers import AutoModelForCausalLM
 
-    shape = QUICK_SHAPE if quick else FULL_SHAPE
-    config = Qwen3Config(**shape, max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-                         bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    cls, kwargs = model_config(args.shape, args.quick, args.layers)
+    config = getattr(transformers, cls)(**kwargs, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                                        bos_token_id=None, eos_token_id=None, pad_token_id=0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32  # bf16 matmuls are slow on most CPUs
     torch.manual_seed(0)
-    with torch.device(device):  # initialise on the device: building 0.6B parameters on CPU first is slow
-        model = Qwen3ForCausalLM(config)
-    model.to(dtype).eval()
+    # Initialise on the device in the final dtype: 30B parameters built in fp32 on the host first would
+    # take minutes and 122 GB of host memory.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    model.eval()
     model.generation_config.eos_token_id = None  # random weights: never stop early, every row runs full length
     model.generation_config.pad_token_id = 0
     return model
@@ -186,7 +223,7 @@ def vllm_worker(args: argparse.Namespace) -> None:
     llm = LLM(model=model_dir, skip_tokenizer_init=True, enable_prefix_caching=caching == "on",
               gpu_memory_utilization=0.5, max_model_len=4096, dtype="bfloat16", seed=0)
     rng = random.Random(0)
-    vocab = QUICK_SHAPE["vocab_size"] if args.quick else FULL_SHAPE["vocab_size"]
+    vocab = model_config(args.shape, args.quick, args.layers)[1]["vocab_size"]
 
     def prompts(count: int, length: int, prefix: list[int] | None = None) -> list[dict]:
         return [{"prompt_token_ids": (prefix or []) + [rng.randrange(10, vocab) for _ in range(length)]}
@@ -228,7 +265,7 @@ def bench_vllm(model: Any, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlm-bench-model-") as model_dir:
         model.save_pretrained(model_dir)  # vllm loads the same random weights from disk
         for caching in ("off", "on"):
-            cmd = [sys.executable, __file__, "--vllm-worker", f"{model_dir}:{caching}",
+            cmd = [sys.executable, __file__, "--vllm-worker", f"{model_dir}:{caching}", "--shape", args.shape,
                    "--batches", ",".join(map(str, args.batches)), "--prompt-tokens", str(args.prompt_tokens),
                    "--new-tokens", str(args.new_tokens), "--prefix-tokens", str(args.prefix_tokens),
                    "--suffixes", str(args.suffixes), "--suffix-tokens", str(args.suffix_tokens),
@@ -275,6 +312,18 @@ def print_report(report: dict) -> None:
             print(f"vllm {key}: failed: {v.get('error', '')[-300:]}")
 
 
+def results_markdown(report: dict) -> str:
+    """gpu/RESULTS.md: the device, the date and the tables, for committing beside the code that made them."""
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        print_report(report)
+    return (f"# GPU engine benchmark\n\nMade by `python gpu/bench_engine.py` on {report['device']} at {report['date']} "
+            f"(torch {report['torch']}, transformers {report['transformers']}).\n\n```\n{buf.getvalue().strip()}\n```\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.vllm_worker:
@@ -288,14 +337,16 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--device cuda: no CUDA device here (use --device cpu --quick for a smoke run)")
     if device == "cpu":
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    model = build_model(torch, device, args.quick)
+    model = build_model(torch, device, args)
+    params = sum(p.numel() for p in model.parameters())
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, "
                                                                          f"{torch.get_num_threads()} threads)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": ("tiny Qwen3 (quick)" if args.quick else "Qwen3-0.6B shape") + ", random weights, "
-                 + ("bf16" if device == "cuda" else "fp32"),
-        "model_shape": QUICK_SHAPE if args.quick else FULL_SHAPE,
+        "model": (f"{args.shape} shape" + (" in miniature (quick)" if args.quick else "")
+                  + (f", {args.layers} layers" if args.layers else "") + f", {params / 1e9:.2f}B parameters, "
+                  + "random weights, " + ("bf16" if device == "cuda" else "fp32")),
+        "model_shape": model_config(args.shape, args.quick, args.layers)[1],
         "quick": args.quick, "torch": torch.__version__, "transformers": transformers.__version__,
     }
     report["transformers_throughput"] = bench_throughput(torch, model, device, args)
@@ -310,6 +361,9 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    if device == "cuda" and not args.quick:
+        Path(args.results_md).write_text(results_markdown(report))
+        print(f"wrote {args.results_md}")
     return report
 
 
