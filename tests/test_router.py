@@ -101,7 +101,6 @@ def worker_main(port: int, log_path: str) -> None:
             tag = TAG.search((await request.body()).decode("utf-8", "replace"))
             with lock:
                 log.write(json.dumps({"path": request.url.path, "session": request.headers.get(HEADER),
-                                      "routing_key": request.headers.get(SGLANG_HEADER),
                                       "tag": tag.group(1) if tag else None}) + "\n")
         return await call_next(request)
 
@@ -148,8 +147,6 @@ class Cluster:
             for url, (proc, _) in self.workers.items():
                 wait_http(url + "/health", proc)
             self.port = free_port()
-            # Fast health checks and a circuit breaker that opens on the first failure, so a dead worker is
-            # left out within about a second (the defaults take tens of seconds).
             self.router = self._start(
                 [*command, "--host", "127.0.0.1", "--port", str(self.port), "--worker-urls", *self.workers,
                  "--prometheus-port", str(free_port()), *flags], env, tmp / "router.err")
@@ -269,8 +266,8 @@ def test_a_worker_killed_mid_run_moves_the_run_to_the_other(cluster):
     survivor = next(url for url in cluster.workers if url != victim)
     after = [rec for url, rec in cluster.log() if url == survivor and rec.get("tag") == "slow1"]
     assert result.response == "done slow1", result.response
-    # The interrupted sub-call and every later request of the run (the rest of the parent, the child run)
-    # were served by the surviving worker: 1 + 1 (batched pair is 2) + 2 child turns + 1 parent turn.
+    # The surviving worker served the interrupted sub-call and every later request of the run: the batched
+    # pair, the child run's two turns and the parent's last turn (6; more if a retry also reached it).
     assert len(after) >= REQUESTS_PER_RUN - 1, after
 
     # With no worker left, a request fails alone and says why (the router's 5xx), without hanging.
