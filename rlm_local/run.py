@@ -319,6 +319,8 @@ class Run:
         def count(usage: Usage) -> None:
             self.usage.add(usage, model.name, depth, role)
 
+        # Every request carries the run id, so a router in front of several servers keeps the run on one.
+        requests = [r.with_session(self.run_id) for r in requests]
         results = model.scheduler.submit(requests, self.run_id, timeout=self._wait_limit(), on_late_usage=count)
         for result in results:
             if result.ok and result.usage.calls == 0:  # the scheduler answered from its memo: no engine work

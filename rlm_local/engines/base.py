@@ -11,7 +11,7 @@ import abc
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 from ..errors import Error
@@ -42,11 +42,17 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Request:
-    """Exactly one of ``messages`` (chat) or ``prompt`` (raw completion) is set."""
+    """Exactly one of ``messages`` (chat) or ``prompt`` (raw completion) is set.
+
+    ``session`` names the RLM run the request belongs to (the root run's id, shared by its child runs), so a
+    router in front of several servers can keep one run on one server. It is routing metadata only: it is
+    not part of ``key()``, equality or hashing, so identical requests of different runs still share one
+    answer through the scheduler's memo."""
 
     messages: tuple[dict[str, str], ...] | None = None
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    session: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -65,6 +71,10 @@ class Request:
     @classmethod
     def completion(cls, prompt: str, **sampling: object) -> "Request":
         return cls(prompt=prompt, sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
+
+    def with_session(self, session: str | None) -> "Request":
+        """This request tagged with ``session`` (itself when already tagged so)."""
+        return self if session == self.session else replace(self, session=session)
 
     def key(self) -> tuple:
         """A hashable identity: equal keys mean the same request (used for de-duplication)."""

@@ -5,10 +5,21 @@ One pooled httpx client is shared by a bounded pool of worker threads; each requ
 429/5xx/connection errors, and a hard wall-clock deadline so nothing can hang. Every failure is a
 ``Result.failed("openai: ...")`` for that request only.
 
-With several base URLs, a request goes to the server chosen by rendezvous hashing of the first
-``affinity_chars`` characters of its rendered prompt, so siblings that share a prefix land where that
-prefix is already cached; a server that is full (``max_concurrency`` requests in flight) spills to the next
-one in the same hash order, and a server that refuses connections is skipped on retry.
+Scaling out: put a real router (``vllm-router --policy consistent_hash``, or the SGLang router with
+``--policy manual``) in front of the servers and give its one URL as ``base_url``. Every request of an RLM
+run carries the run's id (``Request.session``: the root run's id, shared by its child runs) in the
+``session_header`` HTTP header, which those routers hash to pick a worker: one run stays on one server,
+where its growing root conversation and its sub-calls' shared chunks are already in the prefix cache,
+and different runs spread over the servers. The default header is vllm-router's ``X-Session-ID``; the
+SGLang router's is ``X-SMG-Routing-Key``; ``session_header=None`` sends none.
+
+Without a router, several base URLs are the fallback: a request goes to the server chosen by rendezvous
+hashing of its session (the run id) when it has one, else of the first ``affinity_chars`` characters of
+its rendered prompt. Hashing the prompt alone is kept for callers without runs, but it cannot spread RLM
+runs: every run's root turns open with the same system prompt, so they would all hash to one server. A
+server that is full (``max_concurrency`` requests in flight) spills to the next one in the same hash
+order, and a server that refuses connections is skipped on retry. The router does this better (health
+checks, circuit breakers, workers added at run time), so use one for more than a couple of servers.
 
 A deadline from the scheduler (a run's time budget) bounds each request's whole HTTP exchange: at the
 deadline the connection is dropped (vLLM then aborts the generation) and the request fails with its
@@ -20,6 +31,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +41,8 @@ from urllib.parse import urlsplit
 from ..models import find_card
 from .base import Engine, EngineError, Request, Result, Usage
 
+DEFAULT_SESSION_HEADER = "X-Session-ID"  # vllm-router's session-affinity header (consistent_hash policy)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a reply bigger than this is garbage, not a completion
 
@@ -73,7 +87,7 @@ class OpenAIEngine(Engine):
                  endpoint: Literal["chat", "completions"] | None = None, max_concurrency: int = 16,
                  prompt_format: Literal["chat", "completion"] | None = None, context_length: int | None = None,
                  affinity_chars: int = 1024, backoff: float = 0.5, max_backoff: float = 20.0,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, session_header: str | None = DEFAULT_SESSION_HEADER) -> None:
         import httpx  # a core dependency, but keep `import rlm_local.engines` light
 
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
@@ -82,6 +96,10 @@ class OpenAIEngine(Engine):
         self.servers = list(dict.fromkeys(normalize_base_url(u) for u in urls))
         if endpoint not in (None, "chat", "completions"):
             raise EngineError(f"openai backend: endpoint must be 'chat' or 'completions', got {endpoint!r}")
+        if session_header is not None and not _HEADER_NAME.fullmatch(str(session_header)):
+            raise EngineError(f"openai backend: session_header must be an HTTP header name such as "
+                              f"{DEFAULT_SESSION_HEADER!r} (or None to send none), got {session_header!r}")
+        self.session_header = session_header
         if timeout <= 0 or max_retries < 0 or max_concurrency < 1:
             raise EngineError("openai backend: need timeout > 0, max_retries >= 0 and max_concurrency >= 1")
         self.endpoint = endpoint
@@ -132,7 +150,7 @@ class OpenAIEngine(Engine):
 
     def server_for(self, request: Request) -> str:
         """The server a request would go to now (affinity first, spill when that server is full)."""
-        return self._pick(self.rendered(request)[: self.affinity_chars], exclude=set(), reserve=False)
+        return self._pick(self._affinity_key(request), exclude=set(), reserve=False)
 
     def close(self) -> None:
         if self._closed:
@@ -148,13 +166,14 @@ class OpenAIEngine(Engine):
             body, path = self._payload(request)
         except RequestFailed as exc:
             return Result.failed(f"openai: {exc}")
-        key = self.rendered(request)[: self.affinity_chars]
+        key = self._affinity_key(request)
+        headers = self._session_headers(request)
         refused: set[str] = set()
         attempt = 0
         while True:
             server = self._pick(key, refused, reserve=True)
             try:
-                data = self._send("POST", server, path, body, deadline)
+                data = self._send("POST", server, path, body, deadline, headers)
                 return self._parse(data, request, path, server, time.perf_counter() - started)
             except DeadlinePassed as exc:  # the work the server did is counted: it was asked for
                 usage = self._usage(None, request, "", time.perf_counter() - started)
@@ -174,6 +193,22 @@ class OpenAIEngine(Engine):
             finally:
                 with self._lock:
                     self._inflight[server] -= 1
+
+    def _affinity_key(self, request: Request) -> str:
+        """Client-side affinity (several base URLs, no router): the run when known, else the prompt's start."""
+        if request.session is not None:
+            return "session\0" + request.session
+        return self.rendered(request)[: self.affinity_chars]
+
+    def _session_headers(self, request: Request) -> dict[str, str] | None:
+        """The router's affinity header for this request's run, or None. A run id that is not a printable
+        ASCII header value (``RLM.completion(run_id=...)`` takes any string) is sent as a stable digest."""
+        if self.session_header is None or not request.session:
+            return None
+        value = request.session
+        if not (value.isascii() and value.isprintable()) or len(value) > 256:
+            value = hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+        return {self.session_header: value}
 
     def _pick(self, key: str, exclude: set[str], reserve: bool) -> str:
         order = [s for s in rendezvous_order(key, self.servers) if s not in exclude] or self.servers
@@ -218,7 +253,7 @@ class OpenAIEngine(Engine):
         return self._send("GET", server, path, None)
 
     def _send(self, method: str, server: str, path: str, body: dict[str, Any] | None,
-              stop_at: float | None = None) -> Any:
+              stop_at: float | None = None, headers: dict[str, str] | None = None) -> Any:
         """One HTTP exchange. ``stop_at`` (time.monotonic()) is the caller's deadline: the exchange is
         dropped there and DeadlinePassed raised."""
         httpx = self._httpx
@@ -231,7 +266,7 @@ class OpenAIEngine(Engine):
                 raise DeadlinePassed(f"{url}: deadline passed before the request was sent")
             deadline = min(deadline, stop_at)
         try:
-            with self._client.stream(method, url, json=body, timeout=httpx.Timeout(
+            with self._client.stream(method, url, json=body, headers=headers, timeout=httpx.Timeout(
                     min(timeout, self.timeout), connect=min(timeout, self._connect_timeout))) as resp:
                 chunks: list[bytes] = []
                 size = 0
