@@ -186,7 +186,8 @@ def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
 GGUF_MAGIC = b"GGUF"
 
 
-def resolve_gguf(model_name: str | None, progress: Callable[[str], None] | None = None) -> tuple[Path, ModelCard | None]:
+def resolve_gguf(model_name: str | None,
+                 progress: Callable[[str], None] | None = None) -> tuple[Path, ModelCard | None]:
     """Turn a user's model name into a GGUF file: a registered packaged model (assembled once into the user
     cache by its builder in ``GGUF_BUILDERS``, keyed by card name) or the path of any ``.gguf`` file.
     Raises ModelNotFoundError for anything else and ModelLoadError for a file that is not a GGUF."""

@@ -7,7 +7,8 @@ Measures, in one process on the embedded GGUF, one thread:
 - 8 siblings over one NEW chunk of ~1,500 tokens (a fresh chunk per run, so nothing is cached), 32 new
   tokens each: our default (``share_prefix=True``: the prefix computed once, copied into each slot) against
   llama-server's default behaviour (``share_prefix=False``: parallel slots, each computing the chunk),
-  interleaved, with llama.cpp's reported evaluated/cached prompt tokens.
+  and the siblings sent one by one into a single slot (``n_parallel=1``), interleaved, with llama.cpp's
+  reported evaluated/cached prompt tokens.
 """
 from __future__ import annotations
 
@@ -48,21 +49,22 @@ def main() -> None:
     args = ap.parse_args()
     ours = make_engine("llamacpp", share_prefix=True)
     default = make_engine("llamacpp", share_prefix=False)
-    rows: dict[str, list] = {"decode_tok_s": [], "ours": [], "llama_default": []}
+    one_slot = make_engine("llamacpp", share_prefix=False, n_parallel=1)  # siblings one by one in one slot
+    rows: dict[str, list] = {"decode_tok_s": [], "ours": [], "llama_default": [], "one_slot": []}
     try:
         for rep in range(args.repeats):
             r = ours.generate([Request.completion("Once upon a time, in a small village,", max_tokens=64)])[0]
             rows["decode_tok_s"].append(round(r.usage.completion_tokens / r.usage.seconds, 2))
-            for name, engine in (("ours", ours), ("llama_default", default))[::1 if rep % 2 == 0 else -1]:
+            for name, engine in (("ours", ours), ("llama_default", default), ("one_slot", one_slot))[::1 if rep % 2 == 0 else -1]:
                 rows[name].append(siblings(engine, chunk(1000 * rep + len(name), args.words)))
                 print(name, rows[name][-1], flush=True)
     finally:
-        ours.close()
-        default.close()
+        for engine in (ours, default, one_slot):
+            engine.close()
     mean = {k: sum(x["seconds"] for x in v) / len(v) for k, v in rows.items() if k != "decode_tok_s"}
     print(f"single-stream decode: {rows['decode_tok_s']} tok/s")
     print(f"8 siblings, cold chunk: ours {mean['ours']:.1f} s, llama-server default {mean['llama_default']:.1f} s, "
-          f"speedup {mean['llama_default'] / mean['ours']:.2f}x")
+          f"speedup {mean['llama_default'] / mean['ours']:.2f}x; one slot, one by one {mean['one_slot']:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

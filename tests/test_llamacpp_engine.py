@@ -113,21 +113,32 @@ def test_missing_or_bad_model_file_is_one_clear_line(tmp_path):
         make_engine("llamacpp", no_such_param=1)
 
 
+def test_missing_extra_is_one_line_naming_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)  # import fails as if the extra were not installed
+    with pytest.raises(EngineError, match=r"pip install 'rlm-local\[llamacpp\]'"):
+        make_engine("llamacpp")
+
+
 def native_threads() -> int:
     return len(os.listdir("/proc/self/task"))  # llama.cpp's threads are not Python threads
 
 
 def test_close_frees_port_and_threads():
-    before = native_threads()
-    eng = make_engine("llamacpp", n_parallel=2, context_length=512)
-    port = eng._port
-    assert eng.generate([Request.completion("Hi", max_tokens=2)])[0].ok
-    eng.close()
-    eng.close()  # twice is fine
-    with socket.socket() as s, pytest.raises(OSError):
-        s.connect(("127.0.0.1", port))
-    assert native_threads() <= before
-    assert not eng.generate([Request.completion("Hi", max_tokens=2)])[0].ok  # closed: fails, no crash
+    def cycle() -> int:
+        eng = make_engine("llamacpp", n_parallel=2, context_length=512)
+        port = eng._port
+        assert eng.generate([Request.completion("Hi", max_tokens=2)])[0].ok
+        eng.close()
+        eng.close()  # twice is fine
+        with socket.socket() as s, pytest.raises(OSError):
+            s.connect(("127.0.0.1", port))
+        assert not eng.generate([Request.completion("Hi", max_tokens=2)])[0].ok  # closed: fails, no crash
+        return native_threads()
+
+    first = cycle()  # llama.cpp starts one process-wide log thread the first time; nothing per engine stays
+    assert cycle() <= first
 
 
 def test_rlm_end_to_end_with_llamacpp_sub_calls(engine):
@@ -146,3 +157,10 @@ def test_rlm_end_to_end_with_llamacpp_sub_calls(engine):
     cached = sorted(e["usage"]["cached_tokens"] for e in subcalls[:3])
     assert cached[1] >= engine.count_tokens(doc) - 16  # the three siblings shared the document
     assert result.usage_summary.by_model[engine.model_name].calls == 4
+
+
+def test_cli_demo_runs_on_llamacpp(capsys):
+    from rlm_local.cli import main
+
+    assert main(["run", "--demo", "--demo-length", "40000", "--backend", "llamacpp", "--threads", "1", "--quiet"]) == 0
+    assert "PASSED" in capsys.readouterr().err

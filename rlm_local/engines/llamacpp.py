@@ -8,16 +8,23 @@ exactly what the model sees and token counts are exact. llama.cpp decodes its pa
 (continuous batching) and keeps each slot's KV for the next request (the prompt cache); ``cached_tokens``
 is llama.cpp's own ``timings.cache_n`` (None when a request was cut off before it reported).
 
-Shared-prefix siblings (measured 2026-11-30, shared 2-core box, one thread, 8 siblings over one new chunk):
-llama-server gives each concurrent request its own slot and computes the chunk once per slot
-(``cache_n = 0`` on 7 of 8). Warming the prefix first does not fix that: only the warmed slot reuses it;
-``kv_unified`` does not share a sequence between slots; the host-RAM prompt cache (``cache_ram``) hands a
-saved prefix to one empty slot and drops it (a move, not a copy); sending the siblings one by one into
-one slot reuses the prefix but decodes one sequence at a time and, with Gemma's sliding-window layers,
-loses the prefix whenever the slot must roll back past its last checkpoint. What works: compute the
-common token prefix once (``max_tokens=0`` into one slot), save that slot's state to a file and restore
-it into every slot a sibling will use (a few ms each), then run the siblings in parallel, each pinned to
-its slot. See ``scripts/bench_llamacpp.py`` for the side-by-side numbers (in the module's report).
+Shared-prefix siblings (measured 2026-11-30 on the shared 2-core box, one thread, embedded GGUF; 8 siblings
+over one NEW ~1,500-token chunk, 32 new tokens each, ``scripts/bench_llamacpp.py``): llama-server's default
+gives each concurrent request its own slot and computes the chunk once per slot (``cache_n = 0`` on all 8:
+199 s, 12,392 prompt tokens evaluated). Warming the prefix first does not fix that (only the warmed slot
+reuses it); ``kv_unified`` does not share a sequence between slots; the host-RAM prompt cache
+(``cache_ram``) hands a saved prefix to one empty slot and drops it (a move, not a copy); siblings one by
+one in one slot (``n_parallel=1``) compute the prefix once too but decode one sequence at a time (about
+3 s per sibling at 32 tokens). What works, and is
+the default (``share_prefix=True``): compute the common token prefix once (``max_tokens=0`` into one slot),
+save that slot's state to a file and restore it into every slot a sibling uses (~10 ms each), then run the
+siblings in parallel, each pinned to its slot: 23.7 s, 1,634 prompt tokens evaluated (8.4x faster; a
+second run 27.5 s vs 157 s, 5.7x).
+
+Greedy outputs: llama.cpp's logits are not bit-identical across different prompt-processing splits (its
+README says so of ``cache_prompt``), so a request whose prefix came from a cache may, on a near-tie, pick
+another token than the same request computed cold. Requests without a shared prefix give the same text
+in a batch as one by one.
 
 xllamacpp is an optional extra (``pip install 'rlm-local[llamacpp]'``) and is imported only here.
 """
@@ -351,7 +358,9 @@ class LlamaCppEngine(Engine):
         started = time.perf_counter()
         if deadline is not None and time.monotonic() >= deadline:
             return Result.failed("llamacpp: stopped at the deadline before it started")
-        self._server.handle_completions(body, on_chunk)
+        returned = self._server.handle_completions(body, on_chunk)
+        if isinstance(returned, dict) and "error" in returned:  # refused before streaming started
+            state["error"] = _error_text(returned)
         seconds = time.perf_counter() - started
         if "error" in state:
             return Result.failed(f"llamacpp: {state['error']}")
