@@ -40,6 +40,15 @@ def test_loads_the_packaged_gguf_directly(engine):
     assert engine.render(chat) == "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
+def test_packaged_gguf_is_assembled_once_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLM_LOCAL_CACHE", str(tmp_path))
+    path, card = resolve_gguf("embedded")
+    assert path.parent == tmp_path and card.name == "gemma-3-270m"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [path.name]  # no .partial
+    stamp = path.stat().st_mtime_ns
+    assert resolve_gguf(None)[0] == path and path.stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
 def test_batch_in_order_equals_one_by_one_greedy(engine):
     reqs = [Request.completion(f"The capital of {c} is", max_tokens=8) for c in ("France", "Italy", "Japan")]
     batch = engine.generate(reqs)
@@ -109,6 +118,11 @@ def test_missing_or_bad_model_file_is_one_clear_line(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="not a GGUF file"):
         make_engine("llamacpp", model_name=str(bad))
+    truncated = tmp_path / "truncated.gguf"
+    with open(embedded_gguf_path(), "rb") as fh:
+        truncated.write_bytes(fh.read(5_000_000))  # starts like a GGUF, ends early
+    with pytest.raises(ModelLoadError, match="complete GGUF model"):
+        make_engine("llamacpp", model_name=str(truncated))
     with pytest.raises(EngineError, match="unknown llama.cpp parameter"):
         make_engine("llamacpp", no_such_param=1)
 

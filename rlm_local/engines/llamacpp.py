@@ -90,7 +90,7 @@ class LlamaCppEngine(Engine):
         ``cache_ram_mib`` host-RAM prompt cache; ``share_prefix`` computes a prefix shared by at least two
         requests of one call (>= ``min_prefix_tokens`` tokens) once and copies it into their slots.
         ``params`` set further ``xllamacpp.CommonParams`` fields (``n_batch``, ``n_ubatch``, ``swa_full``...)."""
-        from ..models import gguf_string, resolve_gguf
+        from ..models import ModelLoadError, gguf_string, resolve_gguf
 
         path, card = resolve_gguf(model_name, progress)  # before xllamacpp: a wrong name fails in ms
         try:
@@ -106,7 +106,7 @@ class LlamaCppEngine(Engine):
         self.model_name = card.name if card else str(path)
         self.card = card
         self.model_path = path
-        self.threads = threads or default_threads()
+        self.threads = max(1, int(threads or default_threads()))
         self.n_parallel = n_parallel
         self.share_prefix = share_prefix
         self.min_prefix_tokens = min_prefix_tokens
@@ -133,19 +133,24 @@ class LlamaCppEngine(Engine):
             self._server: Any = xllamacpp.Server(p)
         except Exception as exc:
             shutil.rmtree(self._slot_dir, ignore_errors=True)
-            raise EngineError(f"llama.cpp could not load {path} ({type(exc).__name__}: {exc}); check that it is "
-                              "a complete GGUF model and that context_length * n_parallel fits in memory") from exc
+            raise ModelLoadError(f"llama.cpp could not load {path} ({type(exc).__name__}: {exc}); check that it is a "
+                                 "complete GGUF model (a packaged model's file is rebuilt once deleted) and that "
+                                 "context_length * n_parallel fits in memory") from exc
         self.load_seconds = time.perf_counter() - started
         url = urlparse(self._server.listening_address)
         self._host, self._port = url.hostname or "127.0.0.1", int(url.port or 0)
         self._closing = False
         self._lock = threading.Lock()  # one generate at a time: its plan owns every slot
         self._slots = [_Slot() for _ in range(n_parallel)]
-        props = self._post("/props", None)
-        self.context_length = int(props.get("default_generation_settings", {}).get("n_ctx") or slot_ctx)
-        self.chat_template = gguf_string(path, "tokenizer.chat_template")
-        self._arch = gguf_string(path, "general.architecture") or ""
-        self._bos = self._post("/tokenize", {"content": "", "add_special": True}).get("tokens", [])[:1]
+        try:
+            props = self._post("/props", None)
+            self.context_length = int(props.get("default_generation_settings", {}).get("n_ctx") or slot_ctx)
+            self.chat_template = gguf_string(path, "tokenizer.chat_template")
+            self._arch = gguf_string(path, "general.architecture") or ""
+            self._bos = self._post("/tokenize", {"content": "", "add_special": True}).get("tokens", [])[:1]
+        except Exception:
+            self.close()
+            raise
         self.prompt_format = (prompt_format or (card.prompt_format if card else None)  # type: ignore[assignment]
                               or ("chat" if self.chat_template else "completion"))
 
