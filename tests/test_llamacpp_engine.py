@@ -1,9 +1,10 @@
 """The llama.cpp engine against real xllamacpp on the embedded GGUF (one engine per module: loads in seconds)."""
 from __future__ import annotations
 
-import random
 import os
+import random
 import socket
+import sys
 import time
 
 import pytest
@@ -128,8 +129,6 @@ def test_missing_or_bad_model_file_is_one_clear_line(tmp_path):
 
 
 def test_missing_extra_is_one_line_naming_it(monkeypatch):
-    import sys
-
     monkeypatch.setitem(sys.modules, "xllamacpp", None)  # import fails as if the extra were not installed
     with pytest.raises(EngineError, match=r"pip install 'rlm-local\[llamacpp\]'"):
         make_engine("llamacpp")
