@@ -33,17 +33,20 @@ def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, 
         kwargs["base_url"] = base_url if len(base_url) > 1 else base_url[0]
     elif base_url:
         raise InputError(f"{flag}base-url only applies to {flag}backend openai")
-    if backend == "transformers" and threads:
+    if backend in ("transformers", "llamacpp") and threads:
         kwargs["threads"] = threads
     return kwargs
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="transformers", help="transformers (default), vllm, openai or scripted")
-    p.add_argument("--model", default=None, help="model name or local directory (default: the embedded Gemma 3 270M)")
+    p.add_argument("--backend", default="transformers",
+                   help="transformers (default), vllm, llamacpp, openai or scripted")
+    p.add_argument("--model", default=None, help="model name, local directory, or a .gguf file for llamacpp "
+                                                 "(default: the embedded Gemma 3 270M)")
     p.add_argument("--base-url", action="append", default=None,
                    help="OpenAI-compatible server URL for --backend openai; repeat for several servers")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on 2-core machines)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch / llama.cpp CPU threads (default: 1 on 2-core machines)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,9 +167,9 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
     if args.backend == "transformers" or args.sub_backend == "transformers":
         _quiet_transformers()
     if not args.quiet:
-        if args.backend == "transformers":  # the first run converts the embedded model: say what is happening
+        if args.backend in ("transformers", "llamacpp"):  # the first run builds the embedded model: say so
             kwargs["progress"] = lambda msg: err.print(f"[dim]{escape(msg)}[/dim]")
-        default = "embedded default" if args.backend == "transformers" else "the server's model"
+        default = "embedded default" if args.backend in ("transformers", "llamacpp") else "the server's model"
         err.print(f"[dim]loading {args.backend} engine ({escape(args.model or default)})…[/dim]")
     rlm = RLM(backend=args.backend, backend_kwargs=kwargs, max_depth=args.max_depth,
               max_iterations=args.max_iterations, max_timeout=args.max_timeout, max_tokens=args.max_tokens,

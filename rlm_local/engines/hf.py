@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Engine, Request, Result, SamplingParams, Usage, generate_isolated
+from .templates import gemma_turns  # noqa: F401  (re-exported: older imports use hf.gemma_turns)
 from .prefix_cache import (PrefixCache, PrefixKV, batch_cache, common_prefix_len, extend_prefix,
                            prefix_from_cache, supports_reuse)
 
@@ -288,19 +289,3 @@ class _Plan:
     ends: list[int]
     slots: int
     cached: list[int]
-
-
-def gemma_turns(messages: list[dict[str, str]]) -> str:
-    """Gemma's turn format, for tokenizers that ship without a chat template (the embedded GGUF has none).
-    Gemma has no system role: the system text opens the first user turn."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    parts: list[str] = []
-    for m in messages:
-        if m["role"] == "system":
-            continue
-        content = m["content"]
-        if system and not parts and m["role"] == "user":
-            content = f"{system}\n\n{content}"
-        role = "model" if m["role"] == "assistant" else "user"
-        parts.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")
-    return "".join(parts) + "<start_of_turn>model\n"
