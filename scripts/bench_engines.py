@@ -13,8 +13,9 @@ prefix reuse decide). This script measures both, plus whole runs:
 
 Engines (``--engines``): ``transformers`` (in process, the embedded model's safetensors copy),
 ``llamacpp`` (in process, the packaged GGUF as it is), ``vllm`` (vLLM for CPU, ``LLM``), ``vllm-async``
-(``AsyncLLM``) and ``llama-server`` (llama.cpp's own server with its default slots and no prefix warming,
-reached over HTTP through the ``openai`` engine: what a CPU user would run instead). Whole runs
+(``AsyncLLM``) and ``llama-server`` (llama.cpp's own server code with its default behaviour, parallel slots
+that each compute their own prompt: what a CPU user would run instead; called in process, so it differs
+from ``llamacpp`` only in our shared-prefix handling). Whole runs
 (``--setups``) may use one engine for root turns and another for sub-calls: ``llamacpp+transformers``
 means root turns on llama.cpp and sub-calls on transformers.
 
@@ -71,16 +72,10 @@ def make_named_engine(name: str, threads: int) -> tuple[Engine, Callable[[], Non
         engine = make_engine(name, model_name=str(ensure_embedded()))
         return engine, engine.close
     if name == "llama-server":
-        from rlm_local.engines.llamacpp import start_llama_server
-
-        server = start_llama_server(threads=threads)  # llama.cpp's defaults: its own slots, no warming
-        engine = make_engine("openai", base_url=server.base_url, prompt_format="completion",
-                             context_length=server.context_length, timeout=1800.0)
-
-        def close() -> None:
-            engine.close()
-            server.close()
-        return engine, close
+        # llama.cpp's server code with its defaults (parallel slots, each computing its own prompt; the prompt
+        # cache kept per slot), called in process like our engine so the two differ only in prefix sharing.
+        engine = make_engine("llamacpp", threads=threads, share_prefix=False)
+        return engine, engine.close
     raise SystemExit(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
 
