@@ -6,7 +6,7 @@ from typing import Any
 
 from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
 
-BACKENDS = ("transformers", "vllm", "openai", "scripted")
+BACKENDS = ("transformers", "vllm", "vllm-async", "openai", "scripted")
 
 
 def engine_class(backend: str) -> type[Engine]:
@@ -20,6 +20,9 @@ def engine_class(backend: str) -> type[Engine]:
     if backend == "vllm":
         from .vllm_engine import VLLMEngine
         return VLLMEngine
+    if backend == "vllm-async":
+        from .vllm_async import AsyncVLLMEngine
+        return AsyncVLLMEngine
     if backend == "openai":
         from .openai_http import OpenAIEngine
         return OpenAIEngine
