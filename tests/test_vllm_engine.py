@@ -235,3 +235,24 @@ def test_adapter_unknown_cached_tokens_and_close(fake_vllm):
     engine.close()
     (result,) = engine.generate([Request.completion("abc")])
     assert result.error == "vllm: EngineError: engine is closed"
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "S1"}, {"role": "system", "content": "S2"}, {"role": "user", "content": "q"},
+     {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}],
+    [{"role": "system", "content": "S"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
+])
+def test_serve_chat_template_renders_what_the_engines_render(messages):
+    """gpu/gemma-turns.jinja (the --chat-template of the CPU serve recipe) gives a server the prompt our
+    engines build for the embedded model, BOS included (servers add no BOS to chat prompts)."""
+    from pathlib import Path
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # what transformers and vLLM render templates with
+
+    from rlm_local.engines.hf import gemma_turns
+
+    source = (Path(__file__).parent.parent / "gpu" / "gemma-turns.jinja").read_text()
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+    assert template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True) == \
+        "<bos>" + gemma_turns(messages)
