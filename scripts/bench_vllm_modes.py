@@ -7,13 +7,13 @@ at once and vLLM adds it to the running batch step by step (continuous batching)
 
 Workloads (each run twice per mode; the first warms vLLM's prefix cache and the sandbox):
   rlm     N concurrent RLM runs, scripted root (the embedded model cannot write REPL code), real sub-calls on
-          vLLM: each run makes 3 rounds of `llm_query_batched` (4 prompts) then one `llm_query`; the runs'
-          sub-call lengths differ (sub_max_tokens 16 / 48 / 96), as real runs' replies do.
+          vLLM: each run makes 3 rounds of `llm_query_batched` (4 prompts) then one `llm_query`, questions the
+          model answers with long lists; the runs' reply lengths differ (sub_max_tokens 16 / 64 / 160).
   clients C closed-loop clients, each sending 6 short completions one after another (16 or 64 tokens).
 The modes start one after the other (one engine core at a time); vLLM start-up is timed too.
 
 Usage (a main guard is required: vLLM's engine core is a spawned process):
-  PYTHONPATH=. python scripts/bench_vllm_modes.py [--runs 6] [--clients 8] [--out scripts/results/bench_vllm_modes.json]
+  PYTHONPATH=. python scripts/bench_vllm_modes.py [--runs 8] [--clients 8] [--out scripts/results/bench_vllm_modes.json]
 """
 from __future__ import annotations
 
@@ -33,21 +33,24 @@ from rlm_local.engines.base import Engine, Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.scheduler import Scheduler
 
+# Sub-call questions that the embedded base model answers at length on one line (a list), so replies run up
+# to sub_max_tokens; short factual questions get 1-token answers ending at the newline stop.
 ROOT_CELL = """```repl
 facts = []
 for round_ in range(3):
-    facts += llm_query_batched([f"Run {RUN}, round {round_}: a short fact about {topic} is" for topic in
-                                ["rivers", "bridges", "bells", "bakeries"]])
-summary = llm_query("In one sentence, the town has " + str(len(facts)) + " facts. The first is: " + facts[0])
+    facts += llm_query_batched([f"Name thirty cities of Europe, separated by commas. Run {RUN}, round {round_}, "
+                                f"group {group}." for group in range(4)])
+summary = llm_query("Write the alphabet letters separated by spaces, then the numbers 1 to 40. Run {RUN}.")
 print(len(facts), summary[:40])
 ```"""
-SUB_TOKENS = (16, 48, 96)
+SUB_TOKENS = (16, 64, 160)
 
 
 def rlm_workload(engine: Engine, runs: int) -> dict:
     """``runs`` RLM runs at once; returns wall time, per-run latencies and the sub-call count."""
     latencies: list[float] = [0.0] * runs
     subcalls: list[int] = [0] * runs
+    tokens: list[int] = [0] * runs
     errors: list[str] = []
 
     def one(i: int) -> None:
@@ -62,6 +65,7 @@ def rlm_workload(engine: Engine, runs: int) -> dict:
         latencies[i] = time.perf_counter() - started
         calls = [e for e in result.trajectory if e["event"] == "subcall"]
         subcalls[i] = len(calls)
+        tokens[i] = result.usage_summary.by_model[engine.model_name].completion_tokens  # sub-calls only
         errors.extend(e["error"] for e in calls if e["error"])
         if result.response != "done":
             errors.append(f"run {i} ended {result.stopped_reason}")
@@ -73,7 +77,8 @@ def rlm_workload(engine: Engine, runs: int) -> dict:
     for t in threads:
         t.join()
     return {"wall_s": round(time.perf_counter() - started, 2), "mean_run_s": round(statistics.mean(latencies), 2),
-            "max_run_s": round(max(latencies), 2), "subcalls": sum(subcalls), "errors": errors[:5]}
+            "max_run_s": round(max(latencies), 2), "subcalls": sum(subcalls), "completion_tokens": sum(tokens),
+            "errors": errors[:5]}
 
 
 def clients_workload(engine: Engine, clients: int, per_client: int = 6) -> dict:
@@ -106,7 +111,7 @@ def clients_workload(engine: Engine, clients: int, per_client: int = 6) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--out", default="scripts/results/bench_vllm_modes.json")
     args = parser.parse_args()
