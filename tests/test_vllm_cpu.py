@@ -190,7 +190,7 @@ class TestAsyncLLM:
                 assert res.ok, res.error
                 done[name] = time.monotonic()
 
-            long = threading.Thread(target=run, args=("long", Request.completion("Once upon a time", max_tokens=400)))
+            long = threading.Thread(target=run, args=("long", Request.completion("Once upon a time", max_tokens=120)))
             long.start()
             time.sleep(1.0)
             run("short", Request.completion("The capital of France is", max_tokens=4))
