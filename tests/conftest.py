@@ -7,7 +7,7 @@ import pytest
 # command and CI run everything (`-m ""`). Measured here: about 90 of the fast suite's 137 test-seconds.
 SLOW_FILES = {"test_resources.py", "test_post_escape.py", "test_budgets.py", "test_service_fuzz.py",
               "test_bench_sweep.py", "test_bench_ray.py", "test_viewer.py", "test_cli.py", "test_service_cli.py",
-              "test_router.py"}
+              "test_router.py", "test_vllm_cpu.py"}
 
 
 def pytest_collection_modifyitems(items):

