@@ -1,7 +1,7 @@
 """rlm-local: Recursive Language Models on your own hardware.
 
     from rlm_local import RLM
-    rlm = RLM(backend="transformers", backend_kwargs={"model_name": None}, max_iterations=20)
+    rlm = RLM(backend="llamacpp", backend_kwargs={"model_name": None}, max_iterations=20)
     result = rlm.completion(long_text, root_prompt="What does clause 14 require?")
     print(result.response, result.stopped_reason, result.usage_summary.to_dict())
 

@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from .engines import BACKENDS, DEFAULT_BACKEND
 from .errors import Error, InputError, log_to_file, logger
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -39,14 +40,14 @@ def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, 
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="transformers",
-                   help="transformers (default), vllm, llamacpp, openai or scripted")
+    p.add_argument("--backend", default=DEFAULT_BACKEND,
+                   help=f"{', '.join(BACKENDS)} (default {DEFAULT_BACKEND})")
     p.add_argument("--model", default=None, help="model name, local directory, or a .gguf file for llamacpp "
                                                  "(default: the embedded Gemma 3 270M)")
     p.add_argument("--base-url", action="append", default=None,
                    help="OpenAI-compatible server URL for --backend openai; repeat for several servers")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch / llama.cpp CPU threads (default: 1 on 2-core machines)")
+                   help="torch threads / llama.cpp decode threads (default: 1 on 2-core machines)")
 
 
 def build_parser() -> argparse.ArgumentParser:

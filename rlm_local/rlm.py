@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts, schedulers
-from .engines import Engine, make_engine
+from .engines import DEFAULT_BACKEND, Engine, make_engine
 from .errors import InputError
 from .events import Event, RunError, RunFinal, RunStart
 from .formats import format_named
@@ -76,11 +76,11 @@ def _as_list(value: Any) -> list:
 class RLM:
     """A Recursive Language Model. Drop-in for the reference library's ``RLM`` user API.
 
-    >>> rlm = RLM(backend="transformers", backend_kwargs={"model_name": None}, max_iterations=10)
+    >>> rlm = RLM(backend="llamacpp", backend_kwargs={"model_name": None}, max_iterations=10)
     >>> rlm.completion(long_text, root_prompt="Who signed the contract?").response
     """
 
-    def __init__(self, backend: str = "transformers", backend_kwargs: dict[str, Any] | None = None, *,
+    def __init__(self, backend: str = DEFAULT_BACKEND, backend_kwargs: dict[str, Any] | None = None, *,
                  environment: str = "local", environment_kwargs: dict[str, Any] | None = None, depth: int = 0,
                  max_depth: int = 1, max_iterations: int = 20, max_timeout: float | None = None,
                  max_tokens: int | None = None, max_subcalls: int | None = None, max_errors: int | None = None,

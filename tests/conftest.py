@@ -30,6 +30,16 @@ def embedded_engine():
     engine.close()
 
 
+@pytest.fixture(scope="session")
+def default_engine():
+    """The embedded model on the default backend (llama.cpp on the packaged GGUF, ~3 s to load)."""
+    from rlm_local.engines import DEFAULT_BACKEND, make_engine
+
+    engine = make_engine(DEFAULT_BACKEND)
+    yield engine
+    engine.close()
+
+
 @pytest.fixture(scope="module")
 def served_rlm(tmp_path_factory):
     """A scripted RLM service (tests/service_support.py) on 127.0.0.1 for one test module: (url, service)."""

@@ -1,4 +1,5 @@
-"""The whole RLM on the real embedded model: it must drive the loop end to end and terminate."""
+"""The whole RLM on the real embedded model, on the default engine (llama.cpp) and on transformers: it must
+drive the loop end to end and terminate."""
 from __future__ import annotations
 
 import pytest
@@ -7,11 +8,14 @@ from rlm_local import RLM
 from rlm_local.haystack import make_needle_task
 
 pytestmark = pytest.mark.model
+ENGINES = pytest.mark.parametrize("engine_fixture", ["default_engine", "embedded_engine"])
 
 
-def test_completion_on_the_embedded_model_terminates_and_accounts(embedded_engine, tmp_path):
+@ENGINES
+def test_completion_on_the_embedded_model_terminates_and_accounts(engine_fixture, request, tmp_path):
+    engine = request.getfixturevalue(engine_fixture)
     task = make_needle_task(length=30_000, depth=0.4, seed=3, key="granite bell")
-    rlm = RLM(backend="transformers", engine=embedded_engine, max_iterations=3,
+    rlm = RLM(engine=engine, max_iterations=3,
               trajectory_path=tmp_path / "t.jsonl")
     result = rlm.completion(task.context, root_prompt=task.question)
     assert result.stopped_reason in ("final", "max_iterations")
@@ -24,7 +28,9 @@ def test_completion_on_the_embedded_model_terminates_and_accounts(embedded_engin
     assert task.is_correct(result.response), result.trajectory
 
 
-def test_subcalls_reach_the_embedded_model(embedded_engine):
+@ENGINES
+def test_subcalls_reach_the_embedded_model(engine_fixture, request):
+    embedded_engine = request.getfixturevalue(engine_fixture)
     from rlm_local.engines.scripted import ScriptedEngine
 
     root = ScriptedEngine(["```repl\nprint(llm_query_batched(['The capital of France is', 'Two plus two is']))\n```",

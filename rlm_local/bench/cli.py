@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..engines import BACKENDS as ENGINE_BACKENDS, DEFAULT_BACKEND
 from .items import FAMILIES, METHODS, BenchError, parse_length
 
-BACKENDS = ("transformers", "vllm", "openai", "oracle")
+BACKENDS = (*(b for b in ENGINE_BACKENDS if b != "scripted"), "oracle")  # oracle: the kit's scripted self-check
 
 
 def add_parser(sub: Any) -> None:
@@ -29,12 +30,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--n", type=int, default=3, help="items per length")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="transformers", help=f"{', '.join(BACKENDS)} (oracle: a correct scripted "
+    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"{', '.join(BACKENDS)} (oracle: a correct scripted "
                    "model, a self-check of the kit)")
     p.add_argument("--model", default=None, help="model name or directory (default: the embedded Gemma 3 270M)")
     p.add_argument("--base-url", action="append", default=None, help="server URL for --backend openai; repeat for "
                    "several servers (the engine pool)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for --backend transformers")
+    p.add_argument("--threads", type=int, default=None, help="torch / llama.cpp decode threads")
     p.add_argument("--concurrency", "-k", type=int, default=1, help="items run at once through one shared scheduler")
     p.add_argument("--out", default=None, help="results directory (default: bench/results/FAMILY)")
     p.add_argument("--resume", action="store_true", help="continue a sweep: skip the rows already in --out")

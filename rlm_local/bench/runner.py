@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engines import Engine, Request, make_engine
+from ..engines import DEFAULT_BACKEND, Engine, Request, make_engine
 from ..prompts import describe_context
 from .items import BenchError, Item, family
 from .methods import Answer, Methods, check_methods, peak_rss_mb
@@ -35,7 +35,7 @@ logger = logging.getLogger("rlm_local.bench")
 class EngineSpec:
     """How to make the engine of a sweep (plain data, so a Ray worker can make its own)."""
 
-    backend: str = "transformers"
+    backend: str = DEFAULT_BACKEND
     model: str | None = None
     base_urls: list[str] = field(default_factory=list)
     threads: int | None = None
@@ -50,7 +50,7 @@ class EngineSpec:
             if not self.base_urls:
                 raise BenchError("the openai backend needs --base-url")
             kwargs["base_url"] = self.base_urls if len(self.base_urls) > 1 else self.base_urls[0]
-        if self.backend == "transformers" and self.threads:
+        if self.backend in ("transformers", "llamacpp") and self.threads:
             kwargs["threads"] = self.threads
         engine = make_engine(self.backend, **kwargs)
         try:

@@ -6,7 +6,15 @@ from typing import Any
 
 from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
 
-BACKENDS = ("transformers", "llamacpp", "vllm", "vllm-async", "openai", "scripted")
+BACKENDS = ("llamacpp", "transformers", "vllm", "vllm-async", "openai", "scripted")
+
+#: What `RLM()`, `rlm-local run/serve/bench` and the service use when no backend is named: llama.cpp in
+#: process on the packaged GGUF. Chosen by scripts/bench_engines.py (README "Choosing an engine"): on this
+#: 2-core CPU it decodes a single stream (root turns) fastest, loads in seconds with no conversion, and with
+#: its shared prefix computed once it is level with transformers on sibling batches; vLLM for CPU batches
+#: siblings faster still but starts in 40-100 s and is a 3 GB install, so it is the recommended
+#: ``--sub-backend`` for long-lived servers and sweeps, not the default.
+DEFAULT_BACKEND = "llamacpp"
 
 
 def engine_class(backend: str) -> type[Engine]:
@@ -44,5 +52,5 @@ def make_engine(backend: str, **kwargs: Any) -> Engine:
     return cls(**kwargs)
 
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "Request", "Result", "SamplingParams", "Usage", "engine_class",
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Engine", "EngineError", "Request", "Result", "SamplingParams", "Usage", "engine_class",
            "make_engine"]

@@ -54,10 +54,18 @@ HTTP_TIMEOUT_S = 120.0
 
 
 def default_threads() -> int:
-    """One thread on small machines: on a loaded 2-core box two threads collapsed llama.cpp to ~0.5 tok/s,
-    one gave 5.7 (engines.md)."""
+    """Decode threads. One on small machines: on a loaded 2-core box two threads collapsed single-stream decode
+    to ~0.5 tok/s, one gave 5.7 (engines.md)."""
     cores = os.cpu_count() or 1
     return 1 if cores <= 2 else min(cores, 8)
+
+
+def default_batch_threads() -> int:
+    """Threads for batches (prompt processing, and decode steps of several slots at once): every core, up to 8.
+    Unlike single-stream decode this work is compute-bound: 8 siblings over a cold 1,413-token prefix took
+    15.0-17.3 s with one thread and 10.3-11.1 s with two on the 2-core box, with another process busy on
+    one core (2026-11-30)."""
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 @dataclass
@@ -80,13 +88,15 @@ class LlamaCppEngine(Engine):
     backend = "llamacpp"
     supports_deadline = True  # requests are streamed; a stream past the deadline is stopped
 
-    def __init__(self, model_name: str | None = None, threads: int | None = None, n_parallel: int = 8,
+    def __init__(self, model_name: str | None = None, threads: int | None = None, batch_threads: int | None = None,
+                 n_parallel: int = 8,
                  context_length: int | None = None, cache_ram_mib: int = 1024, share_prefix: bool = True,
                  min_prefix_tokens: int = 64, prompt_format: str | None = None,
                  progress: Callable[[str], None] | None = None, **params: Any) -> None:
         """``model_name``: a registered packaged model (``gemma-3-270m``, the default) or a ``.gguf`` path.
         ``n_parallel`` slots of ``context_length`` tokens each (default: the card's ``[llamacpp]`` section,
-        else 8,192); ``threads`` for decoding and prompt processing (default 1 on <= 2 cores);
+        else 8,192); ``threads`` for single-stream decoding (default 1 on <= 2 cores), ``batch_threads`` for
+        prompt processing and multi-slot decode steps (default: every core, up to 8);
         ``cache_ram_mib`` host-RAM prompt cache; ``share_prefix`` computes a prefix shared by at least two
         requests of one call (>= ``min_prefix_tokens`` tokens) once and copies it into their slots.
         ``params`` set further ``xllamacpp.CommonParams`` fields (``n_batch``, ``n_ubatch``, ``swa_full``...)."""
@@ -116,7 +126,8 @@ class LlamaCppEngine(Engine):
         p.n_parallel = n_parallel
         p.n_ctx = n_parallel * slot_ctx
         p.cpuparams.n_threads = self.threads
-        p.cpuparams_batch.n_threads = self.threads
+        self.batch_threads = max(1, int(batch_threads or default_batch_threads()))
+        p.cpuparams_batch.n_threads = self.batch_threads
         p.cache_ram_mib = cache_ram_mib
         p.slot_save_path = self._slot_dir
         p.hostnames = ["127.0.0.1"]

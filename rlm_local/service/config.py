@@ -7,7 +7,7 @@ session_ttl = 3600                              # seconds an idle session lives
 max_upload_mb = 50
 
 [rlm.docs]                 # clients ask for model="docs"
-backend = "transformers"   # root model: backend, model, base_url (openai backend)
+backend = "llamacpp"       # root model: backend, model, base_url (openai backend)
 model = "Qwen/Qwen3-8B"
 sub_backend = "openai"     # sub-calls (default: the root's engine)
 sub_model = "Qwen/Qwen3-1.7B"
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engines import Engine
+from ..engines import DEFAULT_BACKEND, Engine
 from ..errors import InputError
 
 BUDGETS = ("max_iterations", "max_depth", "max_timeout", "max_tokens", "max_subcalls", "max_errors")
@@ -48,7 +48,7 @@ class RLMConfig:
     and tests (the scripted engine); otherwise made from backend/model."""
 
     name: str
-    backend: str = "transformers"
+    backend: str = DEFAULT_BACKEND
     model: str | None = None
     base_url: str | list[str] | None = None
     sub_backend: str | None = None
