@@ -1,0 +1,92 @@
+"""Keeping a small instruction model on track: runaway replies, repeated turns, prose answers.
+
+Measured with Qwen2.5-Coder-1.5B-Instruct on llama.cpp (issue 11): it repeated the identical reply and
+output 8 times under the same nudge; one 2,048-token reply that looped on the same lines ate a 600 s
+budget; it answered in prose in the question's format and never called FINAL. Each piece here is pure
+text logic; ``Run`` (run.py) applies it, one ``Steering`` per (sub-)run.
+
+Guarantees:
+- ``cut_runaway`` only cuts text that repeats one unit (a line, a block of lines or a phrase of at least
+  ``MIN_UNIT`` characters) at least ``MIN_REPEATS`` times in a row over at least ``MIN_SPAN`` characters;
+  the reply keeps everything before the loop and the unit once. Ordinary code (a ruler of "=", a few
+  similar prints) is never cut.
+- A repeated turn is one whose reply is the same as the previous one after collapsing whitespace, or at
+  least ``SIMILAR`` alike (difflib ratio), with the same feedback; the nudge escalates with each repeat in
+  a row: point out the repetition, ask for a different approach, ask for FINAL with the best answer.
+- A prose reply is accepted as the answer only by ``final.plain_answer`` rules (see there), and only once
+  the model has run code in this run or has been asked once to use FINAL.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+from . import prompts
+
+MIN_UNIT = 4  # characters in the repeated unit
+MIN_REPEATS = 6  # times in a row
+MIN_SPAN = 240  # characters the loop covers in all
+SIMILAR = 0.92  # difflib ratio for a "near-identical" reply
+COMPARE_CHARS = 4000  # replies are compared on their first characters (difflib is quadratic)
+# One unit of 4-400 characters repeated MIN_REPEATS times in a row (lazy: the shortest unit wins).
+_LOOP = re.compile(r"(.{%d,400}?)\1{%d,}" % (MIN_UNIT, MIN_REPEATS - 1), re.DOTALL)
+
+
+def cut_runaway(text: str) -> tuple[str, str | None]:
+    """``text`` cut after the first time of a runaway repetition, and a note for the model (None: kept)."""
+    for match in _LOOP.finditer(text):
+        unit = match.group(1)
+        if len(match.group(0)) < MIN_SPAN or len(set(unit.strip())) < 3:
+            continue  # short, or a ruler such as "=====" / "-----"
+        times = len(match.group(0)) // len(unit)
+        shown = " ".join(unit.split())[:80]
+        return (text[: match.start() + len(unit)],
+                prompts.RUNAWAY_NOTE.replace("TIMES", str(times)).replace("UNIT", shown))
+    return text, None
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split())[:COMPARE_CHARS]
+
+
+def alike(a: str, b: str) -> bool:
+    """Identical after collapsing whitespace, or near-identical (difflib ratio >= SIMILAR)."""
+    a, b = _normal(a), _normal(b)
+    if a == b:
+        return True
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return matcher.real_quick_ratio() >= SIMILAR and matcher.quick_ratio() >= SIMILAR and matcher.ratio() >= SIMILAR
+
+
+@dataclass
+class Steering:
+    """What one run remembers to steer its model: the last turn, repeats in a row, prose turns in a row."""
+
+    repeats: int = 0
+    prose_turns: int = 0
+    cells_run: int = 0
+    last: tuple[str, str] | None = None
+    last_prose: str | None = None  # the previous reply of the current prose streak
+    notes: list[str] = field(default_factory=list)  # for the next feedback (a runaway cut, a cut reply)
+
+    def repeat_note(self, reply: str, feedback: str) -> str | None:
+        """Call once per turn with the reply and the feedback it got; the escalating nudge, or None."""
+        previous, self.last = self.last, (reply, feedback)
+        if previous is None or previous[1] != feedback or not alike(previous[0], reply):
+            self.repeats = 0
+            return None
+        self.repeats += 1
+        steps = prompts.REPEAT_NUDGES
+        return steps[min(self.repeats, len(steps)) - 1].replace("TIMES", str(self.repeats + 1))
+
+    def prose_turn(self) -> int:
+        """Count a reply with neither code nor FINAL; returns how many came in a row."""
+        self.prose_turns += 1
+        return self.prose_turns
+
+    def acted(self, cells: int) -> None:
+        """A reply with code (``cells`` of it ran) or with a FINAL: the prose streak ends."""
+        self.prose_turns = 0
+        self.last_prose = None
+        self.cells_run += cells
