@@ -170,3 +170,20 @@ def test_fast_failure_is_still_retried():
 
     rlm, _ = make(reply)
     assert rlm.completion(DOC, "q").response == "ok" and len(calls) == 2
+
+
+def test_reply_cut_at_the_length_limit_is_told():
+    class LengthLimited(ScriptedEngine):
+        """Reports finish_reason 'length' for replies that end in '...' (as a server does at max_tokens)."""
+
+        def generate(self, requests, deadline=None):
+            results = super().generate(requests, deadline)
+            for result in results:
+                if result.text.endswith("..."):
+                    result.finish_reason = "length"
+            return results
+
+    engine = LengthLimited([repl("print(1)") + "Now I will explain at length...", "FINAL(done)"],
+                           model_name="qwen2.5-coder-1.5b")
+    RLM(backend="scripted", engine=engine).completion(DOC, "q")
+    assert "cut at the length limit (512 tokens)" in last_user(engine.requests[1])
