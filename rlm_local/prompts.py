@@ -66,7 +66,8 @@ PROSE_NUDGE = ("Your reply had no ```repl code block and no FINAL(...). If that 
 
 # Escalating nudges for a reply that repeats the previous one with the same output (steering.py).
 REPEAT_NUDGES = (
-    "Note: this reply and its output are the same as your previous turn; repeating it gives nothing new.",
+    "Note: this reply and its output are the same as your previous turn (or one just before); repeating it gives "
+    "nothing new.",
     "You have sent the same reply TIMES times in a row with the same output. Try a different approach: other "
     "keywords or a case-insensitive regex, print a different part of `context`, or ask llm_query about a chunk.",
     "You are stuck: the same reply TIMES times in a row. Stop searching and give your best answer now from what "

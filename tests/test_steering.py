@@ -47,9 +47,20 @@ def test_repeated_replies_get_escalating_nudges():
     assert rlm.completion(DOC, "q").response == "9157"
     seen = [last_user(r) for r in root_requests(engine)[1:]]
     assert "same as your previous turn" not in seen[0]
-    assert "same as your previous turn" in seen[1]
+    assert "same as your previous turn" in seen[1]  # (or of the two before it)
     assert "Try a different approach" in seen[2] and "3 times in a row" in seen[2]
     assert "give your best answer now" in seen[3] and "FINAL(answer)" in seen[3]
+
+
+def test_alternating_repeats_are_caught():
+    """Measured on Qwen2.5-Coder-1.5B: a cell, then the same prose, then the same cell... four times over."""
+    cell, prose = repl("print(context[:20])"), "The code is not mentioned in the given context."
+    rlm, engine = make([cell, prose, cell, prose, cell, "FINAL(9157)"])
+    rlm.completion(DOC, "q")
+    seen = [last_user(r) for r in root_requests(engine)[1:]]
+    assert not any("previous turn" in s or "in a row" in s for s in seen[:2])
+    assert "same as your previous turn" in seen[2]
+    assert "Try a different approach" in seen[3] and "give your best answer now" in seen[4]
 
 
 def test_same_reply_with_new_output_is_not_a_repeat():
