@@ -27,7 +27,7 @@ def root_requests(engine: ScriptedEngine) -> list:
 
 # ---- a. shadowing a REPL name -------------------------------------------------------------------------------
 def test_assigning_context_is_told_to_the_model():
-    fake = "context = 'type: str, total length: 6,000 characters'\nprint('vault' in context)"
+    fake = "context = 'type: str, ' + 'total length: 6,000 characters'\nprint('vault' in context)"
     rlm, engine = make([repl(fake), repl("print('vault' in context)"), "FINAL(9157)"])
     assert rlm.completion(DOC, "What is the vault code?").response == "9157"
     seen = last_user(engine.requests[1])
@@ -198,3 +198,15 @@ def test_reply_cut_at_the_length_limit_is_told():
                            model_name="qwen2.5-coder-1.5b")
     RLM(backend="scripted", engine=engine).completion(DOC, "q")
     assert "cut at the length limit (512 tokens)" in last_user(engine.requests[1])
+
+
+def test_literal_assignment_to_context_is_skipped_and_the_cell_searches_the_real_document():
+    """Measured on Qwen2.5-Coder-1.5B: `context = \"\"\"<the preview>\"\"\"` then a search, re-sent after the
+    restore note; the literal line is skipped so its search runs on the real document."""
+    cell = 'import re\ncontext = """The vault is\nsomewhere."""\nprint(re.findall(r"vault code is (\\d+)", context))'
+    rlm, engine = make([repl(cell), "FINAL(9157)"])
+    rlm.completion(DOC, "q")
+    seen = last_user(engine.requests[1])
+    assert "line 2 of your cell (`context = ...`) was skipped" in seen
+    assert f"already holds the real document (a str of {len(DOC):,} characters)" in seen
+    assert "['9157']" in seen and "restored" not in seen

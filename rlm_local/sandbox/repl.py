@@ -12,13 +12,15 @@ weakref callbacks, run whenever their object is freed):
   session's own objects, because nothing can run between the last settle round and the next cell.
 - A cell that rebinds (or deletes) a name the model is given (``context``, ``llm_query``, ``FINAL``, a
   tool...) is told so at the top of its output: the name was restored, what the cell had put there, and
-  that ``context`` holds the real document. Small models (Qwen2.5-Coder 1.5B, measured) often start with
+  that ``context`` holds the real document. A top-level binding of such a name to a literal is skipped
+  (replaced by ``pass``, line numbers kept) so the rest of the cell runs on the real document. Small models (Qwen2.5-Coder 1.5B, measured) often start with
   ``context = "<the metadata preview>"`` and then search that made-up string, turn after turn.
 - Text leaving the worker is capped (output, error text, FINAL values, variables read) before it is
   sent; the protocol turns lone surrogates into U+FFFD.
 """
 from __future__ import annotations
 
+import ast
 import gc
 import json
 import keyword
@@ -42,6 +44,10 @@ def _describe(value) -> str:
         unit = " characters" if kind is str else " items"
         return f"a {kind.__name__} of {len(value):,}{unit}"
     return "a function" if kind is types.FunctionType else f"a {kind.__name__}"
+
+
+def _holds(value) -> str:
+    return "its function" if callable(value) else f"the real document ({_describe(value)})"
 
 
 class Unsettled(Exception):
@@ -231,6 +237,7 @@ class Session:
         """Compiles and runs one cell; returns the fields of a result message."""
         self._begin()
         filename = f"<cell {len(self.cells) + 1}>"
+        source, skipped = self._skip_literal_rebinds(source)
         code, errors = compile_cell(source, filename)
         if errors:
             return self._end(self._clean("\n".join(errors)))
@@ -243,7 +250,35 @@ class Session:
             error = self._format_error(e, filename)
         finally:
             gc.disable()
-        return self._end(error, notes=self._shadow_notes())
+        return self._end(error, notes=skipped + self._shadow_notes())
+
+    def _skip_literal_rebinds(self, source: str) -> tuple[str, str]:
+        """A top-level ``context = "<a literal>"`` (or any model-visible REPL name bound to a constant) is
+        replaced by ``pass`` before the cell runs, so the rest of the cell works on the real document;
+        returns (source, notes). Measured: told after the fact that ``context`` was restored, Qwen2.5-Coder
+        1.5B still re-sent the same cell; skipping the line lets its search code run on the real data.
+        Computed values (``context = llm_query(...)``) still run, then are restored (_shadow_notes)."""
+        try:
+            body = ast.parse(source).body
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return source, ""  # compile_cell reports it
+        lines = source.splitlines(keepends=True)
+        notes = []
+        for i, stmt in enumerate(body):
+            if not (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
+                    and all(isinstance(t, ast.Name) and t.id in self.reserved and not t.id.startswith("_")
+                            for t in stmt.targets)):
+                continue
+            if (i and body[i - 1].end_lineno >= stmt.lineno) or (
+                    i + 1 < len(body) and body[i + 1].lineno <= stmt.end_lineno):
+                continue  # shares a line with another statement (a;b): leave it to the restore
+            first, last = stmt.lineno - 1, stmt.end_lineno
+            lines[first:last] = ["pass\n"] + ["\n"] * (last - first - 1)  # line numbers stay as written
+            for name in dict.fromkeys(t.id for t in stmt.targets):
+                notes.append(f"[note: line {stmt.lineno} of your cell (`{name} = ...`) was skipped: `{name}` is a "
+                             f"reserved REPL name and already holds {_holds(self.reserved[name])}. Never assign "
+                             f"it; keep your own data under another name.]\n")
+        return ("".join(lines), "".join(notes)) if notes else (source, "")
 
     def _shadow_notes(self) -> str:
         """One line per model-visible REPL name the cell rebound or deleted (settle() restores them)."""
