@@ -10,6 +10,9 @@ cut off by the time budget is reported as ``max_timeout`` (never as an engine fa
 is still counted. After any budget stop the root is asked once for its best answer; that closing request
 (and the cell or variable read that resolves it) gets ``FINAL_GRACE_SECONDS`` past the deadline, once per
 completion, children included.
+
+Small instruction models are steered back on track (steering.py): a runaway reply is cut, a repeated
+turn gets an escalating nudge, and a prose reply that is plainly an answer is taken (final.plain_answer).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from .formats import PromptFormat
 from .prompts import Context, ContextError, check_context, flatten_context
 from .sandbox import CellResult, Limits, Sandbox, SandboxError
 from .scheduler import Scheduler
-from .steering import Steering, cut_runaway
+from .steering import Steering
 from .trajectory import Trajectory
 from .usage import UsageTracker
 
@@ -215,14 +218,10 @@ class Run:
 
     def _trim(self, result: Result, steer: Steering) -> str:
         """The reply as the loop keeps it: a runaway repetition cut (steering.py); notes for the model."""
-        reply, note = cut_runaway(result.text)
-        if note is not None:
+        reply = steer.trim(result.text, result.finish_reason, self.settings.root.root_sampling.get("max_tokens"))
+        if len(reply) < len(result.text):
             logger.info("run %s depth %d: cut a runaway reply (%d -> %d characters)", self.run_id, self.depth,
                         len(result.text), len(reply))
-            steer.notes.append(note)
-        elif result.finish_reason == "length":
-            tokens = self.settings.root.root_sampling.get("max_tokens", "")
-            steer.notes.append(prompts.LENGTH_NOTE.replace("MAX_TOKENS", str(tokens)))
         return reply
 
     def _act(self, reply: str, iteration: int, steer: Steering) -> tuple[str | None, str, bool]:

@@ -115,6 +115,16 @@ class Steering:
         steps = prompts.REPEAT_NUDGES
         return steps[min(self.repeats, len(steps)) - 1].replace("TIMES", str(self.repeats + 1))
 
+    def trim(self, reply: str, finish_reason: str, max_tokens: int | None) -> str:
+        """The reply cut at a runaway repetition; the note about it (or about a reply cut at the length
+        limit) waits in ``notes`` for the next feedback."""
+        kept, note = cut_runaway(reply)
+        if note is None and finish_reason == "length":
+            note = prompts.LENGTH_NOTE.replace("MAX_TOKENS", str(max_tokens or ""))
+        if note is not None:
+            self.notes.append(note)
+        return kept
+
     def prose_turn(self) -> int:
         """Count a reply with neither code nor FINAL; returns how many came in a row."""
         self.prose_turns += 1
