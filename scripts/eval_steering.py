@@ -4,12 +4,16 @@ Runs one fixed item set (needle tasks from ``rlm_local.haystack`` and benchmark-
 OpenAI-compatible server (llama.cpp serving Qwen2.5-Coder-1.5B-Instruct) with one code base, and appends
 one JSON row per item to ``--out``. Run it once per checkout, alternating item by item::
 
-    # before: the code of main, in another worktree (its rlm_local is imported from the cwd)
-    cd /tmp/before && python /path/to/scripts/eval_steering.py --label before --item 0 --out rows.jsonl
+    # before: the code of main, exported to another folder (git archive); PYTHONPATH picks its rlm_local,
+    # since python puts the script's folder, not the cwd, first on sys.path
+    cd /tmp/before && PYTHONPATH=. python /path/to/scripts/eval_steering.py --label before --item 0 --out rows.jsonl
     # after: this branch
-    cd /work/wt11q && python scripts/eval_steering.py --label after --item 0 --out rows.jsonl
+    cd /path/to/branch && PYTHONPATH=. python scripts/eval_steering.py --label after --item 0 --out rows.jsonl
 
-Only the public API is used (RLM, haystack.needle_suite, bench.family), so the same script runs on both.
+Only the public API is used (RLM, haystack.needle_suite, bench.family), so the same script runs on both;
+each row records which rlm_local it ran (``code``). The server for the measurement in
+scripts/results/eval_steering.md was xllamacpp's llama-server (1 thread, n_ctx 32768, 2 slots, alias
+qwen2.5-coder-1.5b) on 127.0.0.1:8411.
 """
 from __future__ import annotations
 
