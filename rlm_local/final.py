@@ -9,6 +9,9 @@ Ways a model says it is done, in the order they are trusted:
    (small models write ``FINAL(result)`` meaning the variable), else ``x`` as written.
 A text ``FINAL(...)`` next to code is ignored: it was written before the code's output was seen. A text
 ``FINAL_VAR(name)`` after code is trusted: it names what that code just computed.
+5. a reply in plain prose that is plainly an answer (``plain_answer``): the loop asks once for FINAL
+   first, unless the model has already looked at the context (run.py). Small instruction models answer
+   in the question's format ("The access code is 4471.") and never call FINAL.
 Variables are read with ``Sandbox.read_variable``, never by running a generated code cell.
 """
 from __future__ import annotations
@@ -76,6 +79,45 @@ def after_cells(parsed: ParsedReply, cells: list[CellResult], read: Reader) -> s
         if cell.final is not None:
             return cell.final
     return answer_dict(read, parsed.code_blocks) or from_text(parsed, read)
+
+
+# A line that gives the answer outright: "Answer: X", "**Final answer:** X", "The answer is X".
+_MARKED = re.compile(r"^[\s>*_#-]*(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*:?|:)[\s*_]*(?P<value>\S.*?)\s*$",
+                     re.IGNORECASE | re.MULTILINE)
+# "Answer:" alone on a line, the answer on the next one.
+_MARKED_ABOVE = re.compile(r"^[\s>*_#-]*(?:final\s+)?answer\s*:?[\s*_]*\n\s*(?P<value>\S.*?)\s*$",
+                           re.IGNORECASE | re.MULTILINE)
+_MARKER_ONLY = re.compile(r"^[\s>*_#-]*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*:?[\s*_]*$", re.IGNORECASE)
+# Signs that the reply is a plan, a question or a non-answer, not an answer: then nothing is taken.
+_NOT_AN_ANSWER = re.compile(
+    r"\?\s*$|```|\b(?:let\s+me|let's|i\s+will|i'll|i\s+need|we\s+need|need\s+to|first,|next,|then\s+i|"
+    r"search|look\s+(?:at|for|into)|inspect|check(?:ing)?\s|not\s+sure|unclear|cannot|can't|could\s+not|"
+    r"couldn't|unable|not\s+(?:found|given|mentioned|provided|in\s+the)|no\s+information|don't\s+know|unknown|"
+    r"(?:in|from)\s+the\s+(?:context|document|text|data|output|repl|variable))\b",
+    re.IGNORECASE | re.MULTILINE)
+PLAIN_MAX_CHARS = 400  # an answer given in prose is short; longer prose is an explanation or a plan
+PLAIN_MAX_LINES = 4
+
+
+def plain_answer(reply: str, previous: str | None = None) -> str | None:
+    """The answer in a reply with no code and no FINAL, when it is plainly one; else None.
+
+    Plainly an answer: short (``PLAIN_MAX_CHARS``, ``PLAIN_MAX_LINES``), no code fence, no sign of a plan,
+    a question or a non-answer ("let me search", "not found", a trailing "?"), and either a line that
+    says so ("Answer: X", "The answer is X": X is taken) or the same text as ``previous``, the model's
+    last prose reply (it insisted after being asked for FINAL: the whole text is taken)."""
+    text = reply.strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not text or len(text) > PLAIN_MAX_CHARS or len(lines) > PLAIN_MAX_LINES or _NOT_AN_ANSWER.search(text):
+        return None
+    if m := _MARKED.search(text) or _MARKED_ABOVE.search(text):
+        value = m.group("value").strip().strip("*_`\"' ").rstrip(".").strip()
+        return value or None
+    if _MARKER_ONLY.match(text):
+        return None  # "Answer:" with nothing after it
+    if previous is not None and " ".join(previous.split()) == " ".join(text.split()):
+        return text
+    return None
 
 
 def prose(reply: str) -> str:

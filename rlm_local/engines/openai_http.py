@@ -24,6 +24,12 @@ checks, circuit breakers, workers added at run time), so use one for more than a
 A deadline from the scheduler (a run's time budget) bounds each request's whole HTTP exchange: at the
 deadline the connection is dropped (vLLM then aborts the generation) and the request fails with its
 prompt counted, instead of holding the scheduler until the server answers.
+
+Timeouts are sized to the request unless ``timeout`` is given: a request under a deadline may take until
+that deadline (the run's budget is the bound), one without takes ``AUTO_TIMEOUT_BASE`` seconds plus
+``max_tokens / MIN_DECODE_RATE``. A fixed 300 s was shorter than one 2,048-token root reply of a 1.5B model
+on a CPU llama-server (measured: the reply timed out, and was then sent again only to time out again).
+A request that timed out is never retried (a greedy generation would only repeat the same wait).
 """
 from __future__ import annotations
 
@@ -43,6 +49,9 @@ from .base import Engine, EngineError, Request, Result, Usage
 
 DEFAULT_SESSION_HEADER = "X-Session-ID"  # vllm-router's session-affinity header (consistent_hash policy)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+AUTO_TIMEOUT_BASE = 120.0  # seconds for connecting, queueing and prompt processing
+MIN_DECODE_RATE = 2.0  # tokens/s: a slow CPU server decoding a 1-2B model (3-6 tokens/s measured here)
+DISCOVERY_TIMEOUT = 30.0  # GET /models
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a reply bigger than this is garbage, not a completion
 
@@ -83,7 +92,7 @@ class OpenAIEngine(Engine):
     supports_deadline = True
 
     def __init__(self, model_name: str | None = None, base_url: str | list[str] = "http://127.0.0.1:8000/v1",
-                 api_key: str | None = None, timeout: float = 300.0, max_retries: int = 3,
+                 api_key: str | None = None, timeout: float | None = None, max_retries: int = 3,
                  endpoint: Literal["chat", "completions"] | None = None, max_concurrency: int = 16,
                  prompt_format: Literal["chat", "completion"] | None = None, context_length: int | None = None,
                  affinity_chars: int = 1024, backoff: float = 0.5, max_backoff: float = 20.0,
@@ -100,19 +109,20 @@ class OpenAIEngine(Engine):
             raise EngineError(f"openai backend: session_header must be an HTTP header name such as "
                               f"{DEFAULT_SESSION_HEADER!r} (or None to send none), got {session_header!r}")
         self.session_header = session_header
-        if timeout <= 0 or max_retries < 0 or max_concurrency < 1:
+        if (timeout is not None and timeout <= 0) or max_retries < 0 or max_concurrency < 1:
             raise EngineError("openai backend: need timeout > 0, max_retries >= 0 and max_concurrency >= 1")
         self.endpoint = endpoint
         self.model_name = model_name or ""  # empty: ask the first server's /models on first use
-        self.timeout, self.max_retries = float(timeout), int(max_retries)
+        self.timeout = None if timeout is None else float(timeout)  # None: sized per request
+        self.max_retries = int(max_retries)
         self.max_concurrency, self.affinity_chars = int(max_concurrency), int(affinity_chars)
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
-        self._connect_timeout = min(connect_timeout, self.timeout)
+        self._connect_timeout = min(connect_timeout, self.timeout or connect_timeout)
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or "EMPTY"
         workers = self.max_concurrency * len(self.servers)  # max_concurrency is per server
         self._client = httpx.Client(
             headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(self.timeout, connect=min(connect_timeout, self.timeout)),
+            timeout=httpx.Timeout(self.timeout or DISCOVERY_TIMEOUT, connect=self._connect_timeout),
             limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
         )
         self._httpx = httpx
@@ -173,7 +183,7 @@ class OpenAIEngine(Engine):
         while True:
             server = self._pick(key, refused, reserve=True)
             try:
-                data = self._send("POST", server, path, body, deadline, headers)
+                data = self._send("POST", server, path, body, deadline, self._limit(body, deadline), headers)
                 return self._parse(data, request, path, server, time.perf_counter() - started)
             except DeadlinePassed as exc:  # the work the server did is counted: it was asked for
                 usage = self._usage(None, request, "", time.perf_counter() - started)
@@ -249,17 +259,27 @@ class OpenAIEngine(Engine):
         return self.model_name
 
     # ---- HTTP ---------------------------------------------------------------------------------------------------
+    def _limit(self, body: dict[str, Any], deadline: float | None) -> float:
+        """Seconds one attempt may take: the fixed ``timeout``; else until the caller's deadline; else
+        sized to ``max_tokens`` at the slowest decode rate we expect."""
+        if self.timeout is not None:
+            return self.timeout
+        if deadline is not None:
+            return max(0.001, deadline - time.monotonic())
+        return AUTO_TIMEOUT_BASE + int(body.get("max_tokens") or 0) / MIN_DECODE_RATE
+
     def _get(self, server: str, path: str) -> Any:
-        return self._send("GET", server, path, None)
+        return self._send("GET", server, path, None, None, self.timeout or DISCOVERY_TIMEOUT)
 
     def _send(self, method: str, server: str, path: str, body: dict[str, Any] | None,
-              stop_at: float | None = None, headers: dict[str, str] | None = None) -> Any:
-        """One HTTP exchange. ``stop_at`` (time.monotonic()) is the caller's deadline: the exchange is
-        dropped there and DeadlinePassed raised."""
+              stop_at: float | None, limit: float,
+              headers: dict[str, str] | None = None) -> Any:
+        """One HTTP exchange of at most ``limit`` seconds. ``stop_at`` (time.monotonic()) is the caller's
+        deadline: the exchange is dropped there and DeadlinePassed raised."""
         httpx = self._httpx
         url = server + path
-        deadline = time.monotonic() + self.timeout  # httpx's timeouts are per phase; this bounds the whole reply
-        timeout = self.timeout
+        deadline = time.monotonic() + limit  # httpx's timeouts are per phase; this bounds the whole reply
+        timeout = limit
         if stop_at is not None:
             timeout = stop_at - time.monotonic()
             if timeout <= 0:
@@ -267,7 +287,7 @@ class OpenAIEngine(Engine):
             deadline = min(deadline, stop_at)
         try:
             with self._client.stream(method, url, json=body, headers=headers, timeout=httpx.Timeout(
-                    min(timeout, self.timeout), connect=min(timeout, self._connect_timeout))) as resp:
+                    min(timeout, limit), connect=min(timeout, self._connect_timeout))) as resp:
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in resp.iter_bytes():
@@ -278,7 +298,7 @@ class OpenAIEngine(Engine):
                     if time.monotonic() > deadline:
                         if stop_at is not None and deadline >= stop_at:
                             raise DeadlinePassed(f"{url}: stopped at the deadline")
-                        raise RequestFailed(f"{url} did not finish its reply within {self.timeout:g}s", retry=False)
+                        raise RequestFailed(f"{url} did not finish its reply within {limit:g}s", retry=False)
                 raw = b"".join(chunks)
                 status = resp.status_code
                 retry_after = _retry_after(resp.headers.get("retry-after"))
@@ -291,7 +311,7 @@ class OpenAIEngine(Engine):
             if stop_at is not None and time.monotonic() >= stop_at - 0.05:
                 raise DeadlinePassed(f"{url}: stopped at the deadline (connection dropped)") from None
             # A generation that timed out would time out again; retrying only doubles the wait.
-            raise RequestFailed(f"{url} timed out after {self.timeout:g}s", retry=False)
+            raise RequestFailed(f"{url} timed out after {limit:g}s", retry=False)
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise RequestFailed(f"connection to {server} broke: {type(exc).__name__}: {exc}", retry=True)
         except httpx.HTTPError as exc:

@@ -10,11 +10,17 @@ weakref callbacks, run whenever their object is freed):
   never between cells. A full collection per cell would cost ~190 ms with a million live lists.
 - The next cell starts with its REPL names exactly right: ``context``, the stubs and the guards are the
   session's own objects, because nothing can run between the last settle round and the next cell.
+- A cell that rebinds (or deletes) a name the model is given (``context``, ``llm_query``, ``FINAL``, a
+  tool...) is told so at the top of its output: the name was restored, what the cell had put there, and
+  that ``context`` holds the real document. A top-level binding of such a name to a literal is skipped
+  (replaced by ``pass``, line numbers kept) so the rest of the cell runs on the real document. Small models (Qwen2.5-Coder 1.5B, measured) often start with
+  ``context = "<the metadata preview>"`` and then search that made-up string, turn after turn.
 - Text leaving the worker is capped (output, error text, FINAL values, variables read) before it is
   sent; the protocol turns lone surrogates into U+FFFD.
 """
 from __future__ import annotations
 
+import ast
 import gc
 import json
 import keyword
@@ -26,6 +32,22 @@ from policy import compile_cell
 
 STUB_NAMES = protocol.STUB_NAMES
 SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding names after that is hostile
+
+
+_DELETED = object()
+
+
+def _describe(value) -> str:
+    """A value's type and size for a note, without running the model's code (exact built-in types only)."""
+    kind = type(value)
+    if kind in (str, list, tuple, dict):
+        unit = " characters" if kind is str else " items"
+        return f"a {kind.__name__} of {len(value):,}{unit}"
+    return "a function" if kind is types.FunctionType else f"a {kind.__name__}"
+
+
+def _holds(value) -> str:
+    return "its function" if callable(value) else f"the real document ({_describe(value)})"
 
 
 class Unsettled(Exception):
@@ -215,6 +237,7 @@ class Session:
         """Compiles and runs one cell; returns the fields of a result message."""
         self._begin()
         filename = f"<cell {len(self.cells) + 1}>"
+        source, skipped = self._skip_literal_rebinds(source)
         code, errors = compile_cell(source, filename)
         if errors:
             return self._end(self._clean("\n".join(errors)))
@@ -227,7 +250,52 @@ class Session:
             error = self._format_error(e, filename)
         finally:
             gc.disable()
-        return self._end(error)
+        return self._end(error, notes=skipped + self._shadow_notes())
+
+    def _skip_literal_rebinds(self, source: str) -> tuple[str, str]:
+        """A top-level ``context = "<a literal>"`` (or any model-visible REPL name bound to a constant) is
+        replaced by ``pass`` before the cell runs, so the rest of the cell works on the real document;
+        returns (source, notes). Measured: told after the fact that ``context`` was restored, Qwen2.5-Coder
+        1.5B still re-sent the same cell; skipping the line lets its search code run on the real data.
+        Computed values (``context = llm_query(...)``) still run, then are restored (_shadow_notes)."""
+        try:
+            body = ast.parse(source).body
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return source, ""  # compile_cell reports it
+        lines = source.splitlines(keepends=True)
+        notes = []
+        for i, stmt in enumerate(body):
+            if not (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
+                    and all(isinstance(t, ast.Name) and t.id in self.reserved and not t.id.startswith("_")
+                            for t in stmt.targets)):
+                continue
+            if (i and body[i - 1].end_lineno >= stmt.lineno) or (
+                    i + 1 < len(body) and body[i + 1].lineno <= stmt.end_lineno):
+                continue  # shares a line with another statement (a;b): leave it to the restore
+            first, last = stmt.lineno - 1, stmt.end_lineno
+            lines[first:last] = ["pass\n"] + ["\n"] * (last - first - 1)  # line numbers stay as written
+            for name in dict.fromkeys(t.id for t in stmt.targets):
+                notes.append(f"[note: line {stmt.lineno} of your cell (`{name} = ...`) was skipped: `{name}` is a "
+                             f"reserved REPL name and already holds {_holds(self.reserved[name])}. Never assign "
+                             f"it; keep your own data under another name.]\n")
+        return ("".join(lines), "".join(notes)) if notes else (source, "")
+
+    def _shadow_notes(self) -> str:
+        """One line per model-visible REPL name the cell rebound or deleted (settle() restores them)."""
+        lines = []
+        for name, value in self.reserved.items():
+            if name.startswith("_") or name in ("print", "printed"):
+                continue
+            now = self.globals.get(name, _DELETED)
+            if now is value:
+                continue
+            did = "deleted it" if now is _DELETED else f"assigned {_describe(now)} to it"
+            what = (f"it holds the real document ({_describe(value)}); your cell's code after that line "
+                    f"used your value, not the document" if not callable(value)
+                    else "it is the REPL's function again")
+            lines.append(f"[note: `{name}` is a reserved REPL name: your cell {did}; `{name}` has been "
+                         f"restored and {what}. Store your own data under another name.]")
+        return "".join(line + "\n" for line in lines)
 
     def read(self, name: str) -> dict:
         """A REPL variable as plain data. str() may run the model's own __str__, so this is a cell too."""
@@ -247,8 +315,9 @@ class Session:
         self.printer.reset(self._cap("output_chars"))
         self.final = None
 
-    def _end(self, error: str | None, value: str | None = None) -> dict:
-        """Settles the cell (inside its accounting) and builds the result fields."""
+    def _end(self, error: str | None, value: str | None = None, notes: str = "") -> dict:
+        """Settles the cell (inside its accounting) and builds the result fields; ``notes`` lead the
+        output (the parent clips output at its end)."""
         self.settle()
         if self.drain_fd_output is not None:
             written = self.drain_fd_output()
@@ -257,7 +326,8 @@ class Session:
                     self.printer.write(written)
                 except G.OutputFlood:
                     pass
-        return {"stdout": self._clean(self.printer.text()), "error": error, "final": self.final, "value": value}
+        return {"stdout": self._clean(notes + self.printer.text()), "error": error, "final": self.final,
+                "value": value}
 
     def settle(self) -> None:
         """Restores the REPL names and collects garbage until nothing runs any more (module docstring).

@@ -52,10 +52,26 @@ def test_cyclic_garbage_with_a_generator_is_collected_inside_the_cell(make_sandb
 
 def test_the_names_a_cell_rebinds_are_back_before_the_next_one(make_sandbox):
     sb = make_sandbox(context="ctx")
-    r = sb.run("context = 'mine'\nFINAL = print\nllm_query_batched = None\nprint(context)")
-    assert r.stdout == "mine\n"
+    r = sb.run("context = 'mi' + 'ne'\nFINAL = print\nllm_query_batched = [None]\nprint(context)")
+    notes, _, printed = r.stdout.rpartition("]\n")
+    assert printed == "mine\n"
+    # The cell is told, at the top of its output, which names were rebound and restored.
+    assert "`context` is a reserved REPL name: your cell assigned a str of 4 characters to it" in notes
+    assert "holds the real document (a str of 3 characters)" in notes
+    assert "`FINAL` is a reserved" in notes and "`llm_query_batched` is a reserved" in notes
+    r = sb.run("context = 'a literal is skipped'\nprint(context)")
+    assert r.stdout.endswith("]\nctx\n") and "line 1 of your cell (`context = ...`) was skipped" in r.stdout
+    assert "llm_query`" not in notes.replace("`llm_query_batched`", "")  # untouched names are not mentioned
     r = sb.run("print(context)\nFINAL('ok')\nprint(llm_query_batched(['a']))")
     assert r.stdout == "ctx\n['answer to: a']\n" and r.final == "ok", r
+
+
+def test_deleting_a_reserved_name_is_told_and_undone(make_sandbox):
+    sb = make_sandbox(context="the real document")
+    r = sb.run("del context\nx = 1")
+    assert r.stdout.startswith("[note: `context` is a reserved REPL name: your cell deleted it;"), r
+    r = sb.run("print(context)")
+    assert r.stdout == "the real document\n", r  # and no note when nothing was rebound
 
 
 def test_code_that_keeps_fighting_the_restore_is_stopped_and_rolled_back(make_sandbox):
