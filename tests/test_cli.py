@@ -118,3 +118,13 @@ def test_every_api_error_derives_from_one_base():
         assert issubclass(cls, rlm_local.Error), cls
     with pytest.raises(rlm_local.Error, match="unexpected keyword"):
         make_engine("scripted", replies=["x"], bogus=1)
+
+
+def test_prepare_builds_the_default_model_file_and_refuses_unknown_models():
+    proc = cli("prepare")
+    assert proc.returncode == 0, proc.stderr
+    path = proc.stdout.strip().splitlines()[-1]
+    with open(path, "rb") as fh:
+        assert fh.read(4) == b"GGUF"
+    one_line_error(cli("prepare", "no-such-model"), 2, "neither a .gguf file nor a packaged GGUF model")
+    one_line_error(cli("prepare", "--backend", "openai"), 2, "prepare --backend takes llamacpp or transformers")
