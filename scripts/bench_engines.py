@@ -8,7 +8,8 @@ prefix reuse decide). This script measures both, plus whole runs:
   siblings16    16 short prompts in one batch, 32 new tokens each
   cold_chunk8   8 questions over one new ~1,500-token chunk in one batch (a fresh chunk every time, so no
                 engine can reuse a previous repeat's cache), 16 new tokens each
-  demo          `rlm-local run --demo` end to end, model load excluded (the load time is reported apart)
+  demo          the task of `rlm-local run --demo` on the loaded engines (model load excluded)
+  demo_cli      `rlm-local run --demo` as a user runs it: a new process, imports and model load included
   sweep8        8 needle items (benchmark kit, 1K tokens) run as 8 concurrent RLM runs
 
 Engines (``--engines``): ``transformers`` (in process, the embedded model's safetensors copy),
@@ -34,6 +35,7 @@ import logging
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 import zlib
@@ -49,7 +51,7 @@ from rich.table import Table
 from rlm_local.engines import Engine, Request, make_engine
 from rlm_local.errors import Error
 
-WORKLOADS = ("decode", "siblings16", "cold_chunk8", "demo", "sweep8")
+WORKLOADS = ("decode", "siblings16", "cold_chunk8", "demo", "demo_cli", "sweep8")
 ENGINES = ("transformers", "llamacpp", "vllm", "vllm-async", "llama-server")
 SETUPS = ("transformers", "llamacpp", "llamacpp+transformers", "llamacpp+vllm-async", "vllm-async", "llama-server")
 WORDS = ("river stone ledger harbor copper meadow lantern orchard signal canvas timber falcon quarry velvet "
@@ -132,6 +134,19 @@ def demo(root: Engine, sub: Engine, seed: int) -> dict[str, Any]:
             "stopped": result.stopped_reason, "iterations": result.iterations}
 
 
+def demo_cli(setup: str, seed: int) -> dict[str, Any]:
+    root, _, sub = setup.partition("+")
+    cmd = [sys.executable, "-m", "rlm_local.cli", "run", "--demo", "--quiet", "--backend", root]
+    if sub:
+        cmd += ["--sub-backend", sub]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    seconds = time.perf_counter() - started
+    if proc.returncode not in (0, 1):
+        raise Error(f"rlm-local run --demo exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return {"seconds": round(seconds, 3), "correct": proc.returncode == 0}
+
+
 def sweep8(root: Engine, sub: Engine, seed: int) -> dict[str, Any]:
     from rlm_local.bench.items import family
     from rlm_local.rlm import RLM
@@ -205,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         if w in ENGINE_WORKLOADS:
                             row = ENGINE_WORKLOADS[w](engines[what], seed)
+                        elif w == "demo_cli":  # its own process: nothing loaded here is used
+                            row = demo_cli(what, seed)
                         else:
                             root, _, sub = what.partition("+")
                             row = SETUP_WORKLOADS[w](engines[root], engines[sub or root], seed)

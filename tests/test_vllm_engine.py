@@ -9,6 +9,7 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -48,9 +49,13 @@ def test_missing_vllm_for_real():
         make_engine("vllm", model_name="Qwen/Qwen3-0.6B")
 
 
-def test_model_name_is_required():
-    with pytest.raises(EngineError, match="model_name"):
-        make_engine("vllm", model_name="")
+def test_no_model_name_means_the_embedded_model(fake_vllm, monkeypatch):
+    import rlm_local.models as models
+
+    monkeypatch.setattr(models, "ensure_embedded", lambda progress=None: Path("/converted/gemma"))
+    for name in (None, ""):
+        engine = make_engine("vllm", model_name=name)
+        assert engine.model_name == "gemma-3-270m" and engine._llm.kwargs["model"] == "/converted/gemma"
 
 
 # ---- a stand-in vllm module: the part not under test ------------------------------------------------------------

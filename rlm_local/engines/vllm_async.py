@@ -37,7 +37,8 @@ class AsyncVLLMEngine(VLLMBase):
     supports_deadline = True
     concurrent_calls = CONCURRENT_CALLS
 
-    def __init__(self, model_name: str, max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+    def __init__(self, model_name: str | None = None, max_model_len: int | None = None,
+                 gpu_memory_utilization: float | None = None,
                  tensor_parallel_size: int | None = None, enable_prefix_caching: bool | None = None,
                  max_num_seqs: int | None = None, dtype: str | None = None, prompt_format: str | None = None,
                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, **engine_kwargs: Any) -> None:

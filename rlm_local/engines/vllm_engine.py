@@ -164,12 +164,11 @@ class VLLMBase(Engine):
     """What the ``LLM`` and ``AsyncLLM`` engines share: settings from the model card and the CPU defaults,
     prompt rendering, tokenisation, sampling and the mapping of vLLM's outputs to our results."""
 
-    def _configure(self, model_name: str, explicit: dict[str, Any], llm_kwargs: dict[str, Any],
+    def _configure(self, model_name: str | None, explicit: dict[str, Any], llm_kwargs: dict[str, Any],
                    prompt_format: str | None) -> dict[str, Any]:
-        if not model_name:
-            raise EngineError("the vllm backend needs backend_kwargs={'model_name': <local dir, HF id in the local "
-                              "cache, or a registered model such as 'embedded'>}")
-        from ..models import find_card, resolve_model_dir, set_offline
+        from ..models import EMBEDDED_NAME, find_card, resolve_model_dir, set_offline
+
+        model_name = model_name or EMBEDDED_NAME  # like every engine: no name means the embedded model
 
         vllm = import_vllm()
         set_offline()  # rlm-local never downloads weights; vllm reads the local HF cache or a directory
@@ -257,12 +256,13 @@ class VLLMBase(Engine):
 class VLLMEngine(VLLMBase):
     backend = "vllm"
 
-    def __init__(self, model_name: str, max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+    def __init__(self, model_name: str | None = None, max_model_len: int | None = None,
+                 gpu_memory_utilization: float | None = None,
                  tensor_parallel_size: int | None = None, enable_prefix_caching: bool | None = None,
                  max_num_seqs: int | None = None, dtype: str | None = None, prompt_format: str | None = None,
                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, **llm_kwargs: Any) -> None:
         """``model_name``: a local directory, a Hugging Face id already in the local cache, or a registered
-        model name (``embedded``, ``qwen3-coder``), whose card's ``[vllm]`` section supplies defaults.
+        model name (``embedded``, the default, or ``qwen3-coder``), whose card's ``[vllm]`` section supplies defaults.
         Arguments left as None fall back to the card, then to our (CPU) defaults; ``llm_kwargs`` go to
         ``vllm.LLM`` unchanged (e.g. ``quantization``, ``enforce_eager``, ``kv_cache_dtype``, ``seed``)."""
         self._llm: Any = None
