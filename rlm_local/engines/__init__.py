@@ -8,12 +8,13 @@ from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
 
 BACKENDS = ("llamacpp", "transformers", "vllm", "vllm-async", "openai", "scripted")
 
-#: What `RLM()`, `rlm-local run/serve/bench` and the service use when no backend is named: llama.cpp in
-#: process on the packaged GGUF. Chosen by scripts/bench_engines.py (README "Choosing an engine"): on this
-#: 2-core CPU it decodes a single stream (root turns) fastest, loads in seconds with no conversion, and with
-#: its shared prefix computed once it is level with transformers on sibling batches; vLLM for CPU batches
-#: siblings faster still but starts in 40-100 s and is a 3 GB install, so it is the recommended
-#: ``--sub-backend`` for long-lived servers and sweeps, not the default.
+#: What `RLM()`, `rlm-local run/serve/bench` and the service use when no backend is named, for root turns and
+#: sub-calls alike: llama.cpp in process on the packaged GGUF. Chosen by scripts/bench_engines.py (README
+#: "Choosing an engine", 2-core CPU, 2026-11-30): single-stream decode 19.7 tok/s vs transformers' 8.6; level
+#: with transformers on sibling batches (10.6 vs 11.4 s for 8 siblings over a cold chunk, 5.6x faster than
+#: llama-server's own behaviour); loads in 3 s with no conversion, so `rlm-local run --demo` takes 9.2 s vs
+#: 31.9 s. vLLM for CPU batches siblings 2-3x faster still but starts in 40-80 s and is a 3 GB install: the
+#: recommended sub-call engine (``vllm-async``) for long-lived servers and sweeps, not the default.
 DEFAULT_BACKEND = "llamacpp"
 
 
