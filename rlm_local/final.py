@@ -93,8 +93,16 @@ _NOT_AN_ANSWER = re.compile(
     r"\?\s*$|```|\b(?:let\s+me|let's|i\s+will|i'll|i\s+need|we\s+need|need\s+to|first,|next,|then\s+i|"
     r"search|look\s+(?:at|for|into)|inspect|check(?:ing)?\s|not\s+sure|unclear|cannot|can't|could\s+not|"
     r"couldn't|unable|not\s+(?:found|given|mentioned|provided|in\s+the)|no\s+information|don't\s+know|unknown|"
-    r"(?:in|from)\s+the\s+(?:context|document|text|data|output|repl|variable))\b",
+    r"(?:in|from)\s+the\s+(?:context|document|text|data|output|repl|variable)|"
+    # pointers and hedges: "the answer is printed above", "probably hidden in the log", "see the output"
+    r"above|below|printed|shown|see\s+the|output|probably|likely|maybe|perhaps|somewhere|should\s+be|"
+    r"the\s+value\s+of|hidden|deeper)\b",
     re.IGNORECASE | re.MULTILINE)
+# Replies that say nothing: a model repeating one of these is stuck, not insisting on an answer.
+_ACKNOWLEDGEMENT = re.compile(r"^(?:ok(?:ay)?|sure|yes|no|alright|understood|got\s+it|thanks?(?:\s+you)?|"
+                              r"sorry|i\s+(?:can|could|will)\b|certainly|of\s+course|great|done)\b",
+                              re.IGNORECASE)
+PLAIN_MAX_VALUE_CHARS = 200  # the X of "Answer: X"; longer is a sentence about the answer
 PLAIN_MAX_CHARS = 400  # an answer given in prose is short; longer prose is an explanation or a plan
 PLAIN_MAX_LINES = 4
 
@@ -112,10 +120,11 @@ def plain_answer(reply: str, previous: str | None = None) -> str | None:
         return None
     if m := _MARKED.search(text) or _MARKED_ABOVE.search(text):
         value = m.group("value").strip().strip("*_`\"' ").rstrip(".").strip()
-        return value or None
+        return value if value and len(value) <= PLAIN_MAX_VALUE_CHARS else None
     if _MARKER_ONLY.match(text):
         return None  # "Answer:" with nothing after it
-    if previous is not None and " ".join(previous.split()) == " ".join(text.split()):
+    if (previous is not None and " ".join(previous.split()) == " ".join(text.split())
+            and not _ACKNOWLEDGEMENT.match(text)):
         return text
     return None
 

@@ -217,6 +217,12 @@ def resolve_gguf(model_name: str | None,
     if path is not None and path.is_file():
         check_gguf(path)
         return path, card
+    if path is not None and path.is_dir():
+        raise ModelNotFoundError(f"{model_name!r} is a directory of Hugging Face weights, not a GGUF file: run it with "
+                                 "--backend transformers (or vllm), or pass a .gguf file to llamacpp")
+    if card is not None:
+        raise ModelNotFoundError(f"model {card.name!r} runs on the {card.backend} backend, not llamacpp: use "
+                                 f"--backend {card.backend} (backend={card.backend!r}) with its local directory")
     known = ", ".join(sorted({c.name for c in model_cards().values() if c.source in ("embedded", "packaged")}))
     raise ModelNotFoundError(
         f"model {model_name!r} is neither a .gguf file nor a packaged GGUF model ({known}); "

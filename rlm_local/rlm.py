@@ -265,6 +265,9 @@ def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Mode
     root_sampling = dict(card.sampling) if card else {"max_tokens": 2048, "temperature": 0.0}
     sub_tokens = sub_max_tokens or (card.sampling.get("max_tokens", 512) if card else 1024)
     prompt_tokens = card.max_prompt_tokens if card else max(4096, engine.context_length // 2 or 32768)
+    if engine.context_length:  # the engine's window (a llama.cpp slot) must hold the prompt and the reply
+        room = engine.context_length - int(root_sampling.get("max_tokens", 2048)) - 64  # 64: template overhead
+        prompt_tokens = max(256, min(prompt_tokens, room))
     return Model(engine=engine, scheduler=scheduler, name=engine.model_name,
                  format=format_named(card.prompt_format if card else engine.prompt_format), root_sampling=root_sampling,
                  sub_sampling={"max_tokens": sub_tokens, "temperature": 0.0}, prompt_tokens=prompt_tokens,

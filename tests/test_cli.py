@@ -59,7 +59,11 @@ def test_model_directory_that_cannot_load(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    one_line_error(cli("run", "--context", str(f), "--model", str(broken), "q", "-q"), 2, "could not load model")
+    one_line_error(cli("run", "--context", str(f), "--model", str(broken), "--backend", "transformers", "q", "-q"), 2,
+                   "could not load model")
+    # the default engine (llama.cpp) takes GGUF files: a weights directory gets the backend that can load it
+    one_line_error(cli("run", "--context", str(f), "--model", str(broken), "q", "-q"), 2, "--backend transformers")
+    one_line_error(cli("run", "--context", str(f), "--model", "qwen3-coder", "q", "-q"), 2, "--backend vllm")
 
 
 def test_openai_backend_needs_a_url(tmp_path):

@@ -64,3 +64,17 @@ def test_a_root_turn_is_rendered_and_tokenised_once():
     feedback = [t for t in engine.counted if t.startswith("Output of your code")]
     assert len(feedback) == len(set(feedback)) == 4
     assert sum(t.startswith("You are a Recursive Language Model") for t in engine.counted) == 1
+
+
+def test_the_root_prompt_budget_leaves_room_for_the_reply_in_the_engines_window():
+    from rlm_local import RLM
+    from rlm_local.engines.scripted import ScriptedEngine
+
+    engine = ScriptedEngine(["FINAL(x)"])
+    engine.context_length = 4096  # e.g. one llama.cpp slot
+    with RLM(engine=engine) as rlm:
+        root = rlm.settings.root
+        assert root.prompt_tokens + root.root_sampling["max_tokens"] <= 4096
+    engine.context_length = 0  # unknown window: the card's (or the default) budget stands
+    with RLM(engine=engine) as rlm:
+        assert rlm.settings.root.prompt_tokens == 32768

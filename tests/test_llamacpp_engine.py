@@ -97,6 +97,34 @@ def test_siblings_compute_their_shared_prefix_once(engine):
     assert sum(r.usage.prompt_tokens - r.usage.cached_tokens for r in others) >= 4 * shared
 
 
+def test_concurrent_conversations_keep_their_own_slots():
+    # Root turns of two runs share the system prompt but each slot holds its run's whole conversation: the
+    # next turns must reuse those conversations, not a group prefix restored over them.
+    eng = make_engine("llamacpp", n_parallel=4, context_length=2048)
+    try:
+        system = "System: you answer questions about logs.\n" + chunk(7, 120)
+        turns = [f"{system}Run {r}: {chunk(20 + r, 150)}Reply:" for r in range(2)]
+        assert all(r.ok for r in eng.generate([Request.completion(t, max_tokens=2) for t in turns]))
+        nxt = [f"{t} ok.\nNext question {r}: what follows?" for r, t in enumerate(turns)]
+        results = eng.generate([Request.completion(t, max_tokens=2) for t in nxt])
+        assert all(r.ok for r in results)
+        for r, turn in zip(results, turns):  # each reused (nearly) all of its own first turn
+            assert r.usage.cached_tokens >= eng.count_tokens(turn) - 16, [x.usage for x in results]
+        # without prefix sharing, a batch whose tasks all prefer one slot still spreads over the idle slots
+        plain = make_engine("llamacpp", n_parallel=4, context_length=2048, share_prefix=False)
+        try:
+            doc = chunk(9, 200)
+            assert plain.generate([Request.completion(doc + "Q: a?", max_tokens=2)])[0].ok  # slot 0 holds doc
+            out = plain.generate([Request.completion(doc + f"Q{i}: b?", max_tokens=24) for i in range(4)])
+            assert all(r.ok for r in out)
+            # one of them reuses the held document; the others ran on other slots (they computed it)
+            assert sorted(r.usage.cached_tokens for r in out)[:3] == [0, 0, 0], [r.usage for r in out]
+        finally:
+            plain.close()
+    finally:
+        eng.close()
+
+
 def test_a_bad_request_fails_alone(engine):
     good = Request.completion("The capital of France is", max_tokens=4)
     too_long = Request.completion("word " * 3000, max_tokens=4)
@@ -177,3 +205,15 @@ def test_cli_demo_runs_on_llamacpp(capsys):
 
     assert main(["run", "--demo", "--demo-length", "40000", "--backend", "llamacpp", "--threads", "1", "--quiet"]) == 0
     assert "PASSED" in capsys.readouterr().err
+
+
+def test_the_side_channel_refuses_other_local_callers(engine):
+    import http.client
+
+    conn = http.client.HTTPConnection(engine._host, engine._port, timeout=10)
+    try:  # /slots writes files: only this process, which holds the key, may call it
+        conn.request("POST", "/slots/0?action=save", '{"filename": "x.bin"}', {"Content-Type": "application/json"})
+        assert conn.getresponse().status == 401
+    finally:
+        conn.close()
+    assert engine.count_tokens("hello world") > 0  # the engine's own calls carry the key

@@ -74,6 +74,18 @@ def test_concurrent_calls_are_bounded_and_close_waits_for_them():
         t.start()
     for t in threads:
         t.join(10)
-    sched.close()
     assert len(results) == 10 and all(r.ok for r in results)
     assert engine.most_inflight <= engine.concurrent_calls
+    # close() while calls are still inside the engine: it returns only when they have finished
+    callers = [threading.Thread(target=lambda: sched.submit([Request.completion("0.5")], run_id="late"))
+               for _ in range(3)]
+    for t in callers:
+        t.start()
+    deadline = time.monotonic() + 5
+    while engine.inflight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.inflight > 0
+    sched.close()
+    assert engine.inflight == 0
+    for t in callers:
+        t.join(5)

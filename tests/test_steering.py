@@ -110,6 +110,13 @@ def test_prose_that_is_not_an_answer_is_never_taken():
     ("Answer:", "Answer:", None),
     ("Answer: " + "x" * 500, None, None),
     ("```python\nprint(1)\n```\nAnswer: 3", None, None),
+    # pointers and hedges are not answers; nor is an acknowledgement said twice
+    ("The answer is printed above.", None, None),
+    ("The answer is probably hidden deeper in the log.", None, None),
+    ("Answer: see the output of the last cell", None, None),
+    ("Sure, I can help with that.", "Sure, I can help with that.", None),
+    ("Okay.", "Okay.", None),
+    ("Answer: " + "word " * 60, None, None),
 ])
 def test_plain_answer(reply, previous, expected):
     assert plain_answer(reply, previous) == expected

@@ -274,8 +274,12 @@ class VLLMEngine(VLLMBase):
         self._llm, self._children, self.load_seconds = start_bounded(
             lambda: self._vllm.LLM(**kwargs), startup_timeout, f"vllm ({self.model_name!r})")
         logger.info("vllm LLM for %s started in %.1f s", self.model_name, self.load_seconds)
-        self._after_start(self._llm.get_tokenizer(), _max_model_len(self._llm))
         self._lock = threading.Lock()  # LLM is not re-entrant; the scheduler batches callers anyway
+        try:
+            self._after_start(self._llm.get_tokenizer(), _max_model_len(self._llm))
+        except BaseException:
+            self.close()  # a started engine core must not outlive a failed constructor
+            raise
 
     def generate(self, requests: list[Request]) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)

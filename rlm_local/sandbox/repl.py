@@ -24,6 +24,7 @@ import ast
 import gc
 import json
 import keyword
+import re
 import types
 
 import guards as G
@@ -35,6 +36,7 @@ SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding n
 
 
 _DELETED = object()
+_DOCUMENT_NAME = re.compile(r"context(_\d+)?")  # the names a cell must not overwrite with a literal
 
 
 def _describe(value) -> str:
@@ -253,20 +255,24 @@ class Session:
         return self._end(error, notes=skipped + self._shadow_notes())
 
     def _skip_literal_rebinds(self, source: str) -> tuple[str, str]:
-        """A top-level ``context = "<a literal>"`` (or any model-visible REPL name bound to a constant) is
-        replaced by ``pass`` before the cell runs, so the rest of the cell works on the real document;
-        returns (source, notes). Measured: told after the fact that ``context`` was restored, Qwen2.5-Coder
+        """A top-level ``context = "<a string literal>"`` (or ``context_N``) is replaced by ``pass`` before the cell
+        runs, so the rest of the cell works on the real document; returns (source, notes). Only the document
+        names: a dict context's other names (``summary``), tools and ``history`` are ordinary initialisers
+        (``summary = ""``) that the model means to use, so they are left to the restore-and-note. Measured: told after the fact that ``context`` was restored, Qwen2.5-Coder
         1.5B still re-sent the same cell; skipping the line lets its search code run on the real data.
         Computed values (``context = llm_query(...)``) still run, then are restored (_shadow_notes)."""
         try:
             body = ast.parse(source).body
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             return source, ""  # compile_cell reports it
-        lines = source.splitlines(keepends=True)
+        # ast numbers lines by \n, \r\n and \r only; str.splitlines() also splits on form feeds and U+2028,
+        # which text pasted from a PDF carries, and would put the `pass` on the wrong line.
+        lines = re.split(r"(?<=\r\n)|(?<=\n)|(?<=\r)(?!\n)", source)
         notes = []
         for i, stmt in enumerate(body):
             if not (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
-                    and all(isinstance(t, ast.Name) and t.id in self.reserved and not t.id.startswith("_")
+                    and isinstance(stmt.value.value, str) and stmt.value.value
+                    and all(isinstance(t, ast.Name) and t.id in self.reserved and _DOCUMENT_NAME.fullmatch(t.id)
                             for t in stmt.targets)):
                 continue
             if (i and body[i - 1].end_lineno >= stmt.lineno) or (

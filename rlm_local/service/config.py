@@ -7,7 +7,7 @@ session_ttl = 3600                              # seconds an idle session lives
 max_upload_mb = 50
 
 [rlm.docs]                 # clients ask for model="docs"
-backend = "llamacpp"       # root model: backend, model, base_url (openai backend)
+backend = "transformers"   # root model: backend, model, base_url (openai backend); default llamacpp
 model = "Qwen/Qwen3-8B"
 sub_backend = "openai"     # sub-calls (default: the root's engine)
 sub_model = "Qwen/Qwen3-1.7B"

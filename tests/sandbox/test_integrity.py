@@ -66,6 +66,17 @@ def test_the_names_a_cell_rebinds_are_back_before_the_next_one(make_sandbox):
     assert r.stdout == "ctx\n['answer to: a']\n" and r.final == "ok", r
 
 
+def test_only_document_literals_are_skipped_and_line_numbers_hold_past_form_feeds(make_sandbox):
+    # A dict context's other names are the model's to initialise: `summary = ""` runs (then is restored).
+    sb = make_sandbox(context={"records": "alice\nbob", "summary": "Q3 summary."})
+    r = sb.run('summary = ""\nfor n in records.splitlines():\n    summary += n.upper() + ";"\nprint(summary)')
+    assert r.error is None and r.stdout.endswith("]\nALICE;BOB;\n") and "was skipped" not in r.stdout, r
+    # A form feed (text pasted from a PDF) must not move the skipped line: the cell still compiles.
+    sb = make_sandbox(context="ctx")
+    r = sb.run('s = "page1\x0cpage2"\ncontext = "made up"\nprint(len(s), context)')
+    assert r.error is None and r.stdout.endswith("]\n11 ctx\n") and "line 2 of your cell" in r.stdout, r
+
+
 def test_deleting_a_reserved_name_is_told_and_undone(make_sandbox):
     sb = make_sandbox(context="the real document")
     r = sb.run("del context\nx = 1")
