@@ -46,7 +46,6 @@ FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long 
 # A greedy root request that failed after this long is not sent again: it would compute the same reply for
 # as long again (a timed-out 2,048-token reply on a CPU server was retried and timed out twice).
 NO_RETRY_AFTER_SECONDS = 30.0
-PROSE_TURNS = 2  # prose replies in a row (no code, no FINAL) before a plain prose answer is taken
 
 
 class SetupError(Error, RuntimeError):
@@ -190,10 +189,7 @@ class Run:
                 answer, feedback, failed = self._act(reply, iteration, steer)
                 if answer is not None:
                     return Outcome(answer, "final", iteration)
-                notes = [steer.repeat_note(reply, feedback), *steer.notes]
-                feedback = "\n\n".join(part for part in (feedback, *notes) if part)
-                steer.notes.clear()
-                self.convo.add_turn(reply, feedback)
+                self.convo.add_turn(reply, steer.feedback(reply, feedback))
                 failures = failures + 1 if failed else 0
                 if self.budget.max_errors is not None and failures >= self.budget.max_errors:
                     return self._close("max_errors", iteration)
@@ -229,14 +225,10 @@ class Run:
         parsed = self.convo.parse(reply)
         if not parsed.code_blocks:
             if not parsed.has_final:
-                # Prose only: taken when plainly an answer, once the model has looked at the context or
-                # has been asked once for FINAL (final.plain_answer); else ask for FINAL explicitly.
-                previous = steer.last_prose
-                if steer.prose_turn() >= PROSE_TURNS or steer.cells_run:
-                    answer = final.plain_answer(reply, previous)
-                    if answer is not None:
-                        return answer, "", False
-                steer.last_prose = reply
+                # Prose only: taken when plainly an answer (steering.py), else ask for FINAL explicitly.
+                answer = steer.prose_answer(reply)
+                if answer is not None:
+                    return answer, "", False
                 return None, self.convo.feedback([], [prompts.PROSE_NUDGE]), False
             steer.acted(0)
             answer = final.from_text(parsed, self._read)

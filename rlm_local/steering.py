@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import prompts
+from . import final, prompts
 
 MIN_UNIT = 4  # characters in the repeated unit
 MIN_REPEATS = 6  # times in a row
@@ -32,6 +32,7 @@ SIMILAR = 0.92  # difflib ratio for a "near-identical" reply
 WINDOW = 3  # a turn repeats when it matches one of the last WINDOW turns
 COMPARE_CHARS = 4000  # replies are compared on their first characters (difflib is quadratic)
 MAX_UNIT = 400  # characters: longer loops are left to the max_tokens cap
+PROSE_TURNS = 2  # prose replies in a row (no code, no FINAL) before a plain prose answer is taken
 GRAM = 8  # characters of the probes that find a loop's period
 MAX_PROBES = 64  # most frequent probes examined (the cut must stay cheap on every reply)
 
@@ -102,6 +103,12 @@ class Steering:
     last_prose: str | None = None  # the previous reply of the current prose streak
     notes: list[str] = field(default_factory=list)  # for the next feedback (a runaway cut, a cut reply)
 
+    def feedback(self, reply: str, feedback: str) -> str:
+        """Call once per turn that goes on: ``feedback`` with the repeat nudge and the waiting notes added."""
+        notes = [self.repeat_note(reply, feedback), *self.notes]
+        self.notes.clear()
+        return "\n\n".join(part for part in (feedback, *notes) if part)
+
     def repeat_note(self, reply: str, feedback: str) -> str | None:
         """Call once per turn with the reply and the feedback it got; the escalating nudge, or None.
         A turn repeats when it matches any of the last ``WINDOW`` turns: a 1.5B model was measured
@@ -125,10 +132,14 @@ class Steering:
             self.notes.append(note)
         return kept
 
-    def prose_turn(self) -> int:
-        """Count a reply with neither code nor FINAL; returns how many came in a row."""
+    def prose_answer(self, reply: str) -> str | None:
+        """A reply with neither code nor FINAL: the answer it plainly gives (final.plain_answer), taken once
+        the model has run code in this run or after ``PROSE_TURNS`` prose replies in a row; else None."""
         self.prose_turns += 1
-        return self.prose_turns
+        previous, self.last_prose = self.last_prose, reply
+        if self.prose_turns >= PROSE_TURNS or self.cells_run:
+            return final.plain_answer(reply, previous)
+        return None
 
     def acted(self, cells: int) -> None:
         """A reply with code (``cells`` of it ran) or with a FINAL: the prose streak ends."""
