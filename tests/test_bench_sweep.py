@@ -58,6 +58,21 @@ def test_every_method_writes_a_row_with_costs(tmp_path):
         assert row["prompt_tokens"] > 0 and row["seconds"] >= 0
 
 
+def test_rlm_rows_keep_their_trajectory_beside_the_rows(tmp_path):
+    import gzip
+    import json
+
+    sweep = Sweep(family="niah", lengths=[2000], n=1, methods=["rlm", "base"], engine=EngineSpec("oracle"),
+                  out=tmp_path, window=3000)
+    (rlm_row, base_row) = sorted(load_rows(run_sweep(sweep)), key=lambda r: r["method"] != "rlm")
+    assert "trajectory" not in rlm_row
+    path = tmp_path / "trajectories" / f"{rlm_row['item_id']}.rlm.jsonl.gz"
+    events = [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines()]
+    assert events[0]["event"] == "run_start" and events[-1]["event"] == "final"
+    assert events[-1]["answer"] == rlm_row["answer"]
+    assert not (tmp_path / "trajectories" / f"{base_row['item_id']}.base.jsonl.gz").exists()
+
+
 def test_nosub_refuses_sub_calls(tmp_path):
     sweep = Sweep(family="oolong", lengths=[2000], n=1, methods=["rlm-nosub"], engine=EngineSpec("oracle"),
                   out=tmp_path, max_iterations=2)

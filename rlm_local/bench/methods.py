@@ -42,6 +42,8 @@ class Answer:
     iterations: int = 0
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The run's events (RLM methods): saved beside the rows for `bench report --failures`, never in a row.
+    trajectory: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 class NoSubEngine(Engine):
@@ -121,7 +123,7 @@ class Methods:
         return Answer(answer=result.response, stop=result.stopped_reason, seconds=result.execution_time,
                       root_calls=root.calls, sub_calls=sub.calls, prompt_tokens=s.total.prompt_tokens,
                       cached_tokens=s.total.cached_tokens, completion_tokens=s.total.completion_tokens,
-                      iterations=result.iterations)
+                      iterations=result.iterations, trajectory=result.trajectory)
 
     def _base(self, item: Item) -> Answer:
         started = time.monotonic()

@@ -42,13 +42,15 @@ class Worker:
                                max_timeout=sweep.max_timeout, window=sweep.window)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, length: int, index: int, methods: list[str]) -> list[Row]:
+    def run(self, length: int, index: int, methods: list[str]) -> list[tuple[Row, list[Row]]]:
+        """The finished rows of one item, each with its trajectory's events."""
         item = self.sweep.items(length, [index])[0]
         if self.oracle is not None:
             self.oracle.add([item])
-        rows: list[Row] = []
-        run_items(self.methods, [item], methods, 1, rows.append, backend=self.sweep.engine.backend)
-        for row in rows:
+        rows: list[tuple[Row, list[Row]]] = []
+        run_items(self.methods, [item], methods, 1, lambda row, events: rows.append((row, events)),
+                  backend=self.sweep.engine.backend)
+        for row, _ in rows:
             row["worker"] = self.name
             row["concurrency"] = self.sweep.concurrency
         return rows
@@ -112,7 +114,8 @@ def run_sweep_on_ray(sweep: Sweep, address: str | None = None, workers: int | No
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             a = pending.pop(ready[0])
-            for row in ray.get(ready[0]):
+            for row, events in ray.get(ready[0]):
+                writer.write_trajectory(row["item_id"], row["method"], events)
                 writer.write(row)
                 on_row(row)
             if queue:

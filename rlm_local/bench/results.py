@@ -18,6 +18,7 @@ from typing import Any
 from .items import METHODS, BenchError
 
 ROWS_FILE = "rows.jsonl"
+TRAJECTORIES_DIR = "trajectories"  # ITEM.METHOD.jsonl.gz: the events of each RLM row
 REQUIRED = ("family", "item_id", "method", "model", "length_tokens", "score", "seconds", "prompt_tokens",
             "completion_tokens")
 logger = logging.getLogger("rlm_local.bench")

@@ -9,6 +9,7 @@ Guarantees:
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from ..prompts import describe_context
 from .items import BenchError, Item, family
 from .methods import Answer, Methods, check_methods, peak_rss_mb
 from .oracle import oracle_engine
-from .results import ROWS_FILE, row_key, load_rows
+from .results import ROWS_FILE, TRAJECTORIES_DIR, row_key, load_rows
 
 logger = logging.getLogger("rlm_local.bench")
 
@@ -110,6 +111,18 @@ class RowWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", encoding="utf-8")
 
+    def write_trajectory(self, item_id: str, method: str, events: list[dict[str, Any]]) -> None:
+        """An RLM row's events as gzipped JSONL beside the rows (``trajectories/ITEM.METHOD.jsonl.gz``), written
+        before its row so a row on disk always has its trajectory."""
+        if not events:
+            return
+        folder = self.path.parent / TRAJECTORIES_DIR
+        folder.mkdir(exist_ok=True)
+        data = "".join(json.dumps(e, ensure_ascii=False, default=str) + "\n" for e in events)
+        tmp = folder / f".{item_id}.{method}.tmp"
+        tmp.write_bytes(gzip.compress(data.encode("utf-8", "backslashreplace"), mtime=0))
+        os.replace(tmp, folder / f"{item_id}.{method}.jsonl.gz")
+
     def write(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, default=str) + "\n"
         with self._lock:
@@ -124,25 +137,28 @@ class RowWriter:
 def make_row(item: Item, method: str, answer: Answer, model: str, backend: str, concurrency: int,
              context_tokens: int) -> dict[str, Any]:
     score = family(item.family).score(item, answer.answer)
+    fields = asdict(answer)
+    fields.pop("trajectory")
     row = {**item.record(), "method": method, "model": model, "backend": backend, "concurrency": concurrency,
-           "context_tokens": context_tokens, "score": round(score, 6), **asdict(answer),
+           "context_tokens": context_tokens, "score": round(score, 6), **fields,
            "peak_rss_mb": peak_rss_mb(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     row["seconds"] = round(row["seconds"], 3)
     return row
 
 
 def run_items(methods: Methods, items: list[Item], names: list[str], concurrency: int,
-              on_row: Callable[[dict[str, Any]], None], skip: set[tuple[str, str]] = frozenset(),
+              on_row: Callable[[dict[str, Any], list[dict[str, Any]]], None], skip: set[tuple[str, str]] = frozenset(),
               backend: str = "") -> int:
     """Run every (item, method) not in ``skip`` with ``concurrency`` workers; ``on_row`` gets each finished
-    row (from the worker thread). Returns how many ran."""
+    row and its trajectory (from the worker thread). Returns how many ran."""
     model = methods.engine.model_name or backend
     tokens = {it.item_id: describe_context(it.context, methods.engine.count_tokens).total_tokens for it in items}
     jobs = [(it, m) for it in items for m in names if row_key(it.item_id, m) not in skip]
 
     def one(job: tuple[Item, str]) -> None:
         item, method = job
-        on_row(make_row(item, method, methods.run(method, item), model, backend, concurrency, tokens[item.item_id]))
+        answer = methods.run(method, item)
+        on_row(make_row(item, method, answer, model, backend, concurrency, tokens[item.item_id]), answer.trajectory)
 
     if concurrency == 1:
         for job in jobs:
@@ -186,7 +202,8 @@ def run_sweep(sweep: Sweep, on_row: Callable[[dict[str, Any]], None] = lambda ro
     (sweep.out / "sweep.json").write_text(json.dumps({"sweep": _jsonable(sweep), "machine": machine()}, indent=2))
     writer = RowWriter(path)
 
-    def record(row: dict[str, Any]) -> None:
+    def record(row: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        writer.write_trajectory(row["item_id"], row["method"], events)
         writer.write(row)
         on_row(row)
 
