@@ -15,10 +15,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Error": "errors", "InputError": "errors", "DocumentError": "documents",
-    "RLM": "rlm", "RLMResult": "rlm", "RLMError": "rlm", "ContextError": "prompts", "BudgetExceeded": "run",
-    "SetupError": "run", "Budget": "run", "Run": "run", "UsageSummary": "usage", "ModelUsageSummary": "usage", "Sandbox": "sandbox", "Limits": "sandbox", "CellResult": "sandbox",
+    "RLM": "rlm", "RLMResult": "rlm", "RLMError": "rlm", "ContextError": "loop.prompts",
+    "BudgetExceeded": "loop.run", "SetupError": "loop.run", "Budget": "loop.run", "Run": "loop.run",
+    "UsageSummary": "runlog.usage", "ModelUsageSummary": "runlog.usage",
+    "Sandbox": "sandbox", "Limits": "sandbox", "CellResult": "sandbox",
     "Request": "engines", "Result": "engines", "SamplingParams": "engines", "Usage": "engines",
-    "EngineError": "engines", "make_engine": "engines", "Scheduler": "scheduler",
+    "EngineError": "engines", "make_engine": "engines", "Scheduler": "scheduling.scheduler",
     "ModelNotFoundError": "models", "ModelLoadError": "models",
 }
 
@@ -32,3 +34,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = sorted(_EXPORTS)
+
+from ._moved import install as _install_moved  # noqa: E402  (old module paths keep importing)
+
+_install_moved()

@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, err: Console) -> int:
-    from .display import ProgressDisplay
+    from .runlog.display import ProgressDisplay
     from .documents import read_context
-    from .haystack import make_needle_task
+    from .bench.haystack import make_needle_task
     from .rlm import RLM
 
     task = None
@@ -215,7 +215,7 @@ def _cmd_serve(args: argparse.Namespace, err: Console) -> int:
     from .engines import make_engine
 
     if args.bare:
-        from .server import serve
+        from .service.bare import serve
 
         engine = make_engine(args.backend, **_engine_kwargs(args.backend, args.model, args.base_url, args.threads))
         err.print(f"serving {engine.model_name} ({args.backend}) on http://{args.host}:{args.port}/v1")

@@ -2,7 +2,7 @@
 
 ``RLM`` owns what lasts across completions: the engines (it closes only those it created), each engine's
 model card (resolved once), the engines' shared schedulers (one per engine, process-wide, see
-schedulers.py) and the options. Each ``completion()`` makes a ``Run`` (run.py) with its own ``Budget``,
+scheduling/registry.py) and the options. Each ``completion()`` makes a ``Run`` (loop/run.py) with its own ``Budget``,
 usage, trajectory, conversation and sandbox: that is where the loop lives.
 Depth: the root runs at depth 0 (or at ``depth``); its sub-calls run one level deeper. ``rlm_query``
 starts a child run while that depth is below ``max_depth``, otherwise it degrades to ``llm_query``; so
@@ -20,18 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import prompts, schedulers
+from .loop import prompts
+from .scheduling import registry as schedulers
 from .engines import DEFAULT_BACKEND, Engine, make_engine
 from .errors import InputError
-from .events import Event, RunError, RunFinal, RunStart
-from .formats import format_named
+from .runlog.events import Event, RunError, RunFinal, RunStart
+from .loop.formats import format_named
 from .models import find_card
-from .persistent import PersistentREPL
-from .prompts import Context, ContextError, check_context
-from .run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
+from .loop.persistent import PersistentREPL
+from .loop.prompts import Context, ContextError, check_context
+from .loop.run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
 from .sandbox import Limits, split_tools
-from .trajectory import Trajectory
-from .usage import UsageSummary, UsageTracker
+from .runlog.trajectory import Trajectory
+from .runlog.usage import UsageSummary, UsageTracker
 
 __all__ = ["RLM", "RLMError", "RLMResult", "ContextError", "BudgetExceeded", "SetupError", "STOP_REASONS"]
 
@@ -113,7 +114,7 @@ class RLM:
         self.listeners: list[Callable[[Event], None]] = [on_event] if on_event else []
         self.log_dir = _use_logger(logger, self.listeners)
         if verbose:
-            from .display import VerbosePrinter
+            from .runlog.display import VerbosePrinter
             self.listeners.append(VerbosePrinter())
         self._owned: list[Engine] = []  # engines this RLM created, and so closes
         self._sharing: list[Engine] = []  # engines whose shared scheduler this RLM holds

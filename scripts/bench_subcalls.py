@@ -23,7 +23,7 @@ import torch
 
 from rlm_local.engines.base import Request
 from rlm_local.engines.hf import TransformersEngine
-from rlm_local.scheduler import Scheduler
+from rlm_local.scheduling.scheduler import Scheduler
 
 TOPICS = ["rivers", "volcanoes", "bees", "glaciers", "comets", "tides", "owls", "deserts", "coral reefs", "lichens",
           "thunderstorms", "salmon", "caves", "auroras", "ferns", "octopuses"]

@@ -31,7 +31,7 @@ from rlm_local import RLM
 from rlm_local.engines import make_engine
 from rlm_local.engines.base import Engine, Request
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.scheduler import Scheduler
+from rlm_local.scheduling.scheduler import Scheduler
 
 # Sub-call questions that the embedded base model answers at length on one line (a list), so replies run up
 # to sub_max_tokens; short factual questions get 1-token answers ending at the newline stop.

@@ -1,6 +1,6 @@
 """Before/after measurement of the loop's steering of small instruction models (issue 11, deliverable 3).
 
-Runs one fixed item set (needle tasks from ``rlm_local.haystack`` and benchmark-kit items) against an
+Runs one fixed item set (needle tasks from ``rlm_local.bench.haystack`` and benchmark-kit items) against an
 OpenAI-compatible server (llama.cpp serving Qwen2.5-Coder-1.5B-Instruct) with one code base, and appends
 one JSON row per item to ``--out``. Run it once per checkout, alternating item by item::
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import rlm_local
 from rlm_local import RLM
 from rlm_local.bench import family
-from rlm_local.haystack import needle_suite
+from rlm_local.bench.haystack import needle_suite
 
 
 def items() -> list[dict]:

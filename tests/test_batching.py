@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from RestrictedPython import compile_restricted_exec
 
-from rlm_local.batching import rewrite_sibling_calls
+from rlm_local.loop.batching import rewrite_sibling_calls
 
 CHUNKS = ["alpha text", "beta", "gamma needle", "delta needle text"]
 

@@ -13,7 +13,7 @@ import pytest
 from rlm_local import RLM
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.run import FINAL_GRACE_SECONDS
+from rlm_local.loop.run import FINAL_GRACE_SECONDS
 from scripting import repl, is_root, last_user
 
 DOC = "alpha beta gamma\n" * 50

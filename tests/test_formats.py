@@ -5,7 +5,7 @@ from __future__ import annotations
 from rlm_local import RLM
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.formats import ChatFormat, CompletionFormat
+from rlm_local.loop.formats import ChatFormat, CompletionFormat
 
 DOC = "the code word is heron\n" * 20
 

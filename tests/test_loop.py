@@ -10,7 +10,7 @@ from rlm_local import RLM
 from rlm_local.engines import EngineError, Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.rlm import ContextError, RLMError
-from rlm_local.trajectory import read_trajectory
+from rlm_local.runlog.trajectory import read_trajectory
 from scripting import repl, is_root, last_user
 
 DOC = "\n".join(f"line {i}: nothing to see" for i in range(200)) + "\nThe vault code is 9157.\n"
@@ -340,7 +340,7 @@ def test_answer_dict_needs_ready():
 
 def test_a_sandbox_that_cannot_start_is_a_setup_error(monkeypatch):
     import rlm_local
-    from rlm_local import run as run_module
+    from rlm_local.loop import run as run_module
     from rlm_local.sandbox import SandboxError
 
     def broken(*args, **kwargs):
@@ -366,7 +366,7 @@ def test_failures_and_budget_stops_are_logged(caplog):
 
 def test_trajectory_file_stays_valid_utf8_with_lone_surrogates(tmp_path):
     from rlm_local import RLM
-    from rlm_local.trajectory import read_trajectory
+    from rlm_local.runlog.trajectory import read_trajectory
     path = tmp_path / "run.jsonl"
     rlm = RLM(backend="scripted", backend_kwargs={"replies": ["```repl\nprint('x\\udc80y')\nFINAL('done')\n```"]},
               trajectory_path=path)

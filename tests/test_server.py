@@ -1,4 +1,4 @@
-"""rlm_local.server: the OpenAI-compatible app under real uvicorn on loopback, spoken to with plain httpx."""
+"""rlm_local.service.bare: the OpenAI-compatible app under real uvicorn on loopback, spoken to with plain httpx."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,7 @@ pytest.importorskip("fastapi", reason="the server needs the [server] extra (fast
 
 from rlm_local.engines.base import Engine, Request, Result, Usage  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
-from rlm_local.server import BackgroundServer, create_app  # noqa: E402
+from rlm_local.service.bare import BackgroundServer, create_app  # noqa: E402
 
 
 def reply(request: Request) -> str:
@@ -164,7 +164,7 @@ def test_requests_go_through_the_scheduler_with_run_ids():
 
 
 def test_real_scheduler_when_present():
-    scheduler_mod = pytest.importorskip("rlm_local.scheduler", reason="rlm_local.scheduler not written yet")
+    scheduler_mod = pytest.importorskip("rlm_local.scheduling.scheduler", reason="rlm_local.scheduling.scheduler not written yet")
     engine = ScriptedEngine(reply)
     scheduler = scheduler_mod.Scheduler(engine)
     try:

@@ -8,7 +8,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from rlm_local import RLM, schedulers
+from rlm_local import RLM
+from rlm_local.scheduling import registry as schedulers
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
 from scripting import repl

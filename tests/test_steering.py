@@ -7,10 +7,10 @@ import time
 import pytest
 
 from rlm_local import RLM
-from rlm_local import run as run_module
+from rlm_local.loop import run as run_module
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.final import plain_answer
-from rlm_local.steering import alike, cut_runaway
+from rlm_local.loop.final import plain_answer
+from rlm_local.loop.steering import alike, cut_runaway
 from scripting import is_root, last_user, repl
 
 DOC = "\n".join(f"line {i}: nothing to see" for i in range(200)) + "\nThe vault code is 9157.\n"

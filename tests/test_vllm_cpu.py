@@ -182,7 +182,7 @@ class TestAsyncLLM:
     def test_a_late_request_joins_the_running_batch(self, allm):
         """Continuous batching through the scheduler: a short request submitted while a long one runs comes
         back first (with the LLM engine it would wait for the long call to finish)."""
-        from rlm_local.scheduler import Scheduler
+        from rlm_local.scheduling.scheduler import Scheduler
 
         done: dict[str, float] = {}
         with Scheduler(allm) as sched:

@@ -50,7 +50,7 @@ def test_missing_vllm_for_real():
 
 
 def test_no_model_name_means_the_embedded_model(fake_vllm, monkeypatch):
-    import rlm_local.models as models
+    import rlm_local.models.convert as models
 
     monkeypatch.setattr(models, "ensure_embedded", lambda progress=None: Path("/converted/gemma"))
     for name in (None, ""):

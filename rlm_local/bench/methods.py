@@ -21,7 +21,7 @@ from typing import Any
 
 from ..engines import Engine, Request, Result, Usage
 from ..rlm import RLM
-from ..run import FINAL_GRACE_SECONDS, Model
+from ..loop.run import FINAL_GRACE_SECONDS, Model
 from .items import METHODS, BenchError, Item
 NOTES_CHARS = 2_000  # running notes of the summary agent are cut here so they never crowd out the chunk
 FRAME_TOKENS = 64  # room for the prompt frame ("Question: ... Answer:") around context and question

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import DEFAULT_BACKEND, Engine, Request, make_engine
-from ..prompts import describe_context
+from ..loop.prompts import describe_context
 from .items import BenchError, Item, family
 from .methods import Answer, Methods, check_methods, peak_rss_mb
 from .oracle import oracle_engine

@@ -3,10 +3,11 @@
     with Sandbox(context=text, llm_handler=fn, limits=Limits(wall_seconds=30)) as sb:
         r = sb.run("print(len(context))")   # -> CellResult(stdout, error, final, timed_out, restored, ...)
 
-Only session.py is imported here; the worker-side files (worker, guards, policy, hardening) run in the
-worker process and are never imported by the parent.
+This package is the parent side (sandbox.py, launch.py, limits.py, cgroup.py). The worker side, the
+untrusted process, is the folder ``worker/``; the parent imports nothing from it but the wire format
+(``worker/protocol.py``).
 """
 from .limits import CellResult, Limits, SandboxError
-from .session import Sandbox, split_tools
+from .sandbox import Sandbox, split_tools
 
 __all__ = ["CellResult", "Limits", "Sandbox", "SandboxError", "split_tools"]

@@ -16,11 +16,11 @@ import sys
 import tempfile
 import time
 
-from . import protocol
+from .worker import protocol
 from .cgroup import SessionCgroup
 from .limits import Limits, SandboxError, check_call_header
 
-WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker", "main.py")
 # The worker's whole environment. The glibc tunable puts malloc'd memory on transparent huge pages, which
 # makes the per-cell snapshot fork of a session holding 1 GB ~30x cheaper (page tables are copied per page).
 CLEAN_ENV = {"LC_ALL": "C.UTF-8", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import Error
-from .protocol import check_call_size
+from .worker.protocol import check_call_size
 
 
 class SandboxError(Error, RuntimeError):

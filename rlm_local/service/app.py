@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import schedulers
+from ..scheduling import registry as schedulers
 from ..engines.base import Request as EngineRequest
 from ..engines.base import SamplingParams
 from . import chat, viewer

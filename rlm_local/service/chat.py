@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..documents import DocumentError, read_context
-from ..run import ContextError, check_context
+from ..loop.run import ContextError, check_context
 from .runs import RunRecord
 from .schemas import ApiError, ChatRequest, not_found
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import Engine, make_engine
-from ..events import Event
+from ..runlog.events import Event
 from ..rlm import RLM, RLMResult
-from ..trajectory import read_trajectory
+from ..runlog.trajectory import read_trajectory
 from .auth import Access, Caller
 from .config import RLMConfig, ServiceConfig
 from .files import _safe

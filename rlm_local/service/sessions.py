@@ -32,7 +32,9 @@ _PLAIN = ("str", "int", "float", "bool", "list", "dict", "tuple", "NoneType")
 _ID = re.compile(r"^sess_[0-9a-f]{20}$")
 
 
-class Session:
+class ChatSession:
+    """One service session: its documents, its question history and the snapshot of its REPL variables."""
+
     def __init__(self, id: str, owner: str, model: str, contexts: list[dict[str, Any]]) -> None:
         self.id, self.owner, self.model, self.contexts = id, owner, model, contexts
         self.history: list[dict[str, Any]] = []
@@ -123,7 +125,7 @@ class SessionStore:
     def __init__(self, root: Path, ttl: float) -> None:
         self.root, self.ttl = root, ttl
         self.root.mkdir(parents=True, exist_ok=True)
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, ChatSession] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._load()
@@ -136,29 +138,29 @@ class SessionStore:
                 raw = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            s = Session(raw["id"], raw["owner"], raw["model"], raw["contexts"])
+            s = ChatSession(raw["id"], raw["owner"], raw["model"], raw["contexts"])
             s.history, s.created, s.last_used = raw["history"], raw["created"], raw["last_used"]
             s.variables, s.lost_variables = raw.get("variables", {}), raw.get("lost_variables", [])
             s.restored = True
             self._sessions[s.id] = s
 
-    def create(self, owner: str, model: str, contexts: list[dict[str, Any]]) -> Session:
-        s = Session(f"sess_{uuid.uuid4().hex[:20]}", owner, model, contexts)
+    def create(self, owner: str, model: str, contexts: list[dict[str, Any]]) -> ChatSession:
+        s = ChatSession(f"sess_{uuid.uuid4().hex[:20]}", owner, model, contexts)
         with self._lock:
             self._sessions[s.id] = s
         self.save(s)
         return s
 
-    def get(self, owner: str, session_id: str) -> Session | None:
+    def get(self, owner: str, session_id: str) -> ChatSession | None:
         with self._lock:
             s = self._sessions.get(session_id) if _ID.match(session_id or "") else None
         return s if s is not None and s.owner == owner else None
 
-    def list(self, owner: str) -> list[Session]:
+    def list(self, owner: str) -> list[ChatSession]:
         with self._lock:
             return [s for s in self._sessions.values() if s.owner == owner]
 
-    def save(self, s: Session) -> None:
+    def save(self, s: ChatSession) -> None:
         folder = self.root / _safe(s.owner)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{s.id}.tmp"

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
-from ..trajectory import read_trajectory
+from ..runlog.trajectory import read_trajectory
 
 STATIC = Path(__file__).parent / "viewer"
 TEXT = 2000  # characters of a text field shown in a node's detail

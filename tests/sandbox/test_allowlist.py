@@ -1,4 +1,4 @@
-"""Coverage of the language layer's allowlist (rlm_local/sandbox/allowlist.py) on the running Python.
+"""Coverage of the language layer's allowlist (rlm_local/sandbox/worker/allowlist.py) on the running Python.
 
 The walk below is independent of the guard's own lookup code: it starts from what the sandbox really
 receives (the module proxies and builtins that guards.py builds, plus allowlist.returned_types()), and
@@ -12,9 +12,9 @@ import importlib
 
 import pytest
 
-from rlm_local.sandbox import allowlist as A
-from rlm_local.sandbox import guards as G
-from rlm_local.sandbox import members as M
+from rlm_local.sandbox.worker import allowlist as A
+from rlm_local.sandbox.worker import guards as G
+from rlm_local.sandbox.worker import members as M
 
 
 @pytest.fixture(scope="module")

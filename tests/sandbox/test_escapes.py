@@ -200,7 +200,7 @@ def test_os_layer_blocks_network_exec_writes_and_secrets(secret_file):
     import subprocess
     import sys
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "rlm_local", "sandbox")
+                        "rlm_local", "sandbox", "worker")
     out = subprocess.run([sys.executable, "-I", "-c", OS_PROBE, here, secret_file], capture_output=True,
                          text=True, env={}, timeout=30).stdout
     applied = out.splitlines()[0].split()[1].split(",")

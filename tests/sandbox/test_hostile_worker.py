@@ -8,7 +8,7 @@ import time
 import pytest
 
 import rlm_local.sandbox.launch as launch
-from rlm_local.sandbox import protocol
+from rlm_local.sandbox.worker import protocol
 from rlm_local.sandbox import Limits, Sandbox
 from rlm_local.sandbox.limits import validate_call
 
@@ -113,7 +113,7 @@ def test_oversized_or_endless_messages_end_the_cell_in_time(fake_worker, mode, w
 
 def launch_restart_allowance() -> float:
     # the fake worker has no snapshot, so the parent waits RESTORE_WAIT_SECONDS and restarts it
-    import rlm_local.sandbox.session as session
+    import rlm_local.sandbox.sandbox as session
     return session.RESTORE_WAIT_SECONDS + 10
 
 

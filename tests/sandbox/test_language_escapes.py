@@ -281,7 +281,7 @@ def test_guarded_replacements_still_work(sandbox):
 def test_sandbox_subclass_inherits_nothing_unreviewed():
     """In process: a sandbox class over a host class the table does not know gets none of its methods,
     also after the sandbox overrides one and deletes the override again (memo invalidation)."""
-    from rlm_local.sandbox import guards as G
+    from rlm_local.sandbox.worker import guards as G
 
     class Host:
         def secret(self):
@@ -312,7 +312,7 @@ def test_from_import_names_must_be_exposed():
     loaded submodules that IMPORT_FROM would otherwise fetch from sys.modules (re._parser is loaded)."""
     import sys
 
-    from rlm_local.sandbox import guards as G
+    from rlm_local.sandbox.worker import guards as G
 
     g = G.Guards(G.Printer(100), G.make_module_proxies())
     assert "re._parser" in sys.modules and "json.decoder" in sys.modules
@@ -329,7 +329,7 @@ def test_instance_data_is_checked_by_value():
     import functools
     import json.decoder
 
-    from rlm_local.sandbox import guards as G
+    from rlm_local.sandbox.worker import guards as G
 
     g = G.Guards(G.Printer(100), G.make_module_proxies())
     mine = eval(compile("lambda: 'mine'", "<cell 1>", "eval"))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rlm_local.sandbox import protocol
+from rlm_local.sandbox.worker import protocol
 
 
 def _pipe_writer(data: bytes, chunk: int) -> int:

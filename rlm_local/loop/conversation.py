@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import prompts
-from .engines import Request
+from ..engines import Request
 from .formats import MESSAGE_OVERHEAD_TOKENS, PromptFormat
 from .parsing import ParsedReply
 from .prompts import ContextInfo

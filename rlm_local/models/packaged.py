@@ -36,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import ModelCard, ModelLoadError, _file_lock, cache_dir
+from .cards import ModelCard, ModelLoadError
+from .store import cache_dir, file_lock
 
 logger = logging.getLogger("rlm_local.packaged")
 
@@ -98,7 +99,7 @@ def ensure_packaged_gguf(card: ModelCard, progress: Callable[[str], None] | None
     target = cache_dir() / spec.file
     if _ready(target, spec):
         return target
-    with _file_lock(cache_dir() / f".{spec.file}.lock"):
+    with file_lock(cache_dir() / f".{spec.file}.lock"):
         if _ready(target, spec):  # another process finished while we waited
             return target
         _assemble(spec, target, progress or (lambda _msg: None))

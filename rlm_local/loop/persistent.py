@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .prompts import Context
-from .sandbox import Sandbox
+from ..sandbox import Sandbox
 
 if TYPE_CHECKING:
     from .run import Run

@@ -26,17 +26,17 @@ from typing import Any
 from . import final, prompts
 from .batching import rewrite_sibling_calls
 from .conversation import Conversation
-from .engines import Engine, Request, Result, Usage
-from .errors import Error
-from .errors import logger as _root_logger
-from .events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
+from ..engines import Engine, Request, Result, Usage
+from ..errors import Error
+from ..errors import logger as _root_logger
+from ..runlog.events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
 from .formats import PromptFormat
 from .prompts import Context, ContextError, check_context, flatten_context
-from .sandbox import CellResult, Limits, Sandbox, SandboxError
-from .scheduler import Scheduler
+from ..sandbox import CellResult, Limits, Sandbox, SandboxError
+from ..scheduling.scheduler import Scheduler
 from .steering import Steering
-from .trajectory import Trajectory
-from .usage import UsageTracker
+from ..runlog.trajectory import Trajectory
+from ..runlog.usage import UsageTracker
 
 logger = _root_logger.getChild("run")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import prompts
-from .engines import Request
-from .errors import InputError
+from ..engines import Request
+from ..errors import InputError
 from .parsing import ParsedReply, parse_reply
 from .prompts import ContextInfo
 

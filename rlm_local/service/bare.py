@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from .engines.base import Engine, Request, Result, SamplingParams, Usage
+from ..engines.base import Engine, Request, Result, SamplingParams, Usage
 
 try:  # the server is an extra: `pip install 'rlm-local[server]'`
     from fastapi import FastAPI
@@ -114,13 +114,13 @@ def create_app(engine: Engine, scheduler: Any = None, model_name: str | None = N
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, scheduler: Any = None,
           model_name: str | None = None, log_level: str = "info", use_scheduler: bool = True) -> None:
     """Run the server in the foreground until interrupted (the `rlm-local serve` command). Unless told
-    otherwise, the engine's shared scheduler (schedulers.py) is put in front of it, so concurrent clients
+    otherwise, the engine's shared scheduler (scheduling/registry.py) is put in front of it, so concurrent clients
     are batched together, and with any RLM of this process using the same engine."""
     import uvicorn
 
     shared = scheduler is None and use_scheduler
     if shared:  # the engine's process-wide scheduler: RLMs in this process batch with HTTP clients
-        from . import schedulers
+        from ..scheduling import registry as schedulers
 
         scheduler = schedulers.acquire(engine)
     try:

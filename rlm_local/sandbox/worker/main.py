@@ -1,5 +1,5 @@
 """Sandbox worker: a fresh interpreter that runs one REPL session (process main, never imported by the
-parent). Started as ``python -I -S worker.py SITE_DIR``; it imports only the stdlib, RestrictedPython and
+parent). Started as ``python -I -S worker/main.py SITE_DIR``; it imports only the stdlib, RestrictedPython and
 its sibling files, so it starts fast and never sees the parent's modules or secrets.
 
 Life of a worker: move the protocol pipes off fds 0-2 -> read ``init`` (context memfd or file, limits)
@@ -111,7 +111,7 @@ class FdCapture:
 class HostStream:
     """sys.stdout / sys.stderr: host Python code that prints (re.DEBUG, warnings) prints into the cell."""
 
-    def __init__(self, session: "repl.Session"):
+    def __init__(self, session: "repl.Repl"):
         self.session = session
 
     def write(self, text) -> int:
@@ -226,7 +226,7 @@ def main() -> None:
     context = _load_context(init)
     scrub = [os.path.dirname(HERE), sys.argv[1], sys.prefix, sys.base_prefix, sys.exec_prefix,
              os.path.dirname(sys.executable), init.get("host_dir", "")]
-    session = repl.Session(context, channel.call, channel.limits, scrub, capture.drain)
+    session = repl.Repl(context, channel.call, channel.limits, scrub, capture.drain)
     session.add_tools(init.get("tool_functions") or [], json.loads(init_parts[0]) if init_parts else {})
     del context
     sys.stdout = sys.stderr = HostStream(session)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .engines.base import Usage
+from ..engines.base import Usage
 
 
 def clip(text: str | None, limit: int) -> str | None:

@@ -13,7 +13,7 @@ import time
 import weakref
 from typing import Any
 
-from . import protocol
+from .worker import protocol
 from .launch import WORKER_PATH, Worker
 from .limits import CellResult, Limits, SandboxError, validate_call
 

@@ -5,7 +5,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engines.base import Usage
+from ..engines.base import Usage
 
 
 @dataclass

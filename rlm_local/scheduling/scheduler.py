@@ -36,8 +36,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .engines.base import Engine, Request, Result, Usage
-from .errors import logger as _root_logger
+from ..engines.base import Engine, Request, Result, Usage
+from ..errors import logger as _root_logger
 from .prefix import plan_calls
 
 logger = _root_logger.getChild("scheduler")

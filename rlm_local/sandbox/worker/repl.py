@@ -1,4 +1,4 @@
-"""The REPL namespace of one sandbox session (worker side only; worker.py drives it).
+"""The REPL namespace of one sandbox session (worker side only; main.py drives it).
 
 Guarantees, each against code that runs "at odd times" (generator ``finally`` blocks, finalizers,
 weakref callbacks, run whenever their object is freed):
@@ -111,7 +111,7 @@ def context_names(context) -> dict:
     return names
 
 
-class Session:
+class Repl:
     """One REPL: the globals the model's cells share, the names it may not lose, and the stubs.
     ``call(kind, prompts, context)`` sends a sub-call to the parent and returns its answers."""
 

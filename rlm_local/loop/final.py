@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .parsing import ParsedReply
-from .sandbox import CellResult
+from ..sandbox import CellResult
 
 ANSWER_VAR = "answer"  # the reference library's answer-dict protocol
 _MENTIONS_ANSWER = re.compile(rf"\b{ANSWER_VAR}\b")

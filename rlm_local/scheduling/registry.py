@@ -12,8 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .engines.base import Engine
-from .errors import logger as _root_logger
+from ..engines.base import Engine
+from ..errors import logger as _root_logger
 from .scheduler import Scheduler
 
 logger = _root_logger.getChild("schedulers")

@@ -28,7 +28,7 @@ except ImportError:
 
 ALLOW, DYNAMIC, CLASS = 1, 2, 3  # rules; a str rule is the refusal message
 MEMO_LIMIT = 50_000  # classes the sandbox makes are keys; a loop making classes must not grow it forever
-CELL_FILE_PREFIX = "<cell "  # worker.Session compiles cells as "<cell N>"; host code never has this name
+CELL_FILE_PREFIX = "<cell "  # repl.Repl compiles cells as "<cell N>"; host code never has this name
 _C_METHODS = (types.MethodDescriptorType, types.ClassMethodDescriptorType)
 # Builtin bases of sandbox classes whose code never writes an instance __dict__ (BaseException's notes
 # go to '__notes__', unreadable): instances of sandbox classes over only these are filled by sandbox code.
