@@ -21,7 +21,7 @@ import openai
 
 from rlm_local import RLM
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.service.bare import BackgroundServer
+from rlm_local.testing import BackgroundServer
 from rlm_local.service import RLMConfig, ServiceConfig, create_service_app
 
 CODE = "```repl\nparts = llm_query_batched(['part ' + str(i) + ' ' + str(context)[-14:] for i in range(4)])\nFINAL(parts[0])\n```"

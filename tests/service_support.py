@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.service.bare import BackgroundServer
+from rlm_local.testing import BackgroundServer
 from rlm_local.service import RLMConfig, ServiceConfig, create_service_app
 from scripting import is_root, repl
 

@@ -16,7 +16,8 @@ from rlm_local.engines import make_engine  # noqa: E402
 from rlm_local.engines.base import Request  # noqa: E402
 from rlm_local.engines.openai_http import OpenAIEngine, normalize_base_url, rendezvous_order  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
-from rlm_local.service.bare import BackgroundServer, create_app  # noqa: E402
+from rlm_local.service.bare import create_app
+from rlm_local.testing import BackgroundServer  # noqa: E402
 
 FAST = dict(backoff=0.01, max_backoff=0.05)
 

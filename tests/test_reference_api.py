@@ -16,7 +16,8 @@ pytest.importorskip("fastapi", reason="the local OpenAI-compatible server needs 
 from rlm_local import RLM, Error  # noqa: E402
 from rlm_local.engines import Request  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
-from rlm_local.service.bare import BackgroundServer, create_app  # noqa: E402
+from rlm_local.service.bare import create_app
+from rlm_local.testing import BackgroundServer  # noqa: E402
 from scripting import repl  # noqa: E402
 
 

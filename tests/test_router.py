@@ -287,7 +287,8 @@ def test_a_worker_killed_mid_run_moves_the_run_to_the_other(cluster):
 def recording_server(seen: list[dict]):
     """rlm-local's server over the scripted worker model, in this process, recording each POST's headers."""
     from rlm_local.engines.scripted import ScriptedEngine
-    from rlm_local.service.bare import BackgroundServer, create_app
+    from rlm_local.service.bare import create_app
+    from rlm_local.testing import BackgroundServer
 
     app = create_app(ScriptedEngine(lambda request: worker_reply(request, lambda: None), model_name="scripted"))
 

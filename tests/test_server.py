@@ -11,7 +11,8 @@ pytest.importorskip("fastapi", reason="the server needs the [server] extra (fast
 
 from rlm_local.engines.base import Engine, Request, Result, Usage  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
-from rlm_local.service.bare import BackgroundServer, create_app  # noqa: E402
+from rlm_local.service.bare import create_app
+from rlm_local.testing import BackgroundServer  # noqa: E402
 
 
 def reply(request: Request) -> str:

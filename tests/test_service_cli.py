@@ -15,7 +15,8 @@ pytest.importorskip("sse_starlette", reason="the service needs the [server] extr
 openai = pytest.importorskip("openai")
 
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
-from rlm_local.service.bare import BackgroundServer, create_app  # noqa: E402
+from rlm_local.service.bare import create_app
+from rlm_local.testing import BackgroundServer  # noqa: E402
 from service_support import free_port, script  # noqa: E402
 from test_service_sessions import make_pdf  # noqa: E402
 
