@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from .errors import DocumentError, InputError
 
 # Text files larger than this are still read (RLMs are for huge inputs); the cap only stops a directory
 # walk from swallowing a disk image or a database by accident.
@@ -12,8 +12,6 @@ MAX_FILE_BYTES = 2 * 1024**3
 _SNIFF_BYTES = 8192
 
 
-class DocumentError(InputError):
-    """The input cannot be used as a context: missing, unreadable, binary or empty."""
 
 
 def read_context(path: str) -> str:

@@ -29,6 +29,65 @@ class InputTypeError(InputError, TypeError):
     """An argument has the wrong type."""
 
 
+# ---- the caller's mistakes (InputError: the CLI exits 2, the service answers 4xx) ----------------------------
+
+
+class ModelNotFoundError(InputError):
+    """The model name is neither a registered embedded model nor a local directory."""
+
+
+class ContextError(InputError):
+    """The prompt/context is empty or of an unsupported type."""
+
+
+class DocumentError(InputError):
+    """The input cannot be used as a context: missing, unreadable, binary or empty."""
+
+
+class UploadError(DocumentError):
+    """The upload cannot be stored: too big, binary, empty, an unreadable PDF or zip."""
+
+
+class RLMError(InputError):
+    """Bad arguments to RLM or completion(), or a closed RLM."""
+
+
+class ConfigError(InputError):
+    """The service configuration is wrong (the message names the key)."""
+
+
+class BenchError(InputError):
+    """A benchmark input the kit cannot use: unknown family or method, bad lengths, a corrupt results file."""
+
+
+# ---- what failed on our side or the machine's (the CLI exits 1) --------------------------------------------
+
+
+class EngineError(Error, RuntimeError):
+    """An engine could not be created or could not serve at all (not a per-request failure)."""
+
+
+class ModelLoadError(Error, RuntimeError):
+    """The model exists but could not be loaded or converted."""
+
+
+class PackagedModelError(ModelLoadError):
+    """A packaged model's parts are missing, unreadable or do not add up to the expected file."""
+
+
+class SandboxError(Error, RuntimeError):
+    """The sandbox could not be started, was used after close(), or failed in a way no cell result can
+    describe. ``Sandbox.run`` returns a CellResult or raises this, nothing else (bar KeyboardInterrupt)."""
+
+
+class SetupError(Error, RuntimeError):
+    """Something a run needs could not start (the sandbox worker)."""
+
+
+class BudgetExceeded(Error, RuntimeError):
+    """Raised inside a sub-call handler when the run's budget is used up; the sandbox shows it to the code."""
+
+
 def log_to_file(path: str | Path, level: int = logging.INFO) -> Path:
     """Append the ``rlm_local`` logger's records (tracebacks included) to ``path``; returns the path."""
     path = Path(path).expanduser()

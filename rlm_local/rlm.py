@@ -23,7 +23,7 @@ from typing import Any
 from .loop import prompts
 from .scheduling import registry as schedulers
 from .engines import DEFAULT_BACKEND, Engine, make_engine
-from .errors import InputError
+from .errors import InputError, RLMError
 from .runlog.events import Event, RunError, RunFinal, RunStart
 from .loop.formats import format_named
 from .models import find_card
@@ -40,8 +40,6 @@ __all__ = ["RLM", "RLMError", "RLMResult", "ContextError", "BudgetExceeded", "Se
 REFERENCE_ENVIRONMENTS = ("docker", "modal", "prime", "daytona", "e2b")
 
 
-class RLMError(InputError):
-    """Bad arguments to RLM or completion(), or a closed RLM."""
 
 
 @dataclass

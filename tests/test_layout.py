@@ -79,3 +79,19 @@ def test_the_worker_side_imports_nothing_of_the_package_beyond_its_folder():
                 assert node.level <= 1 and not (node.module or "").startswith("rlm_local"), (path.name, node.module)
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("rlm_local") for a in node.names), path.name
+
+
+def test_every_error_class_lives_in_errors_py():
+    import inspect
+
+    import rlm_local.errors as errors
+
+    defined_there = {obj for _, obj in inspect.getmembers(errors, inspect.isclass) if issubclass(obj, errors.Error)}
+    for path in PACKAGE.rglob("*.py"):
+        if "worker" in path.parts or path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                assert not bases & ({c.__name__ for c in defined_there} | {"Error"}), \
+                    f"{path.relative_to(PACKAGE)} defines {node.name}: define it in errors.py"

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from ..errors import InputError
+from ..errors import BenchError, InputError
 
 FAMILIES = ("niah", "oolong", "pairs", "codeqa")
 METHODS = ("base", "rlm-nosub", "rlm", "summary")  # in the order tables and plots show them
@@ -22,8 +22,6 @@ CHARS_PER_TOKEN = 4  # generators size contexts in characters; the runner counts
 MIN_TOKENS, MAX_TOKENS = 1_000, 10_000_000
 
 
-class BenchError(InputError):
-    """A benchmark input the kit cannot use: unknown family or method, bad lengths, a corrupt results file."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
-from ..errors import Error
+from ..errors import EngineError, Error
 
 T = TypeVar("T")
 RENDER_MEMO_SIZE = 256  # requests whose rendered text an engine remembers (a few batches' worth)
@@ -23,8 +23,6 @@ Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "error"]
 
 
-class EngineError(Error, RuntimeError):
-    """An engine could not be created or could not serve at all (not a per-request failure)."""
 
 
 @dataclass(frozen=True)

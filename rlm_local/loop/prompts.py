@@ -15,13 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ContextError, InputError
 
 Context = str | list[str] | dict[str, str]
 
 
-class ContextError(InputError):
-    """The prompt/context is empty or of an unsupported type."""
 
 # Above this size the token count is extrapolated from a sample: exact tokenisation of 100 MB would take
 # longer than the run's first turn and the model only needs the order of magnitude.

@@ -27,7 +27,7 @@ from . import final, prompts
 from .batching import rewrite_sibling_calls
 from .conversation import Conversation
 from ..engines import Engine, Request, Result, Usage
-from ..errors import Error
+from ..errors import BudgetExceeded, Error, SetupError
 from ..errors import logger as _root_logger
 from ..runlog.events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
 from .formats import PromptFormat
@@ -48,12 +48,8 @@ FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long 
 NO_RETRY_AFTER_SECONDS = 30.0
 
 
-class SetupError(Error, RuntimeError):
-    """Something a run needs could not start (the sandbox worker)."""
 
 
-class BudgetExceeded(Error, RuntimeError):
-    """Raised inside a sub-call handler when the run's budget is used up; the sandbox shows it to the code."""
 
 
 @dataclass

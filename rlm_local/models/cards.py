@@ -11,17 +11,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import Error, InputError
+from ..errors import Error, InputError, ModelLoadError, ModelNotFoundError
 
 EMBEDDED_NAME = "gemma-3-270m"
 
 
-class ModelNotFoundError(InputError):
-    """The model name is neither a registered embedded model nor a local directory."""
 
 
-class ModelLoadError(Error, RuntimeError):
-    """The model exists but could not be loaded or converted."""
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,13 @@ from pathlib import Path
 
 from .cards import ModelCard, ModelLoadError
 from .store import cache_dir, file_lock
+from ..errors import PackagedModelError
 
 logger = logging.getLogger("rlm_local.packaged")
 
 CHUNK_BYTES = 8 * 1024 * 1024  # streaming join: memory stays flat whatever the model size
 
 
-class PackagedModelError(ModelLoadError):
-    """A packaged model's parts are missing, unreadable or do not add up to the expected file."""
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import Error
+from ..errors import Error, SandboxError
 from .worker.protocol import check_call_size
 
 
-class SandboxError(Error, RuntimeError):
-    """The sandbox could not be started, was used after close(), or failed in a way no cell result can
-    describe. ``Sandbox.run`` returns a CellResult or raises this, nothing else (bar KeyboardInterrupt)."""
 
 
 @dataclass

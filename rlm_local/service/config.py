@@ -32,14 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import DEFAULT_BACKEND, Engine
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 BUDGETS = ("max_iterations", "max_depth", "max_timeout", "max_tokens", "max_subcalls", "max_errors")
 ENGINE_KEYS = ("backend", "model", "base_url", "sub_backend", "sub_model", "sub_base_url", "threads")
 
 
-class ConfigError(InputError):
-    """The service configuration is wrong (the message names the key)."""
 
 
 @dataclass

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..documents import DocumentError, _decode
+from ..errors import UploadError
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".csv", ".json", ".jsonl", ".log", ".py", ".html", ".xml",
                  ".yaml", ".yml", ".toml", ".tex", ".ini", ".cfg", ".sql", ".js", ".ts", ".c", ".h", ".java", ""}
 _ID = re.compile(r"^file-[0-9a-f]{24}$")
 
 
-class UploadError(DocumentError):
-    """The upload cannot be stored: too big, binary, empty, an unreadable PDF or zip."""
 
 
 def to_text(name: str, data: bytes, cap: int) -> str:
