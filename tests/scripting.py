@@ -1,4 +1,5 @@
 """Helpers for tests that drive the loop with the scripted engine: write replies, read requests."""
+
 from __future__ import annotations
 
 from rlm_local.engines import Request

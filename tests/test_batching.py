@@ -2,6 +2,7 @@
 same order) with one batched call per rewrite; cells that are not provably independent stay byte-identical.
 The rewrite is what is under test, so cells run with plain exec and recording sub-call functions; the
 rewritten text is also compiled with RestrictedPython, as the sandbox will."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,23 +43,34 @@ def prompts_of(calls: list) -> list[str]:
 REWRITTEN = {
     "listcomp": ("answers = [llm_query(f'Summarize: {c}') for c in chunks]\n", 1),
     "listcomp_filter_nested": (
-        "pairs = [llm_query(a + ' vs ' + b) for a in chunks for b in chunks if a < b if 'needle' in a + b]\n", 1),
+        "pairs = [llm_query(a + ' vs ' + b) for a in chunks for b in chunks if a < b if 'needle' in a + b]\n",
+        1,
+    ),
     "list_of_generator": ("out = list(llm_query(c.upper()) for c in chunks)\nn = len(out)\n", 1),
     "tuple_and_join": (
         "t = tuple(llm_query(c) for c in chunks)\n"
-        "joined = '\\n'.join(llm_query(\n    'Q ' + c  # a comment\n) for c in chunks)\n", 2),
-    "loop_append": ("""
+        "joined = '\\n'.join(llm_query(\n    'Q ' + c  # a comment\n) for c in chunks)\n",
+        2,
+    ),
+    "loop_append": (
+        """
         results = []
         for c in chunks:
             results.append(llm_query(f"Find the needle in: {c}"))
         total = len(results)
-        """, 1),
-    "loop_store_dict": ("""
+        """,
+        1,
+    ),
+    "loop_store_dict": (
+        """
         out = {}
         for k, v in table.items():
             out[k] = llm_query(f"{k} means {v}?")
-        """, 1),
-    "loop_assign_then_append": ("""
+        """,
+        1,
+    ),
+    "loop_assign_then_append": (
+        """
         results = []
         for i, c in enumerate(chunks):
             prompt = f"Chunk {i} of {len(chunks)}:\\n{c}"
@@ -68,16 +80,22 @@ REWRITTEN = {
             results.append((i, cleaned))
             if "needle" in cleaned:
                 found.append(i)
-        """, 1),
-    "loop_if_filter": ("""
+        """,
+        1,
+    ),
+    "loop_if_filter": (
+        """
         hits = []
         for c in chunks:
             if "needle" in c:
                 hits.append(llm_query("Where is the needle? " + c))
             else:
                 skipped.append(c)
-        """, 1),
-    "loop_in_function": ("""
+        """,
+        1,
+    ),
+    "loop_in_function": (
+        """
         def ask_all(items):
             acc = []
             for it in items:
@@ -85,22 +103,31 @@ REWRITTEN = {
             return acc
         result = ask_all(chunks)
         again = ask_all(chunks[:1])
-        """, 1),
-    "nested_inner_loop": ("""
+        """,
+        1,
+    ),
+    "nested_inner_loop": (
+        """
         grid = []
         for row in range(2):
             line = []
             for c in chunks:
                 line.append(llm_query(f"{row}:{c}"))
             grid.append(line)
-        """, 1),
-    "empty_iterable": ("""
+        """,
+        1,
+    ),
+    "empty_iterable": (
+        """
         c = "untouched"
         res = []
         for c in []:
             res.append(llm_query(c))
-        """, 1),
-    "two_loops_blank_lines": ("""
+        """,
+        1,
+    ),
+    "two_loops_blank_lines": (
+        """
         a = []
 
         for c in chunks:
@@ -111,7 +138,9 @@ REWRITTEN = {
             b[n] = llm_query("two " + c)
 
         done = True
-        """, 2),
+        """,
+        2,
+    ),
 }
 
 
@@ -323,7 +352,7 @@ NOT_REWRITTEN = {
         for state.x in chunks:
             out.append(llm_query(state.x))
         """,
-    "inside_fstring": "s = f\"{[llm_query(c) for c in chunks]}\"\n",
+    "inside_fstring": 's = f"{[llm_query(c) for c in chunks]}"\n',
     "syntax_error": "for c in chunks\n    out.append(llm_query(c))\n",
 }
 
@@ -372,11 +401,24 @@ def test_untouched_inputs():
 
 
 FUZZ_STATEMENTS = [
-    "p = f'<{c}>'", "p = p + c", "p = c.upper() + str(len(c))", "x = llm_query(p)", "x = llm_query(c)",
-    "results.append(x)", "results.append(llm_query(c + str(len(results))))", "out[c] = x", "out[c] = llm_query(p)",
-    "if 'e' in c:\n    results.append(llm_query(c))", "if 'a' in c:\n    x = llm_query(p)\nelse:\n    acc.append(x)",
-    "results.append(llm_query(c))", "x = x + '!'", "print(c, x)", "acc.append(c)", "p = str(acc)",
-    "results.append((c, x))", "if x:\n    acc.append(x.strip())",
+    "p = f'<{c}>'",
+    "p = p + c",
+    "p = c.upper() + str(len(c))",
+    "x = llm_query(p)",
+    "x = llm_query(c)",
+    "results.append(x)",
+    "results.append(llm_query(c + str(len(results))))",
+    "out[c] = x",
+    "out[c] = llm_query(p)",
+    "if 'e' in c:\n    results.append(llm_query(c))",
+    "if 'a' in c:\n    x = llm_query(p)\nelse:\n    acc.append(x)",
+    "results.append(llm_query(c))",
+    "x = x + '!'",
+    "print(c, x)",
+    "acc.append(c)",
+    "p = str(acc)",
+    "results.append((c, x))",
+    "if x:\n    acc.append(x.strip())",
 ]
 
 
@@ -386,7 +428,13 @@ def test_random_cells_behave_like_the_original():
     for _ in range(400):
         body = "\n".join(rng.choice(FUZZ_STATEMENTS) for _ in range(rng.randint(1, 4)))
         head = rng.choice(["for c in chunks:", "for n, c in enumerate(chunks):", "for c in chunks[1:]:"])
-        code = "p = ''\nx = ''\nresults = []\nout = {}\nacc = []\n" + head + "\n" + textwrap.indent(body, "    ") + "\ndone = 1\n"
+        code = (
+            "p = ''\nx = ''\nresults = []\nout = {}\nacc = []\n"
+            + head
+            + "\n"
+            + textwrap.indent(body, "    ")
+            + "\ndone = 1\n"
+        )
         new, n = rewrite_sibling_calls(code)
         outcomes = []
         for text in (code, new):

@@ -1,4 +1,5 @@
 """Benchmark families: deterministic generators, scorers against hand-made cases, gold from the data."""
+
 from __future__ import annotations
 
 import ast
@@ -8,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlm_local.bench import BenchError, family, parse_length
-from rlm_local.bench import codeqa, niah, oolong, pairs, scoring
+from rlm_local.bench import BenchError, codeqa, family, niah, oolong, pairs, parse_length, scoring
 from rlm_local.bench.instances import INSTANCES, LABELS, label_of
 from rlm_local.bench.items import Item
 
@@ -86,14 +86,16 @@ def test_oolong_gold_matches_the_lines():
             assert gold["value"] == sum(1 for _, u, lab in rows if u == spec["user"] and lab == spec["label"])
         elif spec["kind"] == "month":
             mon, year = spec["month"].split()
-            assert gold["value"] == sum(1 for d, _, lab in rows
-                                        if d.startswith(mon) and d.endswith(year) and lab == spec["label"])
+            assert gold["value"] == sum(
+                1 for d, _, lab in rows if d.startswith(mon) and d.endswith(year) and lab == spec["label"]
+            )
     assert seen == set(oolong.KINDS)
 
 
 def _item(gold, fam="oolong") -> Item:
-    return Item(family=fam, item_id="x", seed=0, length_tokens=1000, length_chars=1, context="x", question="q",
-                gold=gold)
+    return Item(
+        family=fam, item_id="x", seed=0, length_tokens=1000, length_chars=1, context="x", question="q", gold=gold
+    )
 
 
 def test_oolong_scoring_rules():
@@ -104,8 +106,8 @@ def test_oolong_scoring_rules():
     assert oolong.score(label, "Answer: location or human") == 0.0
     number = _item({"type": "number", "value": 10})
     assert oolong.score(number, "Answer: 10") == 1.0
-    assert oolong.score(number, "Answer: 12") == pytest.approx(0.75 ** 2)
-    assert oolong.score(number, "Answer: 7") == pytest.approx(0.75 ** 3)
+    assert oolong.score(number, "Answer: 12") == pytest.approx(0.75**2)
+    assert oolong.score(number, "Answer: 7") == pytest.approx(0.75**3)
     assert oolong.score(number, "Answer: none") == 0.0
     phrase = _item({"type": "phrase", "value": "less common than"})
     assert oolong.score(phrase, "Answer: entity is less common than human") == 1.0
@@ -138,7 +140,8 @@ def test_codeqa_gold_is_what_the_source_says(tmp_path: Path):
     for i in range(4):
         (tmp_path / f"mod{i}.py").write_text(
             f"import os\n\n\ndef helper_{i}(x):\n    return x\n\n\nclass Thing{i}:\n    def method_{i}(self):\n"
-            f"        return {i}\n\n    def shared(self):\n        return 0\n" + "# filler\n" * 300)
+            f"        return {i}\n\n    def shared(self):\n        return 0\n" + "# filler\n" * 300
+        )
     items = codeqa.generate(1500, 6, seed=1, source=tmp_path)
     for item in items:
         name, options = item.meta["name"], item.meta["options"]
@@ -151,7 +154,7 @@ def test_codeqa_gold_is_what_the_source_says(tmp_path: Path):
             assert answer == f"Thing{name.split('_')[1]}"
     assert {it.meta["kind"] for it in items} == {"func_file", "method_class"}
     item = items[0]
-    wrong = next(c for c in "ABCD"[:len(item.meta["options"])] if c != item.gold)
+    wrong = next(c for c in "ABCD"[: len(item.meta["options"])] if c != item.gold)
     assert codeqa.score(item, f"Answer: {item.gold}") == 1.0
     assert codeqa.score(item, f"The answer is ({item.gold}).") == 1.0
     assert codeqa.score(item, f"Answer: {wrong}") == 0.0
@@ -171,7 +174,9 @@ def test_codeqa_on_the_standard_library():
 
 
 def test_scoring_never_raises_on_odd_text():
-    for text, fn in itertools.product(["", ":", "::::", "Answer:", "(1,", "\x00", "Answer: -"],
-                                      [scoring.after_last_colon, scoring.parse_pairs, scoring.choice_letter]):
+    for text, fn in itertools.product(
+        ["", ":", "::::", "Answer:", "(1,", "\x00", "Answer: -"],
+        [scoring.after_last_colon, scoring.parse_pairs, scoring.choice_letter],
+    ):
         fn(text)
     assert scoring.numeric("Answer: -", 3) == 0.0

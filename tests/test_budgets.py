@@ -4,17 +4,20 @@ request still gets its answer within the grace, and the work that was cut off is
 
 Overrun = wall time of completion() past max_timeout; the bound (2 s with the scripted engine) is the
 issue's correctness bound, not a speed target. Measured figures are printed (pytest -s shows them)."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
+from scripting import is_root, last_user, repl
 
 from rlm_local import RLM
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.loop.run import FINAL_GRACE_SECONDS
-from scripting import repl, is_root, last_user
+
+pytestmark = pytest.mark.slow  # waits on limits, servers, browsers or clusters: `pytest -q` leaves it out
 
 DOC = "alpha beta gamma\n" * 50
 MAX_OVERRUN = 2.0
@@ -57,7 +60,9 @@ def scenario(slow: str, where: str):
                 return repl("n = 0\nwhile True:\n    n += 1")
             if mine and slow == "sub-then-busy":  # waits on a sub-call until the deadline, then computes
                 ask = "from child" if child else "x"
-                return repl(f"try:\n    llm_query('{ask}')\nexcept Exception:\n    pass\nn = 0\nwhile True:\n    n += 1")
+                return repl(
+                    f"try:\n    llm_query('{ask}')\nexcept Exception:\n    pass\nn = 0\nwhile True:\n    n += 1"
+                )
             return repl("print('looking')")
         return repl("print(rlm_query('child task', context='some words'))")
 
@@ -122,6 +127,7 @@ def test_timeout_is_never_an_engine_error_and_no_retry_after_it():
 
 def test_closing_request_has_only_its_grace():
     """When the model is slow for the closing request too, the run ends within the grace, with no answer."""
+
     def reply(req: Request) -> str:
         time.sleep(30)
         return "never"
@@ -142,6 +148,7 @@ def child_reply(child_code: str, parent_done: str = "FINAL(parent done)"):
         if "Output of your code" in last_user(req):
             return parent_done
         return repl("print(rlm_query('child task', context='some words'))")
+
     return reply
 
 
@@ -157,7 +164,9 @@ def test_max_subcalls_is_shared_with_a_child():
 
 def test_max_tokens_is_shared_with_a_child():
     engine = ScriptedEngine(child_reply("print('x' * 10)"))
-    result = RLM(backend="scripted", engine=engine, max_depth=2, max_tokens=2500, max_iterations=50).completion(DOC, "q")
+    result = RLM(backend="scripted", engine=engine, max_depth=2, max_tokens=2500, max_iterations=50).completion(
+        DOC, "q"
+    )
     assert result.stopped_reason == "max_tokens"
     assert result.response == "parent partial"
     child = [e for e in result.trajectory if e["event"] == "subcall" and e["query"] == "rlm"]

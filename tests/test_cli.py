@@ -1,4 +1,5 @@
 """The command line as a user meets it: real subprocesses, real exit codes, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,19 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # waits on limits, servers, browsers or clusters: `pytest -q` leaves it out
+
 
 def cli(*args: str, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "rlm_local.cli", *args], capture_output=True, text=True,
-                          input=stdin, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rlm_local.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int, fragment: str) -> None:
@@ -59,8 +68,11 @@ def test_model_directory_that_cannot_load(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    one_line_error(cli("run", "--context", str(f), "--model", str(broken), "--backend", "transformers", "q", "-q"), 2,
-                   "could not load model")
+    one_line_error(
+        cli("run", "--context", str(f), "--model", str(broken), "--backend", "transformers", "q", "-q"),
+        2,
+        "could not load model",
+    )
     # the default engine (llama.cpp) takes GGUF files: a weights directory gets the backend that can load it
     one_line_error(cli("run", "--context", str(f), "--model", str(broken), "q", "-q"), 2, "--backend transformers")
     one_line_error(cli("run", "--context", str(f), "--model", "qwen3-coder", "q", "-q"), 2, "--backend vllm")
@@ -117,8 +129,14 @@ def test_every_api_error_derives_from_one_base():
     import rlm_local
     from rlm_local.engines import EngineError, make_engine
 
-    for cls in (rlm_local.RLMError, rlm_local.ContextError, rlm_local.ModelNotFoundError, rlm_local.ModelLoadError,
-                rlm_local.DocumentError, EngineError):
+    for cls in (
+        rlm_local.RLMError,
+        rlm_local.ContextError,
+        rlm_local.ModelNotFoundError,
+        rlm_local.ModelLoadError,
+        rlm_local.DocumentError,
+        EngineError,
+    ):
         assert issubclass(cls, rlm_local.Error), cls
     with pytest.raises(rlm_local.Error, match="unexpected keyword"):
         make_engine("scripted", replies=["x"], bogus=1)

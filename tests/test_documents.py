@@ -28,11 +28,14 @@ def test_directory_concatenates_text_files_with_headers_and_skips_binary(tmp_pat
     assert "first" in text and "third" in text and "secret" not in text and "img.bin" not in text
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "no such file"),
-    (lambda p: p.write_bytes(b"\x7fELF\x00\x00binary"), "binary"),
-    (lambda p: p.write_text("  \n\n"), "empty"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b"\x7fELF\x00\x00binary"), "binary"),
+        (lambda p: p.write_text("  \n\n"), "empty"),
+    ],
+)
 def test_bad_files(tmp_path, setup, message):
     f = tmp_path / "input.txt"
     setup(f)

@@ -1,5 +1,6 @@
 """The whole RLM on the real embedded model, on the default engine (llama.cpp) and on transformers: it must
 drive the loop end to end and terminate."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,7 @@ ENGINES = pytest.mark.parametrize("engine_fixture", ["default_engine", "embedded
 def test_completion_on_the_embedded_model_terminates_and_accounts(engine_fixture, request, tmp_path):
     engine = request.getfixturevalue(engine_fixture)
     task = make_needle_task(length=30_000, depth=0.4, seed=3, key="granite bell")
-    rlm = RLM(engine=engine, max_iterations=3,
-              trajectory_path=tmp_path / "t.jsonl")
+    rlm = RLM(engine=engine, max_iterations=3, trajectory_path=tmp_path / "t.jsonl")
     result = rlm.completion(task.context, root_prompt=task.question)
     assert result.stopped_reason in ("final", "max_iterations")
     assert 1 <= result.iterations <= 3
@@ -33,8 +33,9 @@ def test_subcalls_reach_the_embedded_model(engine_fixture, request):
     embedded_engine = request.getfixturevalue(engine_fixture)
     from rlm_local.engines.scripted import ScriptedEngine
 
-    root = ScriptedEngine(["```repl\nprint(llm_query_batched(['The capital of France is', 'Two plus two is']))\n```",
-                           "FINAL(done)"])
+    root = ScriptedEngine(
+        ["```repl\nprint(llm_query_batched(['The capital of France is', 'Two plus two is']))\n```", "FINAL(done)"]
+    )
     rlm = RLM(backend="scripted", engine=root, sub_engine=embedded_engine, sub_max_tokens=8)
     result = rlm.completion("some context", root_prompt="q")
     subcalls = [e for e in result.trajectory if e["event"] == "subcall"]

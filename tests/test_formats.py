@@ -1,5 +1,6 @@
 """The prompt format is chosen once, from the model card, and used for the root conversation and the
 sub-calls; a root turn is rendered (and tokenised) once."""
+
 from __future__ import annotations
 
 from rlm_local import RLM
@@ -52,7 +53,7 @@ def test_unregistered_models_use_the_engines_format():
 
 
 def test_a_root_turn_is_rendered_and_tokenised_once():
-    replies = ["```repl\nprint('step %d')\n```" % i for i in range(4)] + ["FINAL(done)"]
+    replies = [f"```repl\nprint('step {i}')\n```" for i in range(4)] + ["FINAL(done)"]
     engine = Counting(replies)
     result = RLM(backend="scripted", engine=engine).completion(DOC, "q")
     assert result.response == "done" and len(engine.requests) == 5

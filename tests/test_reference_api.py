@@ -4,6 +4,7 @@ Written from the reference's documentation (alexzhang13/rlm, PyPI ``rlms``), not
 call a user of the reference would write, with ``from rlm import RLM`` replaced by ``from rlm_local import
 RLM``. ``backend="openai"`` runs for real over HTTP against our own OpenAI-compatible server, whose model
 is the scripted engine (a deterministic stand-in for gpt-5-nano). Known gaps are asserted as clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,13 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the local OpenAI-compatible server needs the [server] extra")
 
+from scripting import repl  # noqa: E402
+
 from rlm_local import RLM, Error  # noqa: E402
 from rlm_local.engines import Request  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
 from rlm_local.service.bare import create_app
 from rlm_local.testing import BackgroundServer  # noqa: E402
-from scripting import repl  # noqa: E402
 
 
 def model(req: Request) -> str:
@@ -28,7 +30,11 @@ def model(req: Request) -> str:
     first, last = req.messages[1]["content"], req.messages[-1]["content"]
     seen = "Output of your code" in last
     if "powers of two" in first:
-        return "FINAL_VAR(powers)" if seen else repl("powers = '\\n'.join(str(2 ** i) for i in range(100))\nprint(powers[:20])")
+        return (
+            "FINAL_VAR(powers)"
+            if seen
+            else repl("powers = '\\n'.join(str(2 ** i) for i in range(100))\nprint(powers[:20])")
+        )
     if "answer dict" in first:
         return repl("answer = {'content': 'done the new way', 'ready': True}")
     if "messages" in first:
@@ -54,7 +60,7 @@ def test_readme_quickstart(server, capsys):
     rlm = RLM(backend="openai", backend_kwargs=openai_kwargs(server), verbose=True)
     result = rlm.completion("Print me the first 100 powers of two, each on a newline.")
     lines = result.response.splitlines()
-    assert len(lines) == 100 and lines[0] == "1" and lines[-1] == str(2 ** 99)
+    assert len(lines) == 100 and lines[0] == "1" and lines[-1] == str(2**99)
     assert "done" in capsys.readouterr().err  # verbose printed the run
 
 
@@ -65,8 +71,16 @@ def test_readme_example_with_logger_environment_and_depth(server, tmp_path):
         def __init__(self, log_dir: str) -> None:
             self.log_dir = log_dir
 
-    rlm = RLM(backend="openai", backend_kwargs=openai_kwargs(server), environment="local", environment_kwargs={},
-              max_depth=1, max_iterations=30, logger=RLMLogger(log_dir=str(tmp_path / "logs")), verbose=False)
+    rlm = RLM(
+        backend="openai",
+        backend_kwargs=openai_kwargs(server),
+        environment="local",
+        environment_kwargs={},
+        max_depth=1,
+        max_iterations=30,
+        logger=RLMLogger(log_dir=str(tmp_path / "logs")),
+        verbose=False,
+    )
     result = rlm.completion("Print me the first 100 powers of two, each on a newline.")
     assert str(result) == result.response and result.response.startswith("1\n2\n4\n8")
     (log,) = (tmp_path / "logs").glob("*.jsonl")
@@ -83,8 +97,11 @@ def test_result_fields_usage_summary_and_to_dict(server):
     assert summary.total_calls == 3  # two root turns and one llm_query
     assert summary.total_input_tokens > 0 and summary.total_output_tokens > 0
     as_dict = usage.to_dict()["model_usage_summaries"]["gpt-5-nano"]
-    assert as_dict == {"total_calls": 3, "total_input_tokens": summary.total_input_tokens,
-                       "total_output_tokens": summary.total_output_tokens}
+    assert as_dict == {
+        "total_calls": 3,
+        "total_input_tokens": summary.total_input_tokens,
+        "total_output_tokens": summary.total_output_tokens,
+    }
     full = json.loads(json.dumps(result.to_dict()))
     assert full["response"] == "asked" and full["root_model"] == "gpt-5-nano"
     assert full["usage_summary"]["model_usage_summaries"]["gpt-5-nano"]["total_calls"] == 3
@@ -92,26 +109,32 @@ def test_result_fields_usage_summary_and_to_dict(server):
 
 def test_other_backends_for_sub_calls(server):
     sub = {"replies": ["from the other backend"], "model_name": "sub-model"}
-    rlm = RLM(backend="openai", backend_kwargs=openai_kwargs(server), other_backends=["scripted"],
-              other_backend_kwargs=[sub])
+    rlm = RLM(
+        backend="openai", backend_kwargs=openai_kwargs(server), other_backends=["scripted"], other_backend_kwargs=[sub]
+    )
     result = rlm.completion("Context for a sub-call test.", root_prompt="Make a sub-call, then answer.")
     assert set(result.usage_summary.model_usage_summaries) == {"gpt-5-nano", "sub-model"}
 
 
 def test_answer_dict_protocol(server):
     # The reference's current way to finish: answer = {"content": ..., "ready": True} in the REPL.
-    result = RLM(backend="openai", backend_kwargs=openai_kwargs(server)).completion("x", root_prompt="Use the answer dict.")
+    result = RLM(backend="openai", backend_kwargs=openai_kwargs(server)).completion(
+        "x", root_prompt="Use the answer dict."
+    )
     assert result.response == "done the new way" and result.stopped_reason == "final"
     cells = [e["code"] for e in result.trajectory if e["event"] == "cell"]
     assert cells == ["answer = {'content': 'done the new way', 'ready': True}"]  # no generated cells
 
 
 def test_chat_messages_as_context(server):
-    messages = [{"role": "user", "content": "Hi, my name is Ada."},
-                {"role": "assistant", "content": "Hello Ada"},
-                {"role": "user", "content": "What did you say?"}]
+    messages = [
+        {"role": "user", "content": "Hi, my name is Ada."},
+        {"role": "assistant", "content": "Hello Ada"},
+        {"role": "user", "content": "What did you say?"},
+    ]
     result = RLM(backend="openai", backend_kwargs=openai_kwargs(server)).completion(
-        messages, root_prompt="Read the messages.")
+        messages, root_prompt="Read the messages."
+    )
     assert result.response == "Hello Ada"
 
 
@@ -130,15 +153,18 @@ def test_depth_at_max_depth_is_a_plain_model_call(server):
     assert not [e for e in result.trajectory if e["event"] == "cell"]
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"environment": "docker"}, "use environment='local'"),
-    ({"environment": "modal"}, "use environment='local'"),
-    ({"environment": "nowhere"}, "unknown environment"),
-    ({"custom_tools": {"llm_query": len}}, "custom_tools"),
-    ({"custom_tools": {"_secret": len}}, "custom_tools"),
-    ({"custom_tools": {"blob": object()}}, "custom_tools"),
-    ({"max_budget": 1.0}, "max_tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"environment": "docker"}, "use environment='local'"),
+        ({"environment": "modal"}, "use environment='local'"),
+        ({"environment": "nowhere"}, "unknown environment"),
+        ({"custom_tools": {"llm_query": len}}, "custom_tools"),
+        ({"custom_tools": {"_secret": len}}, "custom_tools"),
+        ({"custom_tools": {"blob": object()}}, "custom_tools"),
+        ({"max_budget": 1.0}, "max_tokens"),
+    ],
+)
 def test_options_we_do_not_run_are_refused_clearly(kwargs, fragment):
     with pytest.raises(Error, match=fragment.replace("(", r"\(")):
         RLM(backend="scripted", backend_kwargs={"replies": []}, **kwargs)
@@ -163,9 +189,12 @@ def test_custom_tools_are_repl_functions_run_by_the_caller_and_read_only_data():
         calls.append(sku)
         return {"A1": 9.5}.get(sku, 0.0)
 
-    code = ("```repl\nprint(lookup_price('A1'), currency['code'])\nFINAL(lookup_price('A1') * 2)\n```")
-    rlm = RLM(backend="scripted", backend_kwargs={"replies": [code]},
-              custom_tools={"lookup_price": lookup_price, "currency": {"code": "EUR"}})
+    code = "```repl\nprint(lookup_price('A1'), currency['code'])\nFINAL(lookup_price('A1') * 2)\n```"
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"replies": [code]},
+        custom_tools={"lookup_price": lookup_price, "currency": {"code": "EUR"}},
+    )
     try:
         result = rlm.completion("a catalogue", root_prompt="What do two A1 cost?")
     finally:
@@ -179,10 +208,12 @@ def test_custom_tools_are_repl_functions_run_by_the_caller_and_read_only_data():
 
 def test_persistent_keeps_one_repl_across_completions():
     """The reference's persistent=True: variables survive, each context stays reachable, history grows."""
-    replies = ["```repl\nfirst_len = len(context)\nFINAL(first_len)\n```",
-               "```repl\nprint(first_len, len(context), context_0[:5], history[0]['answer'])\n"
-               "FINAL(f'{first_len}+{len(context)}')\n```",
-               "```repl\nFINAL(context_1 + '|' + context + '|' + str(len(history)))\n```"]
+    replies = [
+        "```repl\nfirst_len = len(context)\nFINAL(first_len)\n```",
+        "```repl\nprint(first_len, len(context), context_0[:5], history[0]['answer'])\n"
+        "FINAL(f'{first_len}+{len(context)}')\n```",
+        "```repl\nFINAL(context_1 + '|' + context + '|' + str(len(history)))\n```",
+    ]
     rlm = RLM(backend="scripted", backend_kwargs={"replies": replies}, persistent=True)
     try:
         a = rlm.completion("alpha document", root_prompt="How long?")

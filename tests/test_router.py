@@ -13,6 +13,7 @@ run is told by its tag); different runs use both workers; a worker killed in the
 the router move the run to the other worker, and with no worker left a request fails with the router's
 reason; nothing is left running afterwards. The header itself is checked against a plain HTTP server.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # waits on limits, servers, browsers or clusters: `pytest -q` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "X-Session-ID"  # vllm-router's; rlm-local's default
 SGLANG_HEADER = "X-SMG-Routing-Key"
@@ -45,11 +48,36 @@ def router_path(name: str) -> str | None:
 # circuit breaker that opens on the first failure leave a dead worker out within about a second; with the
 # defaults vllm-router took ten failed attempts (about a second here) before its circuit opened.
 ROUTERS = {
-    "vllm-router": (["vllm-router"], ["--policy", "consistent_hash", "--health-check-interval-secs", "1",
-                                      "--health-failure-threshold", "1", "--cb-failure-threshold", "1"], HEADER),
-    "sglang-router": (["sglang-router", "launch"], ["--policy", "manual", "--health-check-interval-secs", "1",
-                                                   "--health-failure-threshold", "1", "--cb-failure-threshold", "1",
-                                                   "--log-level", "warn"], SGLANG_HEADER),
+    "vllm-router": (
+        ["vllm-router"],
+        [
+            "--policy",
+            "consistent_hash",
+            "--health-check-interval-secs",
+            "1",
+            "--health-failure-threshold",
+            "1",
+            "--cb-failure-threshold",
+            "1",
+        ],
+        HEADER,
+    ),
+    "sglang-router": (
+        ["sglang-router", "launch"],
+        [
+            "--policy",
+            "manual",
+            "--health-check-interval-secs",
+            "1",
+            "--health-failure-threshold",
+            "1",
+            "--cb-failure-threshold",
+            "1",
+            "--log-level",
+            "warn",
+        ],
+        SGLANG_HEADER,
+    ),
 }
 SLOW_SUB_SECONDS = 4.0  # the sub-call during which a worker is killed
 
@@ -73,10 +101,12 @@ def worker_reply(request, on_slow) -> str:
     if done:
         return f"FINAL(done {tag})"
     slow = "slow " if tag.startswith("slow") else ""
-    return repl(f"a = llm_query('{slow}sub one tag-{tag}')\n"
-                f"b = llm_query_batched(['sub two tag-{tag}', 'sub three tag-{tag}'])\n"
-                f"c = rlm_query('child task tag-{tag}', context='x y z')\n"
-                "print(a, b, c)")
+    return repl(
+        f"a = llm_query('{slow}sub one tag-{tag}')\n"
+        f"b = llm_query_batched(['sub two tag-{tag}', 'sub three tag-{tag}'])\n"
+        f"c = rlm_query('child task tag-{tag}', context='x y z')\n"
+        "print(a, b, c)"
+    )
 
 
 def worker_main(port: int, log_path: str) -> None:
@@ -100,8 +130,16 @@ def worker_main(port: int, log_path: str) -> None:
         if request.method == "POST":
             tag = TAG.search((await request.body()).decode("utf-8", "replace"))
             with lock:
-                log.write(json.dumps({"path": request.url.path, "session": request.headers.get(HEADER),
-                                      "tag": tag.group(1) if tag else None}) + "\n")
+                log.write(
+                    json.dumps(
+                        {
+                            "path": request.url.path,
+                            "session": request.headers.get(HEADER),
+                            "tag": tag.group(1) if tag else None,
+                        }
+                    )
+                    + "\n"
+                )
         return await call_next(request)
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
@@ -148,8 +186,21 @@ class Cluster:
                 wait_http(url + "/health", proc)
             self.port = free_port()
             self.router = self._start(
-                [*command, "--host", "127.0.0.1", "--port", str(self.port), "--worker-urls", *self.workers,
-                 "--prometheus-port", str(free_port()), *flags], env, tmp / "router.err")
+                [
+                    *command,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--worker-urls",
+                    *self.workers,
+                    "--prometheus-port",
+                    str(free_port()),
+                    *flags,
+                ],
+                env,
+                tmp / "router.err",
+            )
             self.url = f"http://127.0.0.1:{self.port}"
             wait_http(self.url + "/v1/models", self.router)
         except BaseException:
@@ -158,8 +209,9 @@ class Cluster:
 
     def _start(self, cmd: list[str], env: dict, err: Path) -> subprocess.Popen:
         with open(err, "wb") as out:  # the router logs to stdout
-            proc = subprocess.Popen(cmd, env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.procs.append(proc)
         return proc
 
@@ -203,9 +255,19 @@ def make_rlm(cluster: Cluster):
     from rlm_local import RLM
 
     # model_name given: the SGLang router's own /v1/models lists "unknown", not the workers' model.
-    return RLM(backend="openai", backend_kwargs={"base_url": cluster.url, "model_name": "scripted",
-                                                 "session_header": cluster.header, "max_retries": 3, "backoff": 0.2},
-               max_depth=2, max_iterations=4, max_timeout=120)
+    return RLM(
+        backend="openai",
+        backend_kwargs={
+            "base_url": cluster.url,
+            "model_name": "scripted",
+            "session_header": cluster.header,
+            "max_retries": 3,
+            "backoff": 0.2,
+        },
+        max_depth=2,
+        max_iterations=4,
+        max_timeout=120,
+    )
 
 
 def run_one(rlm, tag: str) -> tuple[str, object]:
@@ -224,7 +286,7 @@ def test_each_run_sticks_to_one_worker_and_runs_spread(cluster):
     runs: dict[str, object] = {}
     with ThreadPoolExecutor(4) as pool:
         for round_ in range(4):  # until both workers have runs; 16 runs all on one worker: p = 2**-15
-            for run_id, result in pool.map(lambda i: run_one(rlm, f"r{round_}x{i}"), range(4)):
+            for run_id, result in pool.map(lambda i, r=round_: run_one(rlm, f"r{r}x{i}"), range(4)):
                 runs[run_id] = result
             if len({url for url, rec in cluster.log()}) == 2:
                 break
@@ -275,8 +337,14 @@ def test_a_worker_killed_mid_run_moves_the_run_to_the_other(cluster):
     from rlm_local.engines.openai_http import OpenAIEngine
 
     cluster.kill(survivor)
-    with OpenAIEngine(model_name="scripted", base_url=cluster.url, max_retries=1, backoff=0.1, timeout=30,
-                      session_header=cluster.header) as engine:
+    with OpenAIEngine(
+        model_name="scripted",
+        base_url=cluster.url,
+        max_retries=1,
+        backoff=0.1,
+        timeout=30,
+        session_header=cluster.header,
+    ) as engine:
         started = time.monotonic()
         (failed,) = engine.generate([Request.chat([{"role": "user", "content": "hi"}]).with_session(run_id)])
     assert time.monotonic() - started < 30
@@ -306,8 +374,13 @@ def test_every_request_of_a_run_and_its_child_carries_the_run_id():
 
     seen: list[dict] = []
     with recording_server(seen) as url:
-        rlm = RLM(backend="openai", backend_kwargs={"base_url": url, "model_name": "scripted"}, max_depth=2,
-                  max_iterations=4, max_timeout=60)
+        rlm = RLM(
+            backend="openai",
+            backend_kwargs={"base_url": url, "model_name": "scripted"},
+            max_depth=2,
+            max_iterations=4,
+            max_timeout=60,
+        )
         result = rlm.completion("some context", "question tag-h1")
         rlm.close()
     assert result.response == "done h1"
@@ -352,12 +425,18 @@ def test_without_a_router_several_base_urls_keep_each_run_on_one_server():
         with OpenAIEngine(model_name="scripted", base_url=urls) as engine:
             prompt = "the same long system prompt " * 60
             for run in range(12):
-                reqs = [Request.chat([{"role": "user", "content": prompt + str(i)}]).with_session(f"run-{run}")
-                        for i in range(3)]
+                reqs = [
+                    Request.chat([{"role": "user", "content": prompt + str(i)}]).with_session(f"run-{run}")
+                    for i in range(3)
+                ]
                 assert len({engine.server_for(r) for r in reqs}) == 1
                 assert all(r.ok for r in engine.generate(reqs))
-            assert len({engine.server_for(Request.chat([{"role": "user", "content": prompt + str(i)}]))
-                        for i in range(12)}) == 1  # without a run id: the prompt's start decides
+            assert (
+                len(
+                    {engine.server_for(Request.chat([{"role": "user", "content": prompt + str(i)}])) for i in range(12)}
+                )
+                == 1
+            )  # without a run id: the prompt's start decides
     finally:
         for server in servers:
             server.stop()

@@ -1,5 +1,6 @@
 """Scheduler tests with a recording engine: grouping, ordering, memo, fairness, cancellation, backpressure,
 failure isolation and shutdown. Engines are gated with events, never timed sleeps."""
+
 from __future__ import annotations
 
 import threading
@@ -18,7 +19,9 @@ class RecordingEngine(Engine):
 
     backend = "recording"
 
-    def __init__(self, fail: tuple[str, ...] = (), raise_on: tuple[str, ...] = (), gate_on: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, fail: tuple[str, ...] = (), raise_on: tuple[str, ...] = (), gate_on: tuple[str, ...] = ()
+    ) -> None:
         self.batches: list[list[str]] = []
         self.fail = set(fail)
         self.raise_on = set(raise_on)
@@ -36,9 +39,14 @@ class RecordingEngine(Engine):
             assert self.gate.wait(5), "test never opened the gate"
         if self.raise_on & set(texts):
             raise RuntimeError("whole batch exploded")
-        return [Result.failed(f"bad prompt {t}") if t in self.fail
-                else Result(text=f"echo:{t}", usage=Usage(calls=1, prompt_tokens=len(t), cached_tokens=0, completion_tokens=2))
-                for t in texts]
+        return [
+            Result.failed(f"bad prompt {t}")
+            if t in self.fail
+            else Result(
+                text=f"echo:{t}", usage=Usage(calls=1, prompt_tokens=len(t), cached_tokens=0, completion_tokens=2)
+            )
+            for t in texts
+        ]
 
 
 def reqs(*prompts: str, **sampling) -> list[Request]:
@@ -99,7 +107,7 @@ def test_concurrent_callers_are_gathered_and_engine_runs_on_one_thread():
         threads = [in_thread(s.submit, reqs(f"q{i}"), f"run{i}") for i in range(3)]
         wait_until(lambda: s.queued == 3)
         eng.gate.set()
-        for t, box in threads:
+        for t, _box in threads:
             t.join(5)
         holder.join(5)
         assert [box["value"][0].text for _, box in threads] == ["echo:q0", "echo:q1", "echo:q2"]
@@ -128,7 +136,7 @@ def test_split_by_prefix_gives_each_prefix_group_its_own_call_and_siblings_stay_
         assert sorted([f"{doc_a} question {i}" for i in range(3)] + [f"{doc_a} late question"]) in calls
         assert sorted(f"{doc_b} question {i}" for i in range(3)) in calls
         assert ["lonely", "short x", "short y"] in calls
-        for t, box in subs:
+        for _, box in subs:
             assert all(r.ok and r.text.startswith("echo:") for r in box["value"])
 
 
@@ -149,11 +157,13 @@ def test_default_is_one_call_with_prefix_groups_side_by_side():
     doc_a, doc_b = "A" * 300, "B" * 300
     with Scheduler(eng, window_ms=1) as s:
         holder, _ = hold_engine(s, eng)
-        subs = [in_thread(s.submit, reqs(doc_b + "1"), "r1"),
-                in_thread(s.submit, reqs(doc_a + "1", doc_a + "2"), "r2"),
-                in_thread(s.submit, reqs("other"), "r3"),
-                in_thread(s.submit, reqs(doc_a + "3"), "r4"),
-                in_thread(s.submit, reqs(doc_b + "2"), "r5")]
+        subs = [
+            in_thread(s.submit, reqs(doc_b + "1"), "r1"),
+            in_thread(s.submit, reqs(doc_a + "1", doc_a + "2"), "r2"),
+            in_thread(s.submit, reqs("other"), "r3"),
+            in_thread(s.submit, reqs(doc_a + "3"), "r4"),
+            in_thread(s.submit, reqs(doc_b + "2"), "r5"),
+        ]
         wait_until(lambda: s.queued == 6)
         eng.gate.set()
         for t, _ in subs:
@@ -420,6 +430,7 @@ def test_submit_timeout_and_bad_input():
 def test_many_threads_get_their_own_answers_and_usage_adds_up():
     eng = RecordingEngine()
     with Scheduler(eng, window_ms=1, max_batch=8) as s:
+
         def worker(k: int) -> list[Result]:
             out = []
             for j in range(15):

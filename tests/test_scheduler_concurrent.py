@@ -1,6 +1,7 @@
 """The scheduler with an engine that batches continuously inside (``Engine.concurrent_calls > 1``, e.g.
 vllm-async): batches are handed over as they are taken, so a late short request does not wait for a long
 call in flight; with the default (1) it does. The real AsyncLLM case is in test_vllm_cpu.py."""
+
 from __future__ import annotations
 
 import threading
@@ -49,6 +50,7 @@ def test_a_late_short_request_overtakes_a_long_call_only_when_the_engine_allows(
     engine = engine_class()
     done: dict[str, float] = {}
     with Scheduler(engine, memo=False) as sched:
+
         def run(name: str, seconds: str) -> None:
             (res,) = sched.submit([Request.completion(seconds)], run_id=name)
             assert res.ok and res.text == seconds
@@ -67,9 +69,10 @@ def test_concurrent_calls_are_bounded_and_close_waits_for_them():
     engine = Concurrent()
     results = []
     sched = Scheduler(engine, memo=False, window_ms=0)
-    threads = [threading.Thread(target=lambda i=i: results.extend(sched.submit([Request.completion("0.3")],
-                                                                               run_id=f"r{i}")))
-               for i in range(10)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.extend(sched.submit([Request.completion("0.3")], run_id=f"r{i}")))
+        for i in range(10)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -77,8 +80,9 @@ def test_concurrent_calls_are_bounded_and_close_waits_for_them():
     assert len(results) == 10 and all(r.ok for r in results)
     assert engine.most_inflight <= engine.concurrent_calls
     # close() while calls are still inside the engine: it returns only when they have finished
-    callers = [threading.Thread(target=lambda: sched.submit([Request.completion("0.5")], run_id="late"))
-               for _ in range(3)]
+    callers = [
+        threading.Thread(target=lambda: sched.submit([Request.completion("0.5")], run_id="late")) for _ in range(3)
+    ]
     for t in callers:
         t.start()
     deadline = time.monotonic() + 5

@@ -1,6 +1,7 @@
 """One engine, many users: RLMs share the engine's scheduler (so they batch together), run concurrently
 without two threads in the engine, close only what they created; and a time budget over the openai engine
 drops the slow HTTP request at the deadline instead of waiting for the server."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from scripting import repl
+
 from rlm_local import RLM
-from rlm_local.scheduling import registry as schedulers
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
-from scripting import repl
+from rlm_local.scheduling import registry as schedulers
 
 DOC = "the code word is heron\n" * 20
 
@@ -102,8 +104,12 @@ class SlowServer(BaseHTTPRequestHandler):
         if "STOP" not in last:
             time.sleep(server.slow)
         text = "FINAL(late)" if "STOP" in last else "```repl\nprint(1)\n```"
-        data = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": 3}}).encode()
+        data = json.dumps(
+            {
+                "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 3},
+            }
+        ).encode()
         try:
             self.send_response(200)
             self.send_header("content-type", "application/json")

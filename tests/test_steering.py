@@ -1,17 +1,18 @@
 """Steering a small instruction model (issue 11): each behaviour driven by the scripted engine through the
 real loop, sandbox and scheduler, plus the pure text rules (runaway cut, prose answers) on their own."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
+from scripting import is_root, last_user, repl
 
 from rlm_local import RLM
-from rlm_local.loop import run as run_module
 from rlm_local.engines.scripted import ScriptedEngine
+from rlm_local.loop import run as run_module
 from rlm_local.loop.final import plain_answer
 from rlm_local.loop.steering import alike, cut_runaway
-from scripting import is_root, last_user, repl
 
 DOC = "\n".join(f"line {i}: nothing to see" for i in range(200)) + "\nThe vault code is 9157.\n"
 
@@ -96,28 +97,31 @@ def test_prose_that_is_not_an_answer_is_never_taken():
     assert result.response == "9157" and result.iterations == 4
 
 
-@pytest.mark.parametrize("reply, previous, expected", [
-    ("Answer: 4471", None, "4471"),
-    ("**Final answer:** Lisbon.", None, "Lisbon"),
-    ("The answer is 9157.", None, "9157"),
-    ("Final answer:\n**Lisbon**", None, "Lisbon"),
-    ("The access code is 4471.", None, None),  # no marker, said once
-    ("The access code is 4471.", "The access code is  4471.", "The access code is 4471."),
-    ("The answer is in the context.", None, None),
-    ("Let me search. Answer: 3", None, None),
-    ("What is the code?", "What is the code?", None),
-    ("The answer is not mentioned.", None, None),
-    ("Answer:", "Answer:", None),
-    ("Answer: " + "x" * 500, None, None),
-    ("```python\nprint(1)\n```\nAnswer: 3", None, None),
-    # pointers and hedges are not answers; nor is an acknowledgement said twice
-    ("The answer is printed above.", None, None),
-    ("The answer is probably hidden deeper in the log.", None, None),
-    ("Answer: see the output of the last cell", None, None),
-    ("Sure, I can help with that.", "Sure, I can help with that.", None),
-    ("Okay.", "Okay.", None),
-    ("Answer: " + "word " * 60, None, None),
-])
+@pytest.mark.parametrize(
+    "reply, previous, expected",
+    [
+        ("Answer: 4471", None, "4471"),
+        ("**Final answer:** Lisbon.", None, "Lisbon"),
+        ("The answer is 9157.", None, "9157"),
+        ("Final answer:\n**Lisbon**", None, "Lisbon"),
+        ("The access code is 4471.", None, None),  # no marker, said once
+        ("The access code is 4471.", "The access code is  4471.", "The access code is 4471."),
+        ("The answer is in the context.", None, None),
+        ("Let me search. Answer: 3", None, None),
+        ("What is the code?", "What is the code?", None),
+        ("The answer is not mentioned.", None, None),
+        ("Answer:", "Answer:", None),
+        ("Answer: " + "x" * 500, None, None),
+        ("```python\nprint(1)\n```\nAnswer: 3", None, None),
+        # pointers and hedges are not answers; nor is an acknowledgement said twice
+        ("The answer is printed above.", None, None),
+        ("The answer is probably hidden deeper in the log.", None, None),
+        ("Answer: see the output of the last cell", None, None),
+        ("Sure, I can help with that.", "Sure, I can help with that.", None),
+        ("Okay.", "Okay.", None),
+        ("Answer: " + "word " * 60, None, None),
+    ],
+)
 def test_plain_answer(reply, previous, expected):
     assert plain_answer(reply, previous) == expected
 
@@ -134,18 +138,22 @@ def test_runaway_reply_is_cut_and_told():
     assert "Output of your code" in seen  # the code before the loop still ran
 
 
-@pytest.mark.parametrize("text", [
-    "print('=' * 80)\n" + "=" * 400,  # a ruler
-    "\n".join(f"print(context[{i * 1000}:{i * 1000 + 1000}])" for i in range(30)),  # similar, not equal
-    "x = 1\n" * 5,  # too few
-    "ab" * 400,  # unit under 4 characters... repeated as "abab" units: but only 2 distinct characters
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "print('=' * 80)\n" + "=" * 400,  # a ruler
+        "\n".join(f"print(context[{i * 1000}:{i * 1000 + 1000}])" for i in range(30)),  # similar, not equal
+        "x = 1\n" * 5,  # too few
+        "ab" * 400,  # unit under 4 characters... repeated as "abab" units: but only 2 distinct characters
+    ],
+)
 def test_ordinary_text_is_not_cut(text):
     assert cut_runaway(text) == (text, None)
 
 
 def test_runaway_check_is_fast_on_long_text():
     import random
+
     rng = random.Random(0)
     text = "".join(rng.choice("abcdefghij \n") for _ in range(12_000))
     started = time.perf_counter()
@@ -201,8 +209,9 @@ def test_reply_cut_at_the_length_limit_is_told():
                     result.finish_reason = "length"
             return results
 
-    engine = LengthLimited([repl("print(1)") + "Now I will explain at length...", "FINAL(done)"],
-                           model_name="qwen2.5-coder-1.5b")
+    engine = LengthLimited(
+        [repl("print(1)") + "Now I will explain at length...", "FINAL(done)"], model_name="qwen2.5-coder-1.5b"
+    )
     RLM(backend="scripted", engine=engine).completion(DOC, "q")
     assert "cut at the length limit (512 tokens)" in last_user(engine.requests[1])
 

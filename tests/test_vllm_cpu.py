@@ -8,6 +8,7 @@ torchaudio and torchcodec it brings), so there they run. On a CUDA machine the s
 build (block size 16 instead of 128: the expected cached counts are computed from the engine's own
 block size).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ from rlm_local.engines.base import Request
 from rlm_local.engines.hf import gemma_turns
 from rlm_local.engines.vllm_engine import child_pids, import_vllm
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 # 1 GiB (~90k tokens of this model) is plenty here and keeps the test's memory low on a shared CI box.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -76,9 +77,11 @@ def expected_cached(engine, earlier: Request, later: Request) -> int:
 
 
 def shared_prefix_pair(tag: str) -> tuple[Request, Request]:
-    prefix = (f"Report {tag}. " + "The river town keeps a ledger of boats, bridges, bells and bakeries. " * 30)
-    return (Request.completion(prefix + "Question one: how many boats?", max_tokens=4),
-            Request.completion(prefix + "Question two: which bell rings first?", max_tokens=4))
+    prefix = f"Report {tag}. " + "The river town keeps a ledger of boats, bridges, bells and bakeries. " * 30
+    return (
+        Request.completion(prefix + "Question one: how many boats?", max_tokens=4),
+        Request.completion(prefix + "Question two: which bell rings first?", max_tokens=4),
+    )
 
 
 def assert_no_children(pids: set[int]) -> None:
@@ -122,10 +125,12 @@ class TestLLM:
         assert result.ok and result.usage.prompt_tokens == len(ids) and result.usage.completion_tokens > 0
 
     def test_bad_requests_fail_alone(self, llm):
-        reqs = [Request.completion(PROMPTS[0], max_tokens=8),
-                Request.completion("word " * 5000, max_tokens=8),  # longer than max_model_len=4096
-                Request.completion(PROMPTS[1], max_tokens=8, top_p=0.0, temperature=0.5),  # vLLM refuses top_p=0
-                Request.completion(PROMPTS[1], max_tokens=8)]
+        reqs = [
+            Request.completion(PROMPTS[0], max_tokens=8),
+            Request.completion("word " * 5000, max_tokens=8),  # longer than max_model_len=4096
+            Request.completion(PROMPTS[1], max_tokens=8, top_p=0.0, temperature=0.5),  # vLLM refuses top_p=0
+            Request.completion(PROMPTS[1], max_tokens=8),
+        ]
         results = llm.generate(reqs)
         assert [r.ok for r in results] == [True, False, False, True]
         assert "does not fit the model's context of 4096 tokens" in results[1].error
@@ -137,8 +142,9 @@ class TestLLM:
         from rlm_local import RLM
         from rlm_local.engines.scripted import ScriptedEngine
 
-        root = ScriptedEngine(["```repl\nprint(llm_query_batched(['The capital of France is', 'Two plus two is']))"
-                               "\n```", "FINAL(done)"])
+        root = ScriptedEngine(
+            ["```repl\nprint(llm_query_batched(['The capital of France is', 'Two plus two is']))\n```", "FINAL(done)"]
+        )
         rlm = RLM(backend="scripted", engine=root, sub_engine=llm, sub_max_tokens=8)
         try:
             result = rlm.completion("some context", root_prompt="q")
@@ -164,8 +170,10 @@ class TestAsyncLLM:
         reqs = [Request.completion(p, max_tokens=8) for p in PROMPTS]
         single = [allm.generate([r])[0] for r in reqs]
         out: dict[int, list] = {}
-        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, allm.generate([reqs[i], reqs[-1 - i]])))
-                   for i in range(len(reqs))]
+        threads = [
+            threading.Thread(target=lambda i=i: out.__setitem__(i, allm.generate([reqs[i], reqs[-1 - i]])))
+            for i in range(len(reqs))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -186,6 +194,7 @@ class TestAsyncLLM:
 
         done: dict[str, float] = {}
         with Scheduler(allm) as sched:
+
             def run(name: str, req: Request) -> None:
                 (res,) = sched.submit([req], run_id=name)
                 assert res.ok, res.error
@@ -199,8 +208,10 @@ class TestAsyncLLM:
         assert done["short"] < done["long"]
 
     def test_deadline_aborts_and_bad_requests_fail_alone(self, allm):
-        reqs = [Request.completion("Once upon a time", max_tokens=2000),
-                Request.completion("word " * 5000, max_tokens=8)]
+        reqs = [
+            Request.completion("Once upon a time", max_tokens=2000),
+            Request.completion("word " * 5000, max_tokens=8),
+        ]
         started = time.monotonic()
         results = allm.generate(reqs, deadline=started + 3.0)
         assert time.monotonic() - started < 15

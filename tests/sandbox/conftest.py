@@ -1,5 +1,6 @@
 """Shared fixtures for the sandbox suites: a secret planted in the parent (environment variable and a
 file only the parent's user can read) that no sandboxed code may ever reveal."""
+
 from __future__ import annotations
 
 import os

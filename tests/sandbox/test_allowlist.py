@@ -5,6 +5,7 @@ receives (the module proxies and builtins that guards.py builds, plus allowlist.
 follows every class it meets through its MRO, its metaclass, its nested classes and the types of its
 class-level data. Every public callable member it finds must have a row for the class that defines it,
 so a new Python version that adds a method fails here instead of being exposed unreviewed."""
+
 from __future__ import annotations
 
 import builtins
@@ -83,15 +84,23 @@ def test_every_public_module_name_has_a_row():
 
 
 def test_no_stale_module_rows():
-    stale = [f"{m}.{n}" for m, names in A.parse(A.MODULE_ROWS).items()
-             for n in names if not hasattr(importlib.import_module(m), n)]
+    stale = [
+        f"{m}.{n}"
+        for m, names in A.parse(A.MODULE_ROWS).items()
+        for n in names
+        if not hasattr(importlib.import_module(m), n)
+    ]
     assert not stale, "allowlist rows for names this Python does not have: " + " ".join(stale)
 
 
 def test_every_reachable_callable_member_has_a_row(guards, class_rows):
     _, need = reachable_members(guards)
-    missing = [f"{owner}.{n}" for owner, names in sorted(need.items())
-               for n in sorted(names) if n not in class_rows.get(owner, {})]
+    missing = [
+        f"{owner}.{n}"
+        for owner, names in sorted(need.items())
+        for n in sorted(names)
+        if n not in class_rows.get(owner, {})
+    ]
     assert not missing, "callable members without an allowlist row (review and add them): " + " ".join(missing)
     assert len(need) > 40 and sum(map(len, need.values())) > 400  # the walk really walked
 
@@ -104,8 +113,7 @@ def test_no_stale_class_rows(guards, class_rows):
         if cls is None:
             stale.append(owner)
             continue
-        stale += [f"{owner}.{n}" for n in names
-                  if n not in vars(cls) or not A.is_callable_member(vars(cls)[n])]
+        stale += [f"{owner}.{n}" for n in names if n not in vars(cls) or not A.is_callable_member(vars(cls)[n])]
     assert not stale, "allowlist rows naming members that do not exist here: " + " ".join(stale)
 
 
@@ -127,7 +135,7 @@ def test_proxies_expose_exactly_the_safe_and_wrapped_rows(guards):
         for name, value in proxy._mod_attrs.items():
             expected = wrappers[(modname, name)] if rows[name][0] == A.WRAPPED else getattr(mod, name)
             assert value is expected, f"{modname}.{name}"
-        for name, (verdict, why) in rows.items():
+        for name, (verdict, _why) in rows.items():
             if verdict == A.REMOVED:
                 with pytest.raises(AttributeError, match="not available in the sandbox"):
                     getattr(proxy, name)

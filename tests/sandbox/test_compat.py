@@ -1,5 +1,6 @@
 """Compatibility suite: realistic model-written cells run in order in one sandbox session must print
 exactly what plain CPython prints for them (notebook-style echo of the last expression included)."""
+
 from __future__ import annotations
 
 import ast
@@ -43,6 +44,7 @@ def run_plain(cells: list[str]) -> tuple[list[str], list[str | None]]:
 @pytest.fixture(scope="module")
 def results():
     from rlm_local.sandbox import Limits, Sandbox
+
     expected, expected_finals = run_plain(CELLS)
     with Sandbox(context=CONTEXT, llm_handler=echo_handler, limits=Limits(wall_seconds=20)) as sb:
         got = [sb.run(cell) for cell in CELLS]

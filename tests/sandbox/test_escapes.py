@@ -1,6 +1,7 @@
 """Escape suite: each attack must fail with an error, print no ESCAPED marker, never reveal the secret
 planted in the parent, and leave the session usable. Attacks follow the published RestrictedPython
 advisories and the escapes reproduced in shared/notes/sandbox.md."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,11 +17,15 @@ ATTACKS = {
     "getattr_subclasses": "print('ESCAPED', getattr(object, '__subclasses__')())",
     "computed_name": "n = '_' * 2 + 'globals' + '_' * 2\nprint('ESCAPED', getattr(FINAL, n))",
     "computed_join": "print('ESCAPED', getattr(len, ''.join(['__', 'self', '__'])))",
-    "str_subclass_name": ("class S(str):\n    def startswith(self, *a):\n        return False\n"
-                          "print('ESCAPED', getattr((), S('__class__')))"),
-    "str_subclass_eq": ("class S(str):\n    def __eq__(self, o):\n        return False\n"
-                        "    def __hash__(self):\n        return 1\n"
-                        "print('ESCAPED', getattr(FINAL, S('__globals__')))"),
+    "str_subclass_name": (
+        "class S(str):\n    def startswith(self, *a):\n        return False\n"
+        "print('ESCAPED', getattr((), S('__class__')))"
+    ),
+    "str_subclass_eq": (
+        "class S(str):\n    def __eq__(self, o):\n        return False\n"
+        "    def __hash__(self):\n        return 1\n"
+        "print('ESCAPED', getattr(FINAL, S('__globals__')))"
+    ),
     "hasattr_probe_then_get": "hasattr(FINAL, '__globals__') and print('ESCAPED')\nprint(getattr(FINAL, '__globals__'))",
     # str.format / format_map and str-like objects
     "format_globals": "def f():\n    pass\nprint('{0.__globals__}'.format(f))",
@@ -29,8 +34,9 @@ ATTACKS = {
     "format_unbound": "print(str.format('{0.__class__.__base__}', 1))",
     "format_nested_spec": "print('{0:{1.__init__}}'.format(1, 2))",
     "format_getitem_globals": "def f():\n    pass\nprint('{0.__globals__[__builtins__]}'.format(f))",
-    "userstring_format": ("import collections\n"
-                          "print('ESCAPED', collections.UserString('{0.__globals__}').format(FINAL))"),
+    "userstring_format": (
+        "import collections\nprint('ESCAPED', collections.UserString('{0.__globals__}').format(FINAL))"
+    ),
     "str_subclass_format": "class S(str):\n    pass\nprint('ESCAPED', S('{0.__class__}').format(1))",
     "string_formatter": "import string\nprint('ESCAPED', string.Formatter().format('{0.__class__}', 1))",
     "from_string_formatter": "from string import Formatter\nprint('ESCAPED', Formatter)",
@@ -53,7 +59,8 @@ ATTACKS = {
         "            for q in [p] + items:\n"
         "                if type(q).__name__ in ('module', 'frame', 'code', 'traceback', 'PyCapsule'):\n"
         "                    print('ESCAPED', a, b)\n"
-        "raise RuntimeError('walk finished')"),
+        "raise RuntimeError('walk finished')"
+    ),
     "typing_get_type_hints": "import typing\nprint('ESCAPED', typing.get_type_hints)",
     "singledispatch": "from functools import singledispatch\nprint('ESCAPED', singledispatch)",
     "datetime_capsule": "import datetime\nprint('ESCAPED', datetime.datetime_CAPI)",
@@ -71,11 +78,14 @@ ATTACKS = {
     # generator and traceback frames
     "generator_frame": "g = (i for i in [1])\nprint('ESCAPED', g.gi_frame.f_back.f_globals)",
     "generator_frame_getattr": "g = (i for i in [1])\nf = getattr(g, 'gi_frame')\nprint('ESCAPED', f)",
-    "traceback_frame": ("try:\n    1 / 0\nexcept Exception as e:\n    tb = getattr(e, '__traceback__')\n"
-                        "    print('ESCAPED', tb.tb_frame)"),
+    "traceback_frame": (
+        "try:\n    1 / 0\nexcept Exception as e:\n    tb = getattr(e, '__traceback__')\n"
+        "    print('ESCAPED', tb.tb_frame)"
+    ),
     "exc_tb_frame_attr": "try:\n    1 / 0\nexcept Exception as e:\n    print('ESCAPED', getattr(e.with_traceback(None), 'tb_frame'))",
-    "attributeerror_obj": ("import re\ntry:\n    re.nonexistent\nexcept AttributeError as e:\n"
-                           "    print('ESCAPED', e.obj)"),
+    "attributeerror_obj": (
+        "import re\ntry:\n    re.nonexistent\nexcept AttributeError as e:\n    print('ESCAPED', e.obj)"
+    ),
     "except_star": "try:\n    pass\nexcept* ValueError:\n    pass",
     # guard-name shadowing
     "posonly_shadow": "def f(_getattr_, /):\n    return _getattr_\nprint('ESCAPED', f(getattr))",
@@ -122,7 +132,8 @@ ATTACKS["walk_all_modules"] = (
     "        o = getattr(mod, a)\n"
     "        if 'module' in repr(type(o)).lower() or 'capsule' in repr(type(o)).lower():\n"
     "            print('ESCAPED', a)\n"
-    "raise RuntimeError('walk finished')")
+    "raise RuntimeError('walk finished')"
+)
 
 
 @pytest.fixture
@@ -144,6 +155,7 @@ def test_worker_cannot_see_parent_secrets_even_if_escaped(sandbox, secret_file):
     """The OS layer alone: the worker's environment is clean and it runs as a user that cannot read the
     parent's files (checked from the parent, since the language layer blocks every way to look)."""
     import os
+
     pid = sandbox.pid
     with open(f"/proc/{pid}/environ", "rb") as f:
         env = f.read()
@@ -199,10 +211,13 @@ def test_os_layer_blocks_network_exec_writes_and_secrets(secret_file):
     import os
     import subprocess
     import sys
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "rlm_local", "sandbox", "worker")
-    out = subprocess.run([sys.executable, "-I", "-c", OS_PROBE, here, secret_file], capture_output=True,
-                         text=True, env={}, timeout=30).stdout
+
+    here = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "rlm_local", "sandbox", "worker"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", OS_PROBE, here, secret_file], capture_output=True, text=True, env={}, timeout=30
+    ).stdout
     applied = out.splitlines()[0].split()[1].split(",")
     results = dict(line.split()[:2] for line in out.splitlines()[1:])
     assert SECRET_ENV not in out and "s3cr3t" not in out

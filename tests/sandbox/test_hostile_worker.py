@@ -1,5 +1,6 @@
 """The parent treats the worker as hostile: a worker that lies, floods or stalls must never make the
 parent crash, hang, exceed limits, or signal processes outside the worker's own session."""
+
 from __future__ import annotations
 
 import os
@@ -8,11 +9,11 @@ import time
 import pytest
 
 import rlm_local.sandbox.launch as launch
-from rlm_local.sandbox.worker import protocol
 from rlm_local.sandbox import Limits, Sandbox
 from rlm_local.sandbox.limits import validate_call
+from rlm_local.sandbox.worker import protocol
 
-FAKE_WORKER = r'''
+FAKE_WORKER = r"""
 import json, os, sys, time
 def send(m, parts=()):
     blobs = [p.encode() for p in parts]
@@ -56,16 +57,17 @@ while True:
         send({"type": "call", "kind": "llm", "prompts": 10, "contexts": None}, ["p"] * 10)
         read()
         send({"type": "result", "present": [True, False, False, False]}, ["y" * 2_000, "", "", ""])
-'''
+"""
 
 
 @pytest.fixture
 def fake_worker(tmp_path, monkeypatch):
     def use(mode: str):
         path = tmp_path / f"fake_{mode}.py"
-        path.write_text(FAKE_WORKER.replace('sys.argv[-1]', repr(mode)))
+        path.write_text(FAKE_WORKER.replace("sys.argv[-1]", repr(mode)))
         monkeypatch.setattr(launch, "WORKER_PATH", str(path))
         # the real worker is used again for restarts only if the test restores the path
+
     return use
 
 
@@ -73,10 +75,10 @@ def test_lying_pid_never_signals_the_parent(fake_worker):
     fake_worker("liar")
     sb = Sandbox(context="x", limits=Limits(wall_seconds=1, cpu_seconds=1))
     try:
-        r = sb.run("1")          # unexpected 'restored' claiming our pid
+        r = sb.run("1")  # unexpected 'restored' claiming our pid
         assert r.timed_out and r.restored
         t0 = time.monotonic()
-        r = sb.run("1")          # stalls -> wall timeout -> must not kill os.getpid()
+        r = sb.run("1")  # stalls -> wall timeout -> must not kill os.getpid()
         assert time.monotonic() - t0 < 30 and r.timed_out
     finally:
         sb.close()
@@ -95,8 +97,14 @@ def test_garbage_and_floods_are_survived(fake_worker, mode):
         sb.close()
 
 
-@pytest.mark.parametrize("mode,words", [("trickle", "wall-clock"), ("huge_result", "more than the sandbox accepts"),
-                                        ("many_items", "more than the sandbox accepts")])
+@pytest.mark.parametrize(
+    "mode,words",
+    [
+        ("trickle", "wall-clock"),
+        ("huge_result", "more than the sandbox accepts"),
+        ("many_items", "more than the sandbox accepts"),
+    ],
+)
 def test_oversized_or_endless_messages_end_the_cell_in_time(fake_worker, mode, words):
     """Caps are checked from the header, before reading; a flood cannot outrun the wall deadline."""
     fake_worker(mode)
@@ -114,53 +122,67 @@ def test_oversized_or_endless_messages_end_the_cell_in_time(fake_worker, mode, w
 def launch_restart_allowance() -> float:
     # the fake worker has no snapshot, so the parent waits RESTORE_WAIT_SECONDS and restarts it
     import rlm_local.sandbox.sandbox as session
+
     return session.RESTORE_WAIT_SECONDS + 10
 
 
 def test_parent_caps_and_output_checks_hold_against_the_worker(fake_worker):
     fake_worker("calls")
     seen = []
-    sb = Sandbox(context="x", llm_handler=lambda ps: seen.extend(ps) or ["a"] * len(ps),
-                 limits=Limits(max_prompts_per_call=4, output_chars=100))
+    sb = Sandbox(
+        context="x",
+        llm_handler=lambda ps: seen.extend(ps) or ["a"] * len(ps),
+        limits=Limits(max_prompts_per_call=4, output_chars=100),
+    )
     try:
         r = sb.run("anything")
-        assert seen == []                       # the 10-prompt call was refused in the parent
+        assert seen == []  # the 10-prompt call was refused in the parent
         assert len(r.stdout) < 200 and "[output truncated" in r.stdout
-        assert r.final is None                   # a non-str final is dropped
+        assert r.final is None  # a non-str final is dropped
     finally:
         sb.close()
 
 
-@pytest.mark.parametrize("kind,prompts,contexts", [
-    ("llm", [], None),
-    ("shell", ["p"], None),
-    ("llm", ["p"] * 9, None),
-    ("llm", ["x" * 101], None),
-    ("llm", ["p"], ["context for llm_query"]),
-    ("rlm", ["a", "b"], [None]),
-    ("rlm", ["a"], None),
-    ("rlm", ["a"], [["y" * 300]]),
-    ("rlm", ["a"], [[""] * 1000]),            # empty items count
-    ("rlm", ["a", "b"], [[""] * 400, [""] * 400]),
-    ("rlm", ["a"], [{str(i): "" for i in range(1000)}]),
-])
+@pytest.mark.parametrize(
+    "kind,prompts,contexts",
+    [
+        ("llm", [], None),
+        ("shell", ["p"], None),
+        ("llm", ["p"] * 9, None),
+        ("llm", ["x" * 101], None),
+        ("llm", ["p"], ["context for llm_query"]),
+        ("rlm", ["a", "b"], [None]),
+        ("rlm", ["a"], None),
+        ("rlm", ["a"], [["y" * 300]]),
+        ("rlm", ["a"], [[""] * 1000]),  # empty items count
+        ("rlm", ["a", "b"], [[""] * 400, [""] * 400]),
+        ("rlm", ["a"], [{str(i): "" for i in range(1000)}]),
+    ],
+)
 def test_validate_call_rejects(kind, prompts, contexts):
     with pytest.raises(ValueError):
-        validate_call(kind, prompts, contexts,
-                      Limits(max_prompts_per_call=8, max_prompt_chars=100, max_call_chars=250, max_call_items=500))
+        validate_call(
+            kind,
+            prompts,
+            contexts,
+            Limits(max_prompts_per_call=8, max_prompt_chars=100, max_call_chars=250, max_call_items=500),
+        )
 
 
-@pytest.mark.parametrize("header,parts", [
-    ({"prompts": 3, "contexts": None}, ["a"]),
-    ({"prompts": "1", "contexts": None}, ["a"]),
-    ({"prompts": 1, "contexts": None}, ["a", "extra"]),
-    ({"prompts": 1, "contexts": [["str", 2]]}, ["a", "x", "y"]),
-    ({"prompts": 1, "contexts": [["dict", 1]]}, ["a", "k"]),
-    ({"prompts": 1, "contexts": [["pickle", 1]]}, ["a", "x"]),
-    ({"prompts": 1, "contexts": [["list", 5]]}, ["a", "x"]),
-    ({"prompts": 2, "contexts": [["none", 0]]}, ["a", "b"]),
-    ({"prompts": 1, "contexts": [["list", -1]]}, ["a"]),
-])
+@pytest.mark.parametrize(
+    "header,parts",
+    [
+        ({"prompts": 3, "contexts": None}, ["a"]),
+        ({"prompts": "1", "contexts": None}, ["a"]),
+        ({"prompts": 1, "contexts": None}, ["a", "extra"]),
+        ({"prompts": 1, "contexts": [["str", 2]]}, ["a", "x", "y"]),
+        ({"prompts": 1, "contexts": [["dict", 1]]}, ["a", "k"]),
+        ({"prompts": 1, "contexts": [["pickle", 1]]}, ["a", "x"]),
+        ({"prompts": 1, "contexts": [["list", 5]]}, ["a", "x"]),
+        ({"prompts": 2, "contexts": [["none", 0]]}, ["a", "b"]),
+        ({"prompts": 1, "contexts": [["list", -1]]}, ["a"]),
+    ],
+)
 def test_split_call_rejects_malformed(header, parts):
     with pytest.raises(ValueError):
         protocol.split_call(header, parts)

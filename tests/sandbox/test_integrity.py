@@ -1,6 +1,7 @@
 """The session's integrity without any escape: code of the model runs only inside its own cell, REPL
 names are exactly right when each cell starts, only the channel reaches the protocol pipe, text leaving
 the worker is valid UTF-8, and big values are capped in the worker and refused early."""
+
 from __future__ import annotations
 
 import time
@@ -35,7 +36,7 @@ def test_generator_finally_runs_inside_its_own_cell_and_cannot_poison_the_next(m
     # rebinding a stub to a suspended generator: restoring the stub frees it, so its finally runs
     r = sb.run("llm_query = poisoner()\nnext(llm_query)")
     assert r.error is None, r
-    assert "finally ran" in r.stdout and r.final == "spoofed"   # inside the cell that freed it
+    assert "finally ran" in r.stdout and r.final == "spoofed"  # inside the cell that freed it
     r = sb.run("print(context)\nprint(llm_query('q'))")
     assert r.final is None
     assert r.stdout == "the real context\nanswer to: q\n", r
@@ -88,17 +89,19 @@ def test_deleting_a_reserved_name_is_told_and_undone(make_sandbox):
 def test_code_that_keeps_fighting_the_restore_is_stopped_and_rolled_back(make_sandbox):
     sb = make_sandbox(context="ctx")
     assert sb.run("kept = 41").error is None
-    fighter = ("def fight():\n"
-               "    try:\n"
-               "        yield 1\n"
-               "    finally:\n"
-               "        global llm_query\n"
-               "        nxt = fight()\n"
-               "        next(nxt)\n"
-               "        llm_query = nxt\n"
-               "kept = 42\n"
-               "llm_query = fight()\n"
-               "next(llm_query)")
+    fighter = (
+        "def fight():\n"
+        "    try:\n"
+        "        yield 1\n"
+        "    finally:\n"
+        "        global llm_query\n"
+        "        nxt = fight()\n"
+        "        next(nxt)\n"
+        "        llm_query = nxt\n"
+        "kept = 42\n"
+        "llm_query = fight()\n"
+        "next(llm_query)"
+    )
     r = sb.run(fighter)
     assert r.restored and r.error and "kept running after the cell ended" in r.error, r
     r = sb.run("print(kept, llm_query('q'))")
@@ -108,7 +111,9 @@ def test_code_that_keeps_fighting_the_restore_is_stopped_and_rolled_back(make_sa
 def test_re_debug_output_lands_in_the_cell_and_the_session_survives(make_sandbox):
     sb = make_sandbox()
     assert sb.run("kept = 'still here'").error is None
-    r = sb.run("import re\np = re.compile('a+b', 128)  # re.DEBUG by value: the name is removed, the flag still works\nprint('compiled')")
+    r = sb.run(
+        "import re\np = re.compile('a+b', 128)  # re.DEBUG by value: the name is removed, the flag still works\nprint('compiled')"
+    )
     assert r.error is None and not r.restored, r
     assert "LITERAL" in r.stdout and "compiled" in r.stdout
     assert sb.run("print(kept)").stdout == "still here\n"
@@ -137,8 +142,7 @@ def test_huge_final_and_huge_error_messages_are_capped_in_the_worker(make_sandbo
 
 def test_empty_items_count_against_sub_call_caps(make_sandbox):
     calls = []
-    sb = Sandbox(context="x", rlm_handler=lambda p, c: calls.append(c) or "child",
-                 limits=Limits(max_call_items=1000))
+    sb = Sandbox(context="x", rlm_handler=lambda p, c: calls.append(c) or "child", limits=Limits(max_call_items=1000))
     try:
         t0 = time.monotonic()
         r = sb.run("rlm_query('q', context=[''] * 3_000_000)")
@@ -153,7 +157,12 @@ def test_empty_items_count_against_sub_call_caps(make_sandbox):
 
 def test_read_variable_is_bounded_like_a_cell(make_sandbox):
     sb = make_sandbox(wall_seconds=1.5)
-    assert sb.run("class Slow:\n    def __str__(self):\n        while True:\n            pass\nslow = Slow()\nok = {'n': 2**80, 'l': [1, 'a']}").error is None
+    assert (
+        sb.run(
+            "class Slow:\n    def __str__(self):\n        while True:\n            pass\nslow = Slow()\nok = {'n': 2**80, 'l': [1, 'a']}"
+        ).error
+        is None
+    )
     r = sb.read_variable("slow")
     assert r.timed_out and r.restored, r
     assert sb.read_variable("ok").value == {"n": str(2**80), "l": [1, "a"]}

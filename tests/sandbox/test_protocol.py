@@ -1,5 +1,6 @@
 """The framing both sides speak: linear in message size, deadline checked on every read, sizes known
 before bytes are read, valid UTF-8 out whatever comes in."""
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ def _pipe_writer(data: bytes, chunk: int) -> int:
     def feed():
         try:
             for i in range(0, len(data), chunk):
-                os.write(w, data[i:i + chunk])
+                os.write(w, data[i : i + chunk])
         except OSError:
             pass
         finally:
@@ -69,8 +70,18 @@ def test_header_cap_refuses_before_buffering_more():
     os.close(r)
 
 
-@pytest.mark.parametrize("line", [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b"[1, 2]", b'"s"',
-                                  b'{"parts": [-1]}', b'{"parts": "12"}', b'{"parts": [true]}'])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"s"',
+        b'{"parts": [-1]}',
+        b'{"parts": "12"}',
+        b'{"parts": [true]}',
+    ],
+)
 def test_bad_headers_decode_to_none(line):
     assert protocol.decode_header(line) is None
 
@@ -96,8 +107,14 @@ def test_resync_skips_a_refused_message_up_to_the_next_line(chunk):
 
 
 def test_call_parts_round_trip():
-    for prompts, contexts in ((["a"], None), (["a", ""], None), (["q"], [""]), (["q"], [["", "x"]]),
-                              (["q"], [{"k": "", "": "v"}]), (["q", "r"], [None, ["z"]])):
+    for prompts, contexts in (
+        (["a"], None),
+        (["a", ""], None),
+        (["q"], [""]),
+        (["q"], [["", "x"]]),
+        (["q"], [{"k": "", "": "v"}]),
+        (["q", "r"], [None, ["z"]]),
+    ):
         header, parts = protocol.call_parts(prompts, contexts)
         assert protocol.split_call(header, parts) == (prompts, contexts)
     assert protocol.call_cost(["a"], [[""] * 10]) == (11, 1)

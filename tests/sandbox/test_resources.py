@@ -1,10 +1,13 @@
 """Resource suite: every attack is bounded by a limit, reported readably, and the session lives on with
 its variables intact. Limits are small (wall 2-3 s) to keep the suite fast."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
+
+pytestmark = pytest.mark.slow  # waits on limits, servers, browsers or clusters: `pytest -q` leaves it out
 
 FAST = dict(cpu_seconds=2, wall_seconds=3, memory_mb=512, output_chars=2_000)
 
@@ -38,8 +41,10 @@ def test_infinite_loop_killed_by_wall_clock(make_sandbox):
 
 
 def test_loop_swallowing_base_exception(sb):
-    code = ("keep = 'changed'\nwhile True:\n    try:\n        while True:\n            pass\n"
-            "    except BaseException:\n        pass")
+    code = (
+        "keep = 'changed'\nwhile True:\n    try:\n        while True:\n            pass\n"
+        "    except BaseException:\n        pass"
+    )
     assert_stopped(sb.run(code))
     assert_alive(sb)
 
@@ -54,8 +59,7 @@ def test_catastrophic_regex(sb):
     assert_alive(sb)
 
 
-@pytest.mark.parametrize("code", ["s = 'a' * 10**10", "x = [0] * 10**9", "b = bytes(10**10)",
-                                  "b = bytearray(10**10)"])
+@pytest.mark.parametrize("code", ["s = 'a' * 10**10", "x = [0] * 10**9", "b = bytes(10**10)", "b = bytearray(10**10)"])
 def test_huge_allocations_raise_memory_error(sb, code):
     r = sb.run(code)
     assert r.error and "MemoryError" in r.error, r
@@ -97,12 +101,18 @@ def test_subcall_flood_batched(make_sandbox):
 
 def test_subcall_flood_per_cell_and_session(make_sandbox):
     calls = []
-    s = make_sandbox(llm_handler=lambda ps: calls.extend(ps) or ["ok"] * len(ps),
-                     max_calls_per_cell=20, max_calls_per_session=30, **FAST)
+    s = make_sandbox(
+        llm_handler=lambda ps: calls.extend(ps) or ["ok"] * len(ps),
+        max_calls_per_cell=20,
+        max_calls_per_session=30,
+        **FAST,
+    )
     r = s.run("for i in range(10**6):\n    llm_query('q')")
     assert r.error and "per cell" in r.error and len(calls) == 20
-    r = s.run("n = 0\nfor i in range(10**6):\n    try:\n        llm_query('q')\n        n += 1\n"
-              "    except RuntimeError:\n        break\nprint(n)")
+    r = s.run(
+        "n = 0\nfor i in range(10**6):\n    try:\n        llm_query('q')\n        n += 1\n"
+        "    except RuntimeError:\n        break\nprint(n)"
+    )
     assert r.stdout == "10\n" and len(calls) == 30  # the session cap is reached
     assert "per session" in s.run("llm_query('q')").error
 
@@ -117,6 +127,7 @@ def test_subcall_time_does_not_count_against_wall(make_sandbox):
     def slow(prompts):
         time.sleep(1.2)
         return ["ok"] * len(prompts)
+
     s = make_sandbox(llm_handler=slow, cpu_seconds=2, wall_seconds=2)
     r = s.run("a = llm_query('1')\nb = llm_query('2')\nprint(a, b)")
     assert r.error is None and r.stdout == "ok ok\n" and r.subcall_seconds >= 2.4
@@ -125,6 +136,7 @@ def test_subcall_time_does_not_count_against_wall(make_sandbox):
 def test_worker_killed_while_idle_is_replaced_by_snapshot(sb):
     import os
     import signal
+
     time.sleep(0.5)  # the worker forks its next snapshot right after answering
     os.kill(sb.pid, signal.SIGKILL)
     time.sleep(0.5)
@@ -134,6 +146,7 @@ def test_worker_killed_while_idle_is_replaced_by_snapshot(sb):
 def test_whole_worker_group_killed_restarts_with_notice(sb):
     import os
     import signal
+
     os.killpg(sb._worker.pgid, signal.SIGKILL)
     r = sb.run("print(keep)")
     assert r.error and "restarted" in r.error and not r.restored

@@ -1,5 +1,6 @@
 """The parent-side interface the RLM loop codes against: contexts, sub-calls, FINAL, errors, output,
 lifecycle, and many sessions side by side."""
+
 from __future__ import annotations
 
 import glob
@@ -86,7 +87,7 @@ def test_final_and_final_var(make_sandbox):
     assert sb.run("FINAL(42)").final == "42"
     assert sb.run("x = [1, 2]").final is None
     assert sb.run("FINAL_VAR('x')").final == "[1, 2]"
-    assert sb.run("FINAL_VAR(\"x\")").final == "[1, 2]"
+    assert sb.run('FINAL_VAR("x")').final == "[1, 2]"
     r = sb.run("FINAL_VAR('y')")
     assert r.final is None and "FINAL_VAR: no variable named 'y'; define it first" in r.error
     assert "variable NAME" in sb.run("FINAL_VAR(x)").error
@@ -152,6 +153,7 @@ def test_garbage_collected_sandbox_leaves_no_worker():
     pgid = sb._worker.pgid
     del sb
     import gc
+
     gc.collect()
     time.sleep(0.2)
     alive = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == pgid and _state(p) != "Z"]

@@ -1,5 +1,6 @@
 """What the run object builds on: batched child runs, tools, contexts added to a live session, a hard
 deadline that counts sub-call waits, and one error base."""
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,13 @@ def lookup(key, default=None):
 
 @pytest.fixture
 def sb():
-    box = Sandbox(context="base", llm_handler=lambda ps: [f"L:{p}" for p in ps],
-                  rlm_handler=lambda p, c: f"R:{p}:{c!r}", tools={"lookup": lookup, "config": {"k": [1, 2]}},
-                  limits=Limits(wall_seconds=5, cpu_seconds=5))
+    box = Sandbox(
+        context="base",
+        llm_handler=lambda ps: [f"L:{p}" for p in ps],
+        rlm_handler=lambda p, c: f"R:{p}:{c!r}",
+        tools={"lookup": lookup, "config": {"k": [1, 2]}},
+        limits=Limits(wall_seconds=5, cpu_seconds=5),
+    )
     yield box
     box.close()
 
@@ -58,6 +63,7 @@ def test_tools_call_the_parent_with_json_and_data_is_read_only(sb):
 def test_a_failing_tool_gives_its_message_not_a_traceback():
     def broken(x):
         raise KeyError("no such record")
+
     box = Sandbox(context="x", tools={"broken": broken})
     try:
         r = box.run("broken(1)")
@@ -78,11 +84,11 @@ def test_added_contexts_are_variables_restored_every_cell_and_survive_restore_an
     assert sb.run("print(context_1, history[0]['content'])").stdout == "second doc hi\n"
     sb.run("context_1 = 'overwritten'")
     assert sb.run("print(context_1)").stdout == "second doc\n"
-    assert sb.run("while True: pass", wall_seconds=1).restored          # the snapshot holds them too
+    assert sb.run("while True: pass", wall_seconds=1).restored  # the snapshot holds them too
     assert sb.run("print(context_1)").stdout == "second doc\n"
-    sb._discard_worker()                                                 # a restart re-sends them
+    sb._discard_worker()  # a restart re-sends them
     assert sb.run("print(context_1, len(history))").stdout.endswith("second doc 1\n")
-    assert sb.add_context("newest", as_context=True) == "context_2"     # context_2 and context, one value
+    assert sb.add_context("newest", as_context=True) == "context_2"  # context_2 and context, one value
     assert sb.run("print(context_2 is context)").stdout == "True\n"
     assert sb.add_context(["q1", "q2"], name="history") == "history"
     assert sb.run("print(context, history)").stdout == "newest ['q1', 'q2']\n"
@@ -102,6 +108,7 @@ def test_a_hard_deadline_counts_time_waiting_on_sub_calls():
     def slow(prompts):
         time.sleep(0.8)
         return ["ok"] * len(prompts)
+
     box = Sandbox(context="x", llm_handler=slow, limits=Limits(wall_seconds=30, cpu_seconds=30))
     try:
         box.run("kept = 1")
@@ -110,6 +117,6 @@ def test_a_hard_deadline_counts_time_waiting_on_sub_calls():
         took = time.monotonic() - t0
         assert r.restored and "time budget" in r.error, r
         assert took < 2.5, took
-        assert box.run("print(kept)").stdout == "1\n"                 # rolled back, variables kept
+        assert box.run("print(kept)").stdout == "1\n"  # rolled back, variables kept
     finally:
         box.close()

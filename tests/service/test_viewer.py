@@ -1,5 +1,6 @@
 """The trajectory viewer in a real headless Chromium (Debian's, driven by Playwright): a recorded run opened
 with `rlm-local view`, a child run expanded, a 10,000-sub-call run paged, and a live run in the service."""
+
 from __future__ import annotations
 
 import json
@@ -11,20 +12,30 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # waits on limits, servers, browsers or clusters: `pytest -q` leaves it out
+
 pytest.importorskip("sse_starlette", reason="the service needs the [server] extra")
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip("needs Chromium from the Debian packages (apt-get install chromium)", allow_module_level=True)
 
-from rlm_local import RLM  # noqa: E402
-from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
 from scripting import is_root, repl  # noqa: E402
 from service_support import free_port  # noqa: E402
 
+from rlm_local import RLM  # noqa: E402
+from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
+
 SHOTS = Path(os.environ.get("RLM_VIEWER_SHOTS", Path(__file__).parent / "artifacts"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +55,26 @@ def record_run(path: Path) -> None:
             return "FINAL(all parts read)"
         if "inner question" in user:
             return repl("FINAL(llm_query('inner look at ' + context))")
-        return repl("parts = llm_query_batched(['summarise part ' + str(i) for i in range(5)])\n"
-                    "inner = rlm_query('inner question', context='the inner document')\nprint(inner)")
+        return repl(
+            "parts = llm_query_batched(['summarise part ' + str(i) for i in range(5)])\n"
+            "inner = rlm_query('inner question', context='the inner document')\nprint(inner)"
+        )
 
     with RLM(engine=ScriptedEngine(reply, model_name="scripted-model"), max_depth=2, trajectory_path=path) as rlm:
         rlm.completion("a long document " * 100, "What do the parts say?")
 
 
 def start_view(path: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "rlm_local.cli", "view", str(path), "--port", str(free_port())],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlm_local.cli", "view", str(path), "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = proc.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:") and url.endswith("/runs"), url
     import httpx
+
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -65,7 +83,7 @@ def start_view(path: Path) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise AssertionError(f"rlm-local view did not start: {proc.stderr.read()}")
+                raise AssertionError(f"rlm-local view did not start: {proc.stderr.read()}") from None
             time.sleep(0.2)
 
 
@@ -113,19 +131,64 @@ def test_view_a_recorded_run_and_expand_the_child(tmp_path, browser):
 
 def test_ten_thousand_subcalls_stay_responsive(tmp_path, browser):
     t0 = 1_700_000_000.0
-    events = [{"event": "run_start", "time": t0, "run_id": "big", "question": "big run", "config": {"model": "m"}},
-              {"event": "root_turn", "time": t0 + 1, "run_id": "big", "depth": 0, "iteration": 1, "prompt_tokens": 900,
-               "cached_tokens": 800, "reply": "code", "error": None, "seconds": 1.0}]
+    events = [
+        {"event": "run_start", "time": t0, "run_id": "big", "question": "big run", "config": {"model": "m"}},
+        {
+            "event": "root_turn",
+            "time": t0 + 1,
+            "run_id": "big",
+            "depth": 0,
+            "iteration": 1,
+            "prompt_tokens": 900,
+            "cached_tokens": 800,
+            "reply": "code",
+            "error": None,
+            "seconds": 1.0,
+        },
+    ]
     for b in range(40):
         for i in range(250):
-            events.append({"event": "subcall", "time": t0 + 2 + b, "run_id": "big", "depth": 1, "query": "llm",
-                           "prompt": f"chunk {b}-{i}", "response": "ok", "seconds": 0.9, "batch": 250,
-                           "usage": {"calls": 1, "prompt_tokens": 100, "cached_tokens": 60, "completion_tokens": 3}})
-    events += [{"event": "cell", "time": t0 + 45, "run_id": "big", "depth": 0, "iteration": 1, "code": "...",
-                "batched_rewrites": 0, "stdout": "", "error": None, "final": "done", "timed_out": False,
-                "restored": False, "seconds": 43.0},
-               {"event": "final", "time": t0 + 46, "run_id": "big", "answer": "done", "stopped_reason": "final",
-                "iterations": 1, "usage": {}, "seconds": 46.0}]
+            events.append(
+                {
+                    "event": "subcall",
+                    "time": t0 + 2 + b,
+                    "run_id": "big",
+                    "depth": 1,
+                    "query": "llm",
+                    "prompt": f"chunk {b}-{i}",
+                    "response": "ok",
+                    "seconds": 0.9,
+                    "batch": 250,
+                    "usage": {"calls": 1, "prompt_tokens": 100, "cached_tokens": 60, "completion_tokens": 3},
+                }
+            )
+    events += [
+        {
+            "event": "cell",
+            "time": t0 + 45,
+            "run_id": "big",
+            "depth": 0,
+            "iteration": 1,
+            "code": "...",
+            "batched_rewrites": 0,
+            "stdout": "",
+            "error": None,
+            "final": "done",
+            "timed_out": False,
+            "restored": False,
+            "seconds": 43.0,
+        },
+        {
+            "event": "final",
+            "time": t0 + 46,
+            "run_id": "big",
+            "answer": "done",
+            "stopped_reason": "final",
+            "iterations": 1,
+            "usage": {},
+            "seconds": 46.0,
+        },
+    ]
     path = tmp_path / "big.jsonl"
     path.write_text("\n".join(json.dumps(e) for e in events) + "\n")
     proc, url = start_view(path)
@@ -159,7 +222,6 @@ def test_ten_thousand_subcalls_stay_responsive(tmp_path, browser):
 
 def test_live_run_in_the_service(tmp_path, browser):
     import httpx
-
     import service_support
     from service_support import make_config, serving
 
@@ -167,9 +229,15 @@ def test_live_run_in_the_service(tmp_path, browser):
     with serving(make_config(tmp_path / "data")) as (url, service):
         try:
             with httpx.Client(base_url=url, timeout=30) as http:
-                with http.stream("POST", "/v1/chat/completions", json={
-                        "model": "scripted-rlm", "stream": True,
-                        "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "!slow run"}]}) as r:
+                with http.stream(
+                    "POST",
+                    "/v1/chat/completions",
+                    json={
+                        "model": "scripted-rlm",
+                        "stream": True,
+                        "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "!slow run"}],
+                    },
+                ) as r:
                     lines = r.iter_lines()
                     run_id = next(json.loads(l[6:])["rlm"]["run_id"] for l in lines if l.startswith("data: {"))
                     page = browser.new_page()

@@ -1,5 +1,6 @@
 """API keys: no key or a wrong key is refused, keys never see each other's files, sessions or runs, and
 per-key limits on concurrent runs and tokens per minute hold while other keys keep being served."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ pytest.importorskip("sse_starlette", reason="the service needs the [server] extr
 openai = pytest.importorskip("openai")
 
 import service_support  # noqa: E402
+from service_support import make_config, serving  # noqa: E402
+
 from rlm_local.service.auth import Access, Denied  # noqa: E402
 from rlm_local.service.config import ConfigError, ServiceConfig  # noqa: E402
-from service_support import make_config, serving  # noqa: E402
 
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789"
 
@@ -21,8 +23,9 @@ ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     config = make_config(tmp_path_factory.mktemp("data"))
-    keys = ServiceConfig.from_dict({"keys": {"alice": {"key": ALICE, "max_concurrent_runs": 1},
-                                             "bob": {"key": BOB, "tokens_per_minute": 1}}}).keys
+    keys = ServiceConfig.from_dict(
+        {"keys": {"alice": {"key": ALICE, "max_concurrent_runs": 1}, "bob": {"key": BOB, "tokens_per_minute": 1}}}
+    ).keys
     config.keys = keys
     with serving(config) as (url, service):
         yield url, service
@@ -52,10 +55,12 @@ def test_keys_never_see_each_other(server):
         bob.files.delete(f.id)
     assert f.id not in {x.id for x in bob.files.list().data}
     with pytest.raises(openai.NotFoundError):
-        bob.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                    extra_body={"rlm": {"file_ids": [f.id]}})
-    r = alice.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                      extra_body={"rlm": {"file_ids": [f.id]}})
+        bob.chat.completions.create(
+            model="scripted-rlm", messages=[{"role": "user", "content": "q"}], extra_body={"rlm": {"file_ids": [f.id]}}
+        )
+    r = alice.chat.completions.create(
+        model="scripted-rlm", messages=[{"role": "user", "content": "q"}], extra_body={"rlm": {"file_ids": [f.id]}}
+    )
     run_id = r.model_extra["rlm"]["run_id"]
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {BOB}"}) as http:
         assert http.get(f"/v1/runs/{run_id}").status_code == 404
@@ -70,8 +75,9 @@ def test_keys_never_see_each_other(server):
         assert http.delete(f"/v1/sessions/{s['id']}").status_code == 404
         assert http.get("/v1/sessions").json()["data"] == []
     with pytest.raises(openai.NotFoundError):
-        bob.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                    extra_body={"rlm": {"session": s["id"]}})
+        bob.chat.completions.create(
+            model="scripted-rlm", messages=[{"role": "user", "content": "q"}], extra_body={"rlm": {"session": s["id"]}}
+        )
 
 
 def test_concurrent_run_limit_and_tokens_per_minute(server):
@@ -80,9 +86,15 @@ def test_concurrent_run_limit_and_tokens_per_minute(server):
     service_support.RELEASE.clear()
     try:
         with httpx.Client(base_url=url, timeout=30, headers={"authorization": f"Bearer {ALICE}"}) as http:
-            with http.stream("POST", "/v1/chat/completions", json={
-                    "model": "scripted-rlm", "stream": True,
-                    "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "!slow one"}]}) as r:
+            with http.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={
+                    "model": "scripted-rlm",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "!slow one"}],
+                },
+            ) as r:
                 lines = r.iter_lines()
                 next(line for line in lines if line.startswith("data: {"))
                 with pytest.raises(openai.RateLimitError) as exc:  # alice's one run at a time is taken
@@ -94,7 +106,9 @@ def test_concurrent_run_limit_and_tokens_per_minute(server):
         service_support.RELEASE.set()
     assert alice.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "x"}])
     # (a text of its own: identical greedy requests are answered from the scheduler's memo, for no tokens)
-    assert bob.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "bob's"}]).usage.total_tokens
+    assert bob.chat.completions.create(
+        model="scripted-rlm", messages=[{"role": "user", "content": "bob's"}]
+    ).usage.total_tokens
     with pytest.raises(openai.RateLimitError) as exc:  # bob used his minute's tokens
         bob.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "x"}])
     assert "tokens-per-minute" in exc.value.message
@@ -111,9 +125,11 @@ def test_no_keys_means_loopback_only():
 
 def test_config_file(tmp_path):
     cfg = tmp_path / "rlm.toml"
-    cfg.write_text('data_dir = "d"\nsession_ttl = 60\n[rlm.docs]\nbackend = "openai"\nmodel = "m"\n'
-                   'base_url = "http://127.0.0.1:1/v1"\nmax_iterations = 5\n[contexts.h]\npath = "h.md"\n'
-                   '[keys.a]\nkey = "sk-aaaaaaaaaa"\ntokens_per_minute = 10\n')
+    cfg.write_text(
+        'data_dir = "d"\nsession_ttl = 60\n[rlm.docs]\nbackend = "openai"\nmodel = "m"\n'
+        'base_url = "http://127.0.0.1:1/v1"\nmax_iterations = 5\n[contexts.h]\npath = "h.md"\n'
+        '[keys.a]\nkey = "sk-aaaaaaaaaa"\ntokens_per_minute = 10\n'
+    )
     c = ServiceConfig.load(cfg)
     assert c.data_dir == tmp_path / "d" and c.session_ttl == 60 and c.contexts["h"] == tmp_path / "h.md"
     assert c.rlms["docs"].budgets == {"max_iterations": 5} and c.keys["sk-aaaaaaaaaa"].name == "a"

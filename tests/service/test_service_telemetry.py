@@ -1,5 +1,6 @@
 """Traces (OpenTelemetry GenAI conventions: in-memory exporter, and one real OTLP/HTTP round trip to a
 receiver the test starts), /metrics in Prometheus format, /health."""
+
 from __future__ import annotations
 
 import threading
@@ -15,7 +16,6 @@ pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-
 from service_support import make_config, serving  # noqa: E402
 
 SECRET = "CONTEXT-SECRET-7731"
@@ -27,8 +27,13 @@ def test_spans_follow_the_genai_conventions_and_never_carry_the_context(tmp_path
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with serving(make_config(tmp_path), tracer_provider=provider) as (url, service):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        r = client.chat.completions.create(model="deep-rlm", messages=[
-            {"role": "user", "content": f"a document with {SECRET} inside"}, {"role": "user", "content": "!child go"}])
+        r = client.chat.completions.create(
+            model="deep-rlm",
+            messages=[
+                {"role": "user", "content": f"a document with {SECRET} inside"},
+                {"role": "user", "content": "!child go"},
+            ],
+        )
         run_id = r.model_extra["rlm"]["run_id"]
     spans = exporter.get_finished_spans()
     by_name: dict[str, list] = {}
@@ -45,8 +50,9 @@ def test_spans_follow_the_genai_conventions_and_never_carry_the_context(tmp_path
     chats = by_name["chat scripted-model"]
     assert len(chats) == 3  # the root turn, the child's turn and the child's sub-call
     sub = [s for s in chats if s.attributes["rlm.role"] == "sub"]
-    assert sub and all(s.attributes["gen_ai.usage.input_tokens"] > 0 and "gen_ai.usage.output_tokens" in s.attributes
-                       for s in sub)
+    assert sub and all(
+        s.attributes["gen_ai.usage.input_tokens"] > 0 and "gen_ai.usage.output_tokens" in s.attributes for s in sub
+    )
     root_turns = [s for s in chats if s.attributes["rlm.role"] == "root"]
     assert root_turns and all(s.attributes["gen_ai.usage.output_tokens"] > 0 for s in root_turns)
     assert all(s.attributes["gen_ai.request.model"] == "scripted-model" for s in chats)
@@ -87,8 +93,9 @@ def test_one_real_otlp_http_round_trip(tmp_path, monkeypatch):
     try:
         with serving(make_config(tmp_path)) as (url, service):
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-            client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "doc"},
-                                                                          {"role": "user", "content": "q"}])
+            client.chat.completions.create(
+                model="scripted-rlm", messages=[{"role": "user", "content": "doc"}, {"role": "user", "content": "q"}]
+            )
         # closing the service flushed the batch exporter
         assert Receiver.got, "no OTLP request arrived"
         path, ctype, body = Receiver.got[0]
@@ -105,8 +112,9 @@ def test_one_real_otlp_http_round_trip(tmp_path, monkeypatch):
 def test_metrics_and_health(tmp_path):
     with serving(make_config(tmp_path)) as (url, service):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "doc"},
-                                                                      {"role": "user", "content": "!batch 6"}])
+        client.chat.completions.create(
+            model="scripted-rlm", messages=[{"role": "user", "content": "doc"}, {"role": "user", "content": "!batch 6"}]
+        )
         with httpx.Client(base_url=url) as http:
             health = http.get("/health").json()
             assert health["status"] == "ok" and "scripted-rlm" in health["models"]

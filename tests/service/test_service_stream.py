@@ -1,5 +1,6 @@
 """Streaming RLM runs: progress events, then the answer as content deltas, and a client that goes away
 cancelling its run and the run's queued sub-calls."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,14 @@ def server(served_rlm):
 
 def test_stream_with_the_openai_sdk(server):
     client = openai.OpenAI(base_url=server[0] + "/v1", api_key="x", max_retries=0)
-    chunks = list(client.chat.completions.create(
-        model="scripted-rlm", stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": "a document STREAM-END"}, {"role": "user", "content": "!look first"}]))
+    chunks = list(
+        client.chat.completions.create(
+            model="scripted-rlm",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "a document STREAM-END"}, {"role": "user", "content": "!look first"}],
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     run_id = chunks[0].model_extra["rlm"]["run_id"]
     events = [c.model_extra["rlm_event"] for c in chunks if (c.model_extra or {}).get("rlm_event")]
@@ -42,8 +48,13 @@ def test_stream_with_the_openai_sdk(server):
 def test_long_answer_arrives_in_deltas(server):
     client = openai.OpenAI(base_url=server[0] + "/v1", api_key="x", max_retries=0)
     doc = "x" * 100 + "LONG" * 40
-    chunks = list(client.chat.completions.create(model="scripted-rlm", stream=True, messages=[
-        {"role": "user", "content": doc}, {"role": "user", "content": "echo"}]))
+    chunks = list(
+        client.chat.completions.create(
+            model="scripted-rlm",
+            stream=True,
+            messages=[{"role": "user", "content": doc}, {"role": "user", "content": "echo"}],
+        )
+    )
     deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(deltas) >= 1 and "".join(deltas).startswith("sub:echo ")
 
@@ -55,9 +66,15 @@ def test_disconnect_cancels_the_run_and_its_queued_subcalls(server):
     before = len(engine.requests)
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
-            with http.stream("POST", "/v1/chat/completions", json={
-                    "model": "scripted-rlm", "stream": True,
-                    "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "!slow please"}]}) as r:
+            with http.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={
+                    "model": "scripted-rlm",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "!slow please"}],
+                },
+            ) as r:
                 assert r.status_code == 200
                 run_id = None
                 for line in r.iter_lines():
@@ -72,8 +89,9 @@ def test_disconnect_cancels_the_run_and_its_queued_subcalls(server):
     finally:
         service_support.RELEASE.set()
     time.sleep(0.5)
-    subcalls = [r for r in engine.requests[before:] if "slow" in r.messages[-1]["content"]
-                and r.messages[0]["role"] != "system"]
+    subcalls = [
+        r for r in engine.requests[before:] if "slow" in r.messages[-1]["content"] and r.messages[0]["role"] != "system"
+    ]
     assert len(subcalls) <= 2, f"{len(subcalls)} of the 50 sub-calls ran after the disconnect"
     assert service.runs.active() == 0
 
@@ -83,8 +101,13 @@ def test_a_non_streaming_client_that_gives_up_cancels_too(server):
     service_support.RELEASE.clear()
     try:
         with httpx.Client(base_url=url, timeout=1.5) as http, pytest.raises(httpx.ReadTimeout):
-            http.post("/v1/chat/completions", json={"model": "scripted-rlm", "messages": [
-                {"role": "user", "content": "doc two"}, {"role": "user", "content": "!slow again"}]})
+            http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "scripted-rlm",
+                    "messages": [{"role": "user", "content": "doc two"}, {"role": "user", "content": "!slow again"}],
+                },
+            )
         deadline = time.monotonic() + 15
         while service.runs.active() and time.monotonic() < deadline:
             time.sleep(0.1)

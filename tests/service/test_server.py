@@ -1,4 +1,5 @@
 """rlm_local.service.bare: the OpenAI-compatible app under real uvicorn on loopback, spoken to with plain httpx."""
+
 from __future__ import annotations
 
 import threading
@@ -57,9 +58,14 @@ def test_completion_single_and_list(scripted):
 
 def test_chat_completion(scripted):
     engine, http = scripted
-    body = {"messages": [{"role": "developer", "content": "be brief"},
-                         {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}],
-            "max_tokens": 7, "seed": 3}
+    body = {
+        "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+        ],
+        "max_tokens": 7,
+        "seed": 3,
+    }
     data = http.post("/v1/chat/completions", json=body).json()
     assert data["object"] == "chat.completion"
     assert data["choices"][0]["message"] == {"role": "assistant", "content": "echo hi there"}
@@ -71,19 +77,22 @@ def test_chat_completion(scripted):
     assert seen.sampling.seed == 3 and seen.sampling.max_tokens == 7
 
 
-@pytest.mark.parametrize("path,body,fragment", [
-    ("/v1/completions", {"prompt": "x", "stream": True}, "stream=true is not supported"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream=true"),
-    ("/v1/completions", {"prompt": [1, 2, 3]}, "'prompt' must be a string"),
-    ("/v1/completions", {}, "'prompt' must be a string"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "'max_tokens' must be a positive integer"),
-    ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "'temperature'"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, "only n=1"),
-    ("/v1/completions", {"prompt": "x", "stop": [1]}, "'stop'"),
-    ("/v1/chat/completions", {"messages": []}, "'messages' must be a non-empty list"),
-    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    "path,body,fragment",
+    [
+        ("/v1/completions", {"prompt": "x", "stream": True}, "stream=true is not supported"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream=true"),
+        ("/v1/completions", {"prompt": [1, 2, 3]}, "'prompt' must be a string"),
+        ("/v1/completions", {}, "'prompt' must be a string"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "'max_tokens' must be a positive integer"),
+        ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "'temperature'"),
+        ("/v1/completions", {"prompt": "x", "n": 2}, "only n=1"),
+        ("/v1/completions", {"prompt": "x", "stop": [1]}, "'stop'"),
+        ("/v1/chat/completions", {"messages": []}, "'messages' must be a non-empty list"),
+        ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ],
+)
 def test_bad_requests_are_400_with_one_line(scripted, path, body, fragment):
     _, http = scripted
     r = http.post(path, json=body)
@@ -122,13 +131,16 @@ class UnknownCacheEngine(Engine):
         self.max_active = max(self.max_active, self.active)
         time.sleep(0.02)
         self.active -= 1
-        return [Result(text="ok", usage=Usage(calls=1, prompt_tokens=4, cached_tokens=None, completion_tokens=1))
-                for _ in requests]
+        return [
+            Result(text="ok", usage=Usage(calls=1, prompt_tokens=4, cached_tokens=None, completion_tokens=1))
+            for _ in requests
+        ]
 
 
 def test_unknown_cached_tokens_are_null_and_engine_is_serialised():
     engine = UnknownCacheEngine()
     with BackgroundServer(create_app(engine)) as url:
+
         def call(results: list) -> None:
             results.append(httpx.post(f"{url}/v1/completions", json={"prompt": "x"}, timeout=10).json())
 
@@ -159,13 +171,19 @@ def test_requests_go_through_the_scheduler_with_run_ids():
     with BackgroundServer(create_app(engine, scheduler=scheduler, model_name="served")) as url:
         r = httpx.post(f"{url}/v1/completions", json={"prompt": ["a", "b"], "user": "run-7"}, timeout=10)
         assert r.json()["model"] == "served"
-        httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "c"}]},
-                   headers={"X-RLM-Run-Id": "hdr"}, timeout=10)
+        httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "c"}]},
+            headers={"X-RLM-Run-Id": "hdr"},
+            timeout=10,
+        )
     assert scheduler.calls == [(2, "run-7"), (1, "hdr")]
 
 
 def test_real_scheduler_when_present():
-    scheduler_mod = pytest.importorskip("rlm_local.scheduling.scheduler", reason="rlm_local.scheduling.scheduler not written yet")
+    scheduler_mod = pytest.importorskip(
+        "rlm_local.scheduling.scheduler", reason="rlm_local.scheduling.scheduler not written yet"
+    )
     engine = ScriptedEngine(reply)
     scheduler = scheduler_mod.Scheduler(engine)
     try:

@@ -1,4 +1,5 @@
 """The RLM service over real HTTP (uvicorn on 127.0.0.1), spoken to with the openai SDK and httpx."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -25,8 +26,10 @@ def client(server):
 
 def test_rlm_model_answers_with_rlm_usage(client):
     doc = "boring text " * 50 + "TOKEN-alpha"
-    r = client.chat.completions.create(model="scripted-rlm", messages=[
-        {"role": "user", "content": doc}, {"role": "user", "content": "what is the token?"}])
+    r = client.chat.completions.create(
+        model="scripted-rlm",
+        messages=[{"role": "user", "content": doc}, {"role": "user", "content": "what is the token?"}],
+    )
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content.startswith("sub:echo ") and "TOKEN-alpha" in r.choices[0].message.content
     assert r.model == "scripted-rlm" and r.choices[0].finish_reason == "stop"
@@ -54,8 +57,9 @@ def test_bare_model_still_answers(client):
 
 
 def test_child_runs_count_depth(client):
-    r = client.chat.completions.create(model="deep-rlm", messages=[{"role": "user", "content": "ctx"},
-                                                                   {"role": "user", "content": "!child please"}])
+    r = client.chat.completions.create(
+        model="deep-rlm", messages=[{"role": "user", "content": "ctx"}, {"role": "user", "content": "!child please"}]
+    )
     assert r.usage.model_extra["rlm"]["depth"] == 2  # the child at depth 1 made sub-calls at depth 2
     assert r.choices[0].message.content  # the child's answer
 
@@ -68,23 +72,39 @@ def test_bad_input_is_4xx_in_openai_shape(server, client):
         err = bad.json()["error"]
         assert set(err) == {"message", "type", "param", "code"} and "\n" not in err["message"]
         assert http.post("/v1/chat/completions", json={"model": "scripted-rlm", "messages": []}).status_code == 400
-        assert http.post("/v1/chat/completions", json={"model": "scripted-rlm", "messages": [
-            {"role": "user", "content": "   "}]}).status_code == 400
+        assert (
+            http.post(
+                "/v1/chat/completions", json={"model": "scripted-rlm", "messages": [{"role": "user", "content": "   "}]}
+            ).status_code
+            == 400
+        )
     with pytest.raises(openai.NotFoundError) as exc:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert exc.value.body["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                       extra_body={"rlm": {"session": "sess_00000000000000000000"}})
+        client.chat.completions.create(
+            model="scripted-rlm",
+            messages=[{"role": "user", "content": "q"}],
+            extra_body={"rlm": {"session": "sess_00000000000000000000"}},
+        )
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                       extra_body={"rlm": {"file_ids": ["file-000000000000000000000000"]}})
+        client.chat.completions.create(
+            model="scripted-rlm",
+            messages=[{"role": "user", "content": "q"}],
+            extra_body={"rlm": {"file_ids": ["file-000000000000000000000000"]}},
+        )
     with httpx.Client(base_url=url, timeout=10) as http:  # JSON can carry lone surrogates: not text
-        r = http.post("/v1/chat/completions", headers={"content-type": "application/json"},
-                      content=b'{"model": "scripted-rlm", "messages": [{"role": "user", "content": "a \\ud800"}]}')
+        r = http.post(
+            "/v1/chat/completions",
+            headers={"content-type": "application/json"},
+            content=b'{"model": "scripted-rlm", "messages": [{"role": "user", "content": "a \\ud800"}]}',
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
-        r = http.post("/v1/chat/completions", headers={"content-type": "application/json"},
-                      content=b'{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}')
+        r = http.post(
+            "/v1/chat/completions",
+            headers={"content-type": "application/json"},
+            content=b'{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}',
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
     # and the server still serves
     assert client.chat.completions.create(model="scripted-model", messages=[{"role": "user", "content": "ok"}])
@@ -92,9 +112,13 @@ def test_bad_input_is_4xx_in_openai_shape(server, client):
 
 def test_sixteen_concurrent_runs_no_cross_talk(client, server):
     def ask(i: int) -> tuple[int, str, str]:
-        r = client.chat.completions.create(model="scripted-rlm", messages=[
-            {"role": "user", "content": f"document number {i} ends with UNIQUE-{i:02d}"},
-            {"role": "user", "content": "which number?"}])
+        r = client.chat.completions.create(
+            model="scripted-rlm",
+            messages=[
+                {"role": "user", "content": f"document number {i} ends with UNIQUE-{i:02d}"},
+                {"role": "user", "content": "which number?"},
+            ],
+        )
         return i, r.choices[0].message.content, r.model_extra["rlm"]["run_id"]
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -112,12 +136,16 @@ def test_named_context_and_uploaded_files(tmp_path):
     config.contexts = {"handbook": doc}
     with serving(config) as (url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        r = client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                           extra_body={"rlm": {"context": "handbook"}})
+        r = client.chat.completions.create(
+            model="scripted-rlm",
+            messages=[{"role": "user", "content": "q"}],
+            extra_body={"rlm": {"context": "handbook"}},
+        )
         assert "NAMED-CONTEXT-END" in r.choices[0].message.content
         f = client.files.create(file=("notes.txt", b"some notes FILE-END"), purpose="assistants")
-        r = client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                           extra_body={"rlm": {"file_ids": [f.id]}})
+        r = client.chat.completions.create(
+            model="scripted-rlm", messages=[{"role": "user", "content": "q"}], extra_body={"rlm": {"file_ids": [f.id]}}
+        )
         assert "FILE-END" in r.choices[0].message.content
 
 
@@ -125,7 +153,7 @@ def test_overhead_script_runs(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parent.parent / "scripts" / "service_overhead.py"
+    path = Path(__file__).parents[2] / "scripts" / "service_overhead.py"
     spec = importlib.util.spec_from_file_location("service_overhead", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,5 @@
 """A scripted RLM service for tests: the root's reply depends on keywords in the question, sub-calls echo."""
+
 from __future__ import annotations
 
 import socket
@@ -6,11 +7,12 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from scripting import is_root, repl
+
 from rlm_local.engines import Request
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.testing import BackgroundServer
 from rlm_local.service import RLMConfig, ServiceConfig, create_service_app
-from scripting import is_root, repl
+from rlm_local.testing import BackgroundServer
 
 RELEASE = threading.Event()  # the "slow" script's sub-calls wait on it
 
@@ -49,8 +51,10 @@ def script(req: Request) -> str:
 
 def make_config(tmp: Path, **kwargs) -> ServiceConfig:
     engine = ScriptedEngine(script, model_name="scripted-model")
-    rlms = {"scripted-rlm": RLMConfig(name="scripted-rlm", engine=engine, budgets={"max_iterations": 4}),
-            "deep-rlm": RLMConfig(name="deep-rlm", engine=engine, budgets={"max_iterations": 4, "max_depth": 2})}
+    rlms = {
+        "scripted-rlm": RLMConfig(name="scripted-rlm", engine=engine, budgets={"max_iterations": 4}),
+        "deep-rlm": RLMConfig(name="deep-rlm", engine=engine, budgets={"max_iterations": 4, "max_depth": 2}),
+    }
     return ServiceConfig(rlms=rlms, data_dir=tmp, **kwargs)
 
 

@@ -1,6 +1,7 @@
 """Files and sessions over HTTP: uploads (text, markdown, PDF, zip) stored whole with a checksum, bad uploads
 refused with nothing stored, sessions whose REPL variables survive between questions, added contexts, a
 server restart and the idle TTL."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,11 +21,14 @@ from service_support import make_config, serving  # noqa: E402
 def make_pdf(text: str) -> bytes:
     """A one-page PDF with ``text`` on it (hand-written objects, correct xref)."""
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-            b"/Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for i, body in enumerate(objs, 1):
         offsets.append(len(out))
@@ -67,8 +71,11 @@ def test_uploads_of_each_kind_are_stored_with_a_checksum(server):
     assert "PNG" not in text and "hidden" not in text
     md = client.files.create(file=("notes.md", b"# Notes\nMD-FACT"), purpose="assistants")
     assert {x.id for x in client.files.list().data} >= {f.id, zf.id, md.id}
-    r = client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "q"}],
-                                       extra_body={"rlm": {"file_ids": [md.id, f.id]}})
+    r = client.chat.completions.create(
+        model="scripted-rlm",
+        messages=[{"role": "user", "content": "q"}],
+        extra_body={"rlm": {"file_ids": [md.id, f.id]}},
+    )
     assert "PDF-FACT-42" in r.choices[0].message.content  # the last document's end
     assert client.files.delete(md.id).deleted
     with pytest.raises(openai.NotFoundError):
@@ -78,9 +85,14 @@ def test_uploads_of_each_kind_are_stored_with_a_checksum(server):
 def test_bad_uploads_are_refused_and_nothing_is_stored(server):
     url, service, config = server
     with httpx.Client(base_url=url, timeout=10) as http:
-        cases = [("big.txt", b"a" * (64 * 1024 + 1), 413), ("blob.bin", b"\x00\x01\x02" * 10, 400),
-                 ("data.txt", b"abc\x00def", 400), ("empty.txt", b"   ", 400), ("bad.pdf", b"%PDF-1.4 garbage", 400),
-                 ("bad.zip", b"PK\x03\x04garbage", 400)]
+        cases = [
+            ("big.txt", b"a" * (64 * 1024 + 1), 413),
+            ("blob.bin", b"\x00\x01\x02" * 10, 400),
+            ("data.txt", b"abc\x00def", 400),
+            ("empty.txt", b"   ", 400),
+            ("bad.pdf", b"%PDF-1.4 garbage", 400),
+            ("bad.zip", b"PK\x03\x04garbage", 400),
+        ]
         for name, data, status in cases:
             r = http.post("/v1/files", files={"file": (name, data)}, data={"purpose": "assistants"})
             assert r.status_code == status, (name, r.text)
@@ -94,8 +106,9 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(server):
 
 
 def ask(client, session: str, question: str) -> str:
-    r = client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": question}],
-                                       extra_body={"rlm": {"session": session}})
+    r = client.chat.completions.create(
+        model="scripted-rlm", messages=[{"role": "user", "content": question}], extra_body={"rlm": {"session": session}}
+    )
     return r.choices[0].message.content
 
 
@@ -164,9 +177,16 @@ def test_a_busy_session_refuses_a_second_question_and_deletion(server):
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
             s = http.post("/v1/sessions", json={"model": "scripted-rlm", "contexts": ["doc"]}).json()
-            with http.stream("POST", "/v1/chat/completions", json={
-                    "model": "scripted-rlm", "stream": True, "messages": [{"role": "user", "content": "!slow q"}],
-                    "rlm": {"session": s["id"]}}) as r:
+            with http.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={
+                    "model": "scripted-rlm",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "!slow q"}],
+                    "rlm": {"session": s["id"]},
+                },
+            ) as r:
                 lines = r.iter_lines()
                 run_id = next(_json.loads(x[6:])["rlm"]["run_id"] for x in lines if x.startswith("data: {"))
                 again = http.post(f"/v1/sessions/{s['id']}/ask", json={"question": "another"})
