@@ -7,6 +7,7 @@
 
 Heavy parts (torch, the model, the sandbox worker) load only when an RLM or engine is created.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,14 +15,31 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Error": "errors", "InputError": "errors", "DocumentError": "documents",
-    "RLM": "rlm", "RLMResult": "rlm", "RLMError": "rlm", "ContextError": "loop.prompts",
-    "BudgetExceeded": "loop.run", "SetupError": "loop.run", "Budget": "loop.run", "Run": "loop.run",
-    "UsageSummary": "runlog.usage", "ModelUsageSummary": "runlog.usage",
-    "Sandbox": "sandbox", "Limits": "sandbox", "CellResult": "sandbox",
-    "Request": "engines", "Result": "engines", "SamplingParams": "engines", "Usage": "engines",
-    "EngineError": "engines", "make_engine": "engines", "Scheduler": "scheduling.scheduler",
-    "ModelNotFoundError": "models", "ModelLoadError": "models",
+    "Error": "errors",
+    "InputError": "errors",
+    "DocumentError": "documents",
+    "RLM": "rlm",
+    "RLMResult": "rlm",
+    "RLMError": "rlm",
+    "ContextError": "loop.prompts",
+    "BudgetExceeded": "loop.run",
+    "SetupError": "loop.run",
+    "Budget": "loop.run",
+    "Run": "loop.run",
+    "UsageSummary": "runlog.usage",
+    "ModelUsageSummary": "runlog.usage",
+    "Sandbox": "sandbox",
+    "Limits": "sandbox",
+    "CellResult": "sandbox",
+    "Request": "engines",
+    "Result": "engines",
+    "SamplingParams": "engines",
+    "Usage": "engines",
+    "EngineError": "engines",
+    "make_engine": "engines",
+    "Scheduler": "scheduling.scheduler",
+    "ModelNotFoundError": "models",
+    "ModelLoadError": "models",
 }
 
 
@@ -29,6 +47,7 @@ def __getattr__(name: str) -> Any:
     # Lazy exports keep `import rlm_local` (and the CLI's --help) fast.
     if name in _EXPORTS:
         import importlib
+
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'rlm_local' has no attribute {name!r}")
 

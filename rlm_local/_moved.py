@@ -1,5 +1,6 @@
 """Old import paths from before the package was laid out by layer: each still imports, as the very module at
 its new home, with a DeprecationWarning naming that home. Installed once by ``rlm_local/__init__.py``."""
+
 from __future__ import annotations
 
 import importlib
@@ -34,7 +35,9 @@ MOVED = {
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)

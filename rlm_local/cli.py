@@ -5,6 +5,7 @@ Exit codes: 0 success; 2 bad input or setup (any ``rlm_local.Error``: one line o
 failed, the demo's answer was wrong, or an internal error (a bug: a short hint on stderr, the full
 traceback in the log file, ``$RLM_LOCAL_LOG`` or ~/.cache/rlm-local/logs/rlm-local.log).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ from .errors import Error, InputError, log_to_file, logger
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 
-def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, threads: int | None,
-                   flag: str = "--") -> dict[str, Any]:
+def _engine_kwargs(
+    backend: str, model: str | None, base_url: list[str] | None, threads: int | None, flag: str = "--"
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"model_name": model}
     if backend == "openai":
         if not base_url:
@@ -40,14 +42,24 @@ def _engine_kwargs(backend: str, model: str | None, base_url: list[str] | None, 
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default=DEFAULT_BACKEND,
-                   help=f"{', '.join(BACKENDS)} (default {DEFAULT_BACKEND})")
-    p.add_argument("--model", default=None, help="model name, local directory, or a .gguf file for llamacpp "
-                                                 "(default: the embedded Gemma 3 270M)")
-    p.add_argument("--base-url", action="append", default=None,
-                   help="OpenAI-compatible server URL for --backend openai; repeat for several servers")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads / llama.cpp decode threads (default: 1 on 2-core machines)")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"{', '.join(BACKENDS)} (default {DEFAULT_BACKEND})")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model name, local directory, or a .gguf file for llamacpp (default: the embedded Gemma 3 270M)",
+    )
+    p.add_argument(
+        "--base-url",
+        action="append",
+        default=None,
+        help="OpenAI-compatible server URL for --backend openai; repeat for several servers",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads / llama.cpp decode threads (default: 1 on 2-core machines)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="answer a question about a long document")
     run.add_argument("question", nargs="?", help="the question (omit when the task is written in the context)")
     run.add_argument("--context", "-c", help="a text file, a PDF, a directory of text files, or - for stdin")
-    run.add_argument("--demo", action="store_true", help="run on a generated document with a planted fact and check the answer")
+    run.add_argument(
+        "--demo", action="store_true", help="run on a generated document with a planted fact and check the answer"
+    )
     run.add_argument("--demo-length", type=int, default=200_000, help="characters in the demo document")
     _add_engine_args(run)
     run.add_argument("--sub-backend", default=None, help="backend for llm_query sub-calls (default: same as root)")
@@ -77,17 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--config", default=None, help="TOML file: RLM configurations, API keys, named contexts, "
-                       "data directory (README: Serving RLMs)")
+    serve.add_argument(
+        "--config",
+        default=None,
+        help="TOML file: RLM configurations, API keys, named contexts, data directory (README: Serving RLMs)",
+    )
     serve.add_argument("--name", default="rlm", help="model name of the RLM made from the flags (default: rlm)")
     serve.add_argument("--sub-backend", default=None)
     serve.add_argument("--sub-model", default=None)
     serve.add_argument("--sub-base-url", action="append", default=None)
-    for flag, kind in (("--max-iterations", int), ("--max-depth", int), ("--max-timeout", float),
-                       ("--max-tokens", int), ("--max-subcalls", int)):
+    for flag, kind in (
+        ("--max-iterations", int),
+        ("--max-depth", int),
+        ("--max-timeout", float),
+        ("--max-tokens", int),
+        ("--max-subcalls", int),
+    ):
         serve.add_argument(flag, type=kind, default=None)
-    serve.add_argument("--data-dir", default=None, help="files, sessions and run logs (default: the config's or "
-                       "~/.local/share/rlm-local/service)")
+    serve.add_argument(
+        "--data-dir",
+        default=None,
+        help="files, sessions and run logs (default: the config's or ~/.local/share/rlm-local/service)",
+    )
     serve.add_argument("--session-ttl", type=float, default=None, help="seconds an idle session lives")
     serve.add_argument("--bare", action="store_true", help="serve only the bare model (the server before RLMs)")
 
@@ -98,11 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list known models")
     prep = sub.add_parser("prepare", help="build a packaged model's files now (otherwise done on first use)")
-    prep.add_argument("model", nargs="?", default=None,
-                      help="a packaged model (default: the embedded one; `quality` for Qwen2.5-Coder-1.5B)")
-    prep.add_argument("--backend", default=DEFAULT_BACKEND,
-                      help="llamacpp: assemble the GGUF (default); transformers: convert to safetensors")
+    prep.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a packaged model (default: the embedded one; `quality` for Qwen2.5-Coder-1.5B)",
+    )
+    prep.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help="llamacpp: assemble the GGUF (default); transformers: convert to safetensors",
+    )
     from .bench.cli import add_parser as add_bench
+
     add_bench(sub)
     return parser
 
@@ -110,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def log_path() -> Path:
     """Where the CLI writes its log (and the traceback of an internal error)."""
     from .models import cache_dir
+
     return Path(os.environ.get("RLM_LOCAL_LOG") or cache_dir() / "logs" / "rlm-local.log")
 
 
@@ -121,8 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:  # a read-only home must not stop the CLI; an internal error then says so
         log = None
     try:
-        commands = {"run": _cmd_run, "serve": _cmd_serve, "view": _cmd_view, "models": _cmd_models,
-                    "prepare": _cmd_prepare, "bench": _cmd_bench}
+        commands = {
+            "run": _cmd_run,
+            "serve": _cmd_serve,
+            "view": _cmd_view,
+            "models": _cmd_models,
+            "prepare": _cmd_prepare,
+            "bench": _cmd_bench,
+        }
         return commands[args.command](args, err)
     except KeyboardInterrupt:
         err.print("rlm-local: interrupted")
@@ -134,16 +174,19 @@ def main(argv: list[str] | None = None) -> int:
         logger.exception("internal error in `rlm-local %s`", args.command)
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
-        print(f"rlm-local: internal error: {type(exc).__name__}: {exc}\n  at {where}; full traceback in "
-              f"{log if log else 'no log file (could not open one)'}; please report it", file=sys.stderr)
+        print(
+            f"rlm-local: internal error: {type(exc).__name__}: {exc}\n  at {where}; full traceback in "
+            f"{log if log else 'no log file (could not open one)'}; please report it",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 
 def _cmd_run(args: argparse.Namespace, err: Console) -> int:
-    from .runlog.display import ProgressDisplay
-    from .documents import read_context
     from .bench.haystack import make_needle_task
+    from .documents import read_context
     from .rlm import RLM
+    from .runlog.display import ProgressDisplay
 
     task = None
     if args.demo:
@@ -151,8 +194,10 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
             raise InputError("--demo makes its own document; do not pass --context")
         task = make_needle_task(length=args.demo_length, depth=0.63, seed=7)
         context, question = task.context, args.question or task.question
-        err.print(f"[bold]demo[/bold]: a {len(context):,}-character document with one planted fact; "
-                  f"question: {escape(repr(question))}")
+        err.print(
+            f"[bold]demo[/bold]: a {len(context):,}-character document with one planted fact; "
+            f"question: {escape(repr(question))}"
+        )
     else:
         if not args.context:
             raise InputError("give --context PATH (a file, a directory or - for stdin), or --demo")
@@ -165,8 +210,10 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         sub_backend = args.sub_backend or args.backend
         # The same kind of backend defaults to the root's servers; a different one needs its own --sub-base-url.
         sub_urls = args.sub_base_url or (args.base_url if sub_backend == args.backend else None)
-        other = {"other_backends": [sub_backend],
-                 "other_backend_kwargs": [_engine_kwargs(sub_backend, args.sub_model, sub_urls, args.threads, "--sub-")]}
+        other = {
+            "other_backends": [sub_backend],
+            "other_backend_kwargs": [_engine_kwargs(sub_backend, args.sub_model, sub_urls, args.threads, "--sub-")],
+        }
     display = ProgressDisplay(err, verbose=args.verbose, live=not args.quiet)
     started = time.time()
     if args.backend == "transformers" or args.sub_backend == "transformers":
@@ -176,10 +223,18 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
             kwargs["progress"] = lambda msg: err.print(f"[dim]{escape(msg)}[/dim]")
         default = "embedded default" if args.backend in ("transformers", "llamacpp") else "the server's model"
         err.print(f"[dim]loading {args.backend} engine ({escape(args.model or default)})…[/dim]")
-    rlm = RLM(backend=args.backend, backend_kwargs=kwargs, max_depth=args.max_depth,
-              max_iterations=args.max_iterations, max_timeout=args.max_timeout, max_tokens=args.max_tokens,
-              max_subcalls=args.max_subcalls, trajectory_path=args.trajectory,
-              on_event=None if args.quiet else display, **other)
+    rlm = RLM(
+        backend=args.backend,
+        backend_kwargs=kwargs,
+        max_depth=args.max_depth,
+        max_iterations=args.max_iterations,
+        max_timeout=args.max_timeout,
+        max_tokens=args.max_tokens,
+        max_subcalls=args.max_subcalls,
+        trajectory_path=args.trajectory,
+        on_event=None if args.quiet else display,
+        **other,
+    )
     with rlm, display:
         if not args.quiet:
             err.print(f"[dim]model ready in {time.time() - started:.1f} s[/dim]")
@@ -191,15 +246,22 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         print(result.response)
     if task is not None:
         ok = task.is_correct(result.response)
-        err.print(f"demo {'[bold green]PASSED[/bold green]' if ok else '[bold red]FAILED[/bold red]'}: expected "
-                  f"{task.answer}, got {escape(repr(result.response))} ({total:.1f} s in all, model load included)")
+        err.print(
+            f"demo {'[bold green]PASSED[/bold green]' if ok else '[bold red]FAILED[/bold red]'}: expected "
+            f"{task.answer}, got {escape(repr(result.response))} ({total:.1f} s in all, model load included)"
+        )
         return 0 if ok else EXIT_FAILED
     if result.stopped_reason == "engine_error" or not result.response.strip():
-        print(f"rlm-local: error: the run produced no answer (stopped: {result.stopped_reason}); "
-              "see --verbose or --trajectory for details", file=sys.stderr)
+        print(
+            f"rlm-local: error: the run produced no answer (stopped: {result.stopped_reason}); "
+            "see --verbose or --trajectory for details",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     if result.stopped_reason != "final" and not args.quiet:
-        err.print(f"[yellow]note: the {result.stopped_reason} budget ended the run; this is the best partial answer[/yellow]")
+        err.print(
+            f"[yellow]note: the {result.stopped_reason} budget ended the run; this is the best partial answer[/yellow]"
+        )
     return 0
 
 
@@ -226,22 +288,33 @@ def _cmd_serve(args: argparse.Namespace, err: Console) -> int:
     from .service import create_service_app
     from .service.config import BUDGETS, RLMConfig, ServiceConfig
 
-    config = ServiceConfig.load(args.config, data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
-                                session_ttl=args.session_ttl)
+    config = ServiceConfig.load(
+        args.config, data_dir=Path(args.data_dir).expanduser() if args.data_dir else None, session_ttl=args.session_ttl
+    )
     if not config.rlms or args.config is None:  # the flags make one RLM configuration
         _engine_kwargs(args.backend, args.model, args.base_url, args.threads)  # checks the flags
         budgets = {k: getattr(args, k) for k in BUDGETS if getattr(args, k, None) is not None}
         base = args.base_url if not args.base_url or len(args.base_url) > 1 else args.base_url[0]
         sub_base = args.sub_base_url if not args.sub_base_url or len(args.sub_base_url) > 1 else args.sub_base_url[0]
-        config.rlms[args.name] = RLMConfig(name=args.name, backend=args.backend, model=args.model, base_url=base,
-                                           sub_backend=args.sub_backend, sub_model=args.sub_model,
-                                           sub_base_url=sub_base, threads=args.threads, budgets=budgets)
+        config.rlms[args.name] = RLMConfig(
+            name=args.name,
+            backend=args.backend,
+            model=args.model,
+            base_url=base,
+            sub_backend=args.sub_backend,
+            sub_model=args.sub_model,
+            sub_base_url=sub_base,
+            threads=args.threads,
+            budgets=budgets,
+        )
     if not config.keys and args.host not in ("127.0.0.1", "::1", "localhost"):
         err.print("[yellow]no API keys configured: only loopback clients will be served[/yellow]")
     app = create_service_app(config)
     url = f"http://{args.host}:{args.port}"
-    err.print(f"serving RLMs {', '.join(config.rlms)} and models {', '.join(app.state.service.bare) or '-'} on "
-              f"{url}/v1\n  runs: {url}/runs  API docs: {url}/docs  metrics: {url}/metrics  data: {config.data_dir}")
+    err.print(
+        f"serving RLMs {', '.join(config.rlms)} and models {', '.join(app.state.service.bare) or '-'} on "
+        f"{url}/v1\n  runs: {url}/runs  API docs: {url}/docs  metrics: {url}/metrics  data: {config.data_dir}"
+    )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     finally:
@@ -267,6 +340,7 @@ def _cmd_view(args: argparse.Namespace, err: Console) -> int:
 
 def _cmd_bench(args: argparse.Namespace, err: Console) -> int:
     from .bench.cli import run
+
     return run(args, err)
 
 
@@ -284,8 +358,10 @@ def _cmd_models(args: argparse.Namespace, err: Console) -> int:
         elif card.source == "packaged":
             extra = card.extra.get("gguf", {}).get("extra", "")
             state = f" [optional: pip install 'rlm-local[{extra}]', then rlm-local prepare {card.name}]"
-        print(f"{card.name}{state}\n  backend={card.backend} context={card.context_length:,} format={card.prompt_format}"
-              f" aliases={', '.join(card.aliases)}\n  {card.description}")
+        print(
+            f"{card.name}{state}\n  backend={card.backend} context={card.context_length:,} format={card.prompt_format}"
+            f" aliases={', '.join(card.aliases)}\n  {card.description}"
+        )
     return 0
 
 

@@ -1,17 +1,16 @@
 """Reading user input into a context: a text file, a PDF, a directory of text files, or stdin."""
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from .errors import DocumentError, InputError
+from .errors import DocumentError
 
 # Text files larger than this are still read (RLMs are for huge inputs); the cap only stops a directory
 # walk from swallowing a disk image or a database by accident.
 MAX_FILE_BYTES = 2 * 1024**3
 _SNIFF_BYTES = 8192
-
-
 
 
 def read_context(path: str) -> str:

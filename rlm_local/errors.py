@@ -9,6 +9,7 @@ Logging: every module logs to the ``rlm_local`` logger tree (``logging.getLogger
 so on). The library adds no handlers; applications configure logging as they like (the CLI writes a log
 file, see :func:`log_to_file`).
 """
+
 from __future__ import annotations
 
 import logging

@@ -8,6 +8,7 @@ Depth: the root runs at depth 0 (or at ``depth``); its sub-calls run one level d
 starts a child run while that depth is below ``max_depth``, otherwise it degrades to ``llm_query``; so
 the default ``max_depth=1`` means plain sub-calls only, as in the reference library.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,26 +21,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .loop import prompts
-from .scheduling import registry as schedulers
 from .engines import DEFAULT_BACKEND, Engine, make_engine
-from .errors import InputError, RLMError
-from .runlog.events import Event, RunError, RunFinal, RunStart
+from .errors import RLMError
+from .loop import prompts
 from .loop.formats import format_named
-from .models import find_card
 from .loop.persistent import PersistentREPL
 from .loop.prompts import Context, ContextError, check_context
 from .loop.run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
-from .sandbox import Limits, split_tools
+from .models import find_card
+from .runlog.events import Event, RunError, RunFinal, RunStart
 from .runlog.trajectory import Trajectory
 from .runlog.usage import UsageSummary, UsageTracker
+from .sandbox import Limits, split_tools
+from .scheduling import registry as schedulers
 
 __all__ = ["RLM", "RLMError", "RLMResult", "ContextError", "BudgetExceeded", "SetupError", "STOP_REASONS"]
 
 # The reference library's other execution environments; rlm-local runs code only in its own sandbox.
 REFERENCE_ENVIRONMENTS = ("docker", "modal", "prime", "daytona", "e2b")
-
-
 
 
 @dataclass
@@ -62,10 +61,16 @@ class RLMResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the reference's keys (root_model, response, usage_summary, execution_time) and ours;
         the trajectory is left out (it has its own file), and so is the context."""
-        return {"root_model": self.root_model, "response": self.response,
-                "usage_summary": self.usage_summary.to_dict(), "execution_time": round(self.execution_time, 3),
-                "stopped_reason": self.stopped_reason, "iterations": self.iterations, "run_id": self.run_id,
-                "metadata": self.metadata}
+        return {
+            "root_model": self.root_model,
+            "response": self.response,
+            "usage_summary": self.usage_summary.to_dict(),
+            "execution_time": round(self.execution_time, 3),
+            "stopped_reason": self.stopped_reason,
+            "iterations": self.iterations,
+            "run_id": self.run_id,
+            "metadata": self.metadata,
+        }
 
 
 def _as_list(value: Any) -> list:
@@ -79,40 +84,73 @@ class RLM:
     >>> rlm.completion(long_text, root_prompt="Who signed the contract?").response
     """
 
-    def __init__(self, backend: str = DEFAULT_BACKEND, backend_kwargs: dict[str, Any] | None = None, *,
-                 environment: str = "local", environment_kwargs: dict[str, Any] | None = None, depth: int = 0,
-                 max_depth: int = 1, max_iterations: int = 20, max_timeout: float | None = None,
-                 max_tokens: int | None = None, max_subcalls: int | None = None, max_errors: int | None = None,
-                 max_budget: float | None = None, custom_system_prompt: str | None = None,
-                 other_backends: str | list[str] | None = None,
-                 other_backend_kwargs: dict[str, Any] | list[dict[str, Any]] | None = None,
-                 logger: Any = None, verbose: bool = False, persistent: bool = False,
-                 custom_tools: dict[str, Any] | None = None,
-                 output_limit: int = 20_000, sandbox_limits: Limits | None = None,
-                 trajectory_path: str | Path | None = None, on_event: Callable[[Event], None] | None = None,
-                 implicit_batching: bool = True, scheduler_kwargs: dict[str, Any] | None = None,
-                 sub_max_tokens: int | None = None, engine: Engine | None = None,
-                 sub_engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        backend: str = DEFAULT_BACKEND,
+        backend_kwargs: dict[str, Any] | None = None,
+        *,
+        environment: str = "local",
+        environment_kwargs: dict[str, Any] | None = None,
+        depth: int = 0,
+        max_depth: int = 1,
+        max_iterations: int = 20,
+        max_timeout: float | None = None,
+        max_tokens: int | None = None,
+        max_subcalls: int | None = None,
+        max_errors: int | None = None,
+        max_budget: float | None = None,
+        custom_system_prompt: str | None = None,
+        other_backends: str | list[str] | None = None,
+        other_backend_kwargs: dict[str, Any] | list[dict[str, Any]] | None = None,
+        logger: Any = None,
+        verbose: bool = False,
+        persistent: bool = False,
+        custom_tools: dict[str, Any] | None = None,
+        output_limit: int = 20_000,
+        sandbox_limits: Limits | None = None,
+        trajectory_path: str | Path | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        implicit_batching: bool = True,
+        scheduler_kwargs: dict[str, Any] | None = None,
+        sub_max_tokens: int | None = None,
+        engine: Engine | None = None,
+        sub_engine: Engine | None = None,
+    ) -> None:
         _check_reference_options(environment, environment_kwargs, max_budget)
         tools = _check_tools(custom_tools)
         if tools:
             custom_system_prompt = "\n\n".join(p for p in (custom_system_prompt, prompts.tools_prompt(tools)) if p)
         if max_iterations < 1 or max_depth < 1 or depth < 0:
             raise RLMError("max_iterations and max_depth must be at least 1, and depth at least 0")
-        for name, value in (("max_timeout", max_timeout), ("max_tokens", max_tokens), ("output_limit", output_limit),
-                            ("max_errors", max_errors)):
+        for name, value in (
+            ("max_timeout", max_timeout),
+            ("max_tokens", max_tokens),
+            ("output_limit", output_limit),
+            ("max_errors", max_errors),
+        ):
             if value is not None and value <= 0:
                 raise RLMError(f"{name} must be positive (or None for no limit), got {value!r}")
         if max_subcalls is not None and max_subcalls < 0:
             raise RLMError(f"max_subcalls must be >= 0, got {max_subcalls!r}")
         self.backend, self.backend_kwargs = backend, dict(backend_kwargs or {})
-        self.environment, self.depth, self.max_depth, self.max_iterations = environment, depth, max_depth, max_iterations
-        self.max_timeout, self.max_tokens, self.max_subcalls, self.max_errors = max_timeout, max_tokens, max_subcalls, max_errors
+        self.environment, self.depth, self.max_depth, self.max_iterations = (
+            environment,
+            depth,
+            max_depth,
+            max_iterations,
+        )
+        self.max_timeout, self.max_tokens, self.max_subcalls, self.max_errors = (
+            max_timeout,
+            max_tokens,
+            max_subcalls,
+            max_errors,
+        )
         self.trajectory_path = Path(trajectory_path) if trajectory_path else None
         self.listeners: list[Callable[[Event], None]] = [on_event] if on_event else []
         self.log_dir = _use_logger(logger, self.listeners)
         if verbose:
             from .runlog.display import VerbosePrinter
+
             self.listeners.append(VerbosePrinter())
         self._owned: list[Engine] = []  # engines this RLM created, and so closes
         self._sharing: list[Engine] = []  # engines whose shared scheduler this RLM holds
@@ -126,16 +164,24 @@ class RLM:
             self.sub_engine = sub_engine or self._sub_engine(_as_list(other_backends), _as_list(other_backend_kwargs))
             sched = dict(scheduler_kwargs or {})
             root = _resolve(self.engine, self._scheduler(self.engine, sched), sub_max_tokens)
-            sub = root if self.sub_engine is self.engine else _resolve(
-                self.sub_engine, self._scheduler(self.sub_engine, sched), sub_max_tokens)
+            sub = (
+                root
+                if self.sub_engine is self.engine
+                else _resolve(self.sub_engine, self._scheduler(self.sub_engine, sched), sub_max_tokens)
+            )
         except BaseException:
             self.close()  # do not strand a loaded model (GPU memory) or a scheduler on a bad argument
             raise
-        self.settings = Settings(root=root, sub=sub, max_depth=max_depth,
-                                 output_limit=output_limit,
-                                 sandbox_limits=sandbox_limits or Limits(output_chars=output_limit),
-                                 custom_system_prompt=custom_system_prompt, implicit_batching=implicit_batching,
-                                 tools=tools)
+        self.settings = Settings(
+            root=root,
+            sub=sub,
+            max_depth=max_depth,
+            output_limit=output_limit,
+            sandbox_limits=sandbox_limits or Limits(output_chars=output_limit),
+            custom_system_prompt=custom_system_prompt,
+            implicit_batching=implicit_batching,
+            tools=tools,
+        )
 
     def _make(self, backend: str, kwargs: dict[str, Any]) -> Engine:
         engine = make_engine(backend, **kwargs)
@@ -156,8 +202,14 @@ class RLM:
         return self._make(others[0], kwargs)
 
     # ---- public API -------------------------------------------------------------------------------------
-    def completion(self, prompt: Context | list[dict[str, str]], root_prompt: str | None = None, *,
-                   run_id: str | None = None, sandbox_provider: Callable[..., Any] | None = None) -> RLMResult:
+    def completion(
+        self,
+        prompt: Context | list[dict[str, str]],
+        root_prompt: str | None = None,
+        *,
+        run_id: str | None = None,
+        sandbox_provider: Callable[..., Any] | None = None,
+    ) -> RLMResult:
         """Answer ``root_prompt`` about ``prompt`` (the context: a str, a list of str, a list of chat
         messages or a dict of str). Raises ContextError for an unusable context, RLMError when closed.
         ``run_id`` names the run (``cancel(run_id)`` stops it); ``sandbox_provider(run, context)`` gives
@@ -167,11 +219,17 @@ class RLM:
         context = check_context(prompt)
         started = time.monotonic()
         run_id = run_id or uuid.uuid4().hex[:12]
-        path = self.trajectory_path or (self.log_dir / f"rlm_{time.strftime('%Y%m%d_%H%M%S')}_{run_id}.jsonl"
-                                        if self.log_dir else None)
+        path = self.trajectory_path or (
+            self.log_dir / f"rlm_{time.strftime('%Y%m%d_%H%M%S')}_{run_id}.jsonl" if self.log_dir else None
+        )
         trajectory = Trajectory(path, listeners=self.listeners, lock=self._file_lock, run_id=run_id)
-        budget = Budget(max_iterations=self.max_iterations, max_timeout=self.max_timeout, max_tokens=self.max_tokens,
-                        max_subcalls=self.max_subcalls, max_errors=self.max_errors)
+        budget = Budget(
+            max_iterations=self.max_iterations,
+            max_timeout=self.max_timeout,
+            max_tokens=self.max_tokens,
+            max_subcalls=self.max_subcalls,
+            max_errors=self.max_errors,
+        )
         usage = UsageTracker()
         run = Run(self.settings, budget, usage, trajectory, run_id, depth=self.depth)
         question = root_prompt
@@ -204,13 +262,27 @@ class RLM:
                 model.scheduler.cancel(run_id, reject_new=True)
         summary = usage.summary()
         elapsed = time.monotonic() - started
-        trajectory.log(RunFinal(answer=outcome.answer, stopped_reason=outcome.stopped_reason,
-                                iterations=outcome.iterations, usage=summary.to_dict(), seconds=round(elapsed, 3)))
+        trajectory.log(
+            RunFinal(
+                answer=outcome.answer,
+                stopped_reason=outcome.stopped_reason,
+                iterations=outcome.iterations,
+                usage=summary.to_dict(),
+                seconds=round(elapsed, 3),
+            )
+        )
         trajectory.close()
-        return RLMResult(response=outcome.answer, usage_summary=summary, execution_time=elapsed,
-                         trajectory=trajectory.events, stopped_reason=outcome.stopped_reason,
-                         iterations=outcome.iterations, run_id=run_id, root_model=self.settings.root.name,
-                         metadata={"model": self.settings.root.name, "sub_model": self.settings.sub.name})
+        return RLMResult(
+            response=outcome.answer,
+            usage_summary=summary,
+            execution_time=elapsed,
+            trajectory=trajectory.events,
+            stopped_reason=outcome.stopped_reason,
+            iterations=outcome.iterations,
+            run_id=run_id,
+            root_model=self.settings.root.name,
+            metadata={"model": self.settings.root.name, "sub_model": self.settings.sub.name},
+        )
 
     def cancel(self, run_id: str) -> bool:
         """Stop a running completion (from another thread): its budget ends it at the next check with
@@ -239,7 +311,7 @@ class RLM:
         for engine in self._owned:
             engine.close()
 
-    def __enter__(self) -> "RLM":
+    def __enter__(self) -> RLM:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -247,14 +319,28 @@ class RLM:
 
     def _public_config(self) -> dict[str, Any]:
         secret_words = ("key", "token", "secret", "password")
-        kwargs = {k: ("***" if any(w in k.lower() for w in secret_words) else v)
-                  for k, v in self.backend_kwargs.items() if not callable(v)}
+        kwargs = {
+            k: ("***" if any(w in k.lower() for w in secret_words) else v)
+            for k, v in self.backend_kwargs.items()
+            if not callable(v)
+        }
         s = self.settings
-        return {"backend": self.backend, "backend_kwargs": kwargs, "model": s.root.name, "sub_model": s.sub.name,
-                "environment": self.environment, "depth": self.depth, "max_depth": self.max_depth,
-                "max_iterations": self.max_iterations, "max_timeout": self.max_timeout, "max_tokens": self.max_tokens,
-                "max_subcalls": self.max_subcalls, "max_errors": self.max_errors, "output_limit": s.output_limit,
-                "implicit_batching": s.implicit_batching}
+        return {
+            "backend": self.backend,
+            "backend_kwargs": kwargs,
+            "model": s.root.name,
+            "sub_model": s.sub.name,
+            "environment": self.environment,
+            "depth": self.depth,
+            "max_depth": self.max_depth,
+            "max_iterations": self.max_iterations,
+            "max_timeout": self.max_timeout,
+            "max_tokens": self.max_tokens,
+            "max_subcalls": self.max_subcalls,
+            "max_errors": self.max_errors,
+            "output_limit": s.output_limit,
+            "implicit_batching": s.implicit_batching,
+        }
 
 
 def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Model:
@@ -267,10 +353,16 @@ def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Mode
     if engine.context_length:  # the engine's window (a llama.cpp slot) must hold the prompt and the reply
         room = engine.context_length - int(root_sampling.get("max_tokens", 2048)) - 64  # 64: template overhead
         prompt_tokens = max(256, min(prompt_tokens, room))
-    return Model(engine=engine, scheduler=scheduler, name=engine.model_name,
-                 format=format_named(card.prompt_format if card else engine.prompt_format), root_sampling=root_sampling,
-                 sub_sampling={"max_tokens": sub_tokens, "temperature": 0.0}, prompt_tokens=prompt_tokens,
-                 context_length=engine.context_length)
+    return Model(
+        engine=engine,
+        scheduler=scheduler,
+        name=engine.model_name,
+        format=format_named(card.prompt_format if card else engine.prompt_format),
+        root_sampling=root_sampling,
+        sub_sampling={"max_tokens": sub_tokens, "temperature": 0.0},
+        prompt_tokens=prompt_tokens,
+        context_length=engine.context_length,
+    )
 
 
 def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:
@@ -288,17 +380,22 @@ def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:
     return dict(custom_tools)
 
 
-def _check_reference_options(environment: str, environment_kwargs: dict[str, Any] | None,
-                             max_budget: float | None) -> None:
+def _check_reference_options(
+    environment: str, environment_kwargs: dict[str, Any] | None, max_budget: float | None
+) -> None:
     """The reference's options we take but cannot honour yet fail here, with the reason, never silently."""
     if environment in REFERENCE_ENVIRONMENTS:
-        raise RLMError(f"environment={environment!r} is not available in rlm-local: code runs in its own local "
-                       "sandbox (a separate, restricted process); use environment='local'")
+        raise RLMError(
+            f"environment={environment!r} is not available in rlm-local: code runs in its own local "
+            "sandbox (a separate, restricted process); use environment='local'"
+        )
     if environment != "local":
         raise RLMError(f"unknown environment {environment!r}; rlm-local runs code in environment='local'")
     if environment_kwargs:
-        raise RLMError(f"environment_kwargs are not used by rlm-local's sandbox (got {sorted(environment_kwargs)}); "
-                       "set limits with sandbox_limits=Limits(...)")
+        raise RLMError(
+            f"environment_kwargs are not used by rlm-local's sandbox (got {sorted(environment_kwargs)}); "
+            "set limits with sandbox_limits=Limits(...)"
+        )
     if max_budget is not None:
         raise RLMError("max_budget is a cost in dollars, which local models do not have; use max_tokens")
 
@@ -314,5 +411,7 @@ def _use_logger(logger: Any, listeners: list[Callable[[Event], None]]) -> Path |
     log_dir = getattr(logger, "log_dir", None)
     if isinstance(log_dir, (str, Path)):
         return Path(log_dir)
-    raise RLMError(f"logger must be a logging.Logger or have a log_dir (like the reference's RLMLogger), "
-                   f"got {type(logger).__name__}")
+    raise RLMError(
+        f"logger must be a logging.Logger or have a log_dir (like the reference's RLMLogger), "
+        f"got {type(logger).__name__}"
+    )

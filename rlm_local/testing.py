@@ -1,8 +1,9 @@
 """Harnesses for tests and for embedding a server next to other work; never imported by the library itself.
 
-    with BackgroundServer(app) as url:   # an ASGI app under uvicorn on a free loopback port
-        httpx.get(url + "/health")
+with BackgroundServer(app) as url:   # an ASGI app under uvicorn on a free loopback port
+    httpx.get(url + "/health")
 """
+
 from __future__ import annotations
 
 import socket

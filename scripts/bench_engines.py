@@ -27,6 +27,7 @@ over repeats and the ratio to the reference engine; the JSON has every single me
   .venv/bin/python scripts/bench_engines.py                      # all engines that import here
   .venv/bin/python scripts/bench_engines.py --engines transformers,llamacpp --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,10 @@ from rlm_local.errors import Error
 WORKLOADS = ("decode", "siblings16", "cold_chunk8", "demo", "demo_cli", "sweep8")
 ENGINES = ("transformers", "llamacpp", "vllm", "vllm-async", "llama-server")
 SETUPS = ("transformers", "llamacpp", "llamacpp+transformers", "llamacpp+vllm-async", "vllm-async", "llama-server")
-WORDS = ("river stone ledger harbor copper meadow lantern orchard signal canvas timber falcon quarry velvet "
-         "summit anchor thistle beacon marble cedar").split()
+WORDS = (
+    "river stone ledger harbor copper meadow lantern orchard signal canvas timber falcon quarry velvet "
+    "summit anchor thistle beacon marble cedar"
+).split()
 log = logging.getLogger("bench_engines")
 
 
@@ -95,10 +98,13 @@ def timed_generate(engine: Engine, requests: list[Request]) -> dict[str, Any]:
         raise Error(f"{engine.backend}: {len(failed)} of {len(results)} requests failed: {failed[0]}")
     out_tokens = sum(r.usage.completion_tokens for r in results)
     cached = [r.usage.cached_tokens for r in results]
-    return {"seconds": round(seconds, 3), "completion_tokens": out_tokens,
-            "tok_s": round(out_tokens / seconds, 2) if seconds else None,
-            "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
-            "cached_tokens": None if None in cached else sum(cached)}  # type: ignore[arg-type]
+    return {
+        "seconds": round(seconds, 3),
+        "completion_tokens": out_tokens,
+        "tok_s": round(out_tokens / seconds, 2) if seconds else None,
+        "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
+        "cached_tokens": None if None in cached else sum(cached),
+    }  # type: ignore[arg-type]
 
 
 def decode(engine: Engine, seed: int) -> dict[str, Any]:
@@ -108,8 +114,10 @@ def decode(engine: Engine, seed: int) -> dict[str, Any]:
 
 def siblings16(engine: Engine, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
-    prompts = [f"Question {i}: describe the {rng.choice(WORDS)} and the {rng.choice(WORDS)} in one sentence.\nAnswer:"
-               for i in range(16)]
+    prompts = [
+        f"Question {i}: describe the {rng.choice(WORDS)} and the {rng.choice(WORDS)} in one sentence.\nAnswer:"
+        for i in range(16)
+    ]
     return timed_generate(engine, [Request.completion(p, max_tokens=32) for p in prompts])
 
 
@@ -130,8 +138,12 @@ def demo(root: Engine, sub: Engine, seed: int) -> dict[str, Any]:
         started = time.perf_counter()
         result = rlm.completion(task.context, root_prompt=task.question)
         seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "correct": task.is_correct(result.response),
-            "stopped": result.stopped_reason, "iterations": result.iterations}
+    return {
+        "seconds": round(seconds, 3),
+        "correct": task.is_correct(result.response),
+        "stopped": result.stopped_reason,
+        "iterations": result.iterations,
+    }
 
 
 def demo_cli(setup: str, seed: int) -> dict[str, Any]:
@@ -158,17 +170,24 @@ def sweep8(root: Engine, sub: Engine, seed: int) -> dict[str, Any]:
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda it: rlm.completion(it.context, root_prompt=it.question).response, items))
         seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "mean_score": round(statistics.mean(
-        niah.score(it, a) for it, a in zip(items, answers)), 3)}
+    return {
+        "seconds": round(seconds, 3),
+        "mean_score": round(statistics.mean(niah.score(it, a) for it, a in zip(items, answers)), 3),
+    }
 
 
 ENGINE_WORKLOADS: dict[str, Callable[[Engine, int], dict[str, Any]]] = {
-    "decode": decode, "siblings16": siblings16, "cold_chunk8": cold_chunk8}
+    "decode": decode,
+    "siblings16": siblings16,
+    "cold_chunk8": cold_chunk8,
+}
 SETUP_WORKLOADS: dict[str, Callable[[Engine, Engine, int], dict[str, Any]]] = {"demo": demo, "sweep8": sweep8}
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
-def available(names: list[str], threads: int, console: Console) -> tuple[dict[str, Engine], list[Callable[[], None]], dict]:
+def available(
+    names: list[str], threads: int, console: Console
+) -> tuple[dict[str, Engine], list[Callable[[], None]], dict]:
     engines: dict[str, Engine] = {}
     closers: list[Callable[[], None]] = []
     loads: dict[str, Any] = {}
@@ -213,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rep in range(args.repeats):
             for w in workloads:
-                targets = ([(e, e) for e in listed if e in engines] if w in ENGINE_WORKLOADS
-                           else [(s, s) for s in setups])
+                targets = (
+                    [(e, e) for e in listed if e in engines] if w in ENGINE_WORKLOADS else [(s, s) for s in setups]
+                )
                 shift = rep % max(1, len(targets))
                 for label, what in targets[shift:] + targets[:shift]:  # rotate the order between repeats
-                    seed = 1000 * rep + zlib.crc32(label.encode()) % 997  # a new chunk for every (repeat, engine): always cold
+                    seed = (
+                        1000 * rep + zlib.crc32(label.encode()) % 997
+                    )  # a new chunk for every (repeat, engine): always cold
                     try:
                         if w in ENGINE_WORKLOADS:
                             row = ENGINE_WORKLOADS[w](engines[what], seed)
@@ -229,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:  # one engine failing a workload must not lose the others' rows
                         row = {"error": f"{type(exc).__name__}: {exc}"}
                     runs.append({"repeat": rep, "workload": w, "target": label, **row})
-                    console.print(f"  repeat {rep} {w:<12} {label:<24} "
-                                  + (f"{row['seconds']:.2f} s" if "seconds" in row else row.get("error", "")[:160]))
+                    console.print(
+                        f"  repeat {rep} {w:<12} {label:<24} "
+                        + (f"{row['seconds']:.2f} s" if "seconds" in row else row.get("error", "")[:160])
+                    )
     finally:
         for close in closers:
             try:
@@ -241,10 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     print_table(console, summary, args.reference)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                           "python": sys.version.split()[0]},
-                               "args": vars(args), "loads": loads, "summary": summary, "runs": runs}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "platform": platform.platform(),
+                    "processor": platform.processor(),
+                    "python": sys.version.split()[0],
+                },
+                "args": vars(args),
+                "loads": loads,
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     console.print(f"wrote {out}")
     return 0
 
@@ -268,8 +306,9 @@ def summarise(runs: list[dict[str, Any]], reference: str) -> list[dict[str, Any]
             row["first_error"] = errors[0][:300]
         rows.append(row)
     for row in rows:
-        ref = next((r for r in rows if r["workload"] == row["workload"] and r["target"] == reference
-                    and "median_s" in r), None)
+        ref = next(
+            (r for r in rows if r["workload"] == row["workload"] and r["target"] == reference and "median_s" in r), None
+        )
         if ref and "median_s" in row:
             row["speedup_vs_reference"] = round(ref["median_s"] / row["median_s"], 2)
     return rows
@@ -289,9 +328,14 @@ def print_table(console: Console, rows: list[dict[str, Any]], reference: str) ->
             notes.append(f"cached {r['cached_tokens']}")
         if r.get("errors"):
             notes.append(f"{r['errors']} failed: {r.get('first_error', '')[:80]}")
-        table.add_row(r["workload"], r["target"], f"{r['median_s']:.2f}" if "median_s" in r else "-",
-                      f"{r['median_tok_s']:.1f}" if "median_tok_s" in r else "-",
-                      f"{r['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in r else "-", "; ".join(notes))
+        table.add_row(
+            r["workload"],
+            r["target"],
+            f"{r['median_s']:.2f}" if "median_s" in r else "-",
+            f"{r['median_tok_s']:.1f}" if "median_tok_s" in r else "-",
+            f"{r['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in r else "-",
+            "; ".join(notes),
+        )
     console.print(table)
 
 

@@ -10,6 +10,7 @@ Measures, in one process on the embedded GGUF, one thread:
   and the siblings sent one by one into a single slot (``n_parallel=1``), interleaved, with llama.cpp's
   reported evaluated/cached prompt tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,21 +25,27 @@ WORDS = "apple river stone cloud green quick lamp paper north seven silver garde
 
 def chunk(seed: int, words: int) -> str:
     rng = random.Random(seed)
-    body = " ".join(rng.choice(WORDS) + (f" id{rng.randint(100, 999)}." if rng.random() < 0.1 else "")
-                    for _ in range(words))
+    body = " ".join(
+        rng.choice(WORDS) + (f" id{rng.randint(100, 999)}." if rng.random() < 0.1 else "") for _ in range(words)
+    )
     return f"Record log {seed}:\n{body}\n"
 
 
 def siblings(engine, text: str) -> dict:
-    reqs = [Request.completion(f"{text}Question {i}: how many times does the word {w} appear? Answer:", max_tokens=32)
-            for i, w in enumerate(WORDS[:8])]
+    reqs = [
+        Request.completion(f"{text}Question {i}: how many times does the word {w} appear? Answer:", max_tokens=32)
+        for i, w in enumerate(WORDS[:8])
+    ]
     started = time.perf_counter()
     results = engine.generate(reqs)
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 2), "ok": sum(r.ok for r in results),
-            "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
-            "computed_tokens": sum(r.usage.prompt_tokens - (r.usage.cached_tokens or 0) for r in results),
-            "cached": [r.usage.cached_tokens for r in results]}
+    return {
+        "seconds": round(seconds, 2),
+        "ok": sum(r.ok for r in results),
+        "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
+        "computed_tokens": sum(r.usage.prompt_tokens - (r.usage.cached_tokens or 0) for r in results),
+        "cached": [r.usage.cached_tokens for r in results],
+    }
 
 
 def main() -> None:
@@ -55,7 +62,9 @@ def main() -> None:
         for rep in range(args.repeats):
             r = ours.generate([Request.completion("Once upon a time, in a small village,", max_tokens=64)])[0]
             rows["decode_tok_s"].append(round(r.usage.completion_tokens / r.usage.seconds, 2))
-            for name, engine in (("ours", ours), ("llama_default", default), ("one_slot", one_slot))[::1 if rep % 2 == 0 else -1]:
+            for name, engine in (("ours", ours), ("llama_default", default), ("one_slot", one_slot))[
+                :: 1 if rep % 2 == 0 else -1
+            ]:
                 rows[name].append(siblings(engine, chunk(1000 * rep + len(name), args.words)))
                 print(name, rows[name][-1], flush=True)
     finally:
@@ -63,8 +72,10 @@ def main() -> None:
             engine.close()
     mean = {k: sum(x["seconds"] for x in v) / len(v) for k, v in rows.items() if k != "decode_tok_s"}
     print(f"single-stream decode: {rows['decode_tok_s']} tok/s")
-    print(f"8 siblings, cold chunk: ours {mean['ours']:.1f} s, llama-server default {mean['llama_default']:.1f} s, "
-          f"speedup {mean['llama_default'] / mean['ours']:.2f}x; one slot, one by one {mean['one_slot']:.1f} s")
+    print(
+        f"8 siblings, cold chunk: ours {mean['ours']:.1f} s, llama-server default {mean['llama_default']:.1f} s, "
+        f"speedup {mean['llama_default'] / mean['ours']:.2f}x; one slot, one by one {mean['one_slot']:.1f} s"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -5,6 +5,7 @@
 Prints a table and writes JSON. Targets: trivial cell <= 2 ms (issue 7; it was <= 10 ms in issue 3),
 regex <= 1.1x plain, loop-heavy <= 3x plain, 100 MB context load <= 1 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,7 @@ def main() -> None:
     rows: list[dict] = []
 
     def row(name, value, unit, target=None, ok=None, note=""):
-        rows.append({"name": name, "value": round(value, 4), "unit": unit, "target": target,
-                     "ok": ok, "note": note})
+        rows.append({"name": name, "value": round(value, 4), "unit": unit, "target": target, "ok": ok, "note": note})
 
     limits = Limits(cpu_seconds=120, wall_seconds=300, memory_mb=8192)
     with Sandbox(context="small", limits=limits) as sb:
@@ -105,8 +105,13 @@ def main() -> None:
     sb = Sandbox(context=context, limits=limits)
     load = time.perf_counter() - t0
     try:
-        row(f"{ctx_mb} MB context: start + load", load, "s", "<= 1" if ctx_mb == 100 else None,
-            load <= 1 if ctx_mb == 100 else None)
+        row(
+            f"{ctx_mb} MB context: start + load",
+            load,
+            "s",
+            "<= 1" if ctx_mb == 100 else None,
+            load <= 1 if ctx_mb == 100 else None,
+        )
         sb.run("x = 1")
         row(f"{ctx_mb} MB context: worker RSS", rss_mb(sb.pid), "MB")
         plain, boxed = compare(sb, REGEX_CELL, context, 5)
@@ -127,8 +132,14 @@ def main() -> None:
         back = round_trips(sb, 20, 0.0) * 1000
         idle = round_trips(sb, 20, 0.3) * 1000
         row(f"trivial cell with {state_mb} MB state (back-to-back)", back, "ms", note="includes the fork")
-        row(f"trivial cell with {state_mb} MB state (0.3 s between cells)", idle, "ms", "<= 10", idle <= 10,
-            "snapshot forked while idle")
+        row(
+            f"trivial cell with {state_mb} MB state (0.3 s between cells)",
+            idle,
+            "ms",
+            "<= 10",
+            idle <= 10,
+            "snapshot forked while idle",
+        )
 
     width = max(len(r["name"]) for r in rows)
     print(f"{'measure'.ljust(width)}  {'value':>10}  unit  target   ok")
@@ -137,8 +148,16 @@ def main() -> None:
         print(f"{r['name'].ljust(width)}  {r['value']:>10.3f}  {r['unit']:<4}  {r['target'] or '':<7}  {ok}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"rows": rows, "python": sys.version.split()[0], "cpus": os.cpu_count(),
-                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f, indent=2)
+        json.dump(
+            {
+                "rows": rows,
+                "python": sys.version.split()[0],
+                "cpus": os.cpu_count(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.out}")
 
 

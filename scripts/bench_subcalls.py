@@ -10,13 +10,14 @@ one-by-one at N = 16, >= 90% of raw batched throughput.
 
 Usage: PYTHONPATH=. .venv/bin/python scripts/bench_subcalls.py [--quick] [--out scripts/results/bench_subcalls.json]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -25,8 +26,24 @@ from rlm_local.engines.base import Request
 from rlm_local.engines.hf import TransformersEngine
 from rlm_local.scheduling.scheduler import Scheduler
 
-TOPICS = ["rivers", "volcanoes", "bees", "glaciers", "comets", "tides", "owls", "deserts", "coral reefs", "lichens",
-          "thunderstorms", "salmon", "caves", "auroras", "ferns", "octopuses"]
+TOPICS = [
+    "rivers",
+    "volcanoes",
+    "bees",
+    "glaciers",
+    "comets",
+    "tides",
+    "owls",
+    "deserts",
+    "coral reefs",
+    "lichens",
+    "thunderstorms",
+    "salmon",
+    "caves",
+    "auroras",
+    "ferns",
+    "octopuses",
+]
 ASKS = ["Write two sentences about", "Explain to a child how", "List three facts about"]
 
 
@@ -57,12 +74,19 @@ def raw_batched(engine: TransformersEngine, texts: list[str], new_tokens: int) -
     started = time.perf_counter()
     enc = tok(texts, return_tensors="pt", padding=True).to(engine.device)
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            **enc,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tok.pad_token_id,
+        )
     wall = time.perf_counter() - started
     eos = tok.eos_token_id
     tokens = 0
-    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
         tokens += row.index(eos) if eos in row else len(row)
     return wall, tokens
 
@@ -95,35 +119,61 @@ def main() -> None:
         raw_s, raw_tok = min(raws)
         sched_s, sched_tok, stats = min(scheds, key=lambda x: x[0])
         solo_s, solo_tok = one_by_one(engine, requests)
-        row = {"n": n, "new_tokens": new_tokens,
-               "one_by_one_s": round(solo_s, 2), "one_by_one_tok_s": round(solo_tok / solo_s, 2),
-               "scheduler_s": round(sched_s, 2), "scheduler_tok_s": round(sched_tok / sched_s, 2),
-               "raw_s": round(raw_s, 2), "raw_tok_s": round(raw_tok / raw_s, 2),
-               "engine_calls": stats["engine_calls"], "tokens": [solo_tok, sched_tok, raw_tok]}
+        row = {
+            "n": n,
+            "new_tokens": new_tokens,
+            "one_by_one_s": round(solo_s, 2),
+            "one_by_one_tok_s": round(solo_tok / solo_s, 2),
+            "scheduler_s": round(sched_s, 2),
+            "scheduler_tok_s": round(sched_tok / sched_s, 2),
+            "raw_s": round(raw_s, 2),
+            "raw_tok_s": round(raw_tok / raw_s, 2),
+            "engine_calls": stats["engine_calls"],
+            "tokens": [solo_tok, sched_tok, raw_tok],
+        }
         row["speedup_vs_one_by_one"] = round(row["scheduler_tok_s"] / row["one_by_one_tok_s"], 2)
         row["share_of_raw"] = round(row["scheduler_tok_s"] / row["raw_tok_s"], 3)
         rows.append(row)
         print(f"N={n}: one-by-one {solo_s:.1f} s, scheduler {sched_s:.1f} s, raw {raw_s:.1f} s", flush=True)
 
     print(f"\nsibling sub-calls, {new_tokens} new tokens each, greedy; tok/s = completion tokens / wall s")
-    print(f"{'N':>3}{'1-by-1 s':>10}{'tok/s':>8}{'sched s':>9}{'tok/s':>8}{'calls':>6}{'raw s':>8}{'tok/s':>8}"
-          f"{'speedup':>9}{'of raw':>8}")
+    print(
+        f"{'N':>3}{'1-by-1 s':>10}{'tok/s':>8}{'sched s':>9}{'tok/s':>8}{'calls':>6}{'raw s':>8}{'tok/s':>8}"
+        f"{'speedup':>9}{'of raw':>8}"
+    )
     for r in rows:
-        print(f"{r['n']:>3}{r['one_by_one_s']:>10.2f}{r['one_by_one_tok_s']:>8.2f}{r['scheduler_s']:>9.2f}"
-              f"{r['scheduler_tok_s']:>8.2f}{r['engine_calls']:>6}{r['raw_s']:>8.2f}{r['raw_tok_s']:>8.2f}"
-              f"{r['speedup_vs_one_by_one']:>8.2f}x{r['share_of_raw']:>8.1%}")
+        print(
+            f"{r['n']:>3}{r['one_by_one_s']:>10.2f}{r['one_by_one_tok_s']:>8.2f}{r['scheduler_s']:>9.2f}"
+            f"{r['scheduler_tok_s']:>8.2f}{r['engine_calls']:>6}{r['raw_s']:>8.2f}{r['raw_tok_s']:>8.2f}"
+            f"{r['speedup_vs_one_by_one']:>8.2f}x{r['share_of_raw']:>8.1%}"
+        )
     at16 = next((r for r in rows if r["n"] == 16), None)
     if at16:
-        print(f"targets at N=16: speedup {at16['speedup_vs_one_by_one']}x (>= 4x), "
-              f"{at16['share_of_raw']:.1%} of raw (>= 90%)")
+        print(
+            f"targets at N=16: speedup {at16['speedup_vs_one_by_one']}x (>= 4x), "
+            f"{at16['share_of_raw']:.1%} of raw (>= 90%)"
+        )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "bench_subcalls", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "device": engine.device, "threads": torch.get_num_threads()},
-        "model": engine.model_name, "quick": args.quick, "rows": rows,
-    }, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "bench_subcalls",
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "platform": platform.platform(),
+                    "device": engine.device,
+                    "threads": torch.get_num_threads(),
+                },
+                "model": engine.model_name,
+                "quick": args.quick,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nwrote {out}")
     engine.close()
 

@@ -7,13 +7,14 @@ batch. Prints a table and writes JSON with every row, the batch sizes the engine
 
 Usage: PYTHONPATH=. .venv/bin/python scripts/bench_sweep_concurrency.py [--family niah] [--length 1k] [--n 8]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -44,12 +45,33 @@ def one_pass(spec: EngineSpec, fam: str, length: int, n: int, method: str, k: in
         wall = time.perf_counter() - started
         methods.close()
         engine.close()
-    return {"k": k, "wall_s": round(wall, 2), "items_per_min": round(60 * len(rows) / wall, 2),
-            "mean_score": round(sum(r["score"] for r in rows) / len(rows), 3), "engine_calls": len(calls),
-            "mean_batch": round(sum(calls) / max(1, len(calls)), 2), "max_batch": max(calls, default=0),
-            "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows),
-            "rows": [{k_: r[k_] for k_ in ("item_id", "score", "seconds", "stop", "root_calls", "sub_calls",
-                                           "prompt_tokens", "completion_tokens", "answer")} for r in rows]}
+    return {
+        "k": k,
+        "wall_s": round(wall, 2),
+        "items_per_min": round(60 * len(rows) / wall, 2),
+        "mean_score": round(sum(r["score"] for r in rows) / len(rows), 3),
+        "engine_calls": len(calls),
+        "mean_batch": round(sum(calls) / max(1, len(calls)), 2),
+        "max_batch": max(calls, default=0),
+        "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows),
+        "rows": [
+            {
+                k_: r[k_]
+                for k_ in (
+                    "item_id",
+                    "score",
+                    "seconds",
+                    "stop",
+                    "root_calls",
+                    "sub_calls",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "answer",
+                )
+            }
+            for r in rows
+        ],
+    }
 
 
 def main() -> None:
@@ -75,16 +97,33 @@ def main() -> None:
     for col in ("K", "wall s", "items/min", "mean score", "engine calls", "mean batch", "max batch", "tokens"):
         table.add_column(col, justify="right")
     for p in passes:
-        table.add_row(str(p["k"]), f"{p['wall_s']:.1f}", f"{p['items_per_min']:.2f}", f"{p['mean_score']:.2f}",
-                      str(p["engine_calls"]), f"{p['mean_batch']:.2f}", str(p["max_batch"]), f"{p['tokens']:,}")
+        table.add_row(
+            str(p["k"]),
+            f"{p['wall_s']:.1f}",
+            f"{p['items_per_min']:.2f}",
+            f"{p['mean_score']:.2f}",
+            str(p["engine_calls"]),
+            f"{p['mean_batch']:.2f}",
+            str(p["max_batch"]),
+            f"{p['tokens']:,}",
+        )
     console = Console()
     console.print(table)
     console.print(f"throughput K={args.k} / K=1: [bold]{ratio}x[/bold]")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "machine": {"platform": platform.platform(), "processor": platform.processor()},
-                               "args": vars(args), "ratio": ratio, "passes": passes}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {"platform": platform.platform(), "processor": platform.processor()},
+                "args": vars(args),
+                "ratio": ratio,
+                "passes": passes,
+            },
+            indent=2,
+        )
+    )
     console.print(f"wrote {out}")
 
 

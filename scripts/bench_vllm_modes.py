@@ -15,6 +15,7 @@ The modes start one after the other (one engine core at a time); vLLM start-up i
 Usage (a main guard is required: vLLM's engine core is a spawned process):
   PYTHONPATH=. python scripts/bench_vllm_modes.py [--runs 8] [--clients 8] [--out scripts/results/bench_vllm_modes.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import platform
 import statistics
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rlm_local import RLM
@@ -55,8 +56,13 @@ def rlm_workload(engine: Engine, runs: int) -> dict:
 
     def one(i: int) -> None:
         root = ScriptedEngine([ROOT_CELL.replace("{RUN}", str(i)), "FINAL(done)"])
-        rlm = RLM(backend="scripted", engine=root, sub_engine=engine, sub_max_tokens=SUB_TOKENS[i % len(SUB_TOKENS)],
-                  max_iterations=3)
+        rlm = RLM(
+            backend="scripted",
+            engine=root,
+            sub_engine=engine,
+            sub_max_tokens=SUB_TOKENS[i % len(SUB_TOKENS)],
+            max_iterations=3,
+        )
         started = time.perf_counter()
         try:
             result = rlm.completion("context", root_prompt="q")
@@ -76,9 +82,14 @@ def rlm_workload(engine: Engine, runs: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    return {"wall_s": round(time.perf_counter() - started, 2), "mean_run_s": round(statistics.mean(latencies), 2),
-            "max_run_s": round(max(latencies), 2), "subcalls": sum(subcalls), "completion_tokens": sum(tokens),
-            "errors": errors[:5]}
+    return {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "mean_run_s": round(statistics.mean(latencies), 2),
+        "max_run_s": round(max(latencies), 2),
+        "subcalls": sum(subcalls),
+        "completion_tokens": sum(tokens),
+        "errors": errors[:5],
+    }
 
 
 def clients_workload(engine: Engine, clients: int, per_client: int = 6) -> dict:
@@ -88,10 +99,12 @@ def clients_workload(engine: Engine, clients: int, per_client: int = 6) -> dict:
     lock = threading.Lock()
 
     with Scheduler(engine) as sched:
+
         def client(c: int) -> None:
             for k in range(per_client):
-                req = Request.completion(f"Client {c} asks question {k}: the best way to cook rice is",
-                                         max_tokens=16 if (c + k) % 2 else 64)
+                req = Request.completion(
+                    f"Client {c} asks question {k}: the best way to cook rice is", max_tokens=16 if (c + k) % 2 else 64
+                )
                 started = time.perf_counter()
                 (res,) = sched.submit([req], run_id=f"client-{c}")
                 with lock:
@@ -105,8 +118,12 @@ def clients_workload(engine: Engine, clients: int, per_client: int = 6) -> dict:
         for t in threads:
             t.join()
         wall = time.perf_counter() - started
-    return {"wall_s": round(wall, 2), "tokens_per_s": round(tokens[0] / wall, 1),
-            "mean_latency_s": round(statistics.mean(latencies), 2), "requests": len(latencies)}
+    return {
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(tokens[0] / wall, 1),
+        "mean_latency_s": round(statistics.mean(latencies), 2),
+        "requests": len(latencies),
+    }
 
 
 def main() -> None:
@@ -123,10 +140,24 @@ def main() -> None:
         startup = round(time.perf_counter() - started, 1)
         try:
             for rep in (1, 2):
-                rows.append({"backend": backend, "workload": f"rlm x{args.runs}", "rep": rep, "startup_s": startup,
-                             **rlm_workload(engine, args.runs)})
-                rows.append({"backend": backend, "workload": f"clients x{args.clients}", "rep": rep,
-                             "startup_s": startup, **clients_workload(engine, args.clients)})
+                rows.append(
+                    {
+                        "backend": backend,
+                        "workload": f"rlm x{args.runs}",
+                        "rep": rep,
+                        "startup_s": startup,
+                        **rlm_workload(engine, args.runs),
+                    }
+                )
+                rows.append(
+                    {
+                        "backend": backend,
+                        "workload": f"clients x{args.clients}",
+                        "rep": rep,
+                        "startup_s": startup,
+                        **clients_workload(engine, args.clients),
+                    }
+                )
         finally:
             engine.close()
     print(f"{'backend':<11} {'workload':<11} rep {'start s':>7} {'wall s':>7}  details")
@@ -136,10 +167,16 @@ def main() -> None:
     second = {(r["backend"], r["workload"]): r["wall_s"] for r in rows if r["rep"] == 2}
     ratios = {w: round(second[("vllm", w)] / second[("vllm-async", w)], 2) for b, w in second if b == "vllm"}
     print("LLM wall / AsyncLLM wall (rep 2, >1 means AsyncLLM is faster):", ratios)
-    out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-           "cpus": os.cpu_count(), "model": "gemma-3-270m (embedded, bf16)", "vllm_cpu_kvcache_gib":
-           os.environ["VLLM_CPU_KVCACHE_SPACE"], "rows": rows, "llm_over_async_wall": ratios,
-           "note": "shared 2-core machine with other jobs running: rough ratios only"}
+    out = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "model": "gemma-3-270m (embedded, bf16)",
+        "vllm_cpu_kvcache_gib": os.environ["VLLM_CPU_KVCACHE_SPACE"],
+        "rows": rows,
+        "llm_over_async_wall": ratios,
+        "note": "shared 2-core machine with other jobs running: rough ratios only",
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 

@@ -5,12 +5,13 @@
 
 Prints a table (one row per task) and writes JSON with every answer, timing and usage.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -38,8 +39,9 @@ def main() -> None:
     if args.base_url:
         kwargs["base_url"] = args.base_url
     started = time.time()
-    rlm = RLM(backend=args.backend, backend_kwargs=kwargs, max_iterations=args.max_iterations,
-              trajectory_path=args.trajectory)
+    rlm = RLM(
+        backend=args.backend, backend_kwargs=kwargs, max_iterations=args.max_iterations, trajectory_path=args.trajectory
+    )
     load_seconds = time.time() - started
     tasks = needle_suite(args.tasks, args.min_length, args.max_length)
     rows = []
@@ -49,13 +51,32 @@ def main() -> None:
     for i, task in enumerate(tasks):
         result = rlm.completion(task.context, root_prompt=task.question)
         ok = task.is_correct(result.response)
-        rows.append({"length": task.length, "depth": task.depth, "key": task.key, "expected": task.answer,
-                     "answer": result.response, "correct": ok, "iterations": result.iterations,
-                     "stopped_reason": result.stopped_reason, "seconds": round(result.execution_time, 2),
-                     "usage": result.usage_summary.to_dict()})
-        table.add_row(str(i + 1), f"{task.length:,}", f"{task.depth:.2f}", task.key, task.answer,
-                      result.response[:40], "yes" if ok else "no", str(result.iterations), result.stopped_reason,
-                      f"{result.execution_time:.1f}")
+        rows.append(
+            {
+                "length": task.length,
+                "depth": task.depth,
+                "key": task.key,
+                "expected": task.answer,
+                "answer": result.response,
+                "correct": ok,
+                "iterations": result.iterations,
+                "stopped_reason": result.stopped_reason,
+                "seconds": round(result.execution_time, 2),
+                "usage": result.usage_summary.to_dict(),
+            }
+        )
+        table.add_row(
+            str(i + 1),
+            f"{task.length:,}",
+            f"{task.depth:.2f}",
+            task.key,
+            task.answer,
+            result.response[:40],
+            "yes" if ok else "no",
+            str(result.iterations),
+            result.stopped_reason,
+            f"{result.execution_time:.1f}",
+        )
         console.print(f"task {i + 1}/{len(tasks)}: {'correct' if ok else 'wrong'} ({result.execution_time:.1f} s)")
     rlm.close()
     correct = sum(r["correct"] for r in rows)
@@ -63,9 +84,20 @@ def main() -> None:
     console.print(f"[bold]{correct}/{len(rows)} correct[/bold]; model load {load_seconds:.1f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "backend": args.backend, "model": rlm.engine.model_name, "correct": correct,
-                               "tasks": len(rows), "load_seconds": round(load_seconds, 2), "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "backend": args.backend,
+                "model": rlm.engine.model_name,
+                "correct": correct,
+                "tasks": len(rows),
+                "load_seconds": round(load_seconds, 2),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     console.print(f"wrote {out}")
 
 

@@ -15,6 +15,7 @@ each row records which rlm_local it ran (``code``). The server for the measureme
 scripts/results/eval_steering.md was xllamacpp's llama-server (1 thread, n_ctx 32768, 2 slots, alias
 qwen2.5-coder-1.5b) on 127.0.0.1:8411.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,21 +34,44 @@ def items() -> list[dict]:
     """The fixed item set: 3 needles (8K-20K characters) and 2 benchmark-kit items (2K tokens)."""
     out = []
     for task in needle_suite(3, 8_000, 20_000, seed=1234):
-        out.append({"kind": "needle", "id": f"needle-{task.key}-{task.length}", "context": task.context,
-                    "question": task.question, "gold": task.answer,
-                    "score": (lambda answer, t=task: float(t.is_correct(answer)))})
+        out.append(
+            {
+                "kind": "needle",
+                "id": f"needle-{task.key}-{task.length}",
+                "context": task.context,
+                "question": task.question,
+                "gold": task.answer,
+                "score": (lambda answer, t=task: float(t.is_correct(answer))),
+            }
+        )
     for name in ("niah", "oolong"):
         fam = family(name)
         (item,) = fam.generate(2_000, 1, seed=7)
-        out.append({"kind": f"bench-{name}", "id": item.item_id, "context": item.context, "question": item.question,
-                    "gold": item.gold, "score": (lambda answer, i=item, f=fam: float(f.score(i, answer)))})
+        out.append(
+            {
+                "kind": f"bench-{name}",
+                "id": item.item_id,
+                "context": item.context,
+                "question": item.question,
+                "gold": item.gold,
+                "score": (lambda answer, i=item, f=fam: float(f.score(i, answer))),
+            }
+        )
     return out
 
 
 def trajectory_stats(path: Path) -> dict:
     """Counts from the run's trajectory: root replies, their lengths, cells, sub-calls, notes seen."""
-    stats = {"root_turns": 0, "root_completion_tokens": [], "cells": 0, "cell_errors": 0, "subcalls": 0,
-             "assigns_context": 0, "shadow_notes": 0, "repeated_replies": 0}
+    stats = {
+        "root_turns": 0,
+        "root_completion_tokens": [],
+        "cells": 0,
+        "cell_errors": 0,
+        "subcalls": 0,
+        "assigns_context": 0,
+        "shadow_notes": 0,
+        "repeated_replies": 0,
+    }
     last_reply = None
     if not path.exists():
         return stats
@@ -94,8 +118,13 @@ def main() -> None:
         traj = Path(args.trajectories) / f"{args.label}-{index}.jsonl"
         traj.parent.mkdir(parents=True, exist_ok=True)
         traj.unlink(missing_ok=True)
-        rlm = RLM(backend="openai", backend_kwargs={"model_name": args.model, "base_url": args.base_url},
-                  max_iterations=args.max_iterations, max_timeout=args.max_timeout, trajectory_path=str(traj))
+        rlm = RLM(
+            backend="openai",
+            backend_kwargs={"model_name": args.model, "base_url": args.base_url},
+            max_iterations=args.max_iterations,
+            max_timeout=args.max_timeout,
+            trajectory_path=str(traj),
+        )
         started = time.time()
         error = None
         try:
@@ -105,14 +134,30 @@ def main() -> None:
             answer, stop, turns, error = "", "exception", 0, f"{type(exc).__name__}: {exc}"
         finally:
             rlm.close()
-        row = {"label": args.label, "code": str(Path(rlm_local.__file__).parent.parent), "index": index,
-               "kind": item["kind"], "id": item["id"], "question": item["question"], "gold": item["gold"],
-               "answer": answer[:500], "score": item["score"](answer), "stopped_reason": stop, "iterations": turns,
-               "seconds": round(time.time() - started, 1), "error": error, **trajectory_stats(traj)}
+        row = {
+            "label": args.label,
+            "code": str(Path(rlm_local.__file__).parent.parent),
+            "index": index,
+            "kind": item["kind"],
+            "id": item["id"],
+            "question": item["question"],
+            "gold": item["gold"],
+            "answer": answer[:500],
+            "score": item["score"](answer),
+            "stopped_reason": stop,
+            "iterations": turns,
+            "seconds": round(time.time() - started, 1),
+            "error": error,
+            **trajectory_stats(traj),
+        }
         with out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(json.dumps({k: row[k] for k in ("label", "index", "kind", "score", "stopped_reason", "iterations",
-                                              "seconds")}), flush=True)
+        print(
+            json.dumps(
+                {k: row[k] for k in ("label", "index", "kind", "score", "stopped_reason", "iterations", "seconds")}
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ run bookkeeping, the trajectory and meta files, metrics and the event stream.
 
 Prints a table and writes the figures as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ import openai
 
 from rlm_local import RLM
 from rlm_local.engines.scripted import ScriptedEngine
-from rlm_local.testing import BackgroundServer
 from rlm_local.service import RLMConfig, ServiceConfig, create_service_app
+from rlm_local.testing import BackgroundServer
 
 CODE = "```repl\nparts = llm_query_batched(['part ' + str(i) + ' ' + str(context)[-14:] for i in range(4)])\nFINAL(parts[0])\n```"
 
@@ -35,8 +36,12 @@ def reply(request) -> str:
 
 def stats(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
-    return {"median_ms": round(statistics.median(s) * 1000, 2), "mean_ms": round(statistics.fmean(s) * 1000, 2),
-            "p90_ms": round(s[int(0.9 * (len(s) - 1))] * 1000, 2), "runs": len(s)}
+    return {
+        "median_ms": round(statistics.median(s) * 1000, 2),
+        "mean_ms": round(statistics.fmean(s) * 1000, 2),
+        "p90_ms": round(s[int(0.9 * (len(s) - 1))] * 1000, 2),
+        "runs": len(s),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     inproc, http, streamed = [], [], []
     with tempfile.TemporaryDirectory() as data, RLM(engine=engine, max_iterations=3) as rlm:
-        config = ServiceConfig(rlms={"rlm": RLMConfig(name="rlm", engine=engine, budgets={"max_iterations": 3})},
-                               data_dir=Path(data))
+        config = ServiceConfig(
+            rlms={"rlm": RLMConfig(name="rlm", engine=engine, budgets={"max_iterations": 3})}, data_dir=Path(data)
+        )
         app = create_service_app(config, tracer_provider=None)
         try:
             with BackgroundServer(app) as url:
@@ -58,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 def ask(doc: str, **kw):
                     return client.chat.completions.create(
-                        model="rlm", messages=[{"role": "user", "content": doc}, {"role": "user", "content": "end?"}], **kw)
+                        model="rlm",
+                        messages=[{"role": "user", "content": doc}, {"role": "user", "content": "end?"}],
+                        **kw,
+                    )
 
                 rlm.completion(docs[-1], "warm up")
                 ask(docs[-2])
@@ -73,23 +82,32 @@ def main(argv: list[str] | None = None) -> int:
                     http.append(time.perf_counter() - t)
                     assert f"END-{3 * i + 1:04d}" in r.choices[0].message.content
                     t = time.perf_counter()
-                    text = "".join(c.choices[0].delta.content or "" for c in ask(docs[3 * i + 2], stream=True)
-                                   if c.choices)
+                    text = "".join(
+                        c.choices[0].delta.content or "" for c in ask(docs[3 * i + 2], stream=True) if c.choices
+                    )
                     streamed.append(time.perf_counter() - t)
                     assert f"END-{3 * i + 2:04d}" in text
         finally:
             app.state.service.close()
 
-    rows = {"in-process completion()": stats(inproc), "server, non-streaming": stats(http),
-            "server, streaming": stats(streamed)}
+    rows = {
+        "in-process completion()": stats(inproc),
+        "server, non-streaming": stats(http),
+        "server, streaming": stats(streamed),
+    }
     base = rows["in-process completion()"]["median_ms"]
     print(f"{'path':28} {'median ms':>10} {'mean ms':>10} {'p90 ms':>10} {'overhead ms':>12}")
     for name, r in rows.items():
-        print(f"{name:28} {r['median_ms']:>10.2f} {r['mean_ms']:>10.2f} {r['p90_ms']:>10.2f} "
-              f"{r['median_ms'] - base:>12.2f}")
-    out = {"runs": args.runs, "paths": rows,
-           "overhead_median_ms": {k: round(v["median_ms"] - base, 2) for k, v in rows.items()},
-           "note": "scripted engine (no model time): one root turn, one cell with a batch of 4 sub-calls, FINAL"}
+        print(
+            f"{name:28} {r['median_ms']:>10.2f} {r['mean_ms']:>10.2f} {r['p90_ms']:>10.2f} "
+            f"{r['median_ms'] - base:>12.2f}"
+        )
+    out = {
+        "runs": args.runs,
+        "paths": rows,
+        "overhead_median_ms": {k: round(v["median_ms"] - base, 2) for k, v in rows.items()},
+        "note": "scripted engine (no model time): one root turn, one cell with a batch of 4 sub-calls, FINAL",
+    }
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
     return 0

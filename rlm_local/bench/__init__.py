@@ -3,6 +3,7 @@
 
 Data flows one way: cli -> runner (or ray_runner) -> methods -> RLM; families only generate and score.
 """
+
 from .items import FAMILIES, BenchError, Item, family, parse_length
 
 __all__ = ["FAMILIES", "BenchError", "Item", "family", "parse_length"]

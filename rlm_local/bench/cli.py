@@ -1,8 +1,9 @@
 """``rlm-local bench``: argument parsing and display for the benchmark kit (the work is in runner.py).
 
-    rlm-local bench niah --lengths 8k,32k --n 3 --methods base,rlm --out bench/niah
-    rlm-local bench report bench/niah
+rlm-local bench niah --lengths 8k,32k --n 3 --methods base,rlm --out bench/niah
+rlm-local bench report bench/niah
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,40 +15,65 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..engines import BACKENDS as ENGINE_BACKENDS, DEFAULT_BACKEND
+from ..engines import BACKENDS as ENGINE_BACKENDS
+from ..engines import DEFAULT_BACKEND
 from .items import FAMILIES, METHODS, BenchError, parse_length
 
 BACKENDS = (*(b for b in ENGINE_BACKENDS if b != "scripted"), "oracle")  # oracle: the kit's scripted self-check
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmark RLMs against baselines on generated long-context tasks",
-                       description="Run a task family with several methods and context lengths, or "
-                                   "`bench report DIR` to redraw tables and plots from saved rows.")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark RLMs against baselines on generated long-context tasks",
+        description="Run a task family with several methods and context lengths, or "
+        "`bench report DIR` to redraw tables and plots from saved rows.",
+    )
     p.add_argument("family", help=f"{', '.join(FAMILIES)}, or 'report'")
     p.add_argument("report_dir", nargs="?", help="with 'report': a results directory (or a directory of them)")
     p.add_argument("--lengths", default="8k,32k", help="context lengths in tokens, comma-separated (8k, 1m, 4096)")
     p.add_argument("--n", type=int, default=3, help="items per length")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"{', '.join(BACKENDS)} (oracle: a correct scripted "
-                   "model, a self-check of the kit)")
+    p.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help=f"{', '.join(BACKENDS)} (oracle: a correct scripted model, a self-check of the kit)",
+    )
     p.add_argument("--model", default=None, help="model name or directory (default: the embedded Gemma 3 270M)")
-    p.add_argument("--base-url", action="append", default=None, help="server URL for --backend openai; repeat for "
-                   "several servers (the engine pool)")
+    p.add_argument(
+        "--base-url",
+        action="append",
+        default=None,
+        help="server URL for --backend openai; repeat for several servers (the engine pool)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch / llama.cpp decode threads")
     p.add_argument("--concurrency", "-k", type=int, default=1, help="items run at once through one shared scheduler")
     p.add_argument("--out", default=None, help="results directory (default: bench/results/FAMILY)")
     p.add_argument("--resume", action="store_true", help="continue a sweep: skip the rows already in --out")
     p.add_argument("--max-iterations", type=int, default=8, help="root turns per RLM run")
     p.add_argument("--max-timeout", type=float, default=None, help="seconds per item and method")
-    p.add_argument("--window", type=int, default=None, help="prompt tokens for base and summary (default: the "
-                   "model card's prompt budget)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="prompt tokens for base and summary (default: the model card's prompt budget)",
+    )
     p.add_argument("--source", default=None, help="codeqa: a directory of Python code (default: the stdlib)")
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="distribute items over a Ray cluster (no ADDRESS: start a local one); needs rlm-local[ray]")
-    p.add_argument("--workers", type=int, default=None, help="with --ray: worker actors, each with its own engine "
-                   "(default: one per --base-url, else one)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="distribute items over a Ray cluster (no ADDRESS: start a local one); needs rlm-local[ray]",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --ray: worker actors, each with its own engine (default: one per --base-url, else one)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--markdown", action="store_true", help="with 'report': print the table as Markdown")
 
@@ -67,17 +93,33 @@ def run(args: argparse.Namespace, err: Console) -> int:
         raise BenchError(f"unknown backend {args.backend!r} for bench; choose one of: {', '.join(BACKENDS)}")
     if args.base_url and args.backend != "openai":
         raise BenchError("--base-url only applies to --backend openai")
-    sweep = Sweep(family=args.family, lengths=[parse_length(x) for x in args.lengths.split(",") if x.strip()],
-                  n=args.n, methods=[m.strip() for m in args.methods.split(",") if m.strip()], seed=args.seed,
-                  engine=EngineSpec(args.backend, args.model, args.base_url or [], args.threads),
-                  concurrency=args.concurrency, out=Path(args.out or f"bench/results/{args.family}"),
-                  resume=args.resume, max_iterations=args.max_iterations, max_timeout=args.max_timeout,
-                  window=args.window, source=args.source)
+    sweep = Sweep(
+        family=args.family,
+        lengths=[parse_length(x) for x in args.lengths.split(",") if x.strip()],
+        n=args.n,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seed=args.seed,
+        engine=EngineSpec(args.backend, args.model, args.base_url or [], args.threads),
+        concurrency=args.concurrency,
+        out=Path(args.out or f"bench/results/{args.family}"),
+        resume=args.resume,
+        max_iterations=args.max_iterations,
+        max_timeout=args.max_timeout,
+        window=args.window,
+        source=args.source,
+    )
     sweep.check()
     if args.backend == "transformers":
         _quiet_transformers()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[last]}"), console=err, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=err,
+        transient=False,
+    ) as progress:
         task = progress.add_task(f"{sweep.family}", total=None, last="generating items, loading the model")
 
         def on_row(row: dict[str, Any]) -> None:
@@ -88,8 +130,10 @@ def run(args: argparse.Namespace, err: Console) -> int:
 
         if args.ray:
             from .ray_runner import run_sweep_on_ray
-            path = run_sweep_on_ray(sweep, None if args.ray == "local" else args.ray, workers=args.workers,
-                                    on_row=on_row, on_total=on_total)
+
+            path = run_sweep_on_ray(
+                sweep, None if args.ray == "local" else args.ray, workers=args.workers, on_row=on_row, on_total=on_total
+            )
         else:
             path = run_sweep(sweep, on_row=on_row, on_total=on_total)
     return _report(path.parent, out, err, plots=not args.no_plots)
@@ -112,6 +156,7 @@ def _report(directory: Path, out: Console, err: Console, plots: bool = True, mar
         out.print(table)
     if plots:
         from .plots import write_plots
+
         try:
             paths = write_plots(rows, directory)
         except BenchError as exc:  # rows are safe; only the pictures are missing

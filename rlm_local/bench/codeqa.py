@@ -7,6 +7,7 @@ Only names defined exactly once in the context are asked, so each question has o
 Gold: the option letter. Score: accuracy (the first standalone A-D after the last ':').
 Items are deterministic for a given directory content (the stdlib of one Python version).
 """
+
 from __future__ import annotations
 
 import ast
@@ -46,8 +47,10 @@ def _pick_files(rng: random.Random, root: Path, n_chars: int) -> list[tuple[str,
     if not files:
         raise BenchError(f"codeqa: no Python files under {root}")
     if sum(size for _, size in files) < n_chars:
-        raise BenchError(f"codeqa: {root} holds only {sum(s for _, s in files):,} characters of Python, less than "
-                         f"the {n_chars:,} asked for; pick a shorter length or a larger --source")
+        raise BenchError(
+            f"codeqa: {root} holds only {sum(s for _, s in files):,} characters of Python, less than "
+            f"the {n_chars:,} asked for; pick a shorter length or a larger --source"
+        )
     rng.shuffle(files)
     chosen, total = [], 0
     for rel, size in files:
@@ -102,7 +105,7 @@ class _TextIndex:
             if m := re.match(r"class (\w+)", line):
                 cls = m.group(1)
             if line.startswith(HEADER):
-                path = line[len(HEADER):]
+                path = line[len(HEADER) :]
 
     def agrees(self, kind: str, name: str, gold: str) -> bool:
         """The question reads the same in the raw text: the name is def'd once, and the file header (or, for
@@ -124,9 +127,10 @@ def make_item(length_tokens: int, index: int, seed: int, source: str | Path | No
     funcs, methods = _definitions(files)
     file_names = [rel for rel, _, _ in files]
     classes = sorted({c for cs in methods.values() for c in cs})
-    pools = {"func_file": ([n for n, fs in sorted(funcs.items()) if len(fs) == 1], funcs, file_names),
-             "method_class": ([n for n, cs in sorted(methods.items()) if len(cs) == 1 and n not in funcs],
-                              methods, classes)}
+    pools = {
+        "func_file": ([n for n, fs in sorted(funcs.items()) if len(fs) == 1], funcs, file_names),
+        "method_class": ([n for n, cs in sorted(methods.items()) if len(cs) == 1 and n not in funcs], methods, classes),
+    }
     kinds = ["func_file", "method_class"] if index % 2 == 0 else ["method_class", "func_file"]
     index_ = _TextIndex(context)
     for kind in kinds:
@@ -140,17 +144,38 @@ def make_item(length_tokens: int, index: int, seed: int, source: str | Path | No
             options = others + [gold_owner]
             rng.shuffle(options)
             letter = LETTERS[options.index(gold_owner)]
-            what = (f"Which file defines the top-level function `{name}`?" if kind == "func_file"
-                    else f"Which class defines the method `{name}`?")
+            what = (
+                f"Which file defines the top-level function `{name}`?"
+                if kind == "func_file"
+                else f"Which class defines the method `{name}`?"
+            )
             listed = " ".join(f"{LETTERS[i]}) {o}" for i, o in enumerate(options))
-            question = (f"The text is Python source code, file by file (each file starts with a '{HEADER}<path>' "
-                        f"line). {what} Options: {listed}. Answer as 'Answer: <letter>'.")
-            return Item(family=NAME, item_id=item_id(NAME, length_tokens, index, seed), seed=s,
-                        length_tokens=length_tokens, length_chars=len(context), context=context, question=question,
-                        gold=letter, meta={"kind": kind, "name": name, "options": options, "source": str(root),
-                                           "python": sys.version.split()[0], "files": file_names})
-    raise BenchError(f"codeqa: no unambiguous question in {len(files)} file(s) at {length_tokens:,} tokens "
-                     f"(seed {s}); try a longer length")
+            question = (
+                f"The text is Python source code, file by file (each file starts with a '{HEADER}<path>' "
+                f"line). {what} Options: {listed}. Answer as 'Answer: <letter>'."
+            )
+            return Item(
+                family=NAME,
+                item_id=item_id(NAME, length_tokens, index, seed),
+                seed=s,
+                length_tokens=length_tokens,
+                length_chars=len(context),
+                context=context,
+                question=question,
+                gold=letter,
+                meta={
+                    "kind": kind,
+                    "name": name,
+                    "options": options,
+                    "source": str(root),
+                    "python": sys.version.split()[0],
+                    "files": file_names,
+                },
+            )
+    raise BenchError(
+        f"codeqa: no unambiguous question in {len(files)} file(s) at {length_tokens:,} tokens "
+        f"(seed {s}); try a longer length"
+    )
 
 
 def generate(length_tokens: int, n: int, seed: int = 0, source: str | Path | None = None, **_: object) -> list[Item]:
@@ -165,15 +190,18 @@ def oracle_code(item: Item) -> str:
     m = item.meta
     name, options = m["name"], m["options"]
     if m["kind"] == "func_file":
-        find = (f"owner = None\nfor part in context.split({HEADER!r})[1:]:\n"
-                f"    path, _, body = part.partition('\\n')\n"
-                f"    if re.search(r'^(?:async\\s+)?def {name}\\(', body, re.M):\n        owner = path\n")
+        find = (
+            f"owner = None\nfor part in context.split({HEADER!r})[1:]:\n"
+            f"    path, _, body = part.partition('\\n')\n"
+            f"    if re.search(r'^(?:async\\s+)?def {name}\\(', body, re.M):\n        owner = path\n"
+        )
     else:
-        find = (f"owner = None\ncls = None\nfor line in context.split('\\n'):\n"
-                f"    m = re.match(r'class (\\w+)', line)\n    if m:\n        cls = m.group(1)\n"
-                f"    if re.match(r'\\s+(?:async\\s+)?def {name}\\(', line):\n        owner = cls\n")
-    return (f"import re\n{find}options = {options!r}\n"
-            f"FINAL('Answer: ' + {LETTERS!r}[options.index(owner)])")
+        find = (
+            f"owner = None\ncls = None\nfor line in context.split('\\n'):\n"
+            f"    m = re.match(r'class (\\w+)', line)\n    if m:\n        cls = m.group(1)\n"
+            f"    if re.match(r'\\s+(?:async\\s+)?def {name}\\(', line):\n        owner = cls\n"
+        )
+    return f"import re\n{find}options = {options!r}\nFINAL('Answer: ' + {LETTERS!r}[options.index(owner)])"
 
 
 def oracle_sub(prompt: str) -> str | None:

@@ -4,29 +4,89 @@ Used by the CLI demo and by scripts/eval_niah.py. The filler is varied report-li
 line, drawn from a seeded generator so every task is reproducible; the needle is a sentence of the form
 "The special magic number for <key> is: <7 digits>." planted at a chosen depth.
 """
+
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-_SUBJECTS = ["The committee", "The harbour office", "A local farmer", "The survey team", "The night shift",
-             "The museum curator", "A visiting engineer", "The school board", "The weather station",
-             "The river authority", "The railway company", "A young botanist", "The town council",
-             "The library staff", "The fishing fleet", "The mountain rescue team"]
-_VERBS = ["reported", "noted", "recorded", "observed", "discussed", "reviewed", "confirmed", "described",
-          "questioned", "summarised"]
-_OBJECTS = ["a slight change in the tides", "the cost of repairing the old bridge", "an unusually dry spring",
-            "the arrival of migrating geese", "a delay in the delivery of timber", "the results of the annual census",
-            "a new schedule for the ferry", "the condition of the northern road", "the price of wheat at the market",
-            "a shortage of lamp oil", "the planting of two hundred oak trees", "a dispute over grazing rights",
-            "the repainting of the lighthouse", "the collapse of an old barn", "a festival planned for autumn"]
-_TAILS = ["after a long meeting.", "without further comment.", "in the quarterly bulletin.", "to general surprise.",
-          "as expected.", "for the third time this year.", "in a short letter.", "before the winter came.",
-          "with some concern.", "at the request of the mayor."]
+_SUBJECTS = [
+    "The committee",
+    "The harbour office",
+    "A local farmer",
+    "The survey team",
+    "The night shift",
+    "The museum curator",
+    "A visiting engineer",
+    "The school board",
+    "The weather station",
+    "The river authority",
+    "The railway company",
+    "A young botanist",
+    "The town council",
+    "The library staff",
+    "The fishing fleet",
+    "The mountain rescue team",
+]
+_VERBS = [
+    "reported",
+    "noted",
+    "recorded",
+    "observed",
+    "discussed",
+    "reviewed",
+    "confirmed",
+    "described",
+    "questioned",
+    "summarised",
+]
+_OBJECTS = [
+    "a slight change in the tides",
+    "the cost of repairing the old bridge",
+    "an unusually dry spring",
+    "the arrival of migrating geese",
+    "a delay in the delivery of timber",
+    "the results of the annual census",
+    "a new schedule for the ferry",
+    "the condition of the northern road",
+    "the price of wheat at the market",
+    "a shortage of lamp oil",
+    "the planting of two hundred oak trees",
+    "a dispute over grazing rights",
+    "the repainting of the lighthouse",
+    "the collapse of an old barn",
+    "a festival planned for autumn",
+]
+_TAILS = [
+    "after a long meeting.",
+    "without further comment.",
+    "in the quarterly bulletin.",
+    "to general surprise.",
+    "as expected.",
+    "for the third time this year.",
+    "in a short letter.",
+    "before the winter came.",
+    "with some concern.",
+    "at the request of the mayor.",
+]
 
-KEYS = ["amber falcon", "silver lantern", "quiet meadow", "copper harbor", "velvet orchard", "granite bell",
-        "crimson kettle", "hollow pine", "marble compass", "electric heron", "woolen anchor", "paper volcano",
-        "frozen violin", "golden tunnel", "rusty comet"]
+KEYS = [
+    "amber falcon",
+    "silver lantern",
+    "quiet meadow",
+    "copper harbor",
+    "velvet orchard",
+    "granite bell",
+    "crimson kettle",
+    "hollow pine",
+    "marble compass",
+    "electric heron",
+    "woolen anchor",
+    "paper volcano",
+    "frozen violin",
+    "golden tunnel",
+    "rusty comet",
+]
 
 
 @dataclass(frozen=True)
@@ -66,11 +126,12 @@ def make_needle_task(length: int = 100_000, depth: float = 0.5, seed: int = 0, k
     needle = f"The special magic number for {key} is: {number}."
     lines.insert(int(round(depth * len(lines))), needle)
     question = f"What is the special magic number for {key}?"
-    return NeedleTask(context="\n".join(lines), question=question, answer=number, key=key, depth=depth,
-                      length=length)
+    return NeedleTask(context="\n".join(lines), question=question, answer=number, key=key, depth=depth, length=length)
 
 
-def needle_suite(n: int = 10, min_length: int = 50_000, max_length: int = 500_000, seed: int = 1234) -> list[NeedleTask]:
+def needle_suite(
+    n: int = 10, min_length: int = 50_000, max_length: int = 500_000, seed: int = 1234
+) -> list[NeedleTask]:
     """``n`` tasks with different keys, evenly spread depths and lengths growing from min to max."""
     tasks = []
     for i in range(n):

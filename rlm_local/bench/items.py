@@ -6,6 +6,7 @@ module exposing ``make_item(length_tokens, index, seed, **options) -> Item`` (op
 use are ignored, e.g. codeqa's ``source``), ``generate(length_tokens, n, seed, **options)``,
 ``score(item, answer)`` (a float in [0, 1]) and the oracle hooks (``oracle_code``, ``oracle_sub``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,14 +15,12 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from ..errors import BenchError, InputError
+from ..errors import BenchError
 
 FAMILIES = ("niah", "oolong", "pairs", "codeqa")
 METHODS = ("base", "rlm-nosub", "rlm", "summary")  # in the order tables and plots show them
 CHARS_PER_TOKEN = 4  # generators size contexts in characters; the runner counts real tokens per engine
 MIN_TOKENS, MAX_TOKENS = 1_000, 10_000_000
-
-
 
 
 @dataclass
@@ -60,8 +59,9 @@ def parse_length(text: str) -> int:
         raise BenchError(f"cannot read length {text!r}; write tokens like 8k, 32k, 1m or 4096")
     value = int(float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()])
     if not MIN_TOKENS <= value <= MAX_TOKENS:
-        raise BenchError(f"length {text!r} = {value:,} tokens cannot be generated: use {MIN_TOKENS:,} to "
-                         f"{MAX_TOKENS:,} tokens")
+        raise BenchError(
+            f"length {text!r} = {value:,} tokens cannot be generated: use {MIN_TOKENS:,} to {MAX_TOKENS:,} tokens"
+        )
     return value
 
 

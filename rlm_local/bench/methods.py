@@ -11,6 +11,7 @@ Guarantees: every method returns an :class:`Answer` (never raises for a model or
 land in ``stop`` and ``error``); all calls go through the engine's one shared scheduler, so concurrent
 items batch together; the RLMs are created once per sweep and closed by :meth:`Methods.close`.
 """
+
 from __future__ import annotations
 
 import resource
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engines import Engine, Request, Result, Usage
-from ..rlm import RLM
 from ..loop.run import FINAL_GRACE_SECONDS, Model
+from ..rlm import RLM
 from .items import METHODS, BenchError, Item
+
 NOTES_CHARS = 2_000  # running notes of the summary agent are cut here so they never crowd out the chunk
 FRAME_TOKENS = 64  # room for the prompt frame ("Question: ... Answer:") around context and question
 
@@ -58,8 +60,15 @@ class NoSubEngine(Engine):
         self.context_length = like.context_length
 
     def generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
-        return [Result(text="", finish_reason="error", usage=Usage(),
-                       error="sub-calls are disabled in this run (rlm-nosub); use code only") for _ in requests]
+        return [
+            Result(
+                text="",
+                finish_reason="error",
+                usage=Usage(),
+                error="sub-calls are disabled in this run (rlm-nosub); use code only",
+            )
+            for _ in requests
+        ]
 
 
 def check_methods(names: list[str]) -> list[str]:
@@ -79,16 +88,28 @@ class Methods:
     """The methods of one sweep on one engine. ``window`` caps the prompt of ``base`` and ``summary`` (default:
     the root model's prompt budget from its card); thread-safe: items may run concurrently."""
 
-    def __init__(self, engine: Engine, names: list[str], *, max_iterations: int = 8, max_timeout: float | None = None,
-                 window: int | None = None, scheduler_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        names: list[str],
+        *,
+        max_iterations: int = 8,
+        max_timeout: float | None = None,
+        window: int | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.names = check_methods(names)
         self.engine, self.max_timeout = engine, max_timeout
         self._rlms: dict[str, RLM] = {}
         self._nosub = NoSubEngine(engine)
         # The scheduler's memo is off by default: a method must never be answered from another method's (or a
         # previous item's) identical call, or its cost would read as zero.
-        common = dict(engine=engine, max_iterations=max_iterations, max_timeout=max_timeout,
-                      scheduler_kwargs={"memo": False} if scheduler_kwargs is None else scheduler_kwargs)
+        common = dict(
+            engine=engine,
+            max_iterations=max_iterations,
+            max_timeout=max_timeout,
+            scheduler_kwargs={"memo": False} if scheduler_kwargs is None else scheduler_kwargs,
+        )
         try:
             # The full RLM also serves base and summary: they use its root model (card, format, scheduler).
             self._rlms["rlm"] = RLM(backend=engine.backend, **common)
@@ -112,34 +133,55 @@ class Methods:
                 return self._rlm(self._rlms[name], item)
             return self._base(item) if name == "base" else self._summary(item)
         except Exception as exc:  # one item's failure must not end the sweep: it becomes that row's error
-            return Answer(answer="", stop="error", seconds=time.monotonic() - started,
-                          error=f"{type(exc).__name__}: {exc}")
+            return Answer(
+                answer="", stop="error", seconds=time.monotonic() - started, error=f"{type(exc).__name__}: {exc}"
+            )
 
     # ---- the methods ------------------------------------------------------------------------------------
     def _rlm(self, rlm: RLM, item: Item) -> Answer:
         result = rlm.completion(item.context, root_prompt=item.question)
         s = result.usage_summary
         root, sub = s.by_role.get("root", Usage()), s.by_role.get("sub", Usage())
-        return Answer(answer=result.response, stop=result.stopped_reason, seconds=result.execution_time,
-                      root_calls=root.calls, sub_calls=sub.calls, prompt_tokens=s.total.prompt_tokens,
-                      cached_tokens=s.total.cached_tokens, completion_tokens=s.total.completion_tokens,
-                      iterations=result.iterations, trajectory=result.trajectory)
+        return Answer(
+            answer=result.response,
+            stop=result.stopped_reason,
+            seconds=result.execution_time,
+            root_calls=root.calls,
+            sub_calls=sub.calls,
+            prompt_tokens=s.total.prompt_tokens,
+            cached_tokens=s.total.cached_tokens,
+            completion_tokens=s.total.completion_tokens,
+            iterations=result.iterations,
+            trajectory=result.trajectory,
+        )
 
     def _base(self, item: Item) -> Answer:
         started = time.monotonic()
         budget = self.window - self.engine.count_tokens(item.question) - self._answer_tokens() - FRAME_TOKENS
         context = self._fit(item.context, budget)
         result, usage = self._ask([f"{context}\n\n{item.question}"], started)
-        return Answer(answer=result.text.strip(), stop=self._stop("answer", result, started),
-                      seconds=time.monotonic() - started, root_calls=usage.calls, prompt_tokens=usage.prompt_tokens,
-                      cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens, error=result.error,
-                      extra={"context_chars_seen": len(context)})
+        return Answer(
+            answer=result.text.strip(),
+            stop=self._stop("answer", result, started),
+            seconds=time.monotonic() - started,
+            root_calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            error=result.error,
+            extra={"context_chars_seen": len(context)},
+        )
 
     def _summary(self, item: Item) -> Answer:
         started = time.monotonic()
         notes_tokens = NOTES_CHARS // 3  # a generous estimate: notes are prose, ~4 characters a token
-        budget = (self.window - self.engine.count_tokens(item.question) - self._answer_tokens() - notes_tokens
-                  - 2 * FRAME_TOKENS)
+        budget = (
+            self.window
+            - self.engine.count_tokens(item.question)
+            - self._answer_tokens()
+            - notes_tokens
+            - 2 * FRAME_TOKENS
+        )
         if budget < 64:
             raise BenchError(f"the window ({self.window} tokens) is too small for the summary agent")
         chunks = self._chunks(item.context, budget)
@@ -148,8 +190,10 @@ class Methods:
             if self.max_timeout is not None and time.monotonic() - started > self.max_timeout:
                 stop = "max_timeout"
                 break
-            prompt = (f"Notes so far: {notes}\n\nText:\n{chunk}\n\nRewrite the notes, keeping everything in the "
-                      f"notes and the text that helps answer this question: {item.question}")
+            prompt = (
+                f"Notes so far: {notes}\n\nText:\n{chunk}\n\nRewrite the notes, keeping everything in the "
+                f"notes and the text that helps answer this question: {item.question}"
+            )
             result, usage = self._ask([prompt], started)
             total = total + usage
             if result.ok and result.text.strip():
@@ -158,10 +202,18 @@ class Methods:
         # answer would be the budget's doing, not the method's.
         result, usage = self._ask([f"Notes: {notes}\n\n{item.question}"], started, closing=True)
         total = total + usage
-        return Answer(answer=result.text.strip(), stop=self._stop(stop, result, started),
-                      seconds=time.monotonic() - started, root_calls=total.calls, prompt_tokens=total.prompt_tokens,
-                      cached_tokens=total.cached_tokens, completion_tokens=total.completion_tokens, error=result.error,
-                      iterations=len(chunks), extra={"chunks": len(chunks)})
+        return Answer(
+            answer=result.text.strip(),
+            stop=self._stop(stop, result, started),
+            seconds=time.monotonic() - started,
+            root_calls=total.calls,
+            prompt_tokens=total.prompt_tokens,
+            cached_tokens=total.cached_tokens,
+            completion_tokens=total.completion_tokens,
+            error=result.error,
+            iterations=len(chunks),
+            extra={"chunks": len(chunks)},
+        )
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def _answer_tokens(self) -> int:
@@ -181,8 +233,9 @@ class Methods:
         grace = FINAL_GRACE_SECONDS if closing else 0.0
         left = None if self.max_timeout is None else max(1.0, self.max_timeout + grace - (time.monotonic() - started))
         m = self.model
-        results = m.scheduler.submit([m.format.subcall(t, m.sub_sampling) for t in texts],
-                                     f"bench-{uuid.uuid4().hex[:8]}", timeout=left)
+        results = m.scheduler.submit(
+            [m.format.subcall(t, m.sub_sampling) for t in texts], f"bench-{uuid.uuid4().hex[:8]}", timeout=left
+        )
         usage = Usage()
         for r in results:
             usage = usage + r.usage
@@ -203,7 +256,7 @@ class Methods:
     def _chunks(self, text: str, budget: int) -> list[str]:
         chunks, start = [], 0
         while start < len(text):
-            piece = self._fit(text[start:start + budget * 6], budget)
+            piece = self._fit(text[start : start + budget * 6], budget)
             if not piece:
                 break
             chunks.append(piece)

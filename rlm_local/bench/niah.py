@@ -5,6 +5,7 @@ distractor needles use near-identical keys (same adjective or same noun as the r
 "One of the special magic numbers for <key> is: <7 digits>." at a seeded depth.
 Score (strict RULER): 1 when the gold number appears in the answer and no other 7-digit number does.
 """
+
 from __future__ import annotations
 
 import random
@@ -13,20 +14,90 @@ import re
 from .items import CHARS_PER_TOKEN, Item, item_id, item_seed
 
 NAME = "niah"
-_ADJ = ["amber", "silver", "quiet", "copper", "velvet", "granite", "crimson", "hollow", "marble", "electric",
-        "woolen", "paper", "frozen", "golden", "rusty", "misty", "brave", "lunar", "sandy", "olive"]
-_NOUN = ["falcon", "lantern", "meadow", "harbor", "orchard", "bell", "kettle", "pine", "compass", "heron",
-         "anchor", "volcano", "violin", "tunnel", "comet", "glacier", "saddle", "beacon", "quarry", "ribbon"]
-_SUBJECTS = ["The committee", "The harbour office", "A retired pilot", "The survey team", "The night shift",
-             "The archive clerk", "A visiting engineer", "The school board", "The weather station",
-             "The river authority", "The freight company", "A young chemist", "The town council"]
+_ADJ = [
+    "amber",
+    "silver",
+    "quiet",
+    "copper",
+    "velvet",
+    "granite",
+    "crimson",
+    "hollow",
+    "marble",
+    "electric",
+    "woolen",
+    "paper",
+    "frozen",
+    "golden",
+    "rusty",
+    "misty",
+    "brave",
+    "lunar",
+    "sandy",
+    "olive",
+]
+_NOUN = [
+    "falcon",
+    "lantern",
+    "meadow",
+    "harbor",
+    "orchard",
+    "bell",
+    "kettle",
+    "pine",
+    "compass",
+    "heron",
+    "anchor",
+    "volcano",
+    "violin",
+    "tunnel",
+    "comet",
+    "glacier",
+    "saddle",
+    "beacon",
+    "quarry",
+    "ribbon",
+]
+_SUBJECTS = [
+    "The committee",
+    "The harbour office",
+    "A retired pilot",
+    "The survey team",
+    "The night shift",
+    "The archive clerk",
+    "A visiting engineer",
+    "The school board",
+    "The weather station",
+    "The river authority",
+    "The freight company",
+    "A young chemist",
+    "The town council",
+]
 _VERBS = ["reported", "noted", "logged", "observed", "discussed", "reviewed", "confirmed", "questioned"]
-_OBJECTS = ["a change in the tides", "the cost of the bridge repairs", "an unusually dry spring",
-            "the arrival of migrating geese", "a delay in the timber delivery", "the census results",
-            "a new ferry timetable", "the state of the northern road", "the price of wheat",
-            "a shortage of lamp oil", "the planting of oak trees", "a dispute over grazing rights"]
-_TAILS = ["after a long meeting.", "without comment.", "in the quarterly bulletin.", "to general surprise.",
-          "as expected.", "for the third time this year.", "in a short letter.", "with some concern."]
+_OBJECTS = [
+    "a change in the tides",
+    "the cost of the bridge repairs",
+    "an unusually dry spring",
+    "the arrival of migrating geese",
+    "a delay in the timber delivery",
+    "the census results",
+    "a new ferry timetable",
+    "the state of the northern road",
+    "the price of wheat",
+    "a shortage of lamp oil",
+    "the planting of oak trees",
+    "a dispute over grazing rights",
+]
+_TAILS = [
+    "after a long meeting.",
+    "without comment.",
+    "in the quarterly bulletin.",
+    "to general surprise.",
+    "as expected.",
+    "for the third time this year.",
+    "in a short letter.",
+    "with some concern.",
+]
 _NUMBER = re.compile(r"(?<!\d)\d{7}(?!\d)")
 
 
@@ -53,15 +124,27 @@ def make_item(length_tokens: int, index: int, seed: int, n_distractors: int = 4,
     lines = _filler(rng, length_tokens * CHARS_PER_TOKEN)
     depth = round(rng.uniform(0.05, 0.95), 3)
     for d in distractors:
-        lines.insert(rng.randrange(len(lines) + 1),
-                     f"One of the special magic numbers for {d} is: {rng.randint(1_000_000, 9_999_999)}.")
+        lines.insert(
+            rng.randrange(len(lines) + 1),
+            f"One of the special magic numbers for {d} is: {rng.randint(1_000_000, 9_999_999)}.",
+        )
     lines.insert(int(depth * len(lines)), f"One of the special magic numbers for {key} is: {number}.")
     context = "\n".join(lines)
-    question = (f"What is the special magic number for {key} mentioned in the text? "
-                "Reply with the number only, as 'Answer: <number>'.")
-    return Item(family=NAME, item_id=item_id(NAME, length_tokens, index, seed), seed=s, length_tokens=length_tokens,
-                length_chars=len(context), context=context, question=question, gold=number,
-                meta={"key": key, "depth": depth, "distractors": distractors})
+    question = (
+        f"What is the special magic number for {key} mentioned in the text? "
+        "Reply with the number only, as 'Answer: <number>'."
+    )
+    return Item(
+        family=NAME,
+        item_id=item_id(NAME, length_tokens, index, seed),
+        seed=s,
+        length_tokens=length_tokens,
+        length_chars=len(context),
+        context=context,
+        question=question,
+        gold=number,
+        meta={"key": key, "depth": depth, "distractors": distractors},
+    )
 
 
 def generate(length_tokens: int, n: int, seed: int = 0, **_: object) -> list[Item]:
@@ -76,8 +159,10 @@ def score(item: Item, answer: str) -> float:
 def oracle_code(item: Item) -> str:
     """Correct REPL code for the item: a regex for the exact key."""
     key = item.meta["key"]
-    return (f"import re\nm = re.search(r'special magic numbers for {key} is: (\\d+)', context)\n"
-            "FINAL('Answer: ' + m.group(1))")
+    return (
+        f"import re\nm = re.search(r'special magic numbers for {key} is: (\\d+)', context)\n"
+        "FINAL('Answer: ' + m.group(1))"
+    )
 
 
 def oracle_sub(prompt: str) -> str | None:

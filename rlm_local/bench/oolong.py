@@ -7,6 +7,7 @@ a label, label X against label Y, per-user and per-month counts.
 Scoring (the paper's): the text after the last ':'; labels exact; numbers 0.75 ** |error|;
 comparisons by phrase.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,11 +22,16 @@ from .items import CHARS_PER_TOKEN, Item, item_id, item_seed
 NAME = "oolong"
 PHRASES = ("more common than", "less common than", "same frequency as")
 KINDS = ("most", "least", "count", "compare", "user", "month")
-PREAMBLE = ("Each line of the text is 'Date || User || Instance'. Every instance is a question with one hidden "
-            "label, the kind of thing its answer is, one of: " + ", ".join(LABELS) +
-            ". The labels are not written anywhere: infer each one by reading the instance. ")
-SUB_PROMPT = ("Which one of: " + ", ".join(LABELS) + " is the kind of answer this question asks for? "
-              "Reply with the label only. Question: <<{}>>")
+PREAMBLE = (
+    "Each line of the text is 'Date || User || Instance'. Every instance is a question with one hidden "
+    "label, the kind of thing its answer is, one of: "
+    + ", ".join(LABELS)
+    + ". The labels are not written anywhere: infer each one by reading the instance. "
+)
+SUB_PROMPT = (
+    "Which one of: " + ", ".join(LABELS) + " is the kind of answer this question asks for? "
+    "Reply with the label only. Question: <<{}>>"
+)
 
 
 @dataclass(frozen=True)
@@ -73,29 +79,41 @@ def _question(rng: random.Random, kind: str, records: list[Record]) -> tuple[dic
         if gold is None:
             return None
         word = "most" if kind == "most" else "least"
-        return ({"kind": kind}, f"Which label is the {word} frequent among all instances? Answer as 'Answer: <label>'.",
-                {"type": "label", "value": gold})
+        return (
+            {"kind": kind},
+            f"Which label is the {word} frequent among all instances? Answer as 'Answer: <label>'.",
+            {"type": "label", "value": gold},
+        )
     if kind == "count":
-        return ({"kind": kind, "label": x}, f"How many instances have the label {x}? Answer as 'Answer: <number>'.",
-                {"type": "number", "value": counts.get(x, 0)})
+        return (
+            {"kind": kind, "label": x},
+            f"How many instances have the label {x}? Answer as 'Answer: <number>'.",
+            {"type": "number", "value": counts.get(x, 0)},
+        )
     if kind == "compare":
         a, b = counts.get(x, 0), counts.get(y, 0)
         phrase = PHRASES[0] if a > b else PHRASES[1] if a < b else PHRASES[2]
-        return ({"kind": kind, "label": x, "other": y},
-                f"Is the label {x} more common than, less common than, or the same frequency as the label {y}? "
-                f"Answer as 'Answer: {x} is <more common than | less common than | same frequency as> {y}'.",
-                {"type": "phrase", "value": phrase})
+        return (
+            {"kind": kind, "label": x, "other": y},
+            f"Is the label {x} more common than, less common than, or the same frequency as the label {y}? "
+            f"Answer as 'Answer: {x} is <more common than | less common than | same frequency as> {y}'.",
+            {"type": "phrase", "value": phrase},
+        )
     if kind == "user":
         user = rng.choice(sorted({r.user for r in records}))
         value = sum(1 for r in records if r.user == user and r.label == x)
-        return ({"kind": kind, "label": x, "user": user},
-                f"How many instances from User {user} have the label {x}? Answer as 'Answer: <number>'.",
-                {"type": "number", "value": value})
+        return (
+            {"kind": kind, "label": x, "user": user},
+            f"How many instances from User {user} have the label {x}? Answer as 'Answer: <number>'.",
+            {"type": "number", "value": value},
+        )
     month = rng.choice(records).date.strftime("%b %Y")
     value = sum(1 for r in records if r.date.strftime("%b %Y") == month and r.label == x)
-    return ({"kind": "month", "label": x, "month": month},
-            f"How many instances dated in {month} have the label {x}? Answer as 'Answer: <number>'.",
-            {"type": "number", "value": value})
+    return (
+        {"kind": "month", "label": x, "month": month},
+        f"How many instances dated in {month} have the label {x}? Answer as 'Answer: <number>'.",
+        {"type": "number", "value": value},
+    )
 
 
 def make_item(length_tokens: int, index: int, seed: int, **_: object) -> Item:
@@ -110,9 +128,17 @@ def make_item(length_tokens: int, index: int, seed: int, **_: object) -> Item:
     assert made is not None  # "count" always has an answer
     spec, question, gold = made
     context = "\n".join(r.line() for r in records)
-    return Item(family=NAME, item_id=item_id(NAME, length_tokens, index, seed), seed=s, length_tokens=length_tokens,
-                length_chars=len(context), context=context, question=PREAMBLE + question, gold=gold,
-                meta={"spec": spec, "lines": len(records)})
+    return Item(
+        family=NAME,
+        item_id=item_id(NAME, length_tokens, index, seed),
+        seed=s,
+        length_tokens=length_tokens,
+        length_chars=len(context),
+        context=context,
+        question=PREAMBLE + question,
+        gold=gold,
+        meta={"spec": spec, "lines": len(records)},
+    )
 
 
 def generate(length_tokens: int, n: int, seed: int = 0, **_: object) -> list[Item]:
@@ -152,16 +178,19 @@ def oracle_code(item: Item) -> str:
         tail = f"FINAL('Answer: ' + str(counts[{x!r}]))"
     elif kind == "compare":
         y = spec["other"]
-        tail = (f"a, b = counts[{x!r}], counts[{y!r}]\n"
-                f"p = {PHRASES[0]!r} if a > b else {PHRASES[1]!r} if a < b else {PHRASES[2]!r}\n"
-                f"FINAL('Answer: {x} is ' + p + ' {y}')")
+        tail = (
+            f"a, b = counts[{x!r}], counts[{y!r}]\n"
+            f"p = {PHRASES[0]!r} if a > b else {PHRASES[1]!r} if a < b else {PHRASES[2]!r}\n"
+            f"FINAL('Answer: {x} is ' + p + ' {y}')"
+        )
     elif kind == "user":
-        tail = (f"FINAL('Answer: ' + str(sum(1 for r, l in zip(rows, labels) if r[1] == {spec['user']} "
-                f"and l == {x!r})))")
+        tail = f"FINAL('Answer: ' + str(sum(1 for r, l in zip(rows, labels) if r[1] == {spec['user']} and l == {x!r})))"
     else:
         mon, year = spec["month"].split()
-        tail = (f"FINAL('Answer: ' + str(sum(1 for r, l in zip(rows, labels) if r[0].startswith({mon!r}) "
-                f"and r[0].endswith({year!r}) and l == {x!r})))")
+        tail = (
+            f"FINAL('Answer: ' + str(sum(1 for r, l in zip(rows, labels) if r[0].startswith({mon!r}) "
+            f"and r[0].endswith({year!r}) and l == {x!r})))"
+        )
     return ORACLE_READ + tail
 
 

@@ -5,6 +5,7 @@ with sub-calls where the family needs reading, e.g. OOLONG labels); its sub-call
 ``oracle_sub``. An oracle sweep scoring 100% proves that every item is solvable from its context and that
 every scorer accepts a right answer. Also a model-free self-check: ``rlm-local bench niah --backend oracle``.
 """
+
 from __future__ import annotations
 
 import threading

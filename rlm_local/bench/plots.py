@@ -3,6 +3,7 @@
 
 matplotlib runs with the Agg backend (no display needed); it is the ``bench`` extra.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -28,11 +29,13 @@ def _pyplot() -> Any:
         raise BenchError("plots need matplotlib: pip install 'rlm-local[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
 def FuncFormatter(fn: Any) -> Any:  # noqa: N802  (matplotlib's class, imported only when plotting)
     from matplotlib.ticker import FuncFormatter as formatter
+
     return formatter(fn)
 
 
@@ -51,15 +54,24 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
     series = [(model, m) for model in models for m in _order({c.method for c in cells})]
     for ax, fam in zip(axes[0], families):
         for k, (model, method) in enumerate(series):
-            pts = sorted((c.length_tokens, 100 * c.score) for c in cells
-                         if c.family == fam and c.method == method and c.model == model)
+            pts = sorted(
+                (c.length_tokens, 100 * c.score)
+                for c in cells
+                if c.family == fam and c.method == method and c.model == model
+            )
             if not pts:
                 continue
             # Methods often tie (all 0 or all 100): a small sideways dodge and distinct markers keep each visible.
             dodge = 1.0 + 0.04 * (k - (len(series) - 1) / 2)
-            ax.plot([p[0] * dodge for p in pts], [p[1] for p in pts], marker=MARKERS[k % len(MARKERS)],
-                    linestyle=STYLES[k % len(STYLES)], color=f"C{k % 10}", alpha=0.85,
-                    label=method if len(models) == 1 else f"{method} ({model})")
+            ax.plot(
+                [p[0] * dodge for p in pts],
+                [p[1] for p in pts],
+                marker=MARKERS[k % len(MARKERS)],
+                linestyle=STYLES[k % len(STYLES)],
+                color=f"C{k % 10}",
+                alpha=0.85,
+                label=method if len(models) == 1 else f"{method} ({model})",
+            )
         lengths = sorted({c.length_tokens for c in cells if c.family == fam})
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [_short(n) for n in lengths])
@@ -84,12 +96,21 @@ def plot_costs(rows: list[dict[str, Any]], path: Path) -> Path:
     methods = sorted(by_method, key=lambda k: (order.index(k.split("\n")[0]), k))
     fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.4 * len(methods)), 3.8))
     width = 0.8 / len(PERCENTILES)
-    for ax, (label, value) in zip(axes, (("tokens per query", lambda r: r["prompt_tokens"] + r["completion_tokens"]),
-                                        ("seconds per query", lambda r: r["seconds"]))):
+    for ax, (label, value) in zip(
+        axes,
+        (
+            ("tokens per query", lambda r: r["prompt_tokens"] + r["completion_tokens"]),
+            ("seconds per query", lambda r: r["seconds"]),
+        ),
+    ):
         for k, q in enumerate(PERCENTILES):
             heights = [percentile([float(value(r)) for r in by_method[m]], q) for m in methods]
-            ax.bar([i + (k - (len(PERCENTILES) - 1) / 2) * width for i in range(len(methods))], heights, width,
-                   label=f"p{q}")
+            ax.bar(
+                [i + (k - (len(PERCENTILES) - 1) / 2) * width for i in range(len(methods))],
+                heights,
+                width,
+                label=f"p{q}",
+            )
         ax.set_xticks(range(len(methods)), methods, fontsize=9 if len(models) == 1 else 7)
         if all(percentile([float(value(r)) for r in rs], 25) > 0 for rs in by_method.values()):
             ax.set_yscale("log")  # costs span orders of magnitude; a zero (an oracle's base) needs linear

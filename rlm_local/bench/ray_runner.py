@@ -8,6 +8,7 @@ never cross the network. Every finished item comes back on its own and its rows 
 driver at once (the local runner's writer: flushed and fsynced), so an interrupted sweep loses no
 finished row and ``--resume`` works exactly as without Ray. Ray is the ``ray`` extra.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,11 +36,17 @@ class Worker:
         self.oracle: Oracle | None = None
         if sweep.engine.backend == "oracle":
             from .oracle import oracle_engine
+
             engine, self.oracle = oracle_engine()
         else:
             engine = sweep.engine.make()
-        self.methods = Methods(engine, sweep.methods, max_iterations=sweep.max_iterations,
-                               max_timeout=sweep.max_timeout, window=sweep.window)
+        self.methods = Methods(
+            engine,
+            sweep.methods,
+            max_iterations=sweep.max_iterations,
+            max_timeout=sweep.max_timeout,
+            window=sweep.window,
+        )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, length: int, index: int, methods: list[str]) -> list[tuple[Row, list[Row]]]:
@@ -48,8 +55,14 @@ class Worker:
         if self.oracle is not None:
             self.oracle.add([item])
         rows: list[tuple[Row, list[Row]]] = []
-        run_items(self.methods, [item], methods, 1, lambda row, events: rows.append((row, events)),
-                  backend=self.sweep.engine.backend)
+        run_items(
+            self.methods,
+            [item],
+            methods,
+            1,
+            lambda row, events: rows.append((row, events)),
+            backend=self.sweep.engine.backend,
+        )
         for row, _ in rows:
             row["worker"] = self.name
             row["concurrency"] = self.sweep.concurrency
@@ -69,9 +82,13 @@ def _ray() -> Any:
     return ray
 
 
-def run_sweep_on_ray(sweep: Sweep, address: str | None = None, workers: int | None = None,
-                     on_row: Callable[[Row], None] = lambda row: None,
-                     on_total: Callable[[int], None] = lambda n: None) -> Path:
+def run_sweep_on_ray(
+    sweep: Sweep,
+    address: str | None = None,
+    workers: int | None = None,
+    on_row: Callable[[Row], None] = lambda row: None,
+    on_total: Callable[[int], None] = lambda n: None,
+) -> Path:
     """Run ``sweep`` on Ray (``address`` None: the already initialised cluster, or a new local one).
     ``workers`` defaults to one per ``--base-url`` (else one). Returns the rows file."""
     ray = _ray()
@@ -82,8 +99,12 @@ def run_sweep_on_ray(sweep: Sweep, address: str | None = None, workers: int | No
         here = str(Path(__file__).resolve().parents[2])
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}}
         try:
-            ray.init(address=address, runtime_env=env if address is None else None, include_dashboard=False,
-                     log_to_driver=False)
+            ray.init(
+                address=address,
+                runtime_env=env if address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
         except Exception as exc:  # ConnectionError and Ray's own errors for a wrong address
             raise BenchError(f"cannot reach the Ray cluster at {address or 'a new local cluster'}: {exc}") from None
     pool = sweep.engine.base_urls or []
@@ -100,13 +121,16 @@ def run_sweep_on_ray(sweep: Sweep, address: str | None = None, workers: int | No
     actors = []
     for i in range(min(n_workers, max(1, len(jobs)))):
         spec = dataclasses.replace(sweep.engine, base_urls=[pool[i % len(pool)]] if pool else [])
-        actors.append(remote.options(max_concurrency=sweep.concurrency, num_cpus=0).remote(
-            dataclasses.replace(sweep, engine=spec)))
+        actors.append(
+            remote.options(max_concurrency=sweep.concurrency, num_cpus=0).remote(
+                dataclasses.replace(sweep, engine=spec)
+            )
+        )
     writer = RowWriter(path)
     pending: dict[Any, int] = {}
     try:
         queue = list(jobs)
-        for slot in range(sweep.concurrency):
+        for _slot in range(sweep.concurrency):
             for a, actor in enumerate(actors):
                 if queue:
                     length, index, todo = queue.pop(0)

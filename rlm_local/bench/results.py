@@ -5,6 +5,7 @@ A results directory holds ``rows.jsonl`` (one JSON object per finished item and 
 short by a kill: it is dropped (its item runs again on resume). Any other unreadable line is a corrupt
 file: :class:`BenchError` names the line.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,17 @@ from .items import METHODS, BenchError
 
 ROWS_FILE = "rows.jsonl"
 TRAJECTORIES_DIR = "trajectories"  # ITEM.METHOD.jsonl.gz: the events of each RLM row
-REQUIRED = ("family", "item_id", "method", "model", "length_tokens", "score", "seconds", "prompt_tokens",
-            "completion_tokens")
+REQUIRED = (
+    "family",
+    "item_id",
+    "method",
+    "model",
+    "length_tokens",
+    "score",
+    "seconds",
+    "prompt_tokens",
+    "completion_tokens",
+)
 logger = logging.getLogger("rlm_local.bench")
 
 
@@ -103,6 +113,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[Cell]:
     for r in rows:
         groups[(r["family"], r["model"], r["method"], r["length_tokens"])].append(r)
     cells = []
+
     def order(key: tuple) -> tuple:
         fam, model, method, length = key
         return (fam, model, METHODS.index(method) if method in METHODS else len(METHODS), method, length)
@@ -111,23 +122,59 @@ def summarize(rows: list[dict[str, Any]]) -> list[Cell]:
         scores = [float(r["score"]) for r in rs]
         secs = [float(r["seconds"]) for r in rs]
         toks = [float(r["prompt_tokens"] + r["completion_tokens"]) for r in rs]
-        cells.append(Cell(fam, model, method, length, len(rs), statistics.fmean(scores),
-                          statistics.pstdev(scores) if len(scores) > 1 else 0.0, percentile(secs, 50),
-                          percentile(secs, 90), percentile(toks, 50), percentile(toks, 90),
-                          statistics.fmean(float(r.get("sub_calls", 0)) for r in rs),
-                          sum(1 for r in rs if r.get("stop") in ("error", "engine_error"))))
+        cells.append(
+            Cell(
+                fam,
+                model,
+                method,
+                length,
+                len(rs),
+                statistics.fmean(scores),
+                statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+                percentile(secs, 50),
+                percentile(secs, 90),
+                percentile(toks, 50),
+                percentile(toks, 90),
+                statistics.fmean(float(r.get("sub_calls", 0)) for r in rs),
+                sum(1 for r in rs if r.get("stop") in ("error", "engine_error")),
+            )
+        )
     return cells
 
 
-COLUMNS = ("family", "method", "length", "n", "score", "s p50", "s p90", "tokens p50", "tokens p90", "sub-calls",
-           "errors")
+COLUMNS = (
+    "family",
+    "method",
+    "length",
+    "n",
+    "score",
+    "s p50",
+    "s p90",
+    "tokens p50",
+    "tokens p90",
+    "sub-calls",
+    "errors",
+)
 
 
 def table_rows(cells: list[Cell]) -> list[list[str]]:
     """The summary table as strings (the CLI prints it with rich, RESULTS.md as markdown)."""
-    return [[c.family, c.method, f"{c.length_tokens:,}", str(c.n), f"{100 * c.score:.1f} ± {100 * c.score_std:.1f}",
-             f"{c.seconds_p50:.1f}", f"{c.seconds_p90:.1f}", f"{c.tokens_p50:,.0f}", f"{c.tokens_p90:,.0f}",
-             f"{c.sub_calls_mean:.1f}", str(c.errors)] for c in cells]
+    return [
+        [
+            c.family,
+            c.method,
+            f"{c.length_tokens:,}",
+            str(c.n),
+            f"{100 * c.score:.1f} ± {100 * c.score_std:.1f}",
+            f"{c.seconds_p50:.1f}",
+            f"{c.seconds_p90:.1f}",
+            f"{c.tokens_p50:,.0f}",
+            f"{c.tokens_p90:,.0f}",
+            f"{c.sub_calls_mean:.1f}",
+            str(c.errors),
+        ]
+        for c in cells
+    ]
 
 
 def markdown_table(cells: list[Cell]) -> str:

@@ -7,6 +7,7 @@ Guarantees:
   turns of different items batch together;
 - items are regenerated from (family, length, index, seed): nothing but the rows is stored.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,7 +28,7 @@ from ..loop.prompts import describe_context
 from .items import BenchError, Item, family
 from .methods import Answer, Methods, check_methods, peak_rss_mb
 from .oracle import oracle_engine
-from .results import ROWS_FILE, TRAJECTORIES_DIR, row_key, load_rows
+from .results import ROWS_FILE, TRAJECTORIES_DIR, load_rows, row_key
 
 logger = logging.getLogger("rlm_local.bench")
 
@@ -134,21 +135,37 @@ class RowWriter:
         self._file.close()
 
 
-def make_row(item: Item, method: str, answer: Answer, model: str, backend: str, concurrency: int,
-             context_tokens: int) -> dict[str, Any]:
+def make_row(
+    item: Item, method: str, answer: Answer, model: str, backend: str, concurrency: int, context_tokens: int
+) -> dict[str, Any]:
     score = family(item.family).score(item, answer.answer)
     fields = asdict(answer)
     fields.pop("trajectory")
-    row = {**item.record(), "method": method, "model": model, "backend": backend, "concurrency": concurrency,
-           "context_tokens": context_tokens, "score": round(score, 6), **fields,
-           "peak_rss_mb": peak_rss_mb(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    row = {
+        **item.record(),
+        "method": method,
+        "model": model,
+        "backend": backend,
+        "concurrency": concurrency,
+        "context_tokens": context_tokens,
+        "score": round(score, 6),
+        **fields,
+        "peak_rss_mb": peak_rss_mb(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     row["seconds"] = round(row["seconds"], 3)
     return row
 
 
-def run_items(methods: Methods, items: list[Item], names: list[str], concurrency: int,
-              on_row: Callable[[dict[str, Any], list[dict[str, Any]]], None], skip: set[tuple[str, str]] = frozenset(),
-              backend: str = "") -> int:
+def run_items(
+    methods: Methods,
+    items: list[Item],
+    names: list[str],
+    concurrency: int,
+    on_row: Callable[[dict[str, Any], list[dict[str, Any]]], None],
+    skip: set[tuple[str, str]] = frozenset(),
+    backend: str = "",
+) -> int:
     """Run every (item, method) not in ``skip`` with ``concurrency`` workers; ``on_row`` gets each finished
     row and its trajectory (from the worker thread). Returns how many ran."""
     model = methods.engine.model_name or backend
@@ -171,8 +188,12 @@ def run_items(methods: Methods, items: list[Item], names: list[str], concurrency
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def prepare_out(sweep: Sweep) -> tuple[Path, set[tuple[str, str]], set[str]]:
@@ -185,8 +206,11 @@ def prepare_out(sweep: Sweep) -> tuple[Path, set[tuple[str, str]], set[str]]:
     return path, {row_key(r["item_id"], r["method"]) for r in rows}, {r["model"] for r in rows}
 
 
-def run_sweep(sweep: Sweep, on_row: Callable[[dict[str, Any]], None] = lambda row: None,
-              on_total: Callable[[int], None] = lambda n: None) -> Path:
+def run_sweep(
+    sweep: Sweep,
+    on_row: Callable[[dict[str, Any]], None] = lambda row: None,
+    on_total: Callable[[int], None] = lambda n: None,
+) -> Path:
     """Run the sweep locally; returns the rows file. ``on_total`` is told how many rows are still to run."""
     sweep.check()
     path, done, models = prepare_out(sweep)
@@ -196,8 +220,15 @@ def run_sweep(sweep: Sweep, on_row: Callable[[dict[str, Any]], None] = lambda ro
     if models - {model}:
         engine.close()
         raise BenchError(f"{path} holds rows of {', '.join(sorted(models))}, not {model}; use another --out")
-    on_total(sum(1 for items in by_length.values() for it in items for m in sweep.methods
-                 if row_key(it.item_id, m) not in done))
+    on_total(
+        sum(
+            1
+            for items in by_length.values()
+            for it in items
+            for m in sweep.methods
+            if row_key(it.item_id, m) not in done
+        )
+    )
     sweep.out.mkdir(parents=True, exist_ok=True)
     (sweep.out / "sweep.json").write_text(json.dumps({"sweep": _jsonable(sweep), "machine": machine()}, indent=2))
     writer = RowWriter(path)
@@ -208,8 +239,13 @@ def run_sweep(sweep: Sweep, on_row: Callable[[dict[str, Any]], None] = lambda ro
         on_row(row)
 
     try:
-        methods = Methods(engine, sweep.methods, max_iterations=sweep.max_iterations, max_timeout=sweep.max_timeout,
-                          window=sweep.window)
+        methods = Methods(
+            engine,
+            sweep.methods,
+            max_iterations=sweep.max_iterations,
+            max_timeout=sweep.max_timeout,
+            window=sweep.window,
+        )
         try:
             for items in by_length.values():
                 run_items(methods, items, sweep.methods, sweep.concurrency, record, done, sweep.engine.backend)

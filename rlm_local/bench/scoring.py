@@ -2,6 +2,7 @@
 
 Guarantees: every function returns a float in [0, 1]; none raises on arbitrary model text.
 """
+
 from __future__ import annotations
 
 import re

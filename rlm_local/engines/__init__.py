@@ -1,4 +1,5 @@
 """Engines by name. Heavy backends (torch, vllm, httpx) are imported only when asked for."""
+
 from __future__ import annotations
 
 import inspect
@@ -22,21 +23,27 @@ def engine_class(backend: str) -> type[Engine]:
     """The engine class of a backend name (imports only that backend)."""
     if backend == "scripted":
         from .scripted import ScriptedEngine
+
         return ScriptedEngine
     if backend == "transformers":
         from .hf import TransformersEngine
+
         return TransformersEngine
     if backend == "vllm":
         from .vllm_engine import VLLMEngine
+
         return VLLMEngine
     if backend == "llamacpp":
         from .llamacpp import LlamaCppEngine
+
         return LlamaCppEngine
     if backend == "vllm-async":
         from .vllm_async import AsyncVLLMEngine
+
         return AsyncVLLMEngine
     if backend == "openai":
         from .openai_http import OpenAIEngine
+
         return OpenAIEngine
     raise EngineError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
 
@@ -53,5 +60,15 @@ def make_engine(backend: str, **kwargs: Any) -> Engine:
     return cls(**kwargs)
 
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Engine", "EngineError", "Request", "Result", "SamplingParams", "Usage", "engine_class",
-           "make_engine"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "Engine",
+    "EngineError",
+    "Request",
+    "Result",
+    "SamplingParams",
+    "Usage",
+    "engine_class",
+    "make_engine",
+]

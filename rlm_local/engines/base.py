@@ -5,6 +5,7 @@ A request is either chat messages or a raw prompt, plus sampling settings. Engin
 Errors are per request: one bad request yields a result with ``error`` set, never an exception that
 loses its siblings' answers.
 """
+
 from __future__ import annotations
 
 import abc
@@ -14,15 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
-from ..errors import EngineError, Error
+from ..errors import EngineError as EngineError  # re-exported: its old home
 
 T = TypeVar("T")
 RENDER_MEMO_SIZE = 256  # requests whose rendered text an engine remembers (a few batches' worth)
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "error"]
-
-
 
 
 @dataclass(frozen=True)
@@ -63,14 +62,14 @@ class Request:
                     raise ValueError(f"bad chat message: {m!r}")
 
     @classmethod
-    def chat(cls, messages: list[dict[str, str]], **sampling: object) -> "Request":
+    def chat(cls, messages: list[dict[str, str]], **sampling: object) -> Request:
         return cls(messages=tuple(messages), sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
 
     @classmethod
-    def completion(cls, prompt: str, **sampling: object) -> "Request":
+    def completion(cls, prompt: str, **sampling: object) -> Request:
         return cls(prompt=prompt, sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
 
-    def with_session(self, session: str | None) -> "Request":
+    def with_session(self, session: str | None) -> Request:
         """This request tagged with ``session`` (itself when already tagged so)."""
         return self if session == self.session else replace(self, session=session)
 
@@ -90,8 +89,12 @@ class Usage:
     completion_tokens: int = 0
     seconds: float = 0.0
 
-    def __add__(self, other: "Usage") -> "Usage":
-        cached = None if self.cached_tokens is None or other.cached_tokens is None else self.cached_tokens + other.cached_tokens
+    def __add__(self, other: Usage) -> Usage:
+        cached = (
+            None
+            if self.cached_tokens is None or other.cached_tokens is None
+            else self.cached_tokens + other.cached_tokens
+        )
         return Usage(
             calls=self.calls + other.calls,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
@@ -122,7 +125,7 @@ class Result:
     error: str | None = None
 
     @classmethod
-    def failed(cls, message: str) -> "Result":
+    def failed(cls, message: str) -> Result:
         return cls(text="", finish_reason="error", usage=Usage(calls=1), error=message)
 
     @property
@@ -185,10 +188,10 @@ class Engine(abc.ABC):
         """Token count of ``text``; engines without a tokenizer estimate (~4 characters a token)."""
         return max(1, len(text) // 4) if text else 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: engines with nothing to release keep this one)
         """Release resources (threads, HTTP pools, GPU memory). Safe to call twice."""
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,6 +10,7 @@ calls, so each turn of a growing root conversation only computes what the previo
 Greedy outputs are identical to the no-reuse path; ``Usage.cached_tokens`` counts, per request, the prompt
 tokens whose KV it did not compute itself (taken from the LRU or from a sibling).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Engine, Request, Result, SamplingParams, Usage, generate_isolated
+from .prefix_cache import (
+    PrefixCache,
+    PrefixKV,
+    batch_cache,
+    common_prefix_len,
+    extend_prefix,
+    prefix_from_cache,
+    supports_reuse,
+)
 from .templates import gemma_turns  # noqa: F401  (re-exported: older imports use hf.gemma_turns)
-from .prefix_cache import (PrefixCache, PrefixKV, batch_cache, common_prefix_len, extend_prefix,
-                           prefix_from_cache, supports_reuse)
 
 
 def default_threads() -> int:
@@ -35,11 +43,19 @@ class TransformersEngine(Engine):
     backend = "transformers"
     supports_deadline = True  # generate(max_time=...) stops decoding at the deadline
 
-    def __init__(self, model_name: str | None = None, device: str | None = None, dtype: str | None = None,
-                 threads: int | None = None, max_batch: int = 32,
-                 progress: Callable[[str], None] | None = None, prefix_cache: bool = True,
-                 prefix_cache_size: int = 16, prefix_cache_bytes: int = 1 << 30,
-                 min_prefix_tokens: int = 64) -> None:
+    def __init__(
+        self,
+        model_name: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        max_batch: int = 32,
+        progress: Callable[[str], None] | None = None,
+        prefix_cache: bool = True,
+        prefix_cache_size: int = 16,
+        prefix_cache_bytes: int = 1 << 30,
+        min_prefix_tokens: int = 64,
+    ) -> None:
         """``prefix_cache`` turns KV prefix reuse on: siblings sharing at least ``min_prefix_tokens`` prompt
         tokens compute them once, and an LRU of at most ``prefix_cache_size`` entries and
         ``prefix_cache_bytes`` bytes keeps prefixes for later calls (the root conversation's next turn)."""
@@ -79,7 +95,8 @@ class TransformersEngine(Engine):
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.prompt_format = card.prompt_format if card else ("chat" if has_template else "completion")  # type: ignore[assignment]
         self.context_length = (card.context_length if card else 0) or int(
-            getattr(self.model.config, "max_position_embeddings", 0) or 8192)
+            getattr(self.model.config, "max_position_embeddings", 0) or 8192
+        )
 
     # ---- prompt rendering -------------------------------------------------------------------------------
     def render(self, request: Request) -> str:
@@ -113,16 +130,20 @@ class TransformersEngine(Engine):
             if len(ids[i]) > limit:
                 results[i] = Result.failed(
                     f"transformers: prompt of {len(ids[i])} tokens plus max_tokens={req.sampling.max_tokens} "
-                    f"exceeds the model's context of {self.context_length} tokens")
+                    f"exceeds the model's context of {self.context_length} tokens"
+                )
                 continue
             groups.setdefault(req.sampling, []).append(i)
         for sampling, indices in groups.items():
             if self.prefix_cache is not None:
                 indices = sorted(indices, key=lambda i: ids[i])  # rows sharing a prefix land in one batch
             for start in range(0, len(indices), self.max_batch):
-                chunk = indices[start:start + self.max_batch]
-                batch = generate_isolated(lambda rows: self._generate_batch(rows, sampling, deadline),
-                                          [ids[i] for i in chunk], "transformers")
+                chunk = indices[start : start + self.max_batch]
+                batch = generate_isolated(
+                    lambda rows, sampling=sampling: self._generate_batch(rows, sampling, deadline),
+                    [ids[i] for i in chunk],
+                    "transformers",
+                )
                 for i, res in zip(chunk, batch):
                     results[i] = res
         return [r if r is not None else Result.failed("internal error: no result") for r in results]
@@ -133,8 +154,9 @@ class TransformersEngine(Engine):
         add_special = not (bos and text.startswith(bos))
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
-    def _generate_batch(self, rows: list[list[int]], sampling: SamplingParams,
-                        deadline: float | None = None) -> list[Result]:
+    def _generate_batch(
+        self, rows: list[list[int]], sampling: SamplingParams, deadline: float | None = None
+    ) -> list[Result]:
         torch = self._torch
         started = time.perf_counter()
         if deadline is not None and time.monotonic() >= deadline:
@@ -148,8 +170,9 @@ class TransformersEngine(Engine):
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_tokens, pad_token_id=pad)
         keep_generated = plan is not None and plan.slots > 0 and len(rows) == 1
         if plan is not None and plan.slots > 0:
-            gen_kwargs["past_key_values"] = batch_cache(self.model.config, plan.sources, plan.ends, plan.slots,
-                                                        record_past=keep_generated)
+            gen_kwargs["past_key_values"] = batch_cache(
+                self.model.config, plan.sources, plan.ends, plan.slots, record_past=keep_generated
+            )
         if sampling.greedy:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -161,16 +184,22 @@ class TransformersEngine(Engine):
         if deadline is not None:
             gen_kwargs["max_time"] = max(0.01, deadline - time.monotonic())
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-                                      return_dict_in_generate=True, **gen_kwargs)
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                return_dict_in_generate=True,
+                **gen_kwargs,
+            )
         sequences = out.sequences.cpu()
         if keep_generated:
             self._store_generated(out.past_key_values, sequences[0])
         new_tokens = sequences[:, width:].tolist()
         elapsed = time.perf_counter() - started
         cached = plan.cached if plan is not None else [0] * len(rows)
-        results = [self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
-                   for row, prompt, n_cached in zip(new_tokens, rows, cached)]
+        results = [
+            self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
+            for row, prompt, n_cached in zip(new_tokens, rows, cached)
+        ]
         if deadline is not None and time.monotonic() >= deadline:  # cut short: the work is counted, not the text
             for r in results:
                 if r.finish_reason == "length":
@@ -178,7 +207,7 @@ class TransformersEngine(Engine):
         return results
 
     # ---- prefix reuse -----------------------------------------------------------------------------------
-    def _plan(self, rows: list[list[int]]) -> "_Plan":
+    def _plan(self, rows: list[list[int]]) -> _Plan:
         """Find (or compute) a cached prefix for every row and lay the batch out over them.
 
         Rows sharing a long prefix (siblings) share one source, computed once; a row alone gets its own
@@ -248,8 +277,9 @@ class TransformersEngine(Engine):
         stored = max(layer.keys.shape[-2] for layer in cache.layers)
         self.prefix_cache.insert(prefix_from_cache(cache, sequence[:stored].clone()))
 
-    def _decode(self, token_ids: list[int], prompt_len: int, sampling: SamplingParams, seconds: float,
-                cached: int = 0) -> Result:
+    def _decode(
+        self, token_ids: list[int], prompt_len: int, sampling: SamplingParams, seconds: float, cached: int = 0
+    ) -> Result:
         eos_ids = self._eos_ids()
         pad = self.tokenizer.pad_token_id
         kept: list[int] = []
@@ -265,8 +295,13 @@ class TransformersEngine(Engine):
         cut = [text.find(s) for s in sampling.stop if s in text]
         if cut:
             text, finish = text[: min(cut)], "stop"
-        usage = Usage(calls=1, prompt_tokens=int(prompt_len), cached_tokens=int(cached), completion_tokens=len(kept),
-                      seconds=seconds)
+        usage = Usage(
+            calls=1,
+            prompt_tokens=int(prompt_len),
+            cached_tokens=int(cached),
+            completion_tokens=len(kept),
+            seconds=seconds,
+        )
         return Result(text=text, finish_reason=finish, usage=usage)  # type: ignore[arg-type]
 
     def _eos_ids(self) -> set[int]:

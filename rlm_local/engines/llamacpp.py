@@ -28,6 +28,7 @@ in a batch as one by one.
 
 xllamacpp is an optional extra (``pip install 'rlm-local[llamacpp]'``) and is imported only here.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -90,11 +91,20 @@ class LlamaCppEngine(Engine):
     backend = "llamacpp"
     supports_deadline = True  # requests are streamed; a stream past the deadline is stopped
 
-    def __init__(self, model_name: str | None = None, threads: int | None = None, batch_threads: int | None = None,
-                 n_parallel: int = 8,
-                 context_length: int | None = None, cache_ram_mib: int = 1024, share_prefix: bool = True,
-                 min_prefix_tokens: int = 64, prompt_format: str | None = None,
-                 progress: Callable[[str], None] | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        model_name: str | None = None,
+        threads: int | None = None,
+        batch_threads: int | None = None,
+        n_parallel: int = 8,
+        context_length: int | None = None,
+        cache_ram_mib: int = 1024,
+        share_prefix: bool = True,
+        min_prefix_tokens: int = 64,
+        prompt_format: str | None = None,
+        progress: Callable[[str], None] | None = None,
+        **params: Any,
+    ) -> None:
         """``model_name``: a registered packaged model (``gemma-3-270m``, the default) or a ``.gguf`` path.
         ``n_parallel`` slots of ``context_length`` tokens each (default: the card's ``[llamacpp]`` section,
         else 8,192); ``threads`` for single-stream decoding (default 1 on <= 2 cores), ``batch_threads`` for
@@ -150,9 +160,11 @@ class LlamaCppEngine(Engine):
             self._server: Any = xllamacpp.Server(p)
         except Exception as exc:
             shutil.rmtree(self._slot_dir, ignore_errors=True)
-            raise ModelLoadError(f"llama.cpp could not load {path} ({type(exc).__name__}: {exc}); check that it is a "
-                                 "complete GGUF model (a packaged model's file is rebuilt once deleted) and that "
-                                 "context_length * n_parallel fits in memory") from exc
+            raise ModelLoadError(
+                f"llama.cpp could not load {path} ({type(exc).__name__}: {exc}); check that it is a "
+                "complete GGUF model (a packaged model's file is rebuilt once deleted) and that "
+                "context_length * n_parallel fits in memory"
+            ) from exc
         self.load_seconds = time.perf_counter() - started
         url = urlparse(self._server.listening_address)
         self._host, self._port = url.hostname or "127.0.0.1", int(url.port or 0)
@@ -168,8 +180,11 @@ class LlamaCppEngine(Engine):
         except Exception:
             self.close()
             raise
-        self.prompt_format = (prompt_format or (card.prompt_format if card else None)  # type: ignore[assignment]
-                              or ("chat" if self.chat_template else "completion"))
+        self.prompt_format = (
+            prompt_format
+            or (card.prompt_format if card else None)  # type: ignore[assignment]
+            or ("chat" if self.chat_template else "completion")
+        )
 
     # ---- HTTP side channel (tokenize, templates, slot files) ------------------------------------------------
     def _post(self, path: str, body: dict | None) -> dict:
@@ -205,8 +220,9 @@ class LlamaCppEngine(Engine):
         return len(self._tokenize(text, add_special=False)) if text else 0
 
     def _tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        ids = list(self._post("/tokenize", {"content": text, "add_special": add_special,
-                                            "parse_special": True})["tokens"])
+        ids = list(
+            self._post("/tokenize", {"content": text, "add_special": add_special, "parse_special": True})["tokens"]
+        )
         if add_special and self._bos and ids[:2] == self._bos * 2:
             ids = ids[1:]  # a template that writes BOS itself must not get a second one
         return ids
@@ -223,8 +239,10 @@ class LlamaCppEngine(Engine):
             try:
                 ids = self._tokenize(self.rendered(req))
                 if len(ids) >= self.context_length:
-                    raise EngineError(f"prompt of {len(ids)} tokens does not fit the slot context of "
-                                      f"{self.context_length} tokens (raise context_length)")
+                    raise EngineError(
+                        f"prompt of {len(ids)} tokens does not fit the slot context of "
+                        f"{self.context_length} tokens (raise context_length)"
+                    )
             except Exception as exc:  # this request only
                 results[i] = Result.failed(f"llamacpp: {type(exc).__name__}: {exc}")
                 continue
@@ -246,8 +264,9 @@ class LlamaCppEngine(Engine):
                 t.prefer = None
         self._run(tasks, results, prefixes, deadline)
         for g, info in warm.items():  # the first sibling owns the prefix work the warm-up did
-            first = next((t.index for t in tasks if t.group == g and results[t.index] is not None
-                          and results[t.index].ok), None)  # type: ignore[union-attr]
+            first = next(
+                (t.index for t in tasks if t.group == g and results[t.index] is not None and results[t.index].ok), None
+            )  # type: ignore[union-attr]
             if first is not None:
                 u = results[first].usage  # type: ignore[union-attr]
                 if u.cached_tokens is not None:
@@ -308,16 +327,18 @@ class LlamaCppEngine(Engine):
         if s is None:
             s = min(range(len(self._slots)), key=lambda i: self._slots[i].used)
         started = time.perf_counter()
-        out = self._server.handle_completions({"prompt": prefix, "max_tokens": 0, "temperature": 0.0,
-                                               "cache_prompt": True, "id_slot": s})
+        out = self._server.handle_completions(
+            {"prompt": prefix, "max_tokens": 0, "temperature": 0.0, "cache_prompt": True, "id_slot": s}
+        )
         if "error" in out:
             raise EngineError(_error_text(out))
         self._post(f"/slots/{s}?action=save", {"filename": f"g{g}.bin"})
         self._slots[s] = _Slot(list(prefix), g, time.monotonic())
         return {"computed": int(out.get("timings", {}).get("prompt_n", 0)), "seconds": time.perf_counter() - started}
 
-    def _run(self, tasks: list[_Task], results: list[Result | None], prefixes: dict[int, list[int]],
-             deadline: float | None) -> None:
+    def _run(
+        self, tasks: list[_Task], results: list[Result | None], prefixes: dict[int, list[int]], deadline: float | None
+    ) -> None:
         """One worker per slot takes tasks until none is left: its preferred singletons first, then siblings
         of a prefix it holds, then any sibling (restoring the group's prefix file first), then the rest."""
         pending = list(tasks)
@@ -328,9 +349,13 @@ class LlamaCppEngine(Engine):
                 fresh = self._slots[s].fresh_group
                 # Last, anything left: a task waiting for its preferred slot while this one idles would run the
                 # batch one by one (4 siblings on one slot took the sum of their times).
-                for rank in (lambda t: t.prefer == s, lambda t: t.group is not None and t.group == fresh,
-                             lambda t: t.group is not None, lambda t: t.group is None and t.prefer is None,
-                             lambda t: True):
+                for rank in (
+                    lambda t: t.prefer == s,
+                    lambda t: t.group is not None and t.group == fresh,
+                    lambda t: t.group is not None,
+                    lambda t: t.group is None and t.prefer is None,
+                    lambda t: True,
+                ):
                     for t in pending:
                         if rank(t):
                             pending.remove(t)
@@ -350,20 +375,32 @@ class LlamaCppEngine(Engine):
 
         # Fewer tasks than slots: the slots some task prefers first, then ones holding a fresh prefix, then LRU.
         wanted = {t.prefer for t in tasks if t.prefer is not None}
-        order = sorted(range(len(self._slots)), key=lambda s: (s not in wanted, self._slots[s].fresh_group is None,
-                                                               self._slots[s].used))
-        workers = [threading.Thread(target=worker, args=(s,), name=f"llamacpp-slot-{s}", daemon=True)
-                   for s in order[:len(tasks)]]
+        order = sorted(
+            range(len(self._slots)),
+            key=lambda s: (s not in wanted, self._slots[s].fresh_group is None, self._slots[s].used),
+        )
+        workers = [
+            threading.Thread(target=worker, args=(s,), name=f"llamacpp-slot-{s}", daemon=True)
+            for s in order[: len(tasks)]
+        ]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
 
     def _complete(self, ids: list[int], sampling: SamplingParams, slot: int, deadline: float | None) -> Result:
-        body: dict[str, Any] = {"prompt": ids, "max_tokens": sampling.max_tokens, "cache_prompt": True,
-                                "id_slot": slot, "stream": True, "stream_options": {"include_usage": True},
-                                "temperature": max(0.0, sampling.temperature), "top_k": 0, "min_p": 0.0,
-                                "top_p": 1.0 if sampling.greedy else sampling.top_p}
+        body: dict[str, Any] = {
+            "prompt": ids,
+            "max_tokens": sampling.max_tokens,
+            "cache_prompt": True,
+            "id_slot": slot,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": max(0.0, sampling.temperature),
+            "top_k": 0,
+            "min_p": 0.0,
+            "top_p": 1.0 if sampling.greedy else sampling.top_p,
+        }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         if sampling.seed is not None:
@@ -399,15 +436,27 @@ class LlamaCppEngine(Engine):
             return Result.failed(f"llamacpp: {state['error']}")
         if "usage" not in state:  # cut off: the work done is counted, the partial text is not returned
             why = "engine closed" if self._closing else "stopped at the deadline"
-            return Result(text="", finish_reason="error", error=f"llamacpp: {why}",
-                          usage=Usage(calls=1, prompt_tokens=len(ids), cached_tokens=None,
-                                      completion_tokens=len(pieces), seconds=seconds))
+            return Result(
+                text="",
+                finish_reason="error",
+                error=f"llamacpp: {why}",
+                usage=Usage(
+                    calls=1, prompt_tokens=len(ids), cached_tokens=None, completion_tokens=len(pieces), seconds=seconds
+                ),
+            )
         usage, timings = state["usage"], state["timings"]
         cached = timings.get("cache_n")
-        return Result(text="".join(pieces), finish_reason="length" if state.get("finish") == "length" else "stop",
-                      usage=Usage(calls=1, prompt_tokens=int(usage.get("prompt_tokens", len(ids))),
-                                  cached_tokens=int(cached) if cached is not None else None,
-                                  completion_tokens=int(usage.get("completion_tokens", 0)), seconds=seconds))
+        return Result(
+            text="".join(pieces),
+            finish_reason="length" if state.get("finish") == "length" else "stop",
+            usage=Usage(
+                calls=1,
+                prompt_tokens=int(usage.get("prompt_tokens", len(ids))),
+                cached_tokens=int(cached) if cached is not None else None,
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                seconds=seconds,
+            ),
+        )
 
     def close(self) -> None:
         """Stop streams in flight, stop llama.cpp's loop and HTTP threads (freeing the port), delete slot files."""

@@ -31,6 +31,7 @@ that deadline (the run's budget is the bound), one without takes ``AUTO_TIMEOUT_
 on a CPU llama-server (measured: the reply timed out, and was then sent again only to time out again).
 A request that timed out is never retried (a greedy generation would only repeat the same wait).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -82,8 +83,10 @@ def normalize_base_url(url: str) -> str:
 def rendezvous_order(key: str, servers: list[str]) -> list[str]:
     """Servers ordered by highest-random-weight hashing: stable per key, and adding or removing one server
     only moves the keys that hashed to it."""
+
     def weight(server: str) -> bytes:
         return hashlib.blake2b(f"{server}\0{key}".encode(), digest_size=8).digest()
+
     return sorted(servers, key=weight, reverse=True)
 
 
@@ -91,12 +94,23 @@ class OpenAIEngine(Engine):
     backend = "openai"
     supports_deadline = True
 
-    def __init__(self, model_name: str | None = None, base_url: str | list[str] = "http://127.0.0.1:8000/v1",
-                 api_key: str | None = None, timeout: float | None = None, max_retries: int = 3,
-                 endpoint: Literal["chat", "completions"] | None = None, max_concurrency: int = 16,
-                 prompt_format: Literal["chat", "completion"] | None = None, context_length: int | None = None,
-                 affinity_chars: int = 1024, backoff: float = 0.5, max_backoff: float = 20.0,
-                 connect_timeout: float = 10.0, session_header: str | None = DEFAULT_SESSION_HEADER) -> None:
+    def __init__(
+        self,
+        model_name: str | None = None,
+        base_url: str | list[str] = "http://127.0.0.1:8000/v1",
+        api_key: str | None = None,
+        timeout: float | None = None,
+        max_retries: int = 3,
+        endpoint: Literal["chat", "completions"] | None = None,
+        max_concurrency: int = 16,
+        prompt_format: Literal["chat", "completion"] | None = None,
+        context_length: int | None = None,
+        affinity_chars: int = 1024,
+        backoff: float = 0.5,
+        max_backoff: float = 20.0,
+        connect_timeout: float = 10.0,
+        session_header: str | None = DEFAULT_SESSION_HEADER,
+    ) -> None:
         import httpx  # a core dependency, but keep `import rlm_local.engines` light
 
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
@@ -106,8 +120,10 @@ class OpenAIEngine(Engine):
         if endpoint not in (None, "chat", "completions"):
             raise EngineError(f"openai backend: endpoint must be 'chat' or 'completions', got {endpoint!r}")
         if session_header is not None and not _HEADER_NAME.fullmatch(str(session_header)):
-            raise EngineError(f"openai backend: session_header must be an HTTP header name such as "
-                              f"{DEFAULT_SESSION_HEADER!r} (or None to send none), got {session_header!r}")
+            raise EngineError(
+                f"openai backend: session_header must be an HTTP header name such as "
+                f"{DEFAULT_SESSION_HEADER!r} (or None to send none), got {session_header!r}"
+            )
         self.session_header = session_header
         if (timeout is not None and timeout <= 0) or max_retries < 0 or max_concurrency < 1:
             raise EngineError("openai backend: need timeout > 0, max_retries >= 0 and max_concurrency >= 1")
@@ -197,7 +213,7 @@ class OpenAIEngine(Engine):
                 if exc.refused and len(refused) + 1 < len(self.servers):
                     refused.add(server)  # try another server; no need to wait on this one
                 else:
-                    delay = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+                    delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
                     time.sleep(min(self.max_backoff, exc.wait) if exc.wait is not None else delay)
                 attempt += 1
             finally:
@@ -231,16 +247,23 @@ class OpenAIEngine(Engine):
 
     def _payload(self, request: Request) -> tuple[dict[str, Any], str]:
         s = request.sampling
-        body: dict[str, Any] = {"model": self._model(), "max_tokens": s.max_tokens,
-                                "temperature": s.temperature, "top_p": s.top_p}
+        body: dict[str, Any] = {
+            "model": self._model(),
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+        }
         if s.stop:
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed
         endpoint = self.endpoint or ("chat" if request.messages is not None else "completions")
         if endpoint == "chat":
-            messages = list(request.messages) if request.messages is not None else [
-                {"role": "user", "content": request.prompt or ""}]
+            messages = (
+                list(request.messages)
+                if request.messages is not None
+                else [{"role": "user", "content": request.prompt or ""}]
+            )
             body["messages"] = messages
             return body, "/chat/completions"
         body["prompt"] = self.rendered(request)
@@ -255,7 +278,9 @@ class OpenAIEngine(Engine):
                 try:
                     self.model_name = str(data["data"][0]["id"])
                 except (KeyError, IndexError, TypeError):
-                    raise RequestFailed(f"{self.servers[0]}/models lists no model; set model_name", retry=False)
+                    raise RequestFailed(
+                        f"{self.servers[0]}/models lists no model; set model_name", retry=False
+                    ) from None
         return self.model_name
 
     # ---- HTTP ---------------------------------------------------------------------------------------------------
@@ -271,9 +296,16 @@ class OpenAIEngine(Engine):
     def _get(self, server: str, path: str) -> Any:
         return self._send("GET", server, path, None, None, self.timeout or DISCOVERY_TIMEOUT)
 
-    def _send(self, method: str, server: str, path: str, body: dict[str, Any] | None,
-              stop_at: float | None, limit: float,
-              headers: dict[str, str] | None = None) -> Any:
+    def _send(
+        self,
+        method: str,
+        server: str,
+        path: str,
+        body: dict[str, Any] | None,
+        stop_at: float | None,
+        limit: float,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """One HTTP exchange of at most ``limit`` seconds. ``stop_at`` (time.monotonic()) is the caller's
         deadline: the exchange is dropped there and DeadlinePassed raised."""
         httpx = self._httpx
@@ -286,8 +318,13 @@ class OpenAIEngine(Engine):
                 raise DeadlinePassed(f"{url}: deadline passed before the request was sent")
             deadline = min(deadline, stop_at)
         try:
-            with self._client.stream(method, url, json=body, headers=headers, timeout=httpx.Timeout(
-                    min(timeout, limit), connect=min(timeout, self._connect_timeout))) as resp:
+            with self._client.stream(
+                method,
+                url,
+                json=body,
+                headers=headers,
+                timeout=httpx.Timeout(min(timeout, limit), connect=min(timeout, self._connect_timeout)),
+            ) as resp:
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in resp.iter_bytes():
@@ -303,26 +340,30 @@ class OpenAIEngine(Engine):
                 status = resp.status_code
                 retry_after = _retry_after(resp.headers.get("retry-after"))
         except httpx.ConnectTimeout:
-            raise RequestFailed(f"could not connect to {server} within the timeout", retry=True, refused=True)
+            raise RequestFailed(f"could not connect to {server} within the timeout", retry=True, refused=True) from None
         except httpx.ConnectError as exc:
-            raise RequestFailed(f"cannot connect to {server} (is the server running?): {exc}", retry=True,
-                                refused=True)
+            raise RequestFailed(
+                f"cannot connect to {server} (is the server running?): {exc}", retry=True, refused=True
+            ) from None
         except httpx.TimeoutException:
             if stop_at is not None and time.monotonic() >= stop_at - 0.05:
                 raise DeadlinePassed(f"{url}: stopped at the deadline (connection dropped)") from None
             # A generation that timed out would time out again; retrying only doubles the wait.
-            raise RequestFailed(f"{url} timed out after {limit:g}s", retry=False)
+            raise RequestFailed(f"{url} timed out after {limit:g}s", retry=False) from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise RequestFailed(f"connection to {server} broke: {type(exc).__name__}: {exc}", retry=True)
+            raise RequestFailed(f"connection to {server} broke: {type(exc).__name__}: {exc}", retry=True) from None
         except httpx.HTTPError as exc:
-            raise RequestFailed(f"{url}: {type(exc).__name__}: {exc}", retry=False)
+            raise RequestFailed(f"{url}: {type(exc).__name__}: {exc}", retry=False) from None
         if status >= 400:
-            raise RequestFailed(f"{url} returned HTTP {status}: {_error_message(raw)}",
-                                retry=status in RETRY_STATUS or status >= 500, wait=retry_after)
+            raise RequestFailed(
+                f"{url} returned HTTP {status}: {_error_message(raw)}",
+                retry=status in RETRY_STATUS or status >= 500,
+                wait=retry_after,
+            )
         try:
             return json.loads(raw)
         except ValueError:
-            raise RequestFailed(f"{url} returned invalid JSON: {_excerpt(raw)}", retry=False)
+            raise RequestFailed(f"{url} returned invalid JSON: {_excerpt(raw)}", retry=False) from None
 
     def _parse(self, data: Any, request: Request, path: str, server: str, seconds: float) -> Result:
         try:
@@ -334,8 +375,11 @@ class OpenAIEngine(Engine):
             if not isinstance(text, str):
                 raise TypeError(f"text is {type(text).__name__}")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise RequestFailed(f"{server}{path} returned a reply without a completion ({exc!r}): "
-                                f"{_excerpt(json.dumps(data).encode())}", retry=False)
+            raise RequestFailed(
+                f"{server}{path} returned a reply without a completion ({exc!r}): "
+                f"{_excerpt(json.dumps(data).encode())}",
+                retry=False,
+            ) from None
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         return Result(text=text, finish_reason=finish, usage=self._usage(data.get("usage"), request, text, seconds))
 

@@ -12,6 +12,7 @@ model sees are then exactly those of the no-reuse batch, so greedy outputs are i
 Sliding layers keep only the last ``window`` tokens (the ones a new token can still see) plus a margin, so
 an entry can be cropped or shifted by up to ``margin`` tokens; full-attention layers keep everything.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -56,7 +57,7 @@ class PrefixKV:
         """Whether this entry holds everything a sequence needs to continue after its first ``end`` tokens."""
         return 0 <= end <= len(self) and (not any(self.sliding) or max(0, end - self.window) >= self.sliding_start)
 
-    def crop(self, end: int) -> "PrefixKV":
+    def crop(self, end: int) -> PrefixKV:
         """The entry for ``tokens[:end]`` (views, no copy)."""
         if not self.can_serve(end):
             raise ValueError(f"cannot crop a {len(self)}-token prefix to {end} tokens")
@@ -67,7 +68,7 @@ class PrefixKV:
             values.append(v[:, :stop])
         return PrefixKV(self.tokens[:end], keys, values, self.sliding, self.window, self.sliding_start)
 
-    def trimmed(self, margin: int) -> "PrefixKV":
+    def trimmed(self, margin: int) -> PrefixKV:
         """A compact copy for storage: sliding layers keep the last ``window + margin`` tokens."""
         start = max(self.sliding_start, len(self) - self.window - margin) if any(self.sliding) else 0
         keys, values = [], []
@@ -92,8 +93,10 @@ def supports_reuse(model) -> bool:
     types = set(getattr(config, "layer_types", None) or ["full_attention"])
     if not types <= {"full_attention", "sliding_attention"} or getattr(config, "num_kv_shared_layers", 0):
         return False
-    return all(type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer")
-               for layer in empty_cache(model.config).layers)
+    return all(
+        type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer")
+        for layer in empty_cache(model.config).layers
+    )
 
 
 def _window(layer) -> int:
@@ -148,14 +151,13 @@ def extend_prefix(model, base: PrefixKV | None, tokens: torch.Tensor, chunk: int
     cache = cache_from_prefix(model.config, base, record_past=True)
     device = model.device
     for lo in range(done, tokens.numel(), chunk):
-        ids = tokens[lo:lo + chunk].unsqueeze(0).to(device)
+        ids = tokens[lo : lo + chunk].unsqueeze(0).to(device)
         positions = torch.arange(lo, lo + ids.shape[1], device=device).unsqueeze(0)
         model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return prefix_from_cache(cache, tokens)
 
 
-def batch_cache(config, sources: list[PrefixKV | None], ends: list[int], slots: int,
-                record_past: bool = False):
+def batch_cache(config, sources: list[PrefixKV | None], ends: list[int], slots: int, record_past: bool = False):
     """The cache for a left-padded batch whose first ``slots`` positions are precomputed: row i holds its
     first ``ends[i]`` tokens (from ``sources[i]``) right-aligned in those slots, pads before them.
     ``record_past`` keeps what generation adds to sliding layers, so the result can be stored afterwards."""
@@ -176,11 +178,11 @@ def batch_cache(config, sources: list[PrefixKV | None], ends: list[int], slots: 
             # token t of this row sits in slot (slots - end + t); the layer holds slots [slots - width, slots)
             first_tok = max(0, end - width)
             offset = src.sliding_start if src.sliding[li] else 0
-            take_k = src.keys[li][:, first_tok - offset:end - offset]
-            take_v = src.values[li][:, first_tok - offset:end - offset]
+            take_k = src.keys[li][:, first_tok - offset : end - offset]
+            take_v = src.values[li][:, first_tok - offset : end - offset]
             n = end - first_tok
-            keys[row, :, width - n:] = take_k
-            values[row, :, width - n:] = take_v
+            keys[row, :, width - n :] = take_k
+            values[row, :, width - n :] = take_v
         _fill(layer, keys, values, slots)
         if sliding and record_past:
             layer.activate_past_recording()
@@ -245,8 +247,11 @@ class PrefixCache:
         # is dead weight.
         for key, old in list(self._entries.items()):
             n = len(old)
-            if (n <= len(entry) and entry.sliding_start <= old.sliding_start
-                    and torch.equal(entry.tokens[:n], old.tokens)):
+            if (
+                n <= len(entry)
+                and entry.sliding_start <= old.sliding_start
+                and torch.equal(entry.tokens[:n], old.tokens)
+            ):
                 del self._entries[key]
         self._entries[self._next_id] = entry
         self._next_id += 1

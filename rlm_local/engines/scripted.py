@@ -6,6 +6,7 @@ list runs out would hide bugs, so running out is an error result instead), or a 
 the scheduler's deadline is abandoned (left to finish in its own thread) and the request fails with its
 prompt counted, as a real engine cuts a generation short.
 """
+
 from __future__ import annotations
 
 import threading
@@ -20,8 +21,13 @@ class ScriptedEngine(Engine):
     backend = "scripted"
     supports_deadline = True
 
-    def __init__(self, replies: Sequence[str] | Callable[[Request], str], model_name: str = "scripted",
-                 prompt_format: str = "chat", context_length: int = 32768) -> None:
+    def __init__(
+        self,
+        replies: Sequence[str] | Callable[[Request], str],
+        model_name: str = "scripted",
+        prompt_format: str = "chat",
+        context_length: int = 32768,
+    ) -> None:
         if not callable(replies) and not (isinstance(replies, Sequence) and all(isinstance(r, str) for r in replies)):
             raise InputTypeError("scripted backend needs backend_kwargs={'replies': [str, ...]} or a callable")
         self._replies = replies if callable(replies) else list(replies)
@@ -46,8 +52,12 @@ class ScriptedEngine(Engine):
             if isinstance(outcome, Exception):  # the script failing is a per-request error, like a real engine
                 return Result.failed(f"scripted reply function raised {type(outcome).__name__}: {outcome}")
             if outcome is None:
-                return Result(text="", finish_reason="error", error="scripted: stopped at the deadline",
-                              usage=Usage(calls=1, prompt_tokens=prompt_tokens, cached_tokens=0))
+                return Result(
+                    text="",
+                    finish_reason="error",
+                    error="scripted: stopped at the deadline",
+                    usage=Usage(calls=1, prompt_tokens=prompt_tokens, cached_tokens=0),
+                )
             text = outcome
         elif self._next < len(self._replies):
             text = self._replies[self._next]

@@ -1,4 +1,5 @@
 """Prompt formats shared by engines whose model file carries no chat template (no torch import here)."""
+
 from __future__ import annotations
 
 

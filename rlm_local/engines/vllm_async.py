@@ -14,6 +14,7 @@ tokens it had produced counted in its usage; ``close()`` aborts what is running,
 down, kills what is left of it and stops the loop thread. Prompt rendering, CPU defaults, the bounded
 start-up and ``cached_tokens`` are those of the ``vllm`` engine (vllm_engine.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,18 +38,31 @@ class AsyncVLLMEngine(VLLMBase):
     supports_deadline = True
     concurrent_calls = CONCURRENT_CALLS
 
-    def __init__(self, model_name: str | None = None, max_model_len: int | None = None,
-                 gpu_memory_utilization: float | None = None,
-                 tensor_parallel_size: int | None = None, enable_prefix_caching: bool | None = None,
-                 max_num_seqs: int | None = None, dtype: str | None = None, prompt_format: str | None = None,
-                 startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, **engine_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_name: str | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        tensor_parallel_size: int | None = None,
+        enable_prefix_caching: bool | None = None,
+        max_num_seqs: int | None = None,
+        dtype: str | None = None,
+        prompt_format: str | None = None,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        **engine_kwargs: Any,
+    ) -> None:
         """Same arguments as the ``vllm`` engine; ``engine_kwargs`` go to ``vllm.AsyncEngineArgs``."""
         self._engine: Any = None
         self._children: set[int] = set()
         self._ids = itertools.count()
-        explicit = dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
-                        max_num_seqs=max_num_seqs, dtype=dtype)
+        explicit = dict(
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=enable_prefix_caching,
+            max_num_seqs=max_num_seqs,
+            dtype=dtype,
+        )
         kwargs = self._configure(model_name, explicit, engine_kwargs, prompt_format)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rlm-vllm-async", daemon=True)
@@ -61,7 +75,8 @@ class AsyncVLLMEngine(VLLMBase):
                 return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
 
             self._engine, self._children, self.load_seconds = start_bounded(
-                lambda: self._call(make(), None), startup_timeout, f"vllm AsyncLLM ({self.model_name!r})")
+                lambda: self._call(make(), None), startup_timeout, f"vllm AsyncLLM ({self.model_name!r})"
+            )
             tokenizer = self._call(_maybe_await(self._engine.get_tokenizer()), 60.0)
         except BaseException:
             self.close()
@@ -109,13 +124,22 @@ class AsyncVLLMEngine(VLLMBase):
                 await consume()
             else:
                 await asyncio.wait_for(consume(), max(0.0, deadline - time.monotonic()))
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             await _abort(engine, request_id)
             done = len(last[0].outputs[0].token_ids) if last else 0
-            usage = Usage(calls=1, prompt_tokens=len(ids), cached_tokens=_cached(last[0]) if last else None,
-                          completion_tokens=done, seconds=time.perf_counter() - started)
-            return Result(text="", finish_reason="error", usage=usage,
-                          error=f"vllm-async: stopped at the deadline after {done} tokens (request aborted)")
+            usage = Usage(
+                calls=1,
+                prompt_tokens=len(ids),
+                cached_tokens=_cached(last[0]) if last else None,
+                completion_tokens=done,
+                seconds=time.perf_counter() - started,
+            )
+            return Result(
+                text="",
+                finish_reason="error",
+                usage=usage,
+                error=f"vllm-async: stopped at the deadline after {done} tokens (request aborted)",
+            )
         except asyncio.CancelledError:
             await _abort(engine, request_id)
             raise

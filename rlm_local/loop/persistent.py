@@ -6,6 +6,7 @@ at ``context`` finds the new document while earlier ones, and every variable the
 there; ``history`` holds the earlier questions and answers (``[{"question": ..., "answer": ...}]``). The
 REPL's sub-calls go to whichever run is using it; runs take turns (one REPL runs one cell at a time).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .prompts import Context
 from ..sandbox import Sandbox
+from .prompts import Context
 
 if TYPE_CHECKING:
     from .run import Run
@@ -32,12 +33,15 @@ class PersistentREPL:
         self._turn = threading.Lock()  # one completion at a time uses the REPL
 
     @contextlib.contextmanager
-    def provider(self, run: "Run", context: Context) -> Iterator[Sandbox]:
+    def provider(self, run: Run, context: Context) -> Iterator[Sandbox]:
         with self._turn:
             self._run = run
             if self.sandbox is None:
-                self.sandbox = run.open_sandbox(context, llm_handler=lambda ps: self._run.llm_query(ps),
-                                                rlm_handler=lambda p, c=None: self._run.rlm_query(p, c))
+                self.sandbox = run.open_sandbox(
+                    context,
+                    llm_handler=lambda ps: self._run.llm_query(ps),
+                    rlm_handler=lambda p, c=None: self._run.rlm_query(p, c),
+                )
                 if isinstance(context, list):  # its items are context_0..; the whole list is `context` for now
                     self._first = context
                     self.names.append("context")
@@ -62,9 +66,11 @@ class PersistentREPL:
         if not self.names:
             return ""
         earlier = ", ".join(f"`{n}`" for n in self.names)
-        return (f"(Persistent session, question {len(self.names) + 1}: the new document is `context`; the earlier "
-                f"ones are {earlier}; earlier questions and answers are in `history`; your variables from "
-                "earlier questions are still defined.)")
+        return (
+            f"(Persistent session, question {len(self.names) + 1}: the new document is `context`; the earlier "
+            f"ones are {earlier}; earlier questions and answers are in `history`; your variables from "
+            "earlier questions are still defined.)"
+        )
 
     def close(self) -> None:
         if self.sandbox is not None:

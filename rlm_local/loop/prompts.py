@@ -9,16 +9,16 @@ Two layouts:
 Templates are filled with str.replace on named slots, never str.format: a user's custom prompt with a
 literal "{" must not crash (the reference library's str.format did).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ContextError, InputError
+from ..errors import ContextError
 
 Context = str | list[str] | dict[str, str]
-
 
 
 # Above this size the token count is extrapolated from a sample: exact tokenisation of 100 MB would take
@@ -59,8 +59,10 @@ You have not looked at the context yet: `context` is already loaded in the REPL 
 CELL_OUTPUT = "Output of your code:\n```\nOUTPUT\n```"
 
 # A reply with neither code nor FINAL: say exactly what to write (small models answer in prose).
-PROSE_NUDGE = ("Your reply had no ```repl code block and no FINAL(...). If that was your answer, reply with only "
-               "FINAL(your answer) on one line, for example FINAL(42). Otherwise write code in a ```repl block.")
+PROSE_NUDGE = (
+    "Your reply had no ```repl code block and no FINAL(...). If that was your answer, reply with only "
+    "FINAL(your answer) on one line, for example FINAL(42). Otherwise write code in a ```repl block."
+)
 
 # Escalating nudges for a reply that repeats the previous one with the same output (steering.py).
 REPEAT_NUDGES = (
@@ -72,25 +74,33 @@ REPEAT_NUDGES = (
     "you have seen, as FINAL(answer).",
 )
 
-RUNAWAY_NOTE = ("Note: your last reply repeated the same text TIMES times in a row ('UNIT'); it was cut after "
-                "the first time. Write one short ```repl block per reply and wait for its output.")
+RUNAWAY_NOTE = (
+    "Note: your last reply repeated the same text TIMES times in a row ('UNIT'); it was cut after "
+    "the first time. Write one short ```repl block per reply and wait for its output."
+)
 
-LENGTH_NOTE = ("Note: your last reply was cut at the length limit (MAX_TOKENS tokens). Keep replies short: one "
-               "```repl block, no long explanations.")
+LENGTH_NOTE = (
+    "Note: your last reply was cut at the length limit (MAX_TOKENS tokens). Keep replies short: one "
+    "```repl block, no long explanations."
+)
 
-IGNORED_FINAL = ("Note: FINAL(...) written in the same reply as code was ignored because it was written "
-                 "before the code's output was seen. Call FINAL(answer) once you have checked the output.")
+IGNORED_FINAL = (
+    "Note: FINAL(...) written in the same reply as code was ignored because it was written "
+    "before the code's output was seen. Call FINAL(answer) once you have checked the output."
+)
 
-ASK_FOR_FINAL = ("STOP: the BUDGET budget of this run is used up. Do not write more code. Based on what you "
-                 "have found so far, give your best final answer now as FINAL(answer).")
+ASK_FOR_FINAL = (
+    "STOP: the BUDGET budget of this run is used up. Do not write more code. Based on what you "
+    "have found so far, give your best final answer now as FINAL(answer)."
+)
 
 # ---- completion layout for base models ----------------------------------------------------------------
 # The worked example teaches the whole protocol by demonstration: search with a keyword from the question,
 # read the printed hits, copy the answer into FINAL. A 270M base model continues such patterns far more
 # reliably than it follows instructions.
-COMPLETION_PREAMBLE = '''Below are transcripts of a Python REPL. A long document is stored in the variable `context`; it is too long to read, so the analyst writes short code to search it, reads the printed output, and calls FINAL(answer) with the answer.
+COMPLETION_PREAMBLE = """Below are transcripts of a Python REPL. A long document is stored in the variable `context`; it is too long to read, so the analyst writes short code to search it, reads the printed output, and calls FINAL(answer) with the answer.
 
-''' + ''.join(
+""" + "".join(
     f'''### Task: {question}
 ### Context: str, {length} characters.
 ```python
@@ -103,18 +113,40 @@ Output:
 FINAL("{answer}")
 ```
 
-''' for question, length, keyword, hit, answer in (
+'''
+    for question, length, keyword, hit, answer in (
         # Four examples measured best on the embedded model (9/10 needles vs 6/10 with two): more
         # demonstrations of "copy the distinctive phrase from the question" make a 270M model copy it whole.
-        ("What is the access code for the north gate?", "48,213", "north gate",
-         "Visitors use the side door. The access code for the north gate is 4471.", "4471"),
-        ("Which city did Maria Lopez move to?", "120,904", "maria lopez",
-         "In 2019 Maria Lopez moved to Lisbon to open a bakery.", "Lisbon"),
-        ("What is the serial number of the blue tractor?", "75,330", "blue tractor",
-         "The serial number of the blue tractor is 88-1302.", "88-1302"),
-        ("What is the password of the hidden cellar?", "210,118", "hidden cellar",
-         "The password of the hidden cellar is: 5521.", "5521"),
-    ))
+        (
+            "What is the access code for the north gate?",
+            "48,213",
+            "north gate",
+            "Visitors use the side door. The access code for the north gate is 4471.",
+            "4471",
+        ),
+        (
+            "Which city did Maria Lopez move to?",
+            "120,904",
+            "maria lopez",
+            "In 2019 Maria Lopez moved to Lisbon to open a bakery.",
+            "Lisbon",
+        ),
+        (
+            "What is the serial number of the blue tractor?",
+            "75,330",
+            "blue tractor",
+            "The serial number of the blue tractor is 88-1302.",
+            "88-1302",
+        ),
+        (
+            "What is the password of the hidden cellar?",
+            "210,118",
+            "hidden cellar",
+            "The password of the hidden cellar is: 5521.",
+            "5521",
+        ),
+    )
+)
 
 COMPLETION_TASK = """### Task: QUESTION_TEXT
 ### Context: METADATA_LINE
@@ -144,8 +176,10 @@ class ContextInfo:
         if self.kind == "list":
             shown = ", ".join(f"{n:,}" for n in self.chunk_chars[:50])
             more = f", ... ({len(self.chunk_chars) - 50} more)" if len(self.chunk_chars) > 50 else ""
-            lines.append(f"- {len(self.chunk_chars)} documents (context_0 ... context_{len(self.chunk_chars) - 1}),"
-                         f" lengths in characters: {shown}{more}")
+            lines.append(
+                f"- {len(self.chunk_chars)} documents (context_0 ... context_{len(self.chunk_chars) - 1}),"
+                f" lengths in characters: {shown}{more}"
+            )
         if self.kind == "dict":
             shown = ", ".join(f"{k!r} ({n:,} chars)" for k, n in zip(self.names[:50], self.chunk_chars[:50]))
             lines.append(f"- {len(self.names)} named documents: {shown}")
@@ -157,8 +191,14 @@ class ContextInfo:
         return f"{self.kind}{parts}, {self.total_chars:,} characters."
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "chars": self.total_chars, "tokens": self.total_tokens,
-                "tokens_exact": self.tokens_exact, "chunk_chars": self.chunk_chars[:1000], "names": self.names[:1000]}
+        return {
+            "type": self.kind,
+            "chars": self.total_chars,
+            "tokens": self.total_tokens,
+            "tokens_exact": self.tokens_exact,
+            "chunk_chars": self.chunk_chars[:1000],
+            "names": self.names[:1000],
+        }
 
 
 def context_pieces(context: Context) -> list[str]:
@@ -183,10 +223,15 @@ def describe_context(context: Context, count_tokens: Callable[[str], int]) -> Co
         tokens, exact = int(count_tokens(sample) * total_chars / max(1, len(sample))), False
     kind = "str" if isinstance(context, str) else "dict" if isinstance(context, dict) else "list"
     first = pieces[0] if pieces else ""
-    return ContextInfo(kind=kind, total_chars=total_chars, total_tokens=tokens, tokens_exact=exact,
-                       chunk_chars=[len(p) for p in pieces] if kind != "str" else [total_chars],
-                       names=list(context) if isinstance(context, dict) else [],
-                       preview=" ".join(first[:PREVIEW_CHARS].split()))
+    return ContextInfo(
+        kind=kind,
+        total_chars=total_chars,
+        total_tokens=tokens,
+        tokens_exact=exact,
+        chunk_chars=[len(p) for p in pieces] if kind != "str" else [total_chars],
+        names=list(context) if isinstance(context, dict) else [],
+        preview=" ".join(first[:PREVIEW_CHARS].split()),
+    )
 
 
 def tools_prompt(tools: dict[str, Any]) -> str:
@@ -204,7 +249,8 @@ def tools_prompt(tools: dict[str, Any]) -> str:
 def system_prompt(output_limit: int, sub_context_tokens: int = 32_768, custom: str | None = None) -> str:
     # ~3 characters a token leaves room for the sub-model's answer and template.
     text = SYSTEM_PROMPT.replace("OUTPUT_LIMIT", f"{output_limit:,}").replace(
-        "SUB_CONTEXT_CHARS", f"{max(4_000, sub_context_tokens * 3) // 1000 * 1000:,}")
+        "SUB_CONTEXT_CHARS", f"{max(4_000, sub_context_tokens * 3) // 1000 * 1000:,}"
+    )
     return text if not custom else f"{text}\n\n{custom}"
 
 
@@ -218,7 +264,8 @@ def cell_feedback(outputs: list[str]) -> str:
 
 def completion_task(question: str | None, info: ContextInfo) -> str:
     return COMPLETION_TASK.replace("METADATA_LINE", info.one_line()).replace(
-        "QUESTION_TEXT", " ".join((question or TASK_IN_CONTEXT).split()))
+        "QUESTION_TEXT", " ".join((question or TASK_IN_CONTEXT).split())
+    )
 
 
 def completion_output(output: str) -> str:
@@ -259,5 +306,7 @@ def check_context(prompt: Any) -> Context:
         if not any(v.strip() for v in prompt.values()):
             raise ContextError("the context is empty")
         return dict(prompt)
-    raise ContextError(f"the context must be a str, a list of str, a list of chat messages or a dict of str, "
-                       f"not {type(prompt).__name__}")
+    raise ContextError(
+        f"the context must be a str, a list of str, a list of chat messages or a dict of str, "
+        f"not {type(prompt).__name__}"
+    )

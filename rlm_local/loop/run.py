@@ -14,6 +14,7 @@ completion, children included.
 Small instruction models are steered back on track (steering.py): a runaway reply is cut, a repeated
 turn gets an escalating nudge, and a prose reply that is plainly an answer is taken (final.plain_answer).
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,33 +24,37 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engines import Engine, Request, Result, Usage
+from ..errors import BudgetExceeded, SetupError
+from ..errors import logger as _root_logger
+from ..runlog.events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
+from ..runlog.trajectory import Trajectory
+from ..runlog.usage import UsageTracker
+from ..sandbox import CellResult, Limits, Sandbox, SandboxError
+from ..scheduling.scheduler import Scheduler
 from . import final, prompts
 from .batching import rewrite_sibling_calls
 from .conversation import Conversation
-from ..engines import Engine, Request, Result, Usage
-from ..errors import BudgetExceeded, Error, SetupError
-from ..errors import logger as _root_logger
-from ..runlog.events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
 from .formats import PromptFormat
 from .prompts import Context, ContextError, check_context, flatten_context
-from ..sandbox import CellResult, Limits, Sandbox, SandboxError
-from ..scheduling.scheduler import Scheduler
 from .steering import Steering
-from ..runlog.trajectory import Trajectory
-from ..runlog.usage import UsageTracker
 
 logger = _root_logger.getChild("run")
 
-STOP_REASONS = ("final", "max_iterations", "max_timeout", "max_tokens", "max_subcalls", "max_errors",
-                "engine_error", "cancelled")
+STOP_REASONS = (
+    "final",
+    "max_iterations",
+    "max_timeout",
+    "max_tokens",
+    "max_subcalls",
+    "max_errors",
+    "engine_error",
+    "cancelled",
+)
 FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long past max_timeout
 # A greedy root request that failed after this long is not sent again: it would compute the same reply for
 # as long again (a timed-out 2,048-token reply on a CPU server was retried and timed out twice).
 NO_RETRY_AFTER_SECONDS = 30.0
-
-
-
-
 
 
 @dataclass
@@ -103,9 +108,13 @@ class Budget:
                 left = self.max_subcalls - self.subcalls
                 if left <= 0:
                     self.exhausted = "max_subcalls"
-                    raise BudgetExceeded(f"max_subcalls budget ({self.max_subcalls}) used up; call FINAL with what you have")
-                raise BudgetExceeded(f"max_subcalls budget: {count} sub-calls requested but only {left} of "
-                                     f"{self.max_subcalls} left; ask fewer")
+                    raise BudgetExceeded(
+                        f"max_subcalls budget ({self.max_subcalls}) used up; call FINAL with what you have"
+                    )
+                raise BudgetExceeded(
+                    f"max_subcalls budget: {count} sub-calls requested but only {left} of "
+                    f"{self.max_subcalls} left; ask fewer"
+                )
             self.subcalls += count
         reason = self.stop_reason(tokens_used)
         if reason is not None and reason != "max_subcalls":
@@ -150,18 +159,25 @@ class Outcome:
 class Run:
     """One (sub-)run: a conversation with the root model and a sandbox session, inside a shared budget."""
 
-    def __init__(self, settings: Settings, budget: Budget, usage: UsageTracker, trajectory: Trajectory,
-                 run_id: str, depth: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        budget: Budget,
+        usage: UsageTracker,
+        trajectory: Trajectory,
+        run_id: str,
+        depth: int = 0,
+    ) -> None:
         self.settings, self.budget, self.usage, self.trajectory = settings, budget, usage, trajectory
         self.run_id, self.depth = run_id, depth
         self.convo: Conversation | None = None
         self.sandbox: Sandbox | None = None
         # A session's REPL outlives its runs: ``sandbox_provider(run, context)`` gives the context manager
         # to run in (a kept-alive sandbox is not closed by it). Children always open their own.
-        self.sandbox_provider: Callable[["Run", Context], AbstractContextManager[Sandbox]] | None = None
+        self.sandbox_provider: Callable[[Run, Context], AbstractContextManager[Sandbox]] | None = None
         self._closing = False  # the closing request is under way: waits may use the grace
 
-    def child(self) -> "Run":
+    def child(self) -> Run:
         return Run(self.settings, self.budget, self.usage, self.trajectory, self.run_id, self.depth + 1)
 
     # ---- the loop -----------------------------------------------------------------------------------------
@@ -169,8 +185,16 @@ class Run:
         s = self.settings
         info = prompts.describe_context(context, s.root.engine.count_tokens)
         self.log(ContextDescribed(depth=self.depth, metadata=info.to_dict()))
-        self.convo = Conversation.start(s.root.format, s.root.engine.count_tokens, question, info, s.output_limit,
-                                        s.custom_system_prompt, s.root.prompt_tokens, s.sub.context_length or 32_768)
+        self.convo = Conversation.start(
+            s.root.format,
+            s.root.engine.count_tokens,
+            question,
+            info,
+            s.output_limit,
+            s.custom_system_prompt,
+            s.root.prompt_tokens,
+            s.sub.context_length or 32_768,
+        )
         opener = self.sandbox_provider(self, context) if self.sandbox_provider else self.open_sandbox(context)
         with opener as self.sandbox:
             failures = 0  # consecutive turns whose cells all failed (max_errors)
@@ -202,8 +226,14 @@ class Run:
                 return result
             if self.stop_reason():  # cut off by the budget: not an engine failure, and no retry
                 return None
-            logger.warning("run %s depth %d turn %d: root call failed (attempt %d): %s", self.run_id, self.depth,
-                           iteration, attempt + 1, result.error)
+            logger.warning(
+                "run %s depth %d turn %d: root call failed (attempt %d): %s",
+                self.run_id,
+                self.depth,
+                iteration,
+                attempt + 1,
+                result.error,
+            )
             if request.sampling.greedy and time.monotonic() - started >= NO_RETRY_AFTER_SECONDS:
                 return None  # the same greedy request would spend the same time again
         return None
@@ -212,8 +242,13 @@ class Run:
         """The reply as the loop keeps it: a runaway repetition cut (steering.py); notes for the model."""
         reply = steer.trim(result.text, result.finish_reason, self.settings.root.root_sampling.get("max_tokens"))
         if len(reply) < len(result.text):
-            logger.info("run %s depth %d: cut a runaway reply (%d -> %d characters)", self.run_id, self.depth,
-                        len(result.text), len(reply))
+            logger.info(
+                "run %s depth %d: cut a runaway reply (%d -> %d characters)",
+                self.run_id,
+                self.depth,
+                len(result.text),
+                len(reply),
+            )
         return reply
 
     def _act(self, reply: str, iteration: int, steer: Steering) -> tuple[str | None, str, bool]:
@@ -256,18 +291,23 @@ class Run:
         if reason == "cancelled":  # nobody is waiting for a best answer
             return Outcome("", reason, iterations)
         self._closing = True
-        logger.info("run %s depth %d: %s after %d turns; asking for a final answer", self.run_id, self.depth, reason,
-                    iterations)
+        logger.info(
+            "run %s depth %d: %s after %d turns; asking for a final answer", self.run_id, self.depth, reason, iterations
+        )
         self.convo.add_budget_stop(reason)
-        result = self._call_root(self.convo.request(self.settings.root.root_sampling), iterations + 1,
-                                 final_request=True)
+        result = self._call_root(
+            self.convo.request(self.settings.root.root_sampling), iterations + 1, final_request=True
+        )
         if not result.ok:
             return Outcome("", reason, iterations)
         parsed = self.convo.parse(result.text)
         answer = final.from_text(parsed, self._read, closing=True)
         if answer is None:  # the model answered in code anyway: run only the code that gives the answer
-            cells = [self._run_cell(code, iterations + 1) for code in parsed.code_blocks
-                     if "FINAL" in code or final.ANSWER_VAR in code]
+            cells = [
+                self._run_cell(code, iterations + 1)
+                for code in parsed.code_blocks
+                if "FINAL" in code or final.ANSWER_VAR in code
+            ]
             answer = final.after_cells(parsed, cells, self._read) if cells else None
         # No final answer in the reply: its prose is the best partial answer, never its code.
         return Outcome(answer if answer is not None else final.prose(result.text), reason, iterations)
@@ -277,8 +317,17 @@ class Run:
         text = flatten_context(context) if question is None else f"{question}\n\n{flatten_context(context)}"
         root = self.settings.root
         (result,) = self._submit(root, [root.format.subcall(text, root.sub_sampling)], "root", self.depth)
-        self.log(SubCall(depth=self.depth, query="llm", prompt=text, response=result.text, error=result.error,
-                         usage=result.usage, seconds=result.usage.seconds))
+        self.log(
+            SubCall(
+                depth=self.depth,
+                query="llm",
+                prompt=text,
+                response=result.text,
+                error=result.error,
+                usage=result.usage,
+                seconds=result.usage.seconds,
+            )
+        )
         return result.text.strip()
 
     # ---- steps ----------------------------------------------------------------------------------------------
@@ -286,21 +335,43 @@ class Run:
         """One root-model call through the scheduler, bounded by the budget, counted and logged."""
         started = time.monotonic()
         (result,) = self._submit(self.settings.root, [request], "root", self.depth)
-        self.log(RootTurn(depth=self.depth, iteration=iteration, prompt_tokens=result.usage.prompt_tokens,
-                          cached_tokens=result.usage.cached_tokens, completion_tokens=result.usage.completion_tokens,
-                          reply=result.text, error=result.error, seconds=round(time.monotonic() - started, 3),
-                          **fields))
+        self.log(
+            RootTurn(
+                depth=self.depth,
+                iteration=iteration,
+                prompt_tokens=result.usage.prompt_tokens,
+                cached_tokens=result.usage.cached_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                reply=result.text,
+                error=result.error,
+                seconds=round(time.monotonic() - started, 3),
+                **fields,
+            )
+        )
         return result
 
     def _run_cell(self, code: str, iteration: int) -> CellResult:
         rewrites = 0
         code_to_run = code
         if self.settings.implicit_batching:
-            code_to_run, rewrites = rewrite_sibling_calls(code, max_prompts=self.settings.sandbox_limits.max_prompts_per_call)
+            code_to_run, rewrites = rewrite_sibling_calls(
+                code, max_prompts=self.settings.sandbox_limits.max_prompts_per_call
+            )
         cell = self.sandbox.run(code_to_run, wall_seconds=self._wait_limit(), deadline=self._cell_deadline())
-        self.log(CellRan(depth=self.depth, iteration=iteration, code=code, batched_rewrites=rewrites,
-                         stdout=cell.stdout, error=cell.error, final=cell.final, timed_out=cell.timed_out,
-                         restored=cell.restored, seconds=round(cell.seconds, 3)))
+        self.log(
+            CellRan(
+                depth=self.depth,
+                iteration=iteration,
+                code=code,
+                batched_rewrites=rewrites,
+                stdout=cell.stdout,
+                error=cell.error,
+                final=cell.final,
+                timed_out=cell.timed_out,
+                restored=cell.restored,
+                seconds=round(cell.seconds, 3),
+            )
+        )
         return cell
 
     def _read(self, name: str) -> CellResult:
@@ -318,14 +389,22 @@ class Run:
             return None
         return time.monotonic() + max(0.0, left) + self.budget.final_grace * (1.0 if self._closing else 0.5)
 
-    def open_sandbox(self, context: Context, llm_handler: Callable[[list[str]], list[str]] | None = None,
-                     rlm_handler: Callable[..., str] | None = None) -> Sandbox:
+    def open_sandbox(
+        self,
+        context: Context,
+        llm_handler: Callable[[list[str]], list[str]] | None = None,
+        rlm_handler: Callable[..., str] | None = None,
+    ) -> Sandbox:
         """A new REPL session on ``context`` with this run's limits and tools; sub-calls go to this run
         unless other handlers are given (a persistent REPL routes them to whichever run uses it)."""
         try:
-            return Sandbox(context=context, limits=self.settings.sandbox_limits,
-                           llm_handler=llm_handler or self.llm_query, rlm_handler=rlm_handler or self.rlm_query,
-                           tools=self.settings.tools)
+            return Sandbox(
+                context=context,
+                limits=self.settings.sandbox_limits,
+                llm_handler=llm_handler or self.llm_query,
+                rlm_handler=rlm_handler or self.rlm_query,
+                tools=self.settings.tools,
+            )
         except SandboxError as exc:
             raise SetupError(f"could not start the sandbox: {exc}") from exc
 
@@ -339,6 +418,7 @@ class Run:
     def _submit(self, model: Model, requests: list[Request], role: str, depth: int) -> list[Result]:
         """Requests through the model's scheduler, bounded by the time left, with their usage counted;
         work the engine finishes after we stopped waiting is counted when it ends."""
+
         def count(usage: Usage) -> None:
             self.usage.add(usage, model.name, depth, role)
 
@@ -365,8 +445,18 @@ class Run:
         elapsed = round(time.monotonic() - started, 3)
         answers: list[str] = []
         for prompt, result in zip(prompts_in, results):
-            self.log(SubCall(depth=depth, query="llm", prompt=prompt, response=result.text, error=result.error,
-                             usage=result.usage, seconds=elapsed, batch=len(prompts_in)))
+            self.log(
+                SubCall(
+                    depth=depth,
+                    query="llm",
+                    prompt=prompt,
+                    response=result.text,
+                    error=result.error,
+                    usage=result.usage,
+                    seconds=elapsed,
+                    batch=len(prompts_in),
+                )
+            )
             answers.append(result.text.strip() if result.ok else f"[llm_query error: {result.error}]")
         if self.stop_reason() == "max_timeout" and not all(r.ok for r in results):
             raise BudgetExceeded("max_timeout budget used up; call FINAL with what you have")
@@ -386,9 +476,17 @@ class Run:
             outcome = self.child().solve(check_context(context if context is not None else prompt), question)
         except ContextError as exc:
             return f"[rlm_query error: {exc}]"
-        self.log(SubCall(depth=depth, query="rlm", prompt=prompt, response=outcome.answer,
-                         stopped_reason=outcome.stopped_reason, iterations=outcome.iterations,
-                         seconds=round(time.monotonic() - started, 3)))
+        self.log(
+            SubCall(
+                depth=depth,
+                query="rlm",
+                prompt=prompt,
+                response=outcome.answer,
+                stopped_reason=outcome.stopped_reason,
+                iterations=outcome.iterations,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        )
         if outcome.stopped_reason != "final":  # tell the parent's code that this is a partial answer, and why
             return f"[rlm_query stopped at {outcome.stopped_reason}] {outcome.answer}".rstrip()
         return outcome.answer

@@ -16,6 +16,7 @@ Guarantees:
 - A prose reply is accepted as the answer only by ``final.plain_answer`` rules (see there), and only once
   the model has run code in this run or has been asked once to use FINAL.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -44,8 +45,7 @@ def cut_runaway(text: str) -> tuple[str, str | None]:
         return text, None
     start, unit, times = found
     shown = " ".join(unit.split())[:80]
-    return (text[: start + len(unit)],
-            prompts.RUNAWAY_NOTE.replace("TIMES", str(times)).replace("UNIT", shown))
+    return (text[: start + len(unit)], prompts.RUNAWAY_NOTE.replace("TIMES", str(times)).replace("UNIT", shown))
 
 
 def _find_loop(text: str) -> tuple[int, str, int] | None:
@@ -55,7 +55,7 @@ def _find_loop(text: str) -> tuple[int, str, int] | None:
     "any unit repeated" took seconds on a 12,000-character reply)."""
     if len(text) < MIN_SPAN:
         return None
-    counts = Counter(text[i:i + GRAM] for i in range(len(text) - GRAM + 1))
+    counts = Counter(text[i : i + GRAM] for i in range(len(text) - GRAM + 1))
     best: tuple[int, str, int] | None = None
     for gram, count in counts.most_common(MAX_PROBES):
         if count < MIN_REPEATS:
@@ -68,7 +68,7 @@ def _find_loop(text: str) -> tuple[int, str, int] | None:
             start = a
             while start >= period and text[start - 1] == text[start - 1 + period]:
                 start -= 1  # the loop began earlier than this probe
-            unit = text[start:start + period]
+            unit = text[start : start + period]
             times = 1
             while text.startswith(unit, start + times * period):
                 times += 1
@@ -114,7 +114,7 @@ class Steering:
         A turn repeats when it matches any of the last ``WINDOW`` turns: a 1.5B model was measured
         alternating two turns (a cell, then the same prose) four times over."""
         recent = self.recent
-        self.recent = [*recent[-(WINDOW - 1):], (reply, feedback)]
+        self.recent = [*recent[-(WINDOW - 1) :], (reply, feedback)]
         if not any(old_feedback == feedback and alike(old_reply, reply) for old_reply, old_feedback in recent):
             self.repeats = 0
             return None

@@ -2,6 +2,7 @@
 ``rlm_local.model_cards``). A card names a model's source, backend, prompt format, budgets and sampling;
 an explicit argument always beats it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -11,13 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import Error, InputError, ModelLoadError, ModelNotFoundError
+from ..errors import ModelLoadError as ModelLoadError  # re-exported: its old home
+from ..errors import ModelNotFoundError as ModelNotFoundError
 
 EMBEDDED_NAME = "gemma-3-270m"
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -54,14 +52,27 @@ def _load_cards() -> dict[str, ModelCard]:
 def card_from_toml(text: str) -> ModelCard:
     """One model card from its TOML text (sections other than [sampling] go to ``extra``)."""
     raw = tomllib.loads(text)
-    known = {"name", "description", "source", "backend", "context_length", "prompt_format",
-             "max_prompt_tokens", "sampling", "aliases"}
+    known = {
+        "name",
+        "description",
+        "source",
+        "backend",
+        "context_length",
+        "prompt_format",
+        "max_prompt_tokens",
+        "sampling",
+        "aliases",
+    }
     return ModelCard(
-        name=raw["name"], description=raw.get("description", ""), source=raw.get("source", "local"),
-        backend=raw.get("backend", "transformers"), context_length=int(raw.get("context_length", 0)),
+        name=raw["name"],
+        description=raw.get("description", ""),
+        source=raw.get("source", "local"),
+        backend=raw.get("backend", "transformers"),
+        context_length=int(raw.get("context_length", 0)),
         prompt_format=raw.get("prompt_format", "chat"),
         max_prompt_tokens=int(raw.get("max_prompt_tokens", raw.get("context_length", 8192))),
-        sampling=dict(raw.get("sampling", {})), aliases=tuple(raw.get("aliases", ())),
+        sampling=dict(raw.get("sampling", {})),
+        aliases=tuple(raw.get("aliases", ())),
         extra={k: v for k, v in raw.items() if k not in known},
     )
 

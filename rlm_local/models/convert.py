@@ -2,6 +2,7 @@
 arrives as a GGUF file inside a PyPI package; transformers needs ~80 s to dequantise it, so it is converted
 once into a safetensors directory under the user cache and loaded from there (~7 s) every later time.
 Nothing here ever contacts a model hub."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,7 +17,9 @@ from .store import cache_dir, file_lock, set_offline
 _CONVERTED_MARKER = "rlm-local-converted.json"
 
 
-def resolve_model_dir(model_name: str | None, progress: Callable[[str], None] | None = None) -> tuple[Path, ModelCard | None]:
+def resolve_model_dir(
+    model_name: str | None, progress: Callable[[str], None] | None = None
+) -> tuple[Path, ModelCard | None]:
     """Turn a user's model name into a local directory of Hugging Face weights, converting the embedded
     model on first use. Raises ModelNotFoundError for anything that would need a download."""
     card = find_card(model_name)
@@ -76,7 +79,8 @@ def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
         model.save_pretrained(work / "model")
         tokenizer.save_pretrained(work / "model")
         (work / "model" / _CONVERTED_MARKER).write_text(
-            f'{{"source": "{gguf_path.name}", "seconds": {time.perf_counter() - started:.1f}}}\n')
+            f'{{"source": "{gguf_path.name}", "seconds": {time.perf_counter() - started:.1f}}}\n'
+        )
         shutil.rmtree(target, ignore_errors=True)
         (work / "model").rename(target)
     except ModelLoadError:

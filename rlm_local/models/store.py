@@ -1,5 +1,6 @@
 """The user cache where model files are assembled or converted, and the lock that keeps two processes from
 building the same file at once. Nothing here ever contacts a model hub."""
+
 from __future__ import annotations
 
 import contextlib

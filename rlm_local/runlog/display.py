@@ -1,4 +1,5 @@
 """Showing a run as it happens, on stderr (stdout is for the answer). Listens to the typed events of events.py."""
+
 from __future__ import annotations
 
 import threading
@@ -29,10 +30,9 @@ class ProgressDisplay:
         self._turns = 0
         self._subcalls = 0
         self._tokens = 0
-        self._status: Status | None = (self.console.status("starting…") if live and self.console.is_terminal
-                                       else None)
+        self._status: Status | None = self.console.status("starting…") if live and self.console.is_terminal else None
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         self._started = time.time()
         if self._status is not None:
             self._status.start()
@@ -46,16 +46,20 @@ class ProgressDisplay:
         with self._lock:
             self._handle(event)
             if self._status is not None:
-                self._status.update(f"turn {self._turns} · {self._subcalls} sub-calls · {self._tokens:,} tokens · "
-                                    f"{time.time() - self._started:.0f} s")
+                self._status.update(
+                    f"turn {self._turns} · {self._subcalls} sub-calls · {self._tokens:,} tokens · "
+                    f"{time.time() - self._started:.0f} s"
+                )
 
     def _handle(self, ev: Event) -> None:
         pad = "  " * getattr(ev, "depth", 0)
         say = self.console.print
         if isinstance(ev, ContextDescribed) and ev.depth == 0:
             meta = ev.metadata
-            say(f"[dim]context: {meta['type']}, {meta['chars']:,} characters, "
-                f"{'' if meta['tokens_exact'] else '~'}{meta['tokens']:,} tokens[/dim]")
+            say(
+                f"[dim]context: {meta['type']}, {meta['chars']:,} characters, "
+                f"{'' if meta['tokens_exact'] else '~'}{meta['tokens']:,} tokens[/dim]"
+            )
         elif isinstance(ev, RootTurn):
             self._turns += ev.depth == 0
             self._tokens += ev.prompt_tokens
@@ -63,8 +67,10 @@ class ProgressDisplay:
             if ev.error:
                 say(f"{pad}[red]{label} (depth {ev.depth}): engine error: {escape(_short(ev.error))}[/red]")
             else:
-                say(f"{pad}[bold cyan]{label}[/bold cyan] (depth {ev.depth}, {ev.prompt_tokens:,} prompt tokens, "
-                    f"{ev.seconds:.1f} s)")
+                say(
+                    f"{pad}[bold cyan]{label}[/bold cyan] (depth {ev.depth}, {ev.prompt_tokens:,} prompt tokens, "
+                    f"{ev.seconds:.1f} s)"
+                )
                 if self.verbose:
                     say(escape(ev.reply))
         elif isinstance(ev, CellRan) and ev.final is not None:
@@ -72,15 +78,19 @@ class ProgressDisplay:
         elif isinstance(ev, CellRan):
             status = "[red]error[/red]" if ev.error else "[green]ok[/green]"
             extra = f", {ev.batched_rewrites} loop(s) batched" if ev.batched_rewrites else ""
-            say(f"{pad}  cell {status} in {ev.seconds:.2f} s{extra}: "
-                f"{escape(_short(ev.error or ev.stdout or '(no output)', 120))}")
+            say(
+                f"{pad}  cell {status} in {ev.seconds:.2f} s{extra}: "
+                f"{escape(_short(ev.error or ev.stdout or '(no output)', 120))}"
+            )
             if self.verbose and ev.stdout:
                 say(escape(ev.stdout))
         elif isinstance(ev, SubCall):
             self._subcalls += 1
             if ev.query == "rlm" or self.verbose:
-                say(f"{pad}  [magenta]{ev.query}_query[/magenta] (depth {ev.depth}): "
-                    f"{escape(_short(ev.prompt, 80))} → {escape(_short(ev.response or ev.error, 80))}")
+                say(
+                    f"{pad}  [magenta]{ev.query}_query[/magenta] (depth {ev.depth}): "
+                    f"{escape(_short(ev.prompt, 80))} → {escape(_short(ev.response or ev.error, 80))}"
+                )
         elif isinstance(ev, ChildStart):
             say(f"{pad}[magenta]child RLM at depth {ev.depth}[/magenta]")
         elif isinstance(ev, RunFinal):

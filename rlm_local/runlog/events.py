@@ -18,6 +18,7 @@ a child started by ``rlm_query`` logs its events at its own depth. Events never 
 | final         | answer, stopped_reason, iterations, usage (UsageSummary.to_dict()), seconds            |
 | error         | error, seconds (completion() raised)                                                   |
 """
+
 from __future__ import annotations
 
 import dataclasses

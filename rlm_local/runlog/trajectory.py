@@ -5,6 +5,7 @@ happened (turns, cells, sub-calls, the final answer), never the context itself: 
 copied the whole context into every event and its logs grew to gigabytes. Long text fields are clipped to
 ``max_field_chars`` with a note of the full length.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,14 @@ class Trajectory:
     """Collects events in memory (``events``, as dicts) and, when a path is given, appends them to a JSONL
     file; ``listeners`` get each typed event as it happens. Thread-safe: child runs log concurrently."""
 
-    def __init__(self, path: str | Path | None = None, max_field_chars: int = 8000,
-                 listeners: list[Callable[[Event], None]] | None = None,
-                 lock: threading.Lock | None = None, run_id: str = "") -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        max_field_chars: int = 8000,
+        listeners: list[Callable[[Event], None]] | None = None,
+        lock: threading.Lock | None = None,
+        run_id: str = "",
+    ) -> None:
         self.path = Path(path) if path else None
         self.max_field_chars = max_field_chars
         self.events: list[dict[str, Any]] = []

@@ -1,4 +1,5 @@
 """Usage accounting for one run, children included: calls and tokens per model, per depth, per role."""
+
 from __future__ import annotations
 
 import threading
@@ -17,8 +18,11 @@ class ModelUsageSummary:
     total_output_tokens: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"total_calls": self.total_calls, "total_input_tokens": self.total_input_tokens,
-                "total_output_tokens": self.total_output_tokens}
+        return {
+            "total_calls": self.total_calls,
+            "total_input_tokens": self.total_input_tokens,
+            "total_output_tokens": self.total_output_tokens,
+        }
 
 
 @dataclass
@@ -35,8 +39,12 @@ class UsageSummary:
 
     @property
     def model_usage_summaries(self) -> dict[str, ModelUsageSummary]:
-        return {m: ModelUsageSummary(total_calls=u.calls, total_input_tokens=u.prompt_tokens,
-                                     total_output_tokens=u.completion_tokens) for m, u in self.by_model.items()}
+        return {
+            m: ModelUsageSummary(
+                total_calls=u.calls, total_input_tokens=u.prompt_tokens, total_output_tokens=u.completion_tokens
+            )
+            for m, u in self.by_model.items()
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,5 +84,10 @@ class UsageTracker:
     def summary(self) -> UsageSummary:
         with self._lock:
             s = self._summary
-            return UsageSummary(total=s.total + Usage(), by_model=dict(s.by_model), by_depth=dict(s.by_depth),
-                                by_role=dict(s.by_role), memo_hits=s.memo_hits)
+            return UsageSummary(
+                total=s.total + Usage(),
+                by_model=dict(s.by_model),
+                by_depth=dict(s.by_depth),
+                by_role=dict(s.by_role),
+                memo_hits=s.memo_hits,
+            )

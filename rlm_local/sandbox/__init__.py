@@ -7,6 +7,7 @@ This package is the parent side (sandbox.py, launch.py, limits.py, cgroup.py). T
 untrusted process, is the folder ``worker/``; the parent imports nothing from it but the wire format
 (``worker/protocol.py``).
 """
+
 from .limits import CellResult, Limits, SandboxError
 from .sandbox import Sandbox, split_tools
 

@@ -11,6 +11,7 @@ cgroup v1's ``memory`` and ``pids`` hierarchies (as on this project's CI machine
 users of a systemd desktop usually have neither without delegation: the sandbox then reports no
 ``cgroup`` step and relies on seccomp (no ``setsid``/``setpgid``) and rlimits.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,7 +68,7 @@ class SessionCgroup:
         self.usage_file = usage_file
 
     @classmethod
-    def create(cls, max_processes: int) -> "SessionCgroup | None":
+    def create(cls, max_processes: int) -> SessionCgroup | None:
         name = f"rlm-sandbox-{uuid.uuid4().hex[:12]}"
         for make in (cls._v2, cls._v1):
             try:
@@ -80,7 +81,7 @@ class SessionCgroup:
         return None
 
     @classmethod
-    def _v2(cls, name: str, max_processes: int) -> "SessionCgroup | None":
+    def _v2(cls, name: str, max_processes: int) -> SessionCgroup | None:
         own = _own_path("")
         base = os.path.join(ROOT, (own or "").lstrip("/"))
         if own is None or not os.path.exists(os.path.join(base, "cgroup.controllers")):
@@ -100,7 +101,7 @@ class SessionCgroup:
         return cls([path], os.path.join(path, "memory.max"), os.path.join(path, "memory.current"))
 
     @classmethod
-    def _v1(cls, name: str, max_processes: int) -> "SessionCgroup | None":
+    def _v1(cls, name: str, max_processes: int) -> SessionCgroup | None:
         dirs = []
         try:
             for controller in ("pids", "memory"):
@@ -116,8 +117,7 @@ class SessionCgroup:
         except OSError:
             cls(dirs, "", "").remove()
             raise
-        return cls(dirs, os.path.join(dirs[1], "memory.limit_in_bytes"),
-                   os.path.join(dirs[1], "memory.usage_in_bytes"))
+        return cls(dirs, os.path.join(dirs[1], "memory.limit_in_bytes"), os.path.join(dirs[1], "memory.usage_in_bytes"))
 
     def add(self, pid: int) -> None:
         """Moves ``pid`` in (before it runs anything untrusted: its children inherit the cgroup)."""

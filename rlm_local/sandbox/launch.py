@@ -4,6 +4,7 @@ Kill scope: the worker leads its own process group and, where the machine allows
 (cgroup.py). Its seccomp filter forbids ``setsid``/``setpgid``, so no process it makes can leave the
 group, and the cgroup holds every process whatever happens; ``kill()`` sweeps both.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,9 +17,9 @@ import sys
 import tempfile
 import time
 
-from .worker import protocol
 from .cgroup import SessionCgroup
 from .limits import Limits, SandboxError, check_call_header
+from .worker import protocol
 
 WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker", "main.py")
 # The worker's whole environment. The glibc tunable puts malloc'd memory on transparent huge pages, which
@@ -60,7 +61,7 @@ def context_file(payload: bytes) -> tuple[int, str | None]:
         if fd >= 0:
             view = memoryview(payload)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             return fd, None
     fd, path = tempfile.mkstemp(prefix="rlm-sandbox-ctx-")
     with os.fdopen(fd, "wb") as f:
@@ -84,9 +85,15 @@ class Worker:
         self.cgroup = cgroup
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", WORKER_PATH, _site_dir()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if debug else subprocess.DEVNULL,
-            env=CLEAN_ENV, cwd="/", close_fds=True, pass_fds=(fd,) if fd >= 0 else (),
-            start_new_session=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if debug else subprocess.DEVNULL,
+            env=CLEAN_ENV,
+            cwd="/",
+            close_fds=True,
+            pass_fds=(fd,) if fd >= 0 else (),
+            start_new_session=True,
+        )
         self.pgid = self.proc.pid  # start_new_session: the worker leads its own session and group
         self.live_pid = self.proc.pid
         self.out_fd = self.proc.stdin.fileno()
@@ -103,8 +110,14 @@ class Worker:
                 self.cgroup = None
 
     @classmethod
-    def start(cls, context, limits: Limits, host_dir: str, tools: tuple[list[str], dict] = ([], {}),
-              grant_real_os: bool = False) -> "Worker":
+    def start(
+        cls,
+        context,
+        limits: Limits,
+        host_dir: str,
+        tools: tuple[list[str], dict] = ([], {}),
+        grant_real_os: bool = False,
+    ) -> Worker:
         """Starts a worker, hands it the context, and waits for its greeting (bounded by start_seconds)."""
         t0 = time.monotonic()
         kind, payload = encode_context(context)
@@ -114,13 +127,31 @@ class Worker:
         try:
             cgroup = SessionCgroup.create(int(limits.max_processes))
             worker = cls(limits, cgroup, fd if path is None else -1, bool(os.environ.get("RLM_SANDBOX_DEBUG")))
-            names = ("output_chars", "memory_mb", "max_prompts_per_call", "max_prompt_chars", "max_call_chars",
-                     "max_call_items", "max_final_chars", "max_error_chars", "max_processes")
-            worker.send({"op": "init", "context_fd": fd if path is None else None, "context_path": path,
-                         "context_kind": kind, "limits": {n: int(getattr(limits, n)) for n in names},
-                         "uid": secrets.randbelow(SESSION_UIDS[1] - SESSION_UIDS[0]) + SESSION_UIDS[0],
-                         "host_dir": host_dir, "grant_real_os": grant_real_os, "tool_functions": tools[0]},
-                        [json.dumps(tools[1], ensure_ascii=False)])
+            names = (
+                "output_chars",
+                "memory_mb",
+                "max_prompts_per_call",
+                "max_prompt_chars",
+                "max_call_chars",
+                "max_call_items",
+                "max_final_chars",
+                "max_error_chars",
+                "max_processes",
+            )
+            worker.send(
+                {
+                    "op": "init",
+                    "context_fd": fd if path is None else None,
+                    "context_path": path,
+                    "context_kind": kind,
+                    "limits": {n: int(getattr(limits, n)) for n in names},
+                    "uid": secrets.randbelow(SESSION_UIDS[1] - SESSION_UIDS[0]) + SESSION_UIDS[0],
+                    "host_dir": host_dir,
+                    "grant_real_os": grant_real_os,
+                    "tool_functions": tools[0],
+                },
+                [json.dumps(tools[1], ensure_ascii=False)],
+            )
             msg, _ = worker.read(t0 + limits.start_seconds)
             if msg.get("type") != "ready" or not isinstance(msg.get("pid"), int):
                 raise SandboxError("sandbox worker sent an unexpected greeting")

@@ -3,6 +3,7 @@
 The worker is untrusted: everything it sends is validated here, caps on sub-calls are counted here, and
 wall-clock time is enforced from here with SIGKILL (the worker's own snapshot then restores the session).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import time
 import weakref
 from typing import Any
 
-from .worker import protocol
 from .launch import WORKER_PATH, Worker
 from .limits import CellResult, Limits, SandboxError, validate_call
+from .worker import protocol
 
 RESTORE_WAIT_SECONDS = 15.0  # how long a paused snapshot may take to answer after its worker died
 RESULT_FIELDS = ("stdout", "error", "final", "value")
@@ -28,10 +29,17 @@ def split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         raise TypeError("tools must be a dict of name -> function or JSON data")
     funcs, data = {}, {}
     for name, value in tools.items():
-        if (not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name)
-                or name in protocol.RESERVED_NAMES):
-            raise ValueError(f"{name!r} cannot be a tool name in the REPL (identifiers only, not starting with '_', "
-                             "not one of the REPL's own names)")
+        if (
+            not isinstance(name, str)
+            or not name.isidentifier()
+            or name.startswith("_")
+            or keyword.iskeyword(name)
+            or name in protocol.RESERVED_NAMES
+        ):
+            raise ValueError(
+                f"{name!r} cannot be a tool name in the REPL (identifiers only, not starting with '_', "
+                "not one of the REPL's own names)"
+            )
         if callable(value):
             funcs[name] = value
         else:
@@ -44,18 +52,29 @@ def split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _check_context(context) -> None:
-    if not (context is None or isinstance(context, str)
-            or (isinstance(context, (list, tuple)) and all(isinstance(c, str) for c in context))
-            or (isinstance(context, dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()))):
+    if not (
+        context is None
+        or isinstance(context, str)
+        or (isinstance(context, (list, tuple)) and all(isinstance(c, str) for c in context))
+        or (isinstance(context, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()))
+    ):
         raise TypeError("context must be a str, a list of str or a dict of str to str")
 
 
 class Sandbox:
     """A persistent, isolated Python REPL session for model-written code. One thread at a time."""
 
-    def __init__(self, context=None, llm_handler=None, rlm_handler=None, limits: Limits | None = None, *,
-                 rlm_batch_handler=None, tools: dict[str, Any] | None = None, _grant_real_os: bool = False):
+    def __init__(
+        self,
+        context=None,
+        llm_handler=None,
+        rlm_handler=None,
+        limits: Limits | None = None,
+        *,
+        rlm_batch_handler=None,
+        tools: dict[str, Any] | None = None,
+        _grant_real_os: bool = False,
+    ):
         """``llm_handler(prompts) -> answers``; ``rlm_handler(prompt, context) -> answer`` per child run,
         or ``rlm_batch_handler(prompts, contexts) -> answers`` for ``rlm_query_batched`` as one batch.
         ``tools``: names the cells can use; a callable becomes a function whose JSON arguments are sent
@@ -84,8 +103,13 @@ class Sandbox:
     # lifecycle -----------------------------------------------------------------------------------------
     def _start(self) -> None:
         t0 = time.monotonic()
-        worker = Worker.start(self._context, self.limits, os.path.dirname(os.path.dirname(WORKER_PATH)),
-                              tools=(sorted(self._tools), self._tool_data), grant_real_os=self._grant_real_os)
+        worker = Worker.start(
+            self._context,
+            self.limits,
+            os.path.dirname(os.path.dirname(WORKER_PATH)),
+            tools=(sorted(self._tools), self._tool_data),
+            grant_real_os=self._grant_real_os,
+        )
         self._finalizer = weakref.finalize(self, worker.kill)
         self._worker = worker
         self._completed = 0
@@ -147,7 +171,7 @@ class Sandbox:
         self._closed = True
         self._discard_worker()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -163,8 +187,9 @@ class Sandbox:
             raise TypeError("code must be a str")
         return self._op({"code": code}, wall_seconds, deadline)
 
-    def read_variable(self, name: str, *, wall_seconds: float | None = None,
-                      deadline: float | None = None) -> CellResult:
+    def read_variable(
+        self, name: str, *, wall_seconds: float | None = None, deadline: float | None = None
+    ) -> CellResult:
         """Reads REPL variable ``name`` without running a code cell: ``result.value`` is the value as plain
         data (str, int, float, bool, None, lists and dicts of them; other objects as their ``str()``),
         ``result.error`` says when there is no such variable. Runs under the same limits as a cell."""
@@ -217,13 +242,17 @@ class Sandbox:
                 msg, parts = w.read(deadline)
             except protocol.ChannelTimeout:
                 w.kill_live()
-                why = ("the time budget ran out during this cell" if deadline == hard_deadline else
-                       f"the cell ran longer than the wall-clock limit of {wall:g} s")
+                why = (
+                    "the time budget ran out during this cell"
+                    if deadline == hard_deadline
+                    else f"the cell ran longer than the wall-clock limit of {wall:g} s"
+                )
                 return self._await_restore(t0, spent, f"TimeoutError: {why} and it was stopped")
             except protocol.MessageTooLarge as e:
                 w.kill_live()
-                return self._await_restore(t0, spent, f"OverflowError: the cell sent more than the sandbox "
-                                           f"accepts ({e}) and was stopped")
+                return self._await_restore(
+                    t0, spent, f"OverflowError: the cell sent more than the sandbox accepts ({e}) and was stopped"
+                )
             except protocol.ChannelClosed:
                 return self._restart(t0, spent, "the sandbox worker crashed", timed_out=False)
             kind = msg.get("type")
@@ -242,8 +271,13 @@ class Sandbox:
                 return self._await_restore(t0, spent, f"RuntimeError: {reason}; the cell was stopped")
             elif kind == "restored":  # the worker died on its own (CPU rlimit or a crash); snapshot took over
                 w.live_pid = msg.get("pid") if isinstance(msg.get("pid"), int) else w.live_pid
-                return self._stopped(t0, spent, f"TimeoutError: the cell used more than its CPU time limit of "
-                                     f"{min(L.cpu_seconds, wall):g} s (or crashed) and was stopped", restored=True)
+                return self._stopped(
+                    t0,
+                    spent,
+                    f"TimeoutError: the cell used more than its CPU time limit of "
+                    f"{min(L.cpu_seconds, wall):g} s (or crashed) and was stopped",
+                    restored=True,
+                )
             else:
                 w.kill()
                 return self._restart(t0, spent, "the sandbox worker sent a malformed message", timed_out=False)
@@ -282,37 +316,60 @@ class Sandbox:
                 return self._stopped(t0, spent, reason, restored=True)
 
     def _stopped(self, t0: float, spent: dict, reason: str, restored: bool) -> CellResult:
-        tail = ("; the session is back in the state it had before this cell (its output and changes are lost)"
-                if restored else "")
-        return CellResult(stdout="", error=reason + tail, final=None, timed_out=True, restored=restored,
-                          seconds=time.monotonic() - t0 - spent["sub"], subcall_seconds=spent["sub"],
-                          calls=spent["calls"])
+        tail = (
+            "; the session is back in the state it had before this cell (its output and changes are lost)"
+            if restored
+            else ""
+        )
+        return CellResult(
+            stdout="",
+            error=reason + tail,
+            final=None,
+            timed_out=True,
+            restored=restored,
+            seconds=time.monotonic() - t0 - spent["sub"],
+            subcall_seconds=spent["sub"],
+            calls=spent["calls"],
+        )
 
     def _restart(self, t0: float, spent: dict, reason: str, timed_out: bool) -> CellResult:
         self._discard_worker()
         if self._closed:  # close() from another thread while this cell ran
             error = f"{reason}: the sandbox was closed"
         else:
-            error = (f"{reason}. The sandbox was restarted: all variables you defined were lost "
-                     "(the context variables are loaded again).")
+            error = (
+                f"{reason}. The sandbox was restarted: all variables you defined were lost "
+                "(the context variables are loaded again)."
+            )
             try:
                 self._start()
             except SandboxError as e:
                 error += f" Restart failed: {e}"
-        return CellResult(stdout="", error=error, final=None, timed_out=timed_out, restored=False,
-                          seconds=time.monotonic() - t0 - spent["sub"], subcall_seconds=spent["sub"],
-                          calls=spent["calls"])
+        return CellResult(
+            stdout="",
+            error=error,
+            final=None,
+            timed_out=timed_out,
+            restored=False,
+            seconds=time.monotonic() - t0 - spent["sub"],
+            subcall_seconds=spent["sub"],
+            calls=spent["calls"],
+        )
 
     def _result(self, msg: dict, parts: list[str], t0: float, spent: dict) -> CellResult:
         """A result as the worker sent it, capped again here: the worker is never trusted."""
         self._completed += 1
         L = self.limits
         present = msg.get("present") if isinstance(msg.get("present"), list) else []
-        got = {k: (parts[i] if i < len(parts) and i < len(present) and present[i] is True else None)
-               for i, k in enumerate(RESULT_FIELDS)}
+        got = {
+            k: (parts[i] if i < len(parts) and i < len(present) and present[i] is True else None)
+            for i, k in enumerate(RESULT_FIELDS)
+        }
         stdout = got["stdout"] or ""
         if len(stdout) > L.output_chars + 200:
-            stdout = stdout[:L.output_chars] + f"\n... [output truncated: {len(stdout) - L.output_chars} more characters]\n"
+            stdout = (
+                stdout[: L.output_chars] + f"\n... [output truncated: {len(stdout) - L.output_chars} more characters]\n"
+            )
         error, final = got["error"], got["final"]
         value = None
         if got["value"] is not None:
@@ -320,10 +377,15 @@ class Sandbox:
                 value = json.loads(got["value"])
             except (ValueError, RecursionError):
                 error = "ValueError: the variable could not be read"
-        return CellResult(stdout=stdout, error=error[:L.max_error_chars] if error else None,
-                          final=final[:L.max_final_chars + 200] if final is not None else None,
-                          seconds=time.monotonic() - t0 - spent["sub"], subcall_seconds=spent["sub"],
-                          calls=spent["calls"], value=value)
+        return CellResult(
+            stdout=stdout,
+            error=error[: L.max_error_chars] if error else None,
+            final=final[: L.max_final_chars + 200] if final is not None else None,
+            seconds=time.monotonic() - t0 - spent["sub"],
+            subcall_seconds=spent["sub"],
+            calls=spent["calls"],
+            value=value,
+        )
 
     # sub-calls ------------------------------------------------------------------------------------------
     def _serve_call(self, msg: dict, parts: list[str], spent: dict) -> tuple[dict, list[str]]:

@@ -4,13 +4,17 @@ Siblings of one RLM step usually share a long prefix (instructions, then a docum
 only at the end (the question). Prompts laid out that way, and batches grouped by their common rendered
 prefix, let an engine's prefix cache (vLLM's blocks, our transformers engine's reused KV) do the work once.
 """
+
 from __future__ import annotations
 
 # A prefix group is split off into its own engine call only when merging would keep at least this share of
 # the shorter of the two prefixes (otherwise one long document would be diluted into a short shared header).
 _MERGE_KEEP = 0.5
 
-def shared_prefix_first(instructions: str, shared: str = "", varying: str = "", *, sep: str = "\n\n") -> list[dict[str, str]]:
+
+def shared_prefix_first(
+    instructions: str, shared: str = "", varying: str = "", *, sep: str = "\n\n"
+) -> list[dict[str, str]]:
     """Chat messages for a sub-call laid out for prefix caching: what siblings share comes first (the
     instructions, then the shared document or chunk), the part that differs (the question) comes last.
     One user message, because some chat templates (Gemma) fold a system turn into the user turn anyway."""
@@ -30,7 +34,7 @@ def common_prefix_len(a: str, b: str) -> int:
     n = min(len(a), len(b))
     i, step = 0, 1024
     while step:
-        while i + step <= n and a[i:i + step] == b[i:i + step]:
+        while i + step <= n and a[i : i + step] == b[i : i + step]:
             i += step
         step //= 4
     return i
@@ -52,8 +56,7 @@ def plan_calls(pieces: list[list[str]], max_batch: int, min_shared_prefix: int) 
             glo, ghi, glcp, gsize, members = groups[-1]
             mlo, mhi = min(glo, lo), max(ghi, hi)
             merged = common_prefix_len(mlo, mhi)
-            if (gsize + size <= max_batch and merged >= min_shared_prefix
-                    and merged >= _MERGE_KEEP * min(glcp, lcp)):
+            if gsize + size <= max_batch and merged >= min_shared_prefix and merged >= _MERGE_KEEP * min(glcp, lcp):
                 groups[-1] = (mlo, mhi, merged, gsize + size, members + [idx])
                 continue
         groups.append((lo, hi, lcp, size, [idx]))

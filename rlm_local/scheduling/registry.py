@@ -6,6 +6,7 @@ RLM and the server on one engine must find the same scheduler. Users ``acquire``
 use, with that user's settings) and ``release`` it; the last release closes it (never the engine: who
 created an engine closes it).
 """
+
 from __future__ import annotations
 
 import threading
@@ -39,8 +40,12 @@ def acquire(engine: Engine, **settings: Any) -> Scheduler:
         if entry is None or entry.engine is not engine:
             entry = _entries[id(engine)] = _Entry(engine, Scheduler(engine, **settings), dict(settings))
         elif settings and settings != entry.settings:
-            logger.warning("engine %s already has a scheduler with %s; %s ignored", engine.model_name or engine.backend,
-                           entry.settings, settings)
+            logger.warning(
+                "engine %s already has a scheduler with %s; %s ignored",
+                engine.model_name or engine.backend,
+                entry.settings,
+                settings,
+            )
         entry.users += 1
         return entry.scheduler
 

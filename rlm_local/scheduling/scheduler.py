@@ -26,6 +26,7 @@ Guarantees callers rely on:
   gathered batch as soon as it is taken, up to that many calls in flight, each from its own thread, so a
   new run's request joins the engine's running batch instead of waiting for the previous call to end.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,9 @@ class _Ticket:
 
     __slots__ = ("results", "remaining", "done", "run_id", "cancelled", "deadline", "on_late_usage")
 
-    def __init__(self, n: int, run_id: str, deadline: float | None = None,
-                 on_late_usage: Callable[[Usage], None] | None = None) -> None:
+    def __init__(
+        self, n: int, run_id: str, deadline: float | None = None, on_late_usage: Callable[[Usage], None] | None = None
+    ) -> None:
         self.results: list[Result | None] = [None] * n
         self.remaining = n
         self.done = threading.Event()
@@ -137,10 +139,19 @@ class Scheduler:
     text that make requests a prefix group; split_by_prefix: one engine call per prefix group (see module
     doc) instead of one call per gathered batch."""
 
-    def __init__(self, engine: Engine, window_ms: float = 3.0, max_batch: int = 32, memo: bool = True,
-                 memo_size: int = 2048, max_queue: int = 4096, max_inflight_per_run: int | None = None,
-                 queue_timeout: float | None = 60.0, split_by_prefix: bool = False,
-                 min_shared_prefix: int = 256) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        window_ms: float = 3.0,
+        max_batch: int = 32,
+        memo: bool = True,
+        memo_size: int = 2048,
+        max_queue: int = 4096,
+        max_inflight_per_run: int | None = None,
+        queue_timeout: float | None = 60.0,
+        split_by_prefix: bool = False,
+        min_shared_prefix: int = 256,
+    ) -> None:
         if not isinstance(engine, Engine):
             raise TypeError(f"Scheduler needs an Engine, got {type(engine).__name__}")
         if window_ms < 0:
@@ -188,8 +199,13 @@ class Scheduler:
 
     # ---------------------------------------------------------------- caller side
 
-    def submit(self, requests: Iterable[Request], run_id: str = "default", timeout: float | None = None,
-               on_late_usage: Callable[[Usage], None] | None = None) -> list[Result]:
+    def submit(
+        self,
+        requests: Iterable[Request],
+        run_id: str = "default",
+        timeout: float | None = None,
+        on_late_usage: Callable[[Usage], None] | None = None,
+    ) -> list[Result]:
         """Run ``requests`` and return their results in the same order. Blocks; never raises for engine
         trouble: failures come back as results with ``error`` set. ``timeout`` bounds the whole wait; when
         it runs out while the engine already works on a request, ``on_late_usage(usage)`` is called with
@@ -265,7 +281,7 @@ class Scheduler:
             for call in calls:
                 call.join(None if end is None else max(0.0, end - time.monotonic()))
 
-    def __enter__(self) -> "Scheduler":
+    def __enter__(self) -> Scheduler:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -469,7 +485,9 @@ class Scheduler:
                     item.text = self.engine.rendered(item.request)
                     ok.append(item)
                 except Exception as exc:  # a request the engine cannot even render fails alone
-                    self._deliver(item, Result.failed(f"engine could not render the request: {type(exc).__name__}: {exc}"))
+                    self._deliver(
+                        item, Result.failed(f"engine could not render the request: {type(exc).__name__}: {exc}")
+                    )
             if ok:
                 rendered.append(ok)
         if not rendered:
@@ -510,7 +528,11 @@ class Scheduler:
                 results = self.engine.generate(requests, deadline=deadline)  # type: ignore[call-arg]
             else:
                 results = self.engine.generate(requests)
-            if not isinstance(results, list) or len(results) != len(requests) or not all(isinstance(r, Result) for r in results):
+            if (
+                not isinstance(results, list)
+                or len(results) != len(requests)
+                or not all(isinstance(r, Result) for r in results)
+            ):
                 got = len(results) if isinstance(results, list) else type(results).__name__
                 raise RuntimeError(f"engine returned {got} results for {len(requests)} requests")
             error = None

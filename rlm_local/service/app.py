@@ -4,6 +4,7 @@ names still answer as plain models), files, sessions, runs and their viewer, met
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, one line; bad input is a
 4xx and nothing half-done is stored. See README "Serving RLMs" for the user's path through it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,8 +58,11 @@ class Service:
 def create_service_app(config: ServiceConfig, tracer_provider: Any = "default") -> FastAPI:
     """The app over a new :class:`Service`: error shapes, the upload cap, and one router per resource."""
     service = Service(config, tracer_provider)
-    app = FastAPI(title="rlm-local service", version="0.1.0",
-                  description="Recursive Language Models behind an OpenAI-compatible API.")
+    app = FastAPI(
+        title="rlm-local service",
+        version="0.1.0",
+        description="Recursive Language Models behind an OpenAI-compatible API.",
+    )
     app.state.service = service
 
     @app.exception_handler(ApiError)
@@ -100,8 +104,11 @@ class UploadCap:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/files":
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.limit:
-                response = error_response(413, f"upload of {int(length):,} bytes is over the limit of "
-                                          f"{self.limit - 64 * 1024:,}", param="file")
+                response = error_response(
+                    413,
+                    f"upload of {int(length):,} bytes is over the limit of {self.limit - 64 * 1024:,}",
+                    param="file",
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

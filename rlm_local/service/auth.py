@@ -2,6 +2,7 @@
 with keys, every /v1 request needs ``Authorization: Bearer <key>`` and sees only its own key's files,
 sessions and runs. Limits: concurrent runs and tokens per minute (a sliding 60-second window of the tokens
 finished runs used; a key over it gets 429 until the window drains)."""
+
 from __future__ import annotations
 
 import hmac
@@ -37,8 +38,9 @@ class Access:
     def identify(self, authorization: str | None, client_host: str | None) -> Caller:
         if not self.keys:
             if client_host not in LOOPBACK:
-                raise Denied(403, "this server has no API keys configured and serves loopback clients only",
-                             "permission_error")
+                raise Denied(
+                    403, "this server has no API keys configured and serves loopback clients only", "permission_error"
+                )
             return Caller("local", None)
         token = (authorization or "").removeprefix("Bearer ").strip()
         for key, cfg in self.keys.items():
@@ -51,12 +53,16 @@ class Access:
         cfg = caller.key
         with self._lock:
             if cfg and cfg.tokens_per_minute is not None and self._used(caller.owner) >= cfg.tokens_per_minute:
-                raise Denied(429, f"tokens-per-minute limit ({cfg.tokens_per_minute}) reached for this key; retry "
-                             "in a minute", "rate_limit_error")
+                raise Denied(
+                    429,
+                    f"tokens-per-minute limit ({cfg.tokens_per_minute}) reached for this key; retry in a minute",
+                    "rate_limit_error",
+                )
             running = self._running.get(caller.owner, 0)
             if cfg and cfg.max_concurrent_runs is not None and running >= cfg.max_concurrent_runs:
-                raise Denied(429, f"concurrent-run limit ({cfg.max_concurrent_runs}) reached for this key",
-                             "rate_limit_error")
+                raise Denied(
+                    429, f"concurrent-run limit ({cfg.max_concurrent_runs}) reached for this key", "rate_limit_error"
+                )
             self._running[caller.owner] = running + 1
 
     def end_run(self, caller: Caller, tokens: int) -> None:

@@ -6,6 +6,7 @@ every other caller of the same engine; without one, the engine is called directl
 server's own too, for engines written before engines had to be thread-safe). The OpenAI ``user`` field, when set, names the run for the
 scheduler's fairness. Non-streaming only: ``stream=true`` is answered with 400.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,9 +28,13 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 else:
     _IMPORT_ERROR = None
 
-UNSUPPORTED = {"stream": "stream=true is not supported (non-streaming only)",
-               "echo": "echo=true is not supported", "logprobs": "logprobs are not supported",
-               "tools": "tools are not supported", "best_of": "best_of is not supported"}
+UNSUPPORTED = {
+    "stream": "stream=true is not supported (non-streaming only)",
+    "echo": "echo=true is not supported",
+    "logprobs": "logprobs are not supported",
+    "tools": "tools are not supported",
+    "best_of": "best_of is not supported",
+}
 
 
 class BadRequest(ValueError):
@@ -51,7 +56,7 @@ class Dispatcher:
             return self.engine.generate(requests)
 
 
-def create_app(engine: Engine, scheduler: Any = None, model_name: str | None = None) -> "FastAPI":
+def create_app(engine: Engine, scheduler: Any = None, model_name: str | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (through ``scheduler.submit(requests, run_id)`` when given)."""
     if FastAPI is None:
         raise RuntimeError(f"the server needs `pip install 'rlm-local[server]'`: {_IMPORT_ERROR}")
@@ -67,8 +72,18 @@ def create_app(engine: Engine, scheduler: Any = None, model_name: str | None = N
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                            "owned_by": "rlm-local", "max_model_len": engine.context_length or None}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_id,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "rlm-local",
+                    "max_model_len": engine.context_length or None,
+                }
+            ],
+        }
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest) -> JSONResponse:
@@ -85,33 +100,63 @@ def create_app(engine: Engine, scheduler: Any = None, model_name: str | None = N
             i, r = failed[0]
             where = f"prompt {i}: " if len(results) > 1 else ""
             return _error(500, f"{where}{r.error}", kind="engine_error")
-        choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
-                   for i, r in enumerate(results)]
-        return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                             "model": model_id, "choices": choices, "usage": _usage(results)})
+        choices = [
+            {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+            for i, r in enumerate(results)
+        ]
+        return JSONResponse(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model_id,
+                "choices": choices,
+                "usage": _usage(results),
+            }
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: HTTPRequest) -> JSONResponse:
         try:
             body = await _json_body(http)
-            request = Request(messages=_messages(body.get("messages")),
-                              sampling=_sampling(body, default_max_tokens=SamplingParams().max_tokens))
+            request = Request(
+                messages=_messages(body.get("messages")),
+                sampling=_sampling(body, default_max_tokens=SamplingParams().max_tokens),
+            )
         except (BadRequest, ValueError) as exc:
             return _error(400, str(exc))
         (result,) = await asyncio.to_thread(dispatch, [request], _run_id(body, http))
         if not result.ok:
             return _error(500, result.error or "engine error", kind="engine_error")
-        choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                  "finish_reason": result.finish_reason, "logprobs": None}
-        return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-                             "created": int(time.time()), "model": model_id, "choices": [choice],
-                             "usage": _usage([result])})
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": result.text},
+            "finish_reason": result.finish_reason,
+            "logprobs": None,
+        }
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model_id,
+                "choices": [choice],
+                "usage": _usage([result]),
+            }
+        )
 
     return app
 
 
-def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, scheduler: Any = None,
-          model_name: str | None = None, log_level: str = "info", use_scheduler: bool = True) -> None:
+def serve(
+    engine: Engine,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    scheduler: Any = None,
+    model_name: str | None = None,
+    log_level: str = "info",
+    use_scheduler: bool = True,
+) -> None:
     """Run the server in the foreground until interrupted (the `rlm-local serve` command). Unless told
     otherwise, the engine's shared scheduler (scheduling/registry.py) is put in front of it, so concurrent clients
     are batched together, and with any RLM of this process using the same engine."""
@@ -130,7 +175,7 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, scheduler: 
 
 
 # ---- request parsing (one-line errors) ---------------------------------------------------------------------
-async def _json_body(http: "HTTPRequest") -> dict[str, Any]:
+async def _json_body(http: HTTPRequest) -> dict[str, Any]:
     try:
         body = json.loads(await http.body())
     except ValueError as exc:
@@ -165,8 +210,9 @@ def _messages(messages: Any) -> list[dict[str, str]]:
             raise BadRequest(f"messages[{i}].role must be system, user or assistant, got {m.get('role')!r}")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones, refuse the rest
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
                 raise BadRequest(f"messages[{i}].content: only text parts are supported")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
@@ -198,11 +244,12 @@ def _sampling(body: dict[str, Any], default_max_tokens: int) -> SamplingParams:
         raise BadRequest("'stop' must be a string or a list of strings")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise BadRequest(f"'seed' must be an integer, got {seed!r}")
-    return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p),
-                          stop=stops, seed=seed)
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), stop=stops, seed=seed
+    )
 
 
-def _run_id(body: dict[str, Any], http: "HTTPRequest") -> str:
+def _run_id(body: dict[str, Any], http: HTTPRequest) -> str:
     user = body.get("user")
     return str(user) if isinstance(user, str) and user else http.headers.get("x-rlm-run-id") or "http"
 
@@ -211,11 +258,14 @@ def _usage(results: list[Result]) -> dict[str, Any]:
     total = Usage()
     for r in results:
         total = total + r.usage
-    return {"prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens,
-            "total_tokens": total.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": total.cached_tokens}}  # None -> null: unknown
+    return {
+        "prompt_tokens": total.prompt_tokens,
+        "completion_tokens": total.completion_tokens,
+        "total_tokens": total.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": total.cached_tokens},
+    }  # None -> null: unknown
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> "JSONResponse":
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
     message = " ".join(message.split())  # one line
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)

@@ -1,5 +1,6 @@
 """Chat completions on an RLM model: where the context comes from, the response and usage shapes, and the
 SSE stream (progress events in the ``rlm_event`` extension field, then the answer as content deltas)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,9 @@ def context_and_question(req: ChatRequest, files: Any, owner: str, named: dict[s
     opts = req.rlm
     if opts and (opts.file_ids or opts.context):
         if last_user is None:
-            raise ApiError(400, "a request with rlm.file_ids or rlm.context needs a user message: the question",
-                           param="messages")
+            raise ApiError(
+                400, "a request with rlm.file_ids or rlm.context needs a user message: the question", param="messages"
+            )
         return documents(files, owner, opts.file_ids or [], opts.context, named), last_user.text()
     if len(msgs) == 1:  # one message: it is the context, and the task is written in it
         return _checked(msgs[0].text()), None
@@ -63,26 +65,53 @@ def usage(record: RunRecord) -> dict[str, Any]:
     s = r.usage_summary
     total = s.total
     root, sub = s.by_role.get("root"), s.by_role.get("sub")
-    return {"prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens,
-            "total_tokens": total.total_tokens, "prompt_tokens_details": {"cached_tokens": total.cached_tokens},
-            "rlm": {"root": root.to_dict() if root else None, "sub": sub.to_dict() if sub else None,
-                    "cached_tokens": total.cached_tokens, "sub_calls": sub.calls if sub else 0,
-                    "memo_hits": s.memo_hits, "depth": max(s.by_depth, default=0), "iterations": r.iterations,
-                    "stopped_reason": r.stopped_reason, "seconds": round(r.execution_time, 3)}}
+    return {
+        "prompt_tokens": total.prompt_tokens,
+        "completion_tokens": total.completion_tokens,
+        "total_tokens": total.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": total.cached_tokens},
+        "rlm": {
+            "root": root.to_dict() if root else None,
+            "sub": sub.to_dict() if sub else None,
+            "cached_tokens": total.cached_tokens,
+            "sub_calls": sub.calls if sub else 0,
+            "memo_hits": s.memo_hits,
+            "depth": max(s.by_depth, default=0),
+            "iterations": r.iterations,
+            "stopped_reason": r.stopped_reason,
+            "seconds": round(r.execution_time, 3),
+        },
+    }
 
 
 def run_info(record: RunRecord) -> dict[str, Any]:
-    return {"run_id": record.id, "session": record.session, "viewer": f"/runs/{record.id}",
-            "stopped_reason": record.result.stopped_reason if record.result else None}
+    return {
+        "run_id": record.id,
+        "session": record.session,
+        "viewer": f"/runs/{record.id}",
+        "stopped_reason": record.result.stopped_reason if record.result else None,
+    }
 
 
 def completion(record: RunRecord) -> dict[str, Any]:
     r = record.result
     finish = "stop" if r.stopped_reason == "final" else "length"
-    return {"id": f"chatcmpl-{record.id}", "object": "chat.completion", "created": int(record.created),
-            "model": record.model, "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
-                                                 "message": {"role": "assistant", "content": r.response}}],
-            "usage": usage(record), "rlm": run_info(record)}
+    return {
+        "id": f"chatcmpl-{record.id}",
+        "object": "chat.completion",
+        "created": int(record.created),
+        "model": record.model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": finish,
+                "logprobs": None,
+                "message": {"role": "assistant", "content": r.response},
+            }
+        ],
+        "usage": usage(record),
+        "rlm": run_info(record),
+    }
 
 
 def failed(record: RunRecord) -> ApiError:
@@ -108,12 +137,19 @@ async def stream(record: RunRecord, include_usage: bool, cancel: Any):
     def listener(event: dict[str, Any] | None) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, event)
 
-    base = {"id": f"chatcmpl-{record.id}", "object": "chat.completion.chunk", "created": int(record.created),
-            "model": record.model}
+    base = {
+        "id": f"chatcmpl-{record.id}",
+        "object": "chat.completion.chunk",
+        "created": int(record.created),
+        "model": record.model,
+    }
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, str]:
-        return {"data": json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                                         "logprobs": None}], **extra})}
+        return {
+            "data": json.dumps(
+                {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+            )
+        }
 
     finished = False
     try:
@@ -129,12 +165,13 @@ async def stream(record: RunRecord, include_usage: bool, cancel: Any):
         finished = True
         if record.result is None:
             err = failed(record)
-            yield {"data": json.dumps({"error": {"message": str(err), "type": err.kind, "param": None,
-                                                 "code": err.code}})}
+            yield {
+                "data": json.dumps({"error": {"message": str(err), "type": err.kind, "param": None, "code": err.code}})
+            }
             return
         answer = record.result.response
         for i in range(0, len(answer), DELTA_CHARS):
-            yield chunk({"content": answer[i:i + DELTA_CHARS]})
+            yield chunk({"content": answer[i : i + DELTA_CHARS]})
         final = completion(record)
         yield chunk({}, final["choices"][0]["finish_reason"], rlm=run_info(record))
         if include_usage:
@@ -144,4 +181,3 @@ async def stream(record: RunRecord, include_usage: bool, cancel: Any):
         record.unsubscribe(listener)
         if not finished and not record.done.is_set():
             cancel(record.id)
-

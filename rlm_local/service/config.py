@@ -24,6 +24,7 @@ max_concurrent_runs = 4
 tokens_per_minute = 200000
 ```
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -32,12 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import DEFAULT_BACKEND, Engine
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 
 BUDGETS = ("max_iterations", "max_depth", "max_timeout", "max_tokens", "max_subcalls", "max_errors")
 ENGINE_KEYS = ("backend", "model", "base_url", "sub_backend", "sub_model", "sub_base_url", "threads")
-
-
 
 
 @dataclass
@@ -58,9 +57,12 @@ class RLMConfig:
     sub_engine: Engine | None = None
 
     def public(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model or (self.engine.model_name if self.engine else None),
-                "sub_model": self.sub_model or (self.sub_engine.model_name if self.sub_engine else None),
-                **self.budgets}
+        return {
+            "backend": self.backend,
+            "model": self.model or (self.engine.model_name if self.engine else None),
+            "sub_model": self.sub_model or (self.sub_engine.model_name if self.sub_engine else None),
+            **self.budgets,
+        }
 
 
 @dataclass
@@ -82,7 +84,7 @@ class ServiceConfig:
     max_workers: int = 32  # runs at once in this process, all keys together
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> "ServiceConfig":
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> ServiceConfig:
         raw: dict[str, Any] = {}
         if path is not None:
             try:
@@ -94,7 +96,7 @@ class ServiceConfig:
         return cls.from_dict(raw, base=Path(path).expanduser().parent if path else Path.cwd(), **overrides)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], base: Path | None = None, **overrides: Any) -> "ServiceConfig":
+    def from_dict(cls, raw: dict[str, Any], base: Path | None = None, **overrides: Any) -> ServiceConfig:
         base = base or Path.cwd()
         known = {"data_dir", "session_ttl", "max_upload_mb", "max_workers", "rlm", "keys", "contexts"}
         if unknown := set(raw) - known:
@@ -109,15 +111,16 @@ class ServiceConfig:
             cfg.rlms[name] = rlm_config(name, table)
         for name, table in (raw.get("keys") or {}).items():
             if not isinstance(table, dict) or not isinstance(table.get("key"), str) or len(table["key"]) < 8:
-                raise ConfigError(f"keys.{name}: needs key = \"...\" (at least 8 characters)")
+                raise ConfigError(f'keys.{name}: needs key = "..." (at least 8 characters)')
             extra = set(table) - {"key", "max_concurrent_runs", "tokens_per_minute"}
             if extra:
                 raise ConfigError(f"keys.{name}: unknown settings {sorted(extra)}")
-            cfg.keys[table["key"]] = KeyConfig(name, table["key"], table.get("max_concurrent_runs"),
-                                               table.get("tokens_per_minute"))
+            cfg.keys[table["key"]] = KeyConfig(
+                name, table["key"], table.get("max_concurrent_runs"), table.get("tokens_per_minute")
+            )
         for name, table in (raw.get("contexts") or {}).items():
             if not isinstance(table, dict) or "path" not in table:
-                raise ConfigError(f"contexts.{name}: needs path = \"...\"")
+                raise ConfigError(f'contexts.{name}: needs path = "..."')
             cfg.contexts[name] = (base / Path(table["path"]).expanduser()).resolve()
         for key, value in overrides.items():
             if value is not None:

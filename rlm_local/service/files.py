@@ -1,6 +1,7 @@
 """Uploaded documents: text, markdown, PDF or a zip of a directory, turned into text once and stored under
 ``data_dir/files/<owner>/<file id>/`` with the original's sha256. A file is written into a temporary
 folder and renamed into place, so a failed or cut-off upload never leaves half a file behind."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,11 +21,33 @@ from typing import Any
 from ..documents import DocumentError, _decode
 from ..errors import UploadError
 
-TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".csv", ".json", ".jsonl", ".log", ".py", ".html", ".xml",
-                 ".yaml", ".yml", ".toml", ".tex", ".ini", ".cfg", ".sql", ".js", ".ts", ".c", ".h", ".java", ""}
+TEXT_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".markdown",
+    ".rst",
+    ".csv",
+    ".json",
+    ".jsonl",
+    ".log",
+    ".py",
+    ".html",
+    ".xml",
+    ".yaml",
+    ".yml",
+    ".toml",
+    ".tex",
+    ".ini",
+    ".cfg",
+    ".sql",
+    ".js",
+    ".ts",
+    ".c",
+    ".h",
+    ".java",
+    "",
+}
 _ID = re.compile(r"^file-[0-9a-f]{24}$")
-
-
 
 
 def to_text(name: str, data: bytes, cap: int) -> str:
@@ -101,9 +124,17 @@ class FileStore:
             raise UploadError(f"{filename} is {len(data):,} bytes; the limit is {self.max_bytes:,}")
         text = to_text(filename, data, self.max_bytes * 4)
         file_id = f"file-{uuid.uuid4().hex[:24]}"
-        meta = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                "filename": Path(filename).name or "upload", "purpose": purpose, "status": "processed",
-                "sha256": hashlib.sha256(data).hexdigest(), "text_chars": len(text)}
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": Path(filename).name or "upload",
+            "purpose": purpose,
+            "status": "processed",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "text_chars": len(text),
+        }
         owner_dir = self.root / _safe(owner)
         owner_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=owner_dir))

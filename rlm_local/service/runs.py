@@ -1,6 +1,7 @@
 """Runs of the service: each chat completion on an RLM model is one ``RLM.completion`` in a worker thread,
 recorded as it happens (events in memory for streaming and the live viewer, the trajectory JSONL and a
 meta file under ``data_dir/runs/<owner>/``), cancellable, and counted against its key's limits."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import Engine, make_engine
-from ..runlog.events import Event
 from ..rlm import RLM, RLMResult
+from ..runlog.events import Event
 from ..runlog.trajectory import read_trajectory
 from .auth import Access, Caller
 from .config import RLMConfig, ServiceConfig
@@ -45,10 +46,19 @@ class RunRecord:
 
     def meta(self) -> dict[str, Any]:
         r = self.result
-        return {"id": self.id, "model": self.model, "question": self.question, "session": self.session,
-                "status": self.status, "created": self.created, "error": self.error,
-                "answer": r.response if r else None, "stopped_reason": r.stopped_reason if r else None,
-                "seconds": round(r.execution_time, 3) if r else None, "events": len(self.events)}
+        return {
+            "id": self.id,
+            "model": self.model,
+            "question": self.question,
+            "session": self.session,
+            "status": self.status,
+            "created": self.created,
+            "error": self.error,
+            "answer": r.response if r else None,
+            "stopped_reason": r.stopped_reason if r else None,
+            "seconds": round(r.execution_time, 3) if r else None,
+            "events": len(self.events),
+        }
 
     def subscribe(self, fn: Callable[[dict[str, Any] | None], None]) -> list[dict[str, Any]]:
         """Events so far; ``fn`` gets every later one, then None when the run ends."""
@@ -100,8 +110,13 @@ class Engines:
 
 
 class RunManager:
-    def __init__(self, config: ServiceConfig, access: Access, engines: Engines,
-                 on_finish: list[Callable[[RunRecord], None]] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        access: Access,
+        engines: Engines,
+        on_finish: list[Callable[[RunRecord], None]] | None = None,
+    ) -> None:
         self.config, self.access, self.engines = config, access, engines
         self.root = config.data_dir / "runs"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -111,22 +126,42 @@ class RunManager:
         self._rlms: dict[str, RLM] = {}
         self._lock = threading.Lock()
 
-    def start(self, caller: Caller, cfg: RLMConfig, context: Any, question: str | None, *,
-              session: str | None = None, sandbox_provider: Callable[..., Any] | None = None,
-              on_done: Callable[[RunRecord], None] | None = None, title: str | None = None) -> RunRecord:
+    def start(
+        self,
+        caller: Caller,
+        cfg: RLMConfig,
+        context: Any,
+        question: str | None,
+        *,
+        session: str | None = None,
+        sandbox_provider: Callable[..., Any] | None = None,
+        on_done: Callable[[RunRecord], None] | None = None,
+        title: str | None = None,
+    ) -> RunRecord:
         """Start a run (the caller's limits are checked first: Denied(429)); returns at once. ``title``:
         the question as the user asked it, for listings (a session's question carries its history)."""
         self.access.start_run(caller)
         run_id = uuid.uuid4().hex[:12]
         folder = self.root / _safe(caller.owner)
         folder.mkdir(parents=True, exist_ok=True)
-        record = RunRecord(id=run_id, owner=caller.owner, model=cfg.name, question=title or question, session=session,
-                           path=folder / f"{run_id}.jsonl",
-                           context_sha256=hashlib.sha256(json.dumps(context).encode()).hexdigest())
+        record = RunRecord(
+            id=run_id,
+            owner=caller.owner,
+            model=cfg.name,
+            question=title or question,
+            session=session,
+            path=folder / f"{run_id}.jsonl",
+            context_sha256=hashlib.sha256(json.dumps(context).encode()).hexdigest(),
+        )
         try:
             engine, sub_engine = self.engines.for_config(cfg)
-            rlm = RLM(engine=engine, sub_engine=sub_engine, trajectory_path=record.path,
-                      on_event=lambda ev: self._event(record, ev), **cfg.budgets)
+            rlm = RLM(
+                engine=engine,
+                sub_engine=sub_engine,
+                trajectory_path=record.path,
+                on_event=lambda ev: self._event(record, ev),
+                **cfg.budgets,
+            )
         except BaseException:
             self.access.end_run(caller, 0)
             raise
@@ -137,8 +172,16 @@ class RunManager:
         self.pool.submit(self._work, record, rlm, caller, context, question, sandbox_provider, on_done)
         return record
 
-    def _work(self, record: RunRecord, rlm: RLM, caller: Caller, context: Any, question: str | None,
-              sandbox_provider: Any, on_done: Any) -> None:
+    def _work(
+        self,
+        record: RunRecord,
+        rlm: RLM,
+        caller: Caller,
+        context: Any,
+        question: str | None,
+        sandbox_provider: Any,
+        on_done: Any,
+    ) -> None:
         tokens = 0
         try:
             result = rlm.completion(context, question, run_id=record.id, sandbox_provider=sandbox_provider)
@@ -211,10 +254,18 @@ class RunManager:
             return None
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         path = folder / f"{run_id}.jsonl"
-        record = RunRecord(id=run_id, owner=owner, model=meta["model"], question=meta.get("question"),
-                           session=meta.get("session"), status=meta["status"] if meta["status"] != "running"
-                           else "interrupted", created=meta["created"], error=meta.get("error"), path=path,
-                           events=read_trajectory(path) if path.exists() else [])
+        record = RunRecord(
+            id=run_id,
+            owner=owner,
+            model=meta["model"],
+            question=meta.get("question"),
+            session=meta.get("session"),
+            status=meta["status"] if meta["status"] != "running" else "interrupted",
+            created=meta["created"],
+            error=meta.get("error"),
+            path=path,
+            events=read_trajectory(path) if path.exists() else [],
+        )
         record.done.set()
         return record
 

@@ -1,4 +1,5 @@
 """Pydantic request models of the service API (they are its OpenAPI schema) and OpenAI-shaped errors."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -37,6 +38,7 @@ class RLMOptions(BaseModel):
     """The ``rlm`` extension of a chat request (``extra_body={"rlm": {...}}`` with the openai SDK): where the
     long context comes from. Without any, the conversation's earlier messages are the context (a single
     message is itself the context and the task)."""
+
     model_config = ConfigDict(extra="forbid")
     file_ids: list[str] | None = Field(default=None, max_length=1000, description="uploaded files: context_0..N")
     context: str | None = Field(default=None, max_length=200, description="a named context from the config")
@@ -49,6 +51,7 @@ class StreamOptions(BaseModel):
 
 class ModelCall(BaseModel):
     """What chat and text completion requests share: the model and OpenAI's sampling fields."""
+
     model_config = ConfigDict(extra="allow")
     model: str = Field(max_length=200)
     stream: bool = False
@@ -70,6 +73,7 @@ class ChatRequest(ModelCall):
 
 class CompletionRequest(ModelCall):
     """``/v1/completions``, for the bare models (RLM models answer chat completions)."""
+
     prompt: Text | list[Text]
 
 
@@ -93,18 +97,26 @@ class Ask(BaseModel):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.kind, self.param, self.code = status, kind, param, code
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> JSONResponse:
     message = " ".join(str(message).split())[:1000]  # one line
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # echoed input may hold surrogates
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code or str(status)}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code or str(status)}}, status_code=status
+    )
 
 
 def not_found(what: str, ident: str) -> ApiError:

@@ -12,6 +12,7 @@ modules and other objects in the REPL, and variables over the snapshot cap (``lo
 Adding a context starts a new REPL (the sandbox loads contexts at start) and carries the variables over
 the same way. Sessions idle longer than the TTL are closed and deleted.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,19 +49,41 @@ class ChatSession:
         self.busy = threading.Lock()  # one question at a time
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "session", "model": self.model, "created_at": int(self.created),
-                "last_used_at": int(self.last_used),
-                "contexts": [{"name": f"context_{i}", **{k: v for k, v in c.items() if k != "text"},
-                              "chars": len(c.get("text", "")) or c.get("chars")} for i, c in enumerate(self.contexts)],
-                "history": self.history, "repl": {"live": self.sandbox is not None,
-                                                  "variables": sorted(self.variables),
-                                                  "lost_variables": self.lost_variables},
-                "restored_after_restart": self.restored}
+        return {
+            "id": self.id,
+            "object": "session",
+            "model": self.model,
+            "created_at": int(self.created),
+            "last_used_at": int(self.last_used),
+            "contexts": [
+                {
+                    "name": f"context_{i}",
+                    **{k: v for k, v in c.items() if k != "text"},
+                    "chars": len(c.get("text", "")) or c.get("chars"),
+                }
+                for i, c in enumerate(self.contexts)
+            ],
+            "history": self.history,
+            "repl": {
+                "live": self.sandbox is not None,
+                "variables": sorted(self.variables),
+                "lost_variables": self.lost_variables,
+            },
+            "restored_after_restart": self.restored,
+        }
 
     def to_disk(self) -> dict[str, Any]:
-        return {"id": self.id, "owner": self.owner, "model": self.model, "contexts": self.contexts,
-                "history": self.history, "created": self.created, "last_used": self.last_used,
-                "variables": self.variables, "lost_variables": self.lost_variables}
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "model": self.model,
+            "contexts": self.contexts,
+            "history": self.history,
+            "created": self.created,
+            "last_used": self.last_used,
+            "variables": self.variables,
+            "lost_variables": self.lost_variables,
+        }
 
     def question_with_history(self, question: str | None) -> str | None:
         if not self.history:
@@ -78,9 +101,12 @@ class ChatSession:
             if old is not None:
                 self.snapshot(old)
                 old.close()
-            sandbox = Sandbox(context=context, limits=run.settings.sandbox_limits,
-                              llm_handler=lambda prompts: self.current.llm_query(prompts),
-                              rlm_handler=lambda prompt, ctx=None: self.current.rlm_query(prompt, ctx))
+            sandbox = Sandbox(
+                context=context,
+                limits=run.settings.sandbox_limits,
+                llm_handler=lambda prompts: self.current.llm_query(prompts),
+                rlm_handler=lambda prompt, ctx=None: self.current.rlm_query(prompt, ctx),
+            )
             self._restore(sandbox)
             self.sandbox, self.sandbox_contexts = sandbox, len(self.contexts)
         return nullcontext(self.sandbox)

@@ -13,6 +13,7 @@ none of them set no spans are exported.
 Metrics (``/metrics``, Prometheus text): runs by model and status, sub-calls, batch sizes, cached-token
 ratio, run and model-call latency histograms per model, scheduler queue depth, active runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ def default_tracer_provider() -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "rlm-local")}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "rlm-local")})
+    )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
@@ -48,14 +51,31 @@ class Telemetry:
         self.tracer = self.provider.get_tracer("rlm_local.service") if self.provider is not None else None
         r = self.registry = CollectorRegistry()
         self.runs = Counter("rlm_runs", "RLM runs finished", ["model", "status"], registry=r)
-        self.subcalls = Counter("rlm_subcalls", "sub-calls made by runs (llm_query and rlm_query)", ["model"], registry=r)
-        self.batch = Histogram("rlm_batch_size", "prompts per llm_query_batched submission", ["model"], registry=r,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.cached_ratio = Histogram("rlm_cached_token_ratio", "cached prompt tokens / prompt tokens, per run",
-                                      ["model"], registry=r, buckets=(0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1))
+        self.subcalls = Counter(
+            "rlm_subcalls", "sub-calls made by runs (llm_query and rlm_query)", ["model"], registry=r
+        )
+        self.batch = Histogram(
+            "rlm_batch_size",
+            "prompts per llm_query_batched submission",
+            ["model"],
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.cached_ratio = Histogram(
+            "rlm_cached_token_ratio",
+            "cached prompt tokens / prompt tokens, per run",
+            ["model"],
+            registry=r,
+            buckets=(0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1),
+        )
         self.run_seconds = Histogram("rlm_run_seconds", "run latency", ["model"], registry=r, buckets=BUCKETS)
-        self.call_seconds = Histogram("rlm_model_call_seconds", "model call latency (root turns, sub-call batches)",
-                                      ["model", "role"], registry=r, buckets=BUCKETS)
+        self.call_seconds = Histogram(
+            "rlm_model_call_seconds",
+            "model call latency (root turns, sub-call batches)",
+            ["model", "role"],
+            registry=r,
+            buckets=BUCKETS,
+        )
         self.tokens = Counter("rlm_tokens", "tokens used by runs", ["model", "kind"], registry=r)
         self.queue = Gauge("rlm_scheduler_queue_depth", "requests waiting in the engines' schedulers", registry=r)
         self._queues: Callable[[], list[Any]] = lambda: []
@@ -116,17 +136,27 @@ class Telemetry:
             kind, attrs = n["kind"], {}
             if kind in ("run", "child"):
                 name = "invoke_agent rlm"
-                attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "rlm",
-                         "gen_ai.agent.id": f"{record.id}/{nid}", "gen_ai.conversation.id": record.session or record.id,
-                         "gen_ai.request.model": root_model, "rlm.depth": depth, "rlm.run_id": record.id,
-                         "openinference.span.kind": "AGENT"}
+                attrs = {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": "rlm",
+                    "gen_ai.agent.id": f"{record.id}/{nid}",
+                    "gen_ai.conversation.id": record.session or record.id,
+                    "gen_ai.request.model": root_model,
+                    "rlm.depth": depth,
+                    "rlm.run_id": record.id,
+                    "openinference.span.kind": "AGENT",
+                }
                 if n.get("stopped_reason"):
                     attrs["rlm.stopped_reason"] = n["stopped_reason"]
                 if kind == "run":
                     meta = n.get("context") or {}
-                    attrs.update({"rlm.context.chars": meta.get("chars") or 0,
-                                  "rlm.context.sha256": getattr(record, "context_sha256", "") or "",
-                                  "rlm.iterations": record.result.iterations if record.result else 0})
+                    attrs.update(
+                        {
+                            "rlm.context.chars": meta.get("chars") or 0,
+                            "rlm.context.sha256": getattr(record, "context_sha256", "") or "",
+                            "rlm.iterations": record.result.iterations if record.result else 0,
+                        }
+                    )
                     for k, v in (n.get("config") or {}).items():
                         if k.startswith("max_") and v is not None:
                             attrs[f"rlm.budget.{k}"] = v
@@ -134,21 +164,34 @@ class Telemetry:
             elif kind in ("turn", "subcall"):
                 model = root_model if kind == "turn" else sub_model
                 name = f"chat {model}"
-                attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "rlm-local",
-                         "gen_ai.request.model": model, "gen_ai.response.model": model,
-                         "rlm.role": "root" if kind == "turn" else "sub", "openinference.span.kind": "LLM"}
+                attrs = {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": "rlm-local",
+                    "gen_ai.request.model": model,
+                    "gen_ai.response.model": model,
+                    "rlm.role": "root" if kind == "turn" else "sub",
+                    "openinference.span.kind": "LLM",
+                }
                 prompt = n.get("prompt_tokens")
                 if prompt is not None:
                     attrs.update({"gen_ai.usage.input_tokens": prompt, "llm.token_count.prompt": prompt})
                 if n.get("completion_tokens") is not None:
-                    attrs.update({"gen_ai.usage.output_tokens": n["completion_tokens"],
-                                  "llm.token_count.completion": n["completion_tokens"]})
+                    attrs.update(
+                        {
+                            "gen_ai.usage.output_tokens": n["completion_tokens"],
+                            "llm.token_count.completion": n["completion_tokens"],
+                        }
+                    )
                 if n.get("cached_tokens") is not None:
                     attrs["gen_ai.usage.cache_read.input_tokens"] = n["cached_tokens"]
             elif kind == "cell":
                 name = "execute_tool repl"
-                attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "repl",
-                         "gen_ai.tool.call.id": f"{record.id}/{nid}", "openinference.span.kind": "TOOL"}
+                attrs = {
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": "repl",
+                    "gen_ai.tool.call.id": f"{record.id}/{nid}",
+                    "openinference.span.kind": "TOOL",
+                }
             else:
                 name = "batch llm_query_batched"
                 attrs = {"rlm.batch.size": len(n["children"]), "openinference.span.kind": "CHAIN"}

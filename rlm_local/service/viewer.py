@@ -7,6 +7,7 @@ Sub-calls are logged while their cell runs and the cell when it ends, so sub-cal
 in ``pending`` until the next cell of their parent's depth; while a cell still runs they show under a
 "running cell" node.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -25,8 +26,11 @@ TEXT = 2000  # characters of a text field shown in a node's detail
 def _tokens(usage: dict | None) -> dict[str, Any]:
     if not usage:
         return {}
-    return {"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-            "cached_tokens": usage.get("cached_tokens")}
+    return {
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "cached_tokens": usage.get("cached_tokens"),
+    }
 
 
 def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -35,8 +39,15 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     def node(nid: str, kind: str, label: str, parent: str | None, event: dict | None = None, **detail: Any) -> dict:
         seconds = float(event.get("seconds") or 0) if event else 0.0
         end = float(event.get("time") or 0) if event else 0.0
-        n = {"id": nid, "kind": kind, "label": label, "start": end - seconds if end else None,
-             "seconds": seconds, "children": [], **detail}
+        n = {
+            "id": nid,
+            "kind": kind,
+            "label": label,
+            "start": end - seconds if end else None,
+            "seconds": seconds,
+            "children": [],
+            **detail,
+        }
         nodes[nid] = n
         if parent is not None:
             nodes[parent]["children"].append(nid)
@@ -52,41 +63,80 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for i, e in enumerate(events):
         kind, depth = e.get("event"), int(e.get("depth") or 0)
         if kind == "run_start":
-            root.update(label=f"run: {str(e.get('question') or '(task in the context)')[:200]}",
-                        start=e.get("time"), question=e.get("question"), config=e.get("config"))
+            root.update(
+                label=f"run: {str(e.get('question') or '(task in the context)')[:200]}",
+                start=e.get("time"),
+                question=e.get("question"),
+                config=e.get("config"),
+            )
         elif kind == "context":
             nodes[stack.get(depth, "run")]["context"] = e.get("metadata")
         elif kind == "root_turn":
             label = f"turn {e.get('iteration')}" + (" (closing request)" if e.get("final_request") else "")
-            n = node(f"t{i}", "turn", label, stack.get(depth, "run"), e, text=(e.get("reply") or "")[:TEXT],
-                     error=e.get("error"), prompt_tokens=e.get("prompt_tokens"), cached_tokens=e.get("cached_tokens"),
-                     completion_tokens=e.get("completion_tokens"))
+            n = node(
+                f"t{i}",
+                "turn",
+                label,
+                stack.get(depth, "run"),
+                e,
+                text=(e.get("reply") or "")[:TEXT],
+                error=e.get("error"),
+                prompt_tokens=e.get("prompt_tokens"),
+                cached_tokens=e.get("cached_tokens"),
+                completion_tokens=e.get("completion_tokens"),
+            )
             last_turn[depth] = n["id"]
             open_turn[depth] = n["id"]
         elif kind == "cell":
             parent = last_turn.get(depth) or stack.get(depth, "run")
-            n = node(f"c{i}", "cell", f"cell (turn {e.get('iteration')})", parent, e, code=(e.get("code") or "")[:TEXT],
-                     text=(e.get("stdout") or "")[:TEXT], error=e.get("error"), final=e.get("final"))
+            n = node(
+                f"c{i}",
+                "cell",
+                f"cell (turn {e.get('iteration')})",
+                parent,
+                e,
+                code=(e.get("code") or "")[:TEXT],
+                text=(e.get("stdout") or "")[:TEXT],
+                error=e.get("error"),
+                final=e.get("final"),
+            )
             n["children"] = pending.pop(depth, [])
             batches.pop(depth, None)
             open_turn.pop(depth, None)
         elif kind == "child_start":
-            n = node(f"r{i}", "child", f"child run (depth {depth}): {str(e.get('question') or '')[:120]}", None, e,
-                     question=e.get("question"))
+            n = node(
+                f"r{i}",
+                "child",
+                f"child run (depth {depth}): {str(e.get('question') or '')[:120]}",
+                None,
+                e,
+                question=e.get("question"),
+            )
             n["start"] = e.get("time")
             pending[depth - 1].append(n["id"])
             stack[depth] = n["id"]
         elif kind == "subcall" and e.get("query") == "rlm":
             child = nodes.get(stack.get(depth, ""))
             if child is not None and child["kind"] == "child":
-                child.update(seconds=float(e.get("seconds") or 0), text=(e.get("response") or "")[:TEXT],
-                             stopped_reason=e.get("stopped_reason"))
+                child.update(
+                    seconds=float(e.get("seconds") or 0),
+                    text=(e.get("response") or "")[:TEXT],
+                    stopped_reason=e.get("stopped_reason"),
+                )
                 stack.pop(depth, None)
         elif kind == "subcall":
             p = depth - 1
-            n = node(f"s{i}", "subcall", f"llm_query: {(e.get('prompt') or '')[:80]}", None, e,
-                     prompt=(e.get("prompt") or "")[:TEXT], text=(e.get("response") or "")[:TEXT],
-                     error=e.get("error"), **_tokens(e.get("usage")))
+            n = node(
+                f"s{i}",
+                "subcall",
+                f"llm_query: {(e.get('prompt') or '')[:80]}",
+                None,
+                e,
+                prompt=(e.get("prompt") or "")[:TEXT],
+                text=(e.get("response") or "")[:TEXT],
+                error=e.get("error"),
+                **_tokens(e.get("usage")),
+            )
             size = int(e.get("batch") or 1)
             open_batch = batches.get(p)
             if size > 1 and open_batch and open_batch[1] > 0:
@@ -100,11 +150,16 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             else:
                 pending[p].append(n["id"])
         elif kind in ("final", "error"):
-            root.update(seconds=float(e.get("seconds") or 0), answer=e.get("answer"), error=e.get("error"),
-                        stopped_reason=e.get("stopped_reason"), usage=e.get("usage"))
+            root.update(
+                seconds=float(e.get("seconds") or 0),
+                answer=e.get("answer"),
+                error=e.get("error"),
+                stopped_reason=e.get("stopped_reason"),
+                usage=e.get("usage"),
+            )
             root["label"] += f"  [{e.get('stopped_reason') or 'error'}]"
     if not ended:  # a run going on: the cell of its latest turn at each depth is still running
-        for d, turn in open_turn.items():
+        for d, _turn in open_turn.items():
             pending.setdefault(d, [])
     for p, waiting in pending.items():  # a cell still running (or a direct answer at depth 0)
         holder = stack.get(p, "run") if p >= 0 else "run"
@@ -137,11 +192,16 @@ def children(record: Any, node_id: str, offset: int, limit: int) -> dict[str, An
     if node_id not in nodes:
         raise not_found("node", node_id)
     n = nodes[node_id]
-    page = [{k: v for k, v in nodes[c].items() if k != "children"} for c in n["children"][offset:offset + limit]]
+    page = [{k: v for k, v in nodes[c].items() if k != "children"} for c in n["children"][offset : offset + limit]]
     root = nodes["run"]
-    return {"run": {k: v for k, v in root.items() if k != "children"}, "status": record.status,
-            "node": {k: v for k, v in n.items() if k != "children"}, "offset": offset, "total": len(n["children"]),
-            "children": page}
+    return {
+        "run": {k: v for k, v in root.items() if k != "children"},
+        "status": record.status,
+        "node": {k: v for k, v in n.items() if k != "children"},
+        "offset": offset,
+        "total": len(n["children"]),
+        "children": page,
+    }
 
 
 def mount(app: FastAPI) -> None:
@@ -160,6 +220,7 @@ def mount(app: FastAPI) -> None:
         path = STATIC / name
         if name not in ("viewer.js", "viewer.css") or not path.exists():
             from .schemas import ApiError
+
             raise ApiError(404, f"no such asset: {name[:60]!r}")
         return FileResponse(path)
 
@@ -172,10 +233,17 @@ class _FileRun:
     def meta(self) -> dict[str, Any]:
         first = self.events[0] if self.events else {}
         final = next((e for e in reversed(self.events) if e.get("event") == "final"), {})
-        return {"id": self.id, "model": (first.get("config") or {}).get("model"), "question": first.get("question"),
-                "status": self.status, "created": first.get("time"), "answer": final.get("answer"),
-                "stopped_reason": final.get("stopped_reason"), "seconds": final.get("seconds"),
-                "events": len(self.events)}
+        return {
+            "id": self.id,
+            "model": (first.get("config") or {}).get("model"),
+            "question": first.get("question"),
+            "status": self.status,
+            "created": first.get("time"),
+            "answer": final.get("answer"),
+            "stopped_reason": final.get("stopped_reason"),
+            "seconds": final.get("seconds"),
+            "events": len(self.events),
+        }
 
 
 def file_app(path: str | Path) -> FastAPI:
@@ -208,7 +276,9 @@ def file_app(path: str | Path) -> FastAPI:
         return r.meta()
 
     @app.get("/v1/runs/{run_id}/tree")
-    async def tree(run_id: str, node: str = "run", offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)):
+    async def tree(
+        run_id: str, node: str = "run", offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    ):
         r = runs().get(run_id)
         if r is None:
             raise not_found("run", run_id)

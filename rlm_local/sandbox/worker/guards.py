@@ -7,6 +7,7 @@ object or the import system through a public attribute, and no host callable is 
 allowlist.py reviewed it: module proxies and builtins are built from its rows, and the getattr guard
 checks host class members against it (members.py).
 """
+
 from __future__ import annotations
 
 import builtins
@@ -32,21 +33,69 @@ ALLOWED_MODULES = A.ALLOWED_MODULES
 
 # C code inside datetime imports these through the frame's __import__ (strftime/strptime).
 C_INTERNAL_IMPORTS = ("time", "_strptime")
-PRELOADED_CODECS = ("ascii", "latin-1", "utf-8-sig", "utf-16", "utf-32", "cp1252", "iso8859-15",
-                    "unicode-escape", "raw-unicode-escape", "idna", "punycode", "mac-roman", "cp437")
+PRELOADED_CODECS = (
+    "ascii",
+    "latin-1",
+    "utf-8-sig",
+    "utf-16",
+    "utf-32",
+    "cp1252",
+    "iso8859-15",
+    "unicode-escape",
+    "raw-unicode-escape",
+    "idna",
+    "punycode",
+    "mac-roman",
+    "cp437",
+)
 
 FORBIDDEN_TYPES = (types.ModuleType, types.FrameType, types.CodeType, types.TracebackType)
-CONTAINER_TYPES = frozenset({dict, list, set, bytearray, collections.deque, collections.OrderedDict,
-                             collections.defaultdict, collections.Counter})
-EXTRA_BLOCKED_ATTRS = frozenset({"f_back", "f_globals", "f_locals", "f_builtins", "f_code", "tb_frame",
-                                 "tb_next", "gi_frame", "gi_code", "cr_frame", "ag_frame", "co_code"})
+CONTAINER_TYPES = frozenset(
+    {
+        dict,
+        list,
+        set,
+        bytearray,
+        collections.deque,
+        collections.OrderedDict,
+        collections.defaultdict,
+        collections.Counter,
+    }
+)
+EXTRA_BLOCKED_ATTRS = frozenset(
+    {
+        "f_back",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_code",
+        "tb_frame",
+        "tb_next",
+        "gi_frame",
+        "gi_code",
+        "cr_frame",
+        "ag_frame",
+        "co_code",
+    }
+)
 # Names the getattr guard looks at closely; every other public name takes the fast path.
 SPECIAL_ATTRS = INSPECT_ATTRIBUTES | EXTRA_BLOCKED_ATTRS | {"format", "format_map", "obj"}
 
-INPLACE = {"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-           "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
-           ">>=": operator.irshift, "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
-           "@=": operator.imatmul}
+INPLACE = {
+    "+=": operator.iadd,
+    "-=": operator.isub,
+    "*=": operator.imul,
+    "/=": operator.itruediv,
+    "//=": operator.ifloordiv,
+    "%=": operator.imod,
+    "**=": operator.ipow,
+    "<<=": operator.ilshift,
+    ">>=": operator.irshift,
+    "&=": operator.iand,
+    "|=": operator.ior,
+    "^=": operator.ixor,
+    "@=": operator.imatmul,
+}
 
 
 class ModuleProxy:
@@ -141,8 +190,10 @@ class Printer:
             self.size = self.cap
         self.dropped += len(text) - max(room, 0)
         if self.dropped > self.FLOOD_FACTOR * max(self.cap, 100_000):
-            raise OutputFlood(f"output limit exceeded: the cell printed more than "
-                              f"{self.cap + self.dropped} characters; print less (e.g. slices or counts)")
+            raise OutputFlood(
+                f"output limit exceeded: the cell printed more than "
+                f"{self.cap + self.dropped} characters; print less (e.g. slices or counts)"
+            )
 
     def _call_print(self, *objects, sep=" ", end="\n", file=None, flush=False):
         print(*objects, sep=sep, end=end, file=self)
@@ -258,8 +309,10 @@ class Guards:
             # an override would otherwise keep exposing the host member it hid).
             self.members.forget()
             return obj
-        raise TypeError(f"cannot modify objects of type '{t.__name__}' in the sandbox "
-                        "(only your own containers, classes and their instances)")
+        raise TypeError(
+            f"cannot modify objects of type '{t.__name__}' in the sandbox "
+            "(only your own containers, classes and their instances)"
+        )
 
     def setattr(self, obj, name, value):
         if type(name) is not str or name.startswith("_"):
@@ -288,8 +341,9 @@ class Guards:
             raise ImportError("relative imports are not available in the sandbox")
         proxy = self.proxies.get(name) if type(name) is str else None
         if proxy is None:
-            raise ImportError(f"module '{name}' is not available in the sandbox; allowed: "
-                              + ", ".join(ALLOWED_MODULES))
+            raise ImportError(
+                f"module '{name}' is not available in the sandbox; allowed: " + ", ".join(ALLOWED_MODULES)
+            )
         # Every `from m import x` name must be exposed: on a missing attribute IMPORT_FROM falls back to
         # sys.modules["m.x"], which held real submodules (json.decoder), and would replace our reason with
         # a generic message.
@@ -302,8 +356,14 @@ class Guards:
     def builtins(self) -> dict:
         """The sandbox's builtins: allowlist.py's ``builtins`` rows (safe ones as is, wrapped ones as the
         guard functions) plus the hooks the compiled code needs."""
-        wrapped = {"getattr": self.getattr, "hasattr": self.hasattr, "setattr": self.setattr,
-                   "delattr": self.delattr, "type": _type1, "dir": _dir}
+        wrapped = {
+            "getattr": self.getattr,
+            "hasattr": self.hasattr,
+            "setattr": self.setattr,
+            "delattr": self.delattr,
+            "type": _type1,
+            "dir": _dir,
+        }
         b = {}
         for name, (verdict, _) in A.parse(A.MODULE_ROWS)["builtins"].items():
             if verdict == A.SAFE:

@@ -20,6 +20,7 @@ reported by name, so the parent (and the tests) can see what this machine suppor
 The parent adds ``cgroup`` (cgroup.py) where it can: all of the session's memory and processes counted
 together, whatever the worker does.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -87,8 +88,7 @@ def _landlock() -> bool:
     and abstract unix sockets leaving the domain are denied from now on."""
     syscall = _libc.syscall
     syscall.restype = ctypes.c_long
-    abi = syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
-                  ctypes.c_uint(LANDLOCK_CREATE_RULESET_VERSION))
+    abi = syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint(LANDLOCK_CREATE_RULESET_VERSION))
     if abi < 1:
         return False
     fs_bits = {1: 13, 2: 14, 3: 15, 4: 15}.get(abi, 16)  # EXECUTE .. MAKE_SYM, REFER, TRUNCATE, IOCTL_DEV
@@ -110,26 +110,94 @@ def _landlock() -> bool:
 # seccomp ------------------------------------------------------------------------------------------------
 AUDIT_ARCH_X86_64 = 0xC000003E
 X86_64_DENY = {  # name: number
-    "socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53, "accept4": 288,
-    "execve": 59, "execveat": 322, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
-    "mount": 165, "umount2": 166, "unshare": 272, "setns": 308, "bpf": 321, "perf_event_open": 298,
-    "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    "keyctl": 250, "add_key": 248, "request_key": 249, "open_by_handle_at": 304, "kexec_load": 246,
-    "init_module": 175, "finit_module": 313, "delete_module": 176, "chroot": 161, "pivot_root": 155,
-    "creat": 85, "unlink": 87, "unlinkat": 263, "rename": 82, "renameat": 264, "renameat2": 316,
-    "mkdir": 83, "mkdirat": 258, "rmdir": 84, "chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92,
-    "fchown": 93, "lchown": 94, "fchownat": 260, "link": 86, "linkat": 265, "symlink": 88,
-    "symlinkat": 266, "truncate": 76, "ftruncate": 77, "personality": 135,
+    "socket": 41,
+    "connect": 42,
+    "accept": 43,
+    "bind": 49,
+    "listen": 50,
+    "socketpair": 53,
+    "accept4": 288,
+    "execve": 59,
+    "execveat": 322,
+    "ptrace": 101,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "mount": 165,
+    "umount2": 166,
+    "unshare": 272,
+    "setns": 308,
+    "bpf": 321,
+    "perf_event_open": 298,
+    "userfaultfd": 323,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "keyctl": 250,
+    "add_key": 248,
+    "request_key": 249,
+    "open_by_handle_at": 304,
+    "kexec_load": 246,
+    "init_module": 175,
+    "finit_module": 313,
+    "delete_module": 176,
+    "chroot": 161,
+    "pivot_root": 155,
+    "creat": 85,
+    "unlink": 87,
+    "unlinkat": 263,
+    "rename": 82,
+    "renameat": 264,
+    "renameat2": 316,
+    "mkdir": 83,
+    "mkdirat": 258,
+    "rmdir": 84,
+    "chmod": 90,
+    "fchmod": 91,
+    "fchmodat": 268,
+    "chown": 92,
+    "fchown": 93,
+    "lchown": 94,
+    "fchownat": 260,
+    "link": 86,
+    "linkat": 265,
+    "symlink": 88,
+    "symlinkat": 266,
+    "truncate": 76,
+    "ftruncate": 77,
+    "personality": 135,
     # signals to other processes (other sessions' workers share our uid)
-    "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
-    "pidfd_send_signal": 424, "pidfd_open": 434, "pidfd_getfd": 438,
+    "kill": 62,
+    "tkill": 200,
+    "tgkill": 234,
+    "rt_sigqueueinfo": 129,
+    "rt_tgsigqueueinfo": 297,
+    "pidfd_send_signal": 424,
+    "pidfd_open": 434,
+    "pidfd_getfd": 438,
     # leaving the process group the parent kills as one
-    "setsid": 112, "setpgid": 109,
+    "setsid": 112,
+    "setpgid": 109,
     # SysV and POSIX IPC (memory outside RLIMIT_AS that outlives a process), anonymous files
-    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65, "semctl": 66,
-    "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240,
-    "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244,
-    "mq_getsetattr": 245, "memfd_create": 319, "fallocate": 285,
+    "shmget": 29,
+    "shmat": 30,
+    "shmctl": 31,
+    "shmdt": 67,
+    "semget": 64,
+    "semop": 65,
+    "semctl": 66,
+    "semtimedop": 220,
+    "msgget": 68,
+    "msgsnd": 69,
+    "msgrcv": 70,
+    "msgctl": 71,
+    "mq_open": 240,
+    "mq_unlink": 241,
+    "mq_timedsend": 242,
+    "mq_timedreceive": 243,
+    "mq_notify": 244,
+    "mq_getsetattr": 245,
+    "memfd_create": 319,
+    "fallocate": 285,
 }
 X86_64_CLONE, X86_64_CLONE3 = 56, 435  # clone: no namespace flags; clone3: ENOSYS, so libc uses clone
 X86_64_PRLIMIT = 302  # allowed only on ourselves (pid 0)
@@ -144,23 +212,38 @@ LD_ABS, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
 
 def _seccomp_program() -> bytes:
     ins: list[tuple[int, int, int, int]] = [
-        (LD_ABS, 0, 0, 4),                       # arch
+        (LD_ABS, 0, 0, 4),  # arch
         (JEQ, 1, 0, AUDIT_ARCH_X86_64),
         (RET, 0, 0, RET_KILL),
-        (LD_ABS, 0, 0, 0),                       # syscall number
-        (JGE, 0, 1, 0x40000000),                 # x32 ABI aliases
+        (LD_ABS, 0, 0, 0),  # syscall number
+        (JGE, 0, 1, 0x40000000),  # x32 ABI aliases
         (RET, 0, 0, RET_ERRNO),
     ]
     for nr in sorted(X86_64_DENY.values()):
         ins += [(JEQ, 0, 1, nr), (RET, 0, 0, RET_ERRNO)]
     for nr, arg in X86_64_OPEN.items():
-        ins += [(JEQ, 0, 4, nr), (LD_ABS, 0, 0, 16 + 8 * arg), (JSET, 0, 1, OPEN_WRITE_FLAGS),
-                (RET, 0, 0, RET_ERRNO), (RET, 0, 0, RET_ALLOW)]
+        ins += [
+            (JEQ, 0, 4, nr),
+            (LD_ABS, 0, 0, 16 + 8 * arg),
+            (JSET, 0, 1, OPEN_WRITE_FLAGS),
+            (RET, 0, 0, RET_ERRNO),
+            (RET, 0, 0, RET_ALLOW),
+        ]
     ins += [(JEQ, 0, 1, X86_64_CLONE3), (RET, 0, 0, RET_ENOSYS)]
-    ins += [(JEQ, 0, 4, X86_64_CLONE), (LD_ABS, 0, 0, 16), (JSET, 0, 1, NS_CLONE_FLAGS), (RET, 0, 0, RET_ERRNO),
-            (RET, 0, 0, RET_ALLOW)]
-    ins += [(JEQ, 0, 4, X86_64_PRLIMIT), (LD_ABS, 0, 0, 16), (JEQ, 1, 0, 0), (RET, 0, 0, RET_ERRNO),
-            (RET, 0, 0, RET_ALLOW)]
+    ins += [
+        (JEQ, 0, 4, X86_64_CLONE),
+        (LD_ABS, 0, 0, 16),
+        (JSET, 0, 1, NS_CLONE_FLAGS),
+        (RET, 0, 0, RET_ERRNO),
+        (RET, 0, 0, RET_ALLOW),
+    ]
+    ins += [
+        (JEQ, 0, 4, X86_64_PRLIMIT),
+        (LD_ABS, 0, 0, 16),
+        (JEQ, 1, 0, 0),
+        (RET, 0, 0, RET_ERRNO),
+        (RET, 0, 0, RET_ALLOW),
+    ]
     ins.append((RET, 0, 0, RET_ALLOW))
     return b"".join(struct.pack("HBBI", *i) for i in ins)
 

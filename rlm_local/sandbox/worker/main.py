@@ -12,6 +12,7 @@ Only the Channel writes to the protocol pipe: fds 1 and 2 are a capture pipe who
 writing to stdout, ``re.DEBUG``, unraisable-exception reports) become the cell's output, and
 ``sys.stdout``/``sys.stderr`` print into the cell's output directly.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -29,6 +30,7 @@ if __name__ == "__main__":
     HERE = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [HERE, sys.argv[1]]
     import RestrictedPython  # noqa: F401,E402  (load it while its directory is on the path)
+
     sys.path.remove(sys.argv[1])
 
 import hardening  # noqa: E402
@@ -59,8 +61,14 @@ class Channel:
     def call(self, kind: str, prompts: list[str], contexts: list | None = None) -> list[str]:
         lim = self.limits
         try:  # early, readable refusals; the parent enforces the same rules on what arrives
-            protocol.check_call_size(prompts, contexts, lim["max_prompts_per_call"], lim["max_prompt_chars"],
-                                     lim["max_call_chars"], lim["max_call_items"])
+            protocol.check_call_size(
+                prompts,
+                contexts,
+                lim["max_prompts_per_call"],
+                lim["max_prompt_chars"],
+                lim["max_call_chars"],
+                lim["max_call_items"],
+            )
         except ValueError as e:
             raise RuntimeError(f"ValueError: {e}") from None
         fields, parts = protocol.call_parts(prompts, contexts)
@@ -111,7 +119,7 @@ class FdCapture:
 class HostStream:
     """sys.stdout / sys.stderr: host Python code that prints (re.DEBUG, warnings) prints into the cell."""
 
-    def __init__(self, session: "repl.Repl"):
+    def __init__(self, session: repl.Repl):
         self.session = session
 
     def write(self, text) -> int:
@@ -224,18 +232,31 @@ def main() -> None:
     init, init_parts = channel.read()
     channel.limits = dict(init["limits"])
     context = _load_context(init)
-    scrub = [os.path.dirname(HERE), sys.argv[1], sys.prefix, sys.base_prefix, sys.exec_prefix,
-             os.path.dirname(sys.executable), init.get("host_dir", "")]
+    scrub = [
+        os.path.dirname(HERE),
+        sys.argv[1],
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        os.path.dirname(sys.executable),
+        init.get("host_dir", ""),
+    ]
     session = repl.Repl(context, channel.call, channel.limits, scrub, capture.drain)
     session.add_tools(init.get("tool_functions") or [], json.loads(init_parts[0]) if init_parts else {})
     del context
     sys.stdout = sys.stderr = HostStream(session)
     if init.get("grant_real_os"):  # test-only hook (tests/sandbox/test_post_escape.py): a full escape
-        session.reserved.update(real_os=os, real_sys=sys, real_ctypes=hardening.ctypes, real_exit=os._exit,
-                                _getattr_=getattr, _getitem_=lambda obj, key: obj[key], _write_=lambda obj: obj)
+        session.reserved.update(
+            real_os=os,
+            real_sys=sys,
+            real_ctypes=hardening.ctypes,
+            real_exit=os._exit,
+            _getattr_=getattr,
+            _getitem_=lambda obj, key: obj[key],
+            _write_=lambda obj: obj,
+        )
         session.globals.update(session.reserved)
-    applied = hardening.apply(int(channel.limits["memory_mb"]), init.get("uid"),
-                              int(channel.limits["max_processes"]))
+    applied = hardening.apply(int(channel.limits["memory_mb"]), init.get("uid"), int(channel.limits["max_processes"]))
     gc.freeze()  # the interpreter's and RestrictedPython's objects: never garbage, never scanned again
     snapshot = Snapshot()
     greeting = {"type": "ready", "pid": os.getpid(), "hardening": applied}
@@ -276,9 +297,14 @@ def main() -> None:
         completed += 1
         fields = ["stdout", "error", "final", "value"]
         try:
-            channel.send({"type": "result", "worker_seconds": time.perf_counter() - t0,
-                          "present": [result[k] is not None for k in fields]},
-                         [result[k] or "" for k in fields])
+            channel.send(
+                {
+                    "type": "result",
+                    "worker_seconds": time.perf_counter() - t0,
+                    "present": [result[k] is not None for k in fields],
+                },
+                [result[k] or "" for k in fields],
+            )
         except (protocol.ChannelClosed, OSError):
             break
         snapshot.release()

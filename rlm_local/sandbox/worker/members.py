@@ -14,12 +14,14 @@ Guarantees (with guards.Guards.getattr, which consults this module for every pub
 - Verdicts are memoised per type and name so the hot path is two dict lookups; writes to sandbox classes
   (the only class dicts the sandbox can change) clear the memo.
 """
+
 from __future__ import annotations
 
 import collections
 import functools
 import types
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 try:
     from . import allowlist as A
@@ -32,9 +34,28 @@ CELL_FILE_PREFIX = "<cell "  # repl.Repl compiles cells as "<cell N>"; host code
 _C_METHODS = (types.MethodDescriptorType, types.ClassMethodDescriptorType)
 # Builtin bases of sandbox classes whose code never writes an instance __dict__ (BaseException's notes
 # go to '__notes__', unreadable): instances of sandbox classes over only these are filled by sandbox code.
-_DICTLESS_HOST_BASES = frozenset({object, dict, list, set, frozenset, tuple, str, bytes, int, float,
-                                  BaseException, Exception, ValueError, KeyError, TypeError, RuntimeError,
-                                  LookupError, ArithmeticError})
+_DICTLESS_HOST_BASES = frozenset(
+    {
+        object,
+        dict,
+        list,
+        set,
+        frozenset,
+        tuple,
+        str,
+        bytes,
+        int,
+        float,
+        BaseException,
+        Exception,
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        LookupError,
+        ArithmeticError,
+    }
+)
 # Callable wrappers whose call runs another callable: a value of these types is as safe as what it wraps.
 _WRAPPED_CALLABLE = {
     functools.partial: lambda v: v.func,
@@ -82,8 +103,14 @@ class MemberGuard:
         self.known_types = set(self.classes) | {v for v in known if isinstance(v, type)}
         self.known_types.update(A.returned_types())
         # Kinds of callables that _value_rule judges one by one, never by their type alone.
-        self.known_types -= {types.FunctionType, types.MethodType, types.BuiltinMethodType,
-                             types.MethodWrapperType, types.WrapperDescriptorType, *_C_METHODS}
+        self.known_types -= {
+            types.FunctionType,
+            types.MethodType,
+            types.BuiltinMethodType,
+            types.MethodWrapperType,
+            types.WrapperDescriptorType,
+            *_C_METHODS,
+        }
         self.proxy_type = proxy_type
         # The lambda lru_cache stores as wrapper.cache_parameters (returns a dict of its two settings).
         self.known_codes = {functools.lru_cache()(abs).cache_parameters.__code__}
@@ -110,9 +137,10 @@ class MemberGuard:
             if cls is None:
                 return "unbound super objects are not supported in the sandbox"
             mro = cls.__mro__
-            return self._lookup((mro[mro.index(start) + 1:],), name, False)
-        if isinstance(t, SandboxMeta) and all(isinstance(c, SandboxMeta) or c in _DICTLESS_HOST_BASES
-                                              for c in t.__mro__):
+            return self._lookup((mro[mro.index(start) + 1 :],), name, False)
+        if isinstance(t, SandboxMeta) and all(
+            isinstance(c, SandboxMeta) or c in _DICTLESS_HOST_BASES for c in t.__mro__
+        ):
             # Only sandbox code fills these instance dicts (the builtin bases never write one;
             # update_wrapper copies only sandbox function dicts; cached_property stores the sandbox
             # function's result) and sandbox classes cannot define __getattr__, so an instance entry
@@ -157,8 +185,9 @@ class MemberGuard:
             return value  # classes are as reachable as type(x) makes them; their members are guarded
         rule = self._value_rule(value)
         if rule is not ALLOW:
-            raise AttributeError(rule if isinstance(rule, str) else
-                                 f"'{name}' refers to host code not available in the sandbox")
+            raise AttributeError(
+                rule if isinstance(rule, str) else f"'{name}' refers to host code not available in the sandbox"
+            )
         return value
 
     def _value_rule(self, value: Any):
@@ -173,8 +202,9 @@ class MemberGuard:
             func, owner = value.__func__, value.__self__
             if sandbox_made(func):
                 return ALLOW
-            cls = _defining_class(owner, func.__name__,
-                                  lambda raw: raw is func or getattr(raw, "__func__", None) is func)
+            cls = _defining_class(
+                owner, func.__name__, lambda raw: raw is func or getattr(raw, "__func__", None) is func
+            )
             return self.member_rule(cls, func.__name__) if cls is not None else None
         if vt is types.BuiltinMethodType:
             owner = value.__self__
@@ -217,8 +247,7 @@ def _name_subset(names: Any, allowed: tuple[str, ...], what: str) -> tuple[str, 
     return tuple(a for a in allowed if a in chosen)
 
 
-def update_wrapper(wrapper, wrapped, assigned=functools.WRAPPER_ASSIGNMENTS,
-                   updated=functools.WRAPPER_UPDATES):
+def update_wrapper(wrapper, wrapped, assigned=functools.WRAPPER_ASSIGNMENTS, updated=functools.WRAPPER_UPDATES):
     """functools.update_wrapper restricted to the default attribute names, writing only to a function,
     class or instance the sandbox created. __dict__ is copied only from a sandbox function (whose dict only
     ever holds what this function copied from other sandbox functions): any other object's dict may hold
@@ -227,8 +256,7 @@ def update_wrapper(wrapper, wrapped, assigned=functools.WRAPPER_ASSIGNMENTS,
     assigned = _name_subset(assigned, functools.WRAPPER_ASSIGNMENTS, "assigned")
     updated = _name_subset(updated, functools.WRAPPER_UPDATES, "updated")
     if not sandbox_made(wrapper):
-        raise TypeError("update_wrapper/wraps can only update functions, classes and instances defined in "
-                        "the sandbox")
+        raise TypeError("update_wrapper/wraps can only update functions, classes and instances defined in the sandbox")
     if type(wrapped) is not types.FunctionType or not sandbox_made(wrapped):
         updated = ()
     return functools.update_wrapper(wrapper, wrapped, assigned, updated)
@@ -279,5 +307,9 @@ class cached_property:  # noqa: N801 (stands in for functools.cached_property)
 
 def module_wrappers() -> dict[tuple[str, str], Any]:
     """(module, name) -> replacement for every ``wrapped`` module-level row."""
-    return {("functools", "update_wrapper"): update_wrapper, ("functools", "wraps"): wraps,
-            ("functools", "total_ordering"): total_ordering, ("functools", "cached_property"): cached_property}
+    return {
+        ("functools", "update_wrapper"): update_wrapper,
+        ("functools", "wraps"): wraps,
+        ("functools", "total_ordering"): total_ordering,
+        ("functools", "cached_property"): cached_property,
+    }

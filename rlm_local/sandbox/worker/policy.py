@@ -6,6 +6,7 @@ reading ``__name__``, ``__class__``, ``__doc__``) by rewriting it into calls of 
 expression like a notebook. Everything else (names starting with '_', ``match``, ``except*``, async,
 ``exec``/``eval``) stays rejected at compile time with RestrictedPython's readable messages.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,23 +17,28 @@ from RestrictedPython.transformer import IOPERATOR_TO_STR, RestrictingNodeTransf
 # Dunder methods a sandbox class may define. Deliberately absent: __getattr__, __getattribute__,
 # __setattr__, __delattr__, __del__, __reduce__*, __init_subclass__, __class_getitem__, __format__,
 # __new__, __set_name__, __get__/__set__ (descriptors run inside host lookups).
-DUNDER_METHODS = frozenset("""
+DUNDER_METHODS = frozenset(
+    """
 __init__ __post_init__ __repr__ __str__ __len__ __iter__ __next__ __contains__ __getitem__ __setitem__
 __delitem__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __hash__ __bool__ __call__ __enter__ __exit__
 __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __truediv__ __rtruediv__
 __floordiv__ __mod__ __pow__ __neg__ __pos__ __abs__ __and__ __or__ __xor__ __invert__ __int__ __float__
 __index__ __round__ __reversed__ __missing__
-""".split())
+""".split()
+)
 
 # Dunder attributes code may read (the getattr guard decides per object; __class__ acts like type()).
 READABLE_DUNDERS = frozenset({"__name__", "__qualname__", "__class__", "__doc__"})
 
 
 class SandboxPolicy(RestrictingNodeTransformer):
-
     def check_name(self, node, name, allow_magic_methods=False):
-        if (allow_magic_methods and name in DUNDER_METHODS and isinstance(node, ast.FunctionDef)
-                and node.col_offset != 0):
+        if (
+            allow_magic_methods
+            and name in DUNDER_METHODS
+            and isinstance(node, ast.FunctionDef)
+            and node.col_offset != 0
+        ):
             return
         super().check_name(node, name, allow_magic_methods=False)
 
@@ -55,15 +61,21 @@ class SandboxPolicy(RestrictingNodeTransformer):
         if isinstance(target, ast.Subscript):
             obj = self.visit(target.value)
             key = self._slice_to_expr(self.visit(target.slice))
-            call = self._call("_inplace_item_", obj, key, ast.Constant(IOPERATOR_TO_STR[type(node.op)]),
-                              self.visit(node.value))
+            call = self._call(
+                "_inplace_item_", obj, key, ast.Constant(IOPERATOR_TO_STR[type(node.op)]), self.visit(node.value)
+            )
         elif isinstance(target, ast.Attribute):
             if target.attr.startswith("_"):
                 self.error(node, f'"{target.attr}" is an invalid attribute name because it starts with "_".')
                 return node
             obj = self.visit(target.value)
-            call = self._call("_inplace_attr_", obj, ast.Constant(target.attr),
-                              ast.Constant(IOPERATOR_TO_STR[type(node.op)]), self.visit(node.value))
+            call = self._call(
+                "_inplace_attr_",
+                obj,
+                ast.Constant(target.attr),
+                ast.Constant(IOPERATOR_TO_STR[type(node.op)]),
+                self.visit(node.value),
+            )
         else:  # a plain name: `x += y` is as safe as `x = x + y`; no guard call in hot loops
             self.check_name(node, target.id)
             node.value = self.visit(node.value)
@@ -112,8 +124,12 @@ class SandboxPolicy(RestrictingNodeTransformer):
 
     @staticmethod
     def _is_super_call(node) -> bool:
-        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
-                and not node.keywords)
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "super"
+            and not node.keywords
+        )
 
 
 def compile_cell(source: str, filename: str):

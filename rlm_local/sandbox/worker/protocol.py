@@ -16,6 +16,7 @@ travels inside JSON, so:
 - text is always valid UTF-8 on the wire: lone surrogates become U+FFFD when encoded, and decoding
   replaces invalid bytes, so every consumer (trajectory writers, HTTP clients) can write what arrives.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,10 +27,9 @@ import select
 import time
 
 # The functions every REPL session defines; with `context`, `print` and `printed` no other name may take them.
-STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL", "FINAL_VAR",
-              "SHOW_VARS")
+STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL", "FINAL_VAR", "SHOW_VARS")
 RESERVED_NAMES = frozenset(STUB_NAMES) | {"context", "print", "printed"}
-MAX_HEADER_BYTES = 1 << 20      # header lines are small: field names, numbers, a list of part lengths
+MAX_HEADER_BYTES = 1 << 20  # header lines are small: field names, numbers, a list of part lengths
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -160,7 +160,7 @@ class Reader:
         del self.buf[:total]
         out, pos = [], 0
         for n in sizes:
-            out.append(data[pos:pos + n].decode("utf-8", "replace"))
+            out.append(data[pos : pos + n].decode("utf-8", "replace"))
             pos += n
         return out
 
@@ -180,20 +180,28 @@ def call_cost(prompts: list[str], contexts: list | None) -> tuple[int, int]:
     return items, chars
 
 
-def check_call_size(prompts: list[str], contexts: list | None, max_prompts: int, max_prompt_chars: int,
-                    max_call_chars: int, max_items: int) -> None:
+def check_call_size(
+    prompts: list[str],
+    contexts: list | None,
+    max_prompts: int,
+    max_prompt_chars: int,
+    max_call_chars: int,
+    max_items: int,
+) -> None:
     """The size rules of one sub-call, the same on both sides."""
     if len(prompts) > max_prompts:
-        raise ValueError(f"too many prompts in one call: {len(prompts)} (limit {max_prompts}); "
-                         "split them into smaller batches")
+        raise ValueError(
+            f"too many prompts in one call: {len(prompts)} (limit {max_prompts}); split them into smaller batches"
+        )
     longest = max(map(len, prompts), default=0)
     if longest > max_prompt_chars:
-        raise ValueError(f"prompt too long: {longest} characters (limit {max_prompt_chars}); "
-                         "send a smaller chunk")
+        raise ValueError(f"prompt too long: {longest} characters (limit {max_prompt_chars}); send a smaller chunk")
     items, chars = call_cost(prompts, contexts)
     if items > max_items:
-        raise ValueError(f"sub-call with too many items: {items} prompts and context items "
-                         f"(limit {max_items}, empty ones included); join small items first")
+        raise ValueError(
+            f"sub-call with too many items: {items} prompts and context items "
+            f"(limit {max_items}, empty ones included); join small items first"
+        )
     if chars > max_call_chars:
         raise ValueError(f"sub-call too large: {chars} characters of prompt and context (limit {max_call_chars})")
 
@@ -238,14 +246,21 @@ def split_call(header: dict, parts: list[str]) -> tuple[list[str], list | None]:
         if not (isinstance(shape, list) and len(shape) == 2 and type(shape[1]) is int and shape[1] >= 0):
             raise ValueError("malformed sub-call")
         kind, count = shape
-        items = parts[pos:pos + count]
+        items = parts[pos : pos + count]
         pos += count
         if len(items) != count or ((kind, count) not in (("none", 0), ("str", 1)) and kind not in ("list", "dict")):
             raise ValueError("malformed sub-call")
         if kind == "dict" and count % 2:
             raise ValueError("malformed sub-call")
-        contexts.append(None if kind == "none" else items[0] if kind == "str" else
-                        dict(zip(items[::2], items[1::2])) if kind == "dict" else items)
+        contexts.append(
+            None
+            if kind == "none"
+            else items[0]
+            if kind == "str"
+            else dict(zip(items[::2], items[1::2]))
+            if kind == "dict"
+            else items
+        )
     if pos != len(parts):
         raise ValueError("malformed sub-call")
     return prompts, contexts

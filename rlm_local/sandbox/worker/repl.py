@@ -18,6 +18,7 @@ weakref callbacks, run whenever their object is freed):
 - Text leaving the worker is capped (output, error text, FINAL values, variables read) before it is
   sent; the protocol turns lone surrogates into U+FFFD.
 """
+
 from __future__ import annotations
 
 import ast
@@ -105,9 +106,17 @@ def context_names(context) -> dict:
     if isinstance(context, list):
         names.update({f"context_{i}": c for i, c in enumerate(context)})
     elif isinstance(context, dict):
-        names.update({k: v for k, v in context.items()
-                      if k.isidentifier() and not k.startswith("_") and not keyword.iskeyword(k)
-                      and k not in STUB_NAMES and k not in ("print", "printed")})
+        names.update(
+            {
+                k: v
+                for k, v in context.items()
+                if k.isidentifier()
+                and not k.startswith("_")
+                and not keyword.iskeyword(k)
+                and k not in STUB_NAMES
+                and k not in ("print", "printed")
+            }
+        )
     return names
 
 
@@ -204,11 +213,12 @@ class Repl:
 
         def FINAL_VAR(name):
             if not isinstance(name, str):
-                raise TypeError("FINAL_VAR takes a variable NAME as a string, e.g. FINAL_VAR('answer'); "
-                                "use FINAL(value) to return a value directly")
+                raise TypeError(
+                    "FINAL_VAR takes a variable NAME as a string, e.g. FINAL_VAR('answer'); "
+                    "use FINAL(value) to return a value directly"
+                )
             name = name.strip().strip("'\"")
-            if (not name.isidentifier() or name.startswith("_") or name in STUB_NAMES
-                    or name not in self.globals):
+            if not name.isidentifier() or name.startswith("_") or name in STUB_NAMES or name not in self.globals:
                 raise NameError(f"FINAL_VAR: no variable named '{name[:80]}'; define it first")
             FINAL(self.globals[name])
 
@@ -217,15 +227,23 @@ class Repl:
             for k, v in self.globals.items():
                 if k.startswith("_") or k in STUB_NAMES:
                     continue
-                desc = ("module" if isinstance(v, G.ModuleProxy) else "class" if isinstance(v, type)
-                        else type(v).__name__)
+                desc = (
+                    "module" if isinstance(v, G.ModuleProxy) else "class" if isinstance(v, type) else type(v).__name__
+                )
                 if isinstance(v, (str, list, dict, tuple, set)):
                     desc += f" (len {len(v)})"
                 rows.append(f"{k}: {desc}")
             self.printer.write("\n".join(rows or ["(no variables)"]) + "\n")
 
-        return {"llm_query": llm_query, "llm_query_batched": llm_query_batched, "rlm_query": rlm_query,
-                "rlm_query_batched": rlm_query_batched, "FINAL": FINAL, "FINAL_VAR": FINAL_VAR, "SHOW_VARS": SHOW_VARS}
+        return {
+            "llm_query": llm_query,
+            "llm_query_batched": llm_query_batched,
+            "rlm_query": rlm_query,
+            "rlm_query_batched": rlm_query_batched,
+            "FINAL": FINAL,
+            "FINAL_VAR": FINAL_VAR,
+            "SHOW_VARS": SHOW_VARS,
+        }
 
     def _cap(self, name: str) -> int:
         return int(self.limits[name])
@@ -270,20 +288,29 @@ class Repl:
         lines = re.split(r"(?<=\r\n)|(?<=\n)|(?<=\r)(?!\n)", source)
         notes = []
         for i, stmt in enumerate(body):
-            if not (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
-                    and isinstance(stmt.value.value, str) and stmt.value.value
-                    and all(isinstance(t, ast.Name) and t.id in self.reserved and _DOCUMENT_NAME.fullmatch(t.id)
-                            for t in stmt.targets)):
+            if not (
+                isinstance(stmt, ast.Assign)
+                and isinstance(stmt.value, ast.Constant)
+                and isinstance(stmt.value.value, str)
+                and stmt.value.value
+                and all(
+                    isinstance(t, ast.Name) and t.id in self.reserved and _DOCUMENT_NAME.fullmatch(t.id)
+                    for t in stmt.targets
+                )
+            ):
                 continue
             if (i and body[i - 1].end_lineno >= stmt.lineno) or (
-                    i + 1 < len(body) and body[i + 1].lineno <= stmt.end_lineno):
+                i + 1 < len(body) and body[i + 1].lineno <= stmt.end_lineno
+            ):
                 continue  # shares a line with another statement (a;b): leave it to the restore
             first, last = stmt.lineno - 1, stmt.end_lineno
             lines[first:last] = ["pass\n"] + ["\n"] * (last - first - 1)  # line numbers stay as written
             for name in dict.fromkeys(t.id for t in stmt.targets):
-                notes.append(f"[note: line {stmt.lineno} of your cell (`{name} = ...`) was skipped: `{name}` is a "
-                             f"reserved REPL name and already holds {_holds(self.reserved[name])}. Never assign "
-                             f"it; keep your own data under another name.]\n")
+                notes.append(
+                    f"[note: line {stmt.lineno} of your cell (`{name} = ...`) was skipped: `{name}` is a "
+                    f"reserved REPL name and already holds {_holds(self.reserved[name])}. Never assign "
+                    f"it; keep your own data under another name.]\n"
+                )
         return ("".join(lines), "".join(notes)) if notes else (source, "")
 
     def _shadow_notes(self) -> str:
@@ -296,11 +323,16 @@ class Repl:
             if now is value:
                 continue
             did = "deleted it" if now is _DELETED else f"assigned {_describe(now)} to it"
-            what = (f"it holds the real document ({_describe(value)}); your cell's code after that line "
-                    f"used your value, not the document" if not callable(value)
-                    else "it is the REPL's function again")
-            lines.append(f"[note: `{name}` is a reserved REPL name: your cell {did}; `{name}` has been "
-                         f"restored and {what}. Store your own data under another name.]")
+            what = (
+                f"it holds the real document ({_describe(value)}); your cell's code after that line "
+                f"used your value, not the document"
+                if not callable(value)
+                else "it is the REPL's function again"
+            )
+            lines.append(
+                f"[note: `{name}` is a reserved REPL name: your cell {did}; `{name}` has been "
+                f"restored and {what}. Store your own data under another name.]"
+            )
         return "".join(line + "\n" for line in lines)
 
     def read(self, name: str) -> dict:
@@ -313,8 +345,10 @@ class Repl:
         except BaseException as e:
             return self._end(self._format_error(e, ""))
         if len(value) > 2 * self._cap("max_final_chars"):
-            return self._end(f"ValueError: variable '{name}' is too large to read "
-                             f"({len(value)} characters as JSON); FINAL a smaller value")
+            return self._end(
+                f"ValueError: variable '{name}' is too large to read "
+                f"({len(value)} characters as JSON); FINAL a smaller value"
+            )
         return self._end(None, value)
 
     def _begin(self) -> None:
@@ -332,8 +366,7 @@ class Repl:
                     self.printer.write(written)
                 except G.OutputFlood:
                     pass
-        return {"stdout": self._clean(notes + self.printer.text()), "error": error, "final": self.final,
-                "value": value}
+        return {"stdout": self._clean(notes + self.printer.text()), "error": error, "final": self.final, "value": value}
 
     def settle(self) -> None:
         """Restores the REPL names and collects garbage until nothing runs any more (module docstring).

@@ -1,4 +1,5 @@
 """What every route depends on: the service the app holds and the caller a request comes from."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,16 +13,17 @@ if TYPE_CHECKING:
     from ..app import Service
 
 
-def service(request: Request) -> "Service":
+def service(request: Request) -> Service:
     return request.app.state.service
 
 
 def caller(request: Request) -> Caller:
-    return service(request).access.identify(request.headers.get("authorization"),
-                                            request.client.host if request.client else None)
+    return service(request).access.identify(
+        request.headers.get("authorization"), request.client.host if request.client else None
+    )
 
 
-async def wait_for_run(service: "Service", record: Any, request: Request) -> None:
+async def wait_for_run(service: Service, record: Any, request: Request) -> None:
     """Until the run ends; a client that goes away meanwhile cancels it (as a streaming one does)."""
     while not await asyncio.to_thread(record.done.wait, 0.25):
         if await request.is_disconnected():

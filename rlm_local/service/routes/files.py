@@ -1,4 +1,5 @@
 """``/v1/files``: uploaded documents (OpenAI's files API shape)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,14 +10,19 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from ..auth import Caller
 from ..files import UploadError
 from ..schemas import ApiError, not_found
-from .deps import caller, service as get_service
+from .deps import caller
+from .deps import service as get_service
 
 router = APIRouter()
 
 
 @router.post("/v1/files")
-async def upload(file: UploadFile = File(...), purpose: str = Form("assistants"), who: Caller = Depends(caller),
-                 service: Any = Depends(get_service)) -> dict:
+async def upload(
+    file: UploadFile = File(...),
+    purpose: str = Form("assistants"),
+    who: Caller = Depends(caller),
+    service: Any = Depends(get_service),
+) -> dict:
     limit = service.config.max_upload_bytes
     data = await file.read(limit + 1)
     try:

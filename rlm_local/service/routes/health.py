@@ -1,4 +1,5 @@
 """``/health`` and ``/metrics``."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,11 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(service: Any = Depends(get_service)) -> dict:
-    return {"status": "ok", "models": sorted(service.config.rlms) + sorted(service.bare),
-            "runs_active": service.runs.active()}
+    return {
+        "status": "ok",
+        "models": sorted(service.config.rlms) + sorted(service.bare),
+        "runs_active": service.runs.active(),
+    }
 
 
 @router.get("/metrics", include_in_schema=False)

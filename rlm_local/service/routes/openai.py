@@ -1,5 +1,6 @@
 """The OpenAI-compatible routes: ``/v1/models``, ``/v1/chat/completions`` (an RLM run when ``model`` names
 an RLM configuration, a plain model call on a bare model) and ``/v1/completions`` (bare models)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,8 @@ from ...engines.base import SamplingParams
 from .. import chat
 from ..auth import Caller
 from ..schemas import ApiError, ChatRequest, CompletionRequest
-from .deps import caller, service as get_service, wait_for_run
+from .deps import caller, wait_for_run
+from .deps import service as get_service
 from .sessions import ask_session
 
 router = APIRouter()
@@ -26,21 +28,28 @@ async def models(who: Caller = Depends(caller), service: Any = Depends(get_servi
     # Bare models first: clients that take the first listed model (rlm-local's openai engine without a
     # model name) keep getting the plain model, as from the server before RLMs.
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "rlm-local"} for n in service.bare]
-    data += [{"id": n, "object": "model", "created": 0, "owned_by": "rlm-local", "rlm": c.public()}
-             for n, c in service.config.rlms.items()]
+    data += [
+        {"id": n, "object": "model", "created": 0, "owned_by": "rlm-local", "rlm": c.public()}
+        for n, c in service.config.rlms.items()
+    ]
     return {"object": "list", "data": data}
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(req: ChatRequest, request: Request, who: Caller = Depends(caller),
-                           service: Any = Depends(get_service)) -> Any:
+async def chat_completions(
+    req: ChatRequest, request: Request, who: Caller = Depends(caller), service: Any = Depends(get_service)
+) -> Any:
     config = service.config
     if req.model in service.bare and req.model not in config.rlms:
         return await _bare_chat(service, req)
     cfg = config.rlms.get(req.model)
     if cfg is None:
-        raise ApiError(404, f"the model {req.model!r} does not exist; known: "
-                       f"{sorted(config.rlms) + sorted(service.bare)}", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {req.model!r} does not exist; known: {sorted(config.rlms) + sorted(service.bare)}",
+            param="model",
+            code="model_not_found",
+        )
     if req.rlm and req.rlm.session:
         record = ask_session(service, who, req.rlm.session, _last_user(req), req.model)
     else:
@@ -48,8 +57,9 @@ async def chat_completions(req: ChatRequest, request: Request, who: Caller = Dep
         record = service.runs.start(who, cfg, context, question)
     if req.stream:
         include = bool(req.stream_options and req.stream_options.include_usage)
-        return EventSourceResponse(chat.stream(record, include, service.runs.cancel), ping=10,
-                                   headers={"x-rlm-run-id": record.id})
+        return EventSourceResponse(
+            chat.stream(record, include, service.runs.cancel), ping=10, headers={"x-rlm-run-id": record.id}
+        )
     await wait_for_run(service, record, request)
     if record.result is None:
         raise chat.failed(record)
@@ -57,35 +67,55 @@ async def chat_completions(req: ChatRequest, request: Request, who: Caller = Dep
 
 
 @router.post("/v1/completions")
-async def completions(req: CompletionRequest, who: Caller = Depends(caller),
-                      service: Any = Depends(get_service)) -> JSONResponse:
+async def completions(
+    req: CompletionRequest, who: Caller = Depends(caller), service: Any = Depends(get_service)
+) -> JSONResponse:
     if req.model not in service.bare:
-        raise ApiError(404, f"the model {req.model!r} is not a bare model here (RLM models answer "
-                       f"/v1/chat/completions); bare models: {sorted(service.bare)}", param="model",
-                       code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {req.model!r} is not a bare model here (RLM models answer "
+            f"/v1/chat/completions); bare models: {sorted(service.bare)}",
+            param="model",
+            code="model_not_found",
+        )
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not prompts:
         raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
     results = await _generate(service, req, [{"prompt": p} for p in prompts], 16)
-    return JSONResponse({"id": f"cmpl-{time.time_ns():x}", "object": "text_completion", "created": int(time.time()),
-                         "model": req.model, "usage": _usage(results),
-                         "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
-                                     for i, r in enumerate(results)]})
+    return JSONResponse(
+        {
+            "id": f"cmpl-{time.time_ns():x}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "usage": _usage(results),
+            "choices": [
+                {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+                for i, r in enumerate(results)
+            ],
+        }
+    )
 
 
-async def _generate(service: Any, req: ChatRequest | CompletionRequest, requests: list[dict[str, Any]],
-                    default_max_tokens: int) -> list[Any]:
+async def _generate(
+    service: Any, req: ChatRequest | CompletionRequest, requests: list[dict[str, Any]], default_max_tokens: int
+) -> list[Any]:
     """Plain model calls on a bare model, through its shared scheduler."""
     _, scheduler = service.bare[req.model]
     if req.stream:
         raise ApiError(400, "stream=true is served for RLM models only; bare models answer whole", param="stream")
     max_tokens = req.max_tokens or getattr(req, "max_completion_tokens", None) or default_max_tokens
-    sampling = SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                              top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
-                              stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()))
+    sampling = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        seed=req.seed,
+        stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
+    )
     started = time.monotonic()
-    results = await asyncio.to_thread(scheduler.submit, [EngineRequest(sampling=sampling, **r) for r in requests],
-                                      req.user or "http")
+    results = await asyncio.to_thread(
+        scheduler.submit, [EngineRequest(sampling=sampling, **r) for r in requests], req.user or "http"
+    )
     service.telemetry.model_call(req.model, "bare", time.monotonic() - started)
     if not all(r.ok for r in results):
         error = next(r.error for r in results if not r.ok)
@@ -96,18 +126,34 @@ async def _generate(service: Any, req: ChatRequest | CompletionRequest, requests
 def _usage(results: list[Any]) -> dict[str, Any]:
     p, c = sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results)
     cached = [r.usage.cached_tokens for r in results]
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "prompt_tokens_details": {"cached_tokens": None if None in cached else sum(cached)}}
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": None if None in cached else sum(cached)},
+    }
 
 
 async def _bare_chat(service: Any, req: ChatRequest) -> JSONResponse:
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     (result,) = await _generate(service, req, [{"messages": messages}], SamplingParams().max_tokens)
-    return JSONResponse({"id": f"chatcmpl-{time.time_ns():x}", "object": "chat.completion",
-                         "created": int(time.time()), "model": req.model,
-                         "choices": [{"index": 0, "finish_reason": result.finish_reason, "logprobs": None,
-                                      "message": {"role": "assistant", "content": result.text}}],
-                         "usage": _usage([result])})
+    return JSONResponse(
+        {
+            "id": f"chatcmpl-{time.time_ns():x}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": result.finish_reason,
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": result.text},
+                }
+            ],
+            "usage": _usage([result]),
+        }
+    )
 
 
 def _last_user(req: ChatRequest) -> str:

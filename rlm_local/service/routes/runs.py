@@ -1,4 +1,5 @@
 """``/v1/runs``: the runs a caller started, their metadata, their tree (for the viewer) and cancelling one."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +9,8 @@ from fastapi import APIRouter, Depends, Query
 from .. import viewer
 from ..auth import Caller
 from ..schemas import not_found
-from .deps import caller, service as get_service
+from .deps import caller
+from .deps import service as get_service
 
 router = APIRouter()
 
@@ -31,9 +33,14 @@ async def get_run(run_id: str, who: Caller = Depends(caller), service: Any = Dep
 
 
 @router.get("/v1/runs/{run_id}/tree")
-async def run_tree(run_id: str, node: str = Query("run", max_length=64), offset: int = Query(0, ge=0),
-                   limit: int = Query(100, ge=1, le=1000), who: Caller = Depends(caller),
-                   service: Any = Depends(get_service)) -> dict:
+async def run_tree(
+    run_id: str,
+    node: str = Query("run", max_length=64),
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    who: Caller = Depends(caller),
+    service: Any = Depends(get_service),
+) -> dict:
     return viewer.children(_run(service, who, run_id), node, offset, limit)
 
 

@@ -1,4 +1,5 @@
 """``/v1/sessions``: multi-turn work on the same documents, one REPL kept across questions."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,8 @@ from fastapi.responses import JSONResponse
 from .. import chat
 from ..auth import Caller
 from ..schemas import ApiError, Ask, ContextsAdd, SessionCreate, not_found
-from .deps import caller, service as get_service, wait_for_run
+from .deps import caller, wait_for_run
+from .deps import service as get_service
 
 router = APIRouter()
 
@@ -62,8 +64,9 @@ def ask_session(service: Any, who: Caller, session_id: str, question: str, model
         raise ApiError(400, f"session {s.id} uses model {s.model!r}, not {model!r}", param="model")
     context = chat._checked(_texts(service, who, s))
     if not s.busy.acquire(blocking=False):
-        raise ApiError(409, f"session {s.id} is answering another question; ask again when it is done",
-                       code="session_busy")
+        raise ApiError(
+            409, f"session {s.id} is answering another question; ask again when it is done", code="session_busy"
+        )
 
     def done(record: Any) -> None:
         try:
@@ -77,19 +80,27 @@ def ask_session(service: Any, who: Caller, session_id: str, question: str, model
             s.busy.release()
 
     try:
-        return service.runs.start(who, service.config.rlms[s.model], context, s.question_with_history(question),
-                                  session=s.id, sandbox_provider=s.sandbox_provider, on_done=done, title=question)
+        return service.runs.start(
+            who,
+            service.config.rlms[s.model],
+            context,
+            s.question_with_history(question),
+            session=s.id,
+            sandbox_provider=s.sandbox_provider,
+            on_done=done,
+            title=question,
+        )
     except BaseException:
         s.busy.release()
         raise
 
 
 @router.post("/v1/sessions", status_code=201)
-async def create_session(body: SessionCreate, who: Caller = Depends(caller),
-                         service: Any = Depends(get_service)) -> dict:
+async def create_session(
+    body: SessionCreate, who: Caller = Depends(caller), service: Any = Depends(get_service)
+) -> dict:
     if body.model not in service.config.rlms:
-        raise ApiError(404, f"the model {body.model!r} is not an RLM model here", param="model",
-                       code="model_not_found")
+        raise ApiError(404, f"the model {body.model!r} is not an RLM model here", param="model", code="model_not_found")
     contexts = _contexts(service, who, body.file_ids, body.contexts, body.context)
     return service.sessions.create(who.owner, body.model, contexts).public()
 
@@ -107,15 +118,17 @@ async def get_session(session_id: str, who: Caller = Depends(caller), service: A
 @router.delete("/v1/sessions/{session_id}")
 async def delete_session(session_id: str, who: Caller = Depends(caller), service: Any = Depends(get_service)) -> dict:
     if _session(service, who, session_id).busy.locked():
-        raise ApiError(409, f"session {session_id} is answering a question; cancel its run or wait",
-                       code="session_busy")
+        raise ApiError(
+            409, f"session {session_id} is answering a question; cancel its run or wait", code="session_busy"
+        )
     await asyncio.to_thread(service.sessions.delete, who.owner, session_id)
     return {"id": session_id, "object": "session.deleted", "deleted": True}
 
 
 @router.post("/v1/sessions/{session_id}/contexts")
-async def add_contexts(session_id: str, body: ContextsAdd, who: Caller = Depends(caller),
-                       service: Any = Depends(get_service)) -> dict:
+async def add_contexts(
+    session_id: str, body: ContextsAdd, who: Caller = Depends(caller), service: Any = Depends(get_service)
+) -> dict:
     s = _session(service, who, session_id)
     added = _contexts(service, who, body.file_ids, body.contexts)
     if not added:
@@ -127,8 +140,9 @@ async def add_contexts(session_id: str, body: ContextsAdd, who: Caller = Depends
 
 
 @router.post("/v1/sessions/{session_id}/ask")
-async def ask(session_id: str, body: Ask, request: Request, who: Caller = Depends(caller),
-              service: Any = Depends(get_service)) -> JSONResponse:
+async def ask(
+    session_id: str, body: Ask, request: Request, who: Caller = Depends(caller), service: Any = Depends(get_service)
+) -> JSONResponse:
     record = ask_session(service, who, session_id, body.question)
     await wait_for_run(service, record, request)
     if record.result is None:
