@@ -26,7 +26,7 @@ def resolve_gguf(
         if card.source == "embedded":
             path = ensure_embedded_gguf(report)
         else:
-            from .models.packaged import ensure_packaged_gguf
+            from .packaged import ensure_packaged_gguf
 
             path = ensure_packaged_gguf(card, report)
         check_gguf(path)

@@ -126,7 +126,8 @@ class ModuleProxy:
     def __setattr__(self, attr, value):
         raise AttributeError(f"module '{self._mod_name}' is read-only in the sandbox")
 
-    __delattr__ = __setattr__
+    def __delattr__(self, attr):
+        raise AttributeError(f"module '{self._mod_name}' is read-only in the sandbox")
 
     def __dir__(self):
         return sorted(self._mod_attrs)
