@@ -10,7 +10,7 @@ Heavy parts (torch, the model, the sandbox worker) load only when an RLM or engi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,33 @@ _EXPORTS = {
     "ModelNotFoundError": "models",
     "ModelLoadError": "models",
 }
+
+if TYPE_CHECKING:  # what type checkers see of the lazy exports above (at run time __getattr__ imports them)
+    from .documents import DocumentError as DocumentError
+    from .engines import EngineError as EngineError
+    from .engines import Request as Request
+    from .engines import Result as Result
+    from .engines import SamplingParams as SamplingParams
+    from .engines import Usage as Usage
+    from .engines import make_engine as make_engine
+    from .errors import Error as Error
+    from .errors import InputError as InputError
+    from .loop.prompts import ContextError as ContextError
+    from .loop.run import Budget as Budget
+    from .loop.run import BudgetExceeded as BudgetExceeded
+    from .loop.run import Run as Run
+    from .loop.run import SetupError as SetupError
+    from .models import ModelLoadError as ModelLoadError
+    from .models import ModelNotFoundError as ModelNotFoundError
+    from .rlm import RLM as RLM
+    from .rlm import RLMError as RLMError
+    from .rlm import RLMResult as RLMResult
+    from .runlog.usage import ModelUsageSummary as ModelUsageSummary
+    from .runlog.usage import UsageSummary as UsageSummary
+    from .sandbox import CellResult as CellResult
+    from .sandbox import Limits as Limits
+    from .sandbox import Sandbox as Sandbox
+    from .scheduling.scheduler import Scheduler as Scheduler
 
 
 def __getattr__(name: str) -> Any:

@@ -52,7 +52,8 @@ def _pick_files(rng: random.Random, root: Path, n_chars: int) -> list[tuple[str,
             f"the {n_chars:,} asked for; pick a shorter length or a larger --source"
         )
     rng.shuffle(files)
-    chosen, total = [], 0
+    chosen: list[tuple[str, str, ast.Module]] = []
+    total = 0
     for rel, size in files:
         if total >= n_chars * 0.9 and len(chosen) >= 3:  # three files at least: options to choose from
             break

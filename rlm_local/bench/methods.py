@@ -104,7 +104,7 @@ class Methods:
         self._nosub = NoSubEngine(engine)
         # The scheduler's memo is off by default: a method must never be answered from another method's (or a
         # previous item's) identical call, or its cost would read as zero.
-        common = dict(
+        common: dict[str, Any] = dict(
             engine=engine,
             max_iterations=max_iterations,
             max_timeout=max_timeout,

@@ -46,6 +46,7 @@ class Oracle:
     def __call__(self, request: Request) -> str:
         text = _text_of(request)
         if _is_root(request):
+            assert request.messages is not None  # _is_root: a chat request
             first_user = request.messages[1]["content"]
             with self._lock:
                 code = next((c for q, c in self._code.items() if q in first_user), None)

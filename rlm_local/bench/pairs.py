@@ -57,6 +57,7 @@ def make_item(length_tokens: int, index: int, seed: int, **_: object) -> Item:
         per_user.setdefault(r.user, Counter())[r.label] += 1
     n_all = len(per_user) * (len(per_user) - 1) // 2
     names = list(PREDICATES)
+    y: str | None  # the second label; None when the question does not use it
     choice = None
     for attempt in range(200):  # the index picks the predicate first; labels are redrawn until non-trivial
         predicate = names[(index + attempt // 40) % len(names)]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..engines import Engine
 from .items import BenchError, item_id
 from .methods import Methods
 from .oracle import Oracle
@@ -34,6 +35,7 @@ class Worker:
     def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
         self.oracle: Oracle | None = None
+        engine: Engine
         if sweep.engine.backend == "oracle":
             from .oracle import oracle_engine
 

@@ -17,7 +17,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,7 +163,7 @@ def run_items(
     names: list[str],
     concurrency: int,
     on_row: Callable[[dict[str, Any], list[dict[str, Any]]], None],
-    skip: set[tuple[str, str]] = frozenset(),
+    skip: Set[tuple[str, str]] = frozenset(),
     backend: str = "",
 ) -> int:
     """Run every (item, method) not in ``skip`` with ``concurrency`` workers; ``on_row`` gets each finished

@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..errors import EngineError as EngineError  # re-exported: its old home
 
@@ -73,7 +73,7 @@ class Request:
         """This request tagged with ``session`` (itself when already tagged so)."""
         return self if session == self.session else replace(self, session=session)
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         """A hashable identity: equal keys mean the same request (used for de-duplication)."""
         msgs = tuple((m["role"], m["content"]) for m in self.messages) if self.messages is not None else None
         return (msgs, self.prompt, self.sampling)
@@ -107,7 +107,7 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
@@ -169,7 +169,7 @@ class Engine(abc.ABC):
     def rendered(self, request: Request) -> str:
         """``render(request)``, remembered for the most recent requests (by identity): the scheduler renders a
         request to group prefixes and the engine to run it, and a long root prompt is rendered only once."""
-        memo = self.__dict__.get("_render_memo")
+        memo: tuple[threading.Lock, OrderedDict[int, tuple[Request, str]]] | None = self.__dict__.get("_render_memo")
         if memo is None:
             memo = self.__dict__.setdefault("_render_memo", (threading.Lock(), OrderedDict()))
         lock, recent = memo

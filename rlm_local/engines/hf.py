@@ -13,6 +13,7 @@ tokens whose KV it did not compute itself (taken from the LRU or from a sibling)
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -79,7 +80,7 @@ class TransformersEngine(Engine):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch_dtype)
-            self.model.to(self.device).eval()
+            self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers types .to() as a wrapper taking a model
         except Exception as exc:
             raise ModelLoadError(f"could not load model from {model_dir}: {type(exc).__name__}: {exc}") from exc
         self.load_seconds = time.perf_counter() - started
@@ -104,7 +105,7 @@ class TransformersEngine(Engine):
             return request.prompt
         messages = list(request.messages or ())
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # type: ignore[return-value]  # a str with tokenize=False
         return gemma_turns(messages)
 
     def count_tokens(self, text: str) -> int:
@@ -140,7 +141,7 @@ class TransformersEngine(Engine):
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
                 batch = generate_isolated(
-                    lambda rows, sampling=sampling: self._generate_batch(rows, sampling, deadline),
+                    functools.partial(self._generate_batch, sampling=sampling, deadline=deadline),
                     [ids[i] for i in chunk],
                     "transformers",
                 )
@@ -184,7 +185,9 @@ class TransformersEngine(Engine):
         if deadline is not None:
             gen_kwargs["max_time"] = max(0.01, deadline - time.monotonic())
         with torch.inference_mode():
-            out = self.model.generate(
+            # (transformers' types: generate rejects this model class as self, and may return a bare tensor; with
+            # return_dict_in_generate it returns an output object)
+            out: Any = self.model.generate(  # type: ignore[misc]
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
                 return_dict_in_generate=True,
@@ -291,7 +294,7 @@ class TransformersEngine(Engine):
             kept.append(tok)
         while kept and kept[-1] == pad and pad not in eos_ids:
             kept.pop()
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(kept, skip_special_tokens=True)  # type: ignore[assignment]  # one sequence in, one str out
         cut = [text.find(s) for s in sampling.stop if s in text]
         if cut:
             text, finish = text[: min(cut)], "stop"

@@ -265,8 +265,8 @@ class LlamaCppEngine(Engine):
         self._run(tasks, results, prefixes, deadline)
         for g, info in warm.items():  # the first sibling owns the prefix work the warm-up did
             first = next(
-                (t.index for t in tasks if t.group == g and results[t.index] is not None and results[t.index].ok), None
-            )  # type: ignore[union-attr]
+                (t.index for t in tasks if t.group == g and (res := results[t.index]) is not None and res.ok), None
+            )
             if first is not None:
                 u = results[first].usage  # type: ignore[union-attr]
                 if u.cached_tokens is not None:

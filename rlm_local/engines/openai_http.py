@@ -46,7 +46,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..models import find_card
-from .base import Engine, EngineError, Request, Result, Usage
+from .base import Engine, EngineError, FinishReason, Request, Result, Usage
 
 DEFAULT_SESSION_HEADER = "X-Session-ID"  # vllm-router's session-affinity header (consistent_hash policy)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
@@ -380,7 +380,7 @@ class OpenAIEngine(Engine):
                 f"{_excerpt(json.dumps(data).encode())}",
                 retry=False,
             ) from None
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
         return Result(text=text, finish_reason=finish, usage=self._usage(data.get("usage"), request, text, seconds))
 
     def _usage(self, usage: Any, request: Request, text: str, seconds: float) -> Usage:

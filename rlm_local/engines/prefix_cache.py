@@ -91,7 +91,8 @@ def supports_reuse(model) -> bool:
     chunked attention, KV sharing) runs without it."""
     config = model.config.get_text_config(decoder=True)
     types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if not types <= {"full_attention", "sliding_attention"} or getattr(config, "num_kv_shared_layers", 0):
+    shared = getattr(config, "num_kv_shared_layers", 0)
+    if not types <= {"full_attention", "sliding_attention"} or shared:
         return False
     return all(
         type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer")
@@ -129,12 +130,13 @@ def prefix_from_cache(cache: DynamicCache, tokens: torch.Tensor, row: int = 0) -
     window, start = 0, 0
     for layer in cache.layers:
         is_sliding = getattr(layer, "is_sliding", False)
-        keys.append(layer.keys[row])
-        values.append(layer.values[row])
+        # (transformers types a layer's keys/values as optional; a filled DynamicLayer always has them)
+        keys.append(layer.keys[row])  # type: ignore[union-attr, index]
+        values.append(layer.values[row])  # type: ignore[union-attr, index]
         sliding.append(is_sliding)
         if is_sliding:
             window = _window(layer)
-            start = tokens.numel() - layer.keys.shape[-2]
+            start = tokens.numel() - layer.keys.shape[-2]  # type: ignore[union-attr]  # (as above)
     return PrefixKV(tokens, keys, values, sliding, window, start)
 
 

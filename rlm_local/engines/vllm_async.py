@@ -161,7 +161,7 @@ class AsyncVLLMEngine(VLLMBase):
                 self._call(_shutdown(engine), 30.0)
             except Exception as exc:  # best effort; the processes are killed below in any case
                 logger.warning("vllm-async shutdown: %s: %s", type(exc).__name__, exc)
-        children = getattr(self, "_children", set())
+        children: set[int] = getattr(self, "_children", set())
         kill_pids({pid for pid in children if pid in child_pids()})
         if loop is not None and not loop.is_closed():
             if loop.is_running():

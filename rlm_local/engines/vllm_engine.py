@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import Engine, EngineError, Request, Result, Usage, generate_isolated
+from .base import Engine, EngineError, FinishReason, Request, Result, Usage, generate_isolated
 
 logger = logging.getLogger("rlm_local.engines.vllm")
 
@@ -275,7 +275,7 @@ class VLLMBase(Engine):
             completion_tokens=len(completion.token_ids),
             seconds=seconds,
         )
-        finish = "length" if completion.finish_reason == "length" else "stop"
+        finish: FinishReason = "length" if completion.finish_reason == "length" else "stop"
         return Result(text=completion.text, finish_reason=finish, usage=usage)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import copy
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 CALL = "llm_query"
 BATCHED = "llm_query_batched"
@@ -227,7 +228,7 @@ def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _is_call(node: ast.AST | None) -> bool:
+def _is_call(node: ast.AST | None) -> TypeGuard[ast.Call]:
     """``llm_query(P)`` with exactly one positional argument."""
     return (
         isinstance(node, ast.Call)
@@ -348,7 +349,7 @@ class _Rewriter:
 
     # -------------------------------------------------------------------- (a) comprehensions
 
-    def comprehension_ok(self, elt: ast.AST, generators: list[ast.comprehension]) -> bool:
+    def comprehension_ok(self, elt: ast.AST, generators: list[ast.comprehension]) -> TypeGuard[ast.Call]:
         return (
             _is_call(elt)
             and self.pure(elt.args[0])
@@ -419,6 +420,7 @@ class _Rewriter:
                 plan.stored.update(n.id for n in node.targets if isinstance(n, ast.Name))
         if not self.plan_block(loop.body, plan, guarded=False) or plan.call is None:
             return False
+        assert plan.prompt is not None  # take_call sets call and prompt together
         hoisted = _names(plan.prompt) | (_names(plan.test) if plan.test is not None else set())
         written = plan.stored | plan.containers
         if hoisted & (written - targets) or _names(loop.iter) & written:
@@ -456,6 +458,7 @@ class _Rewriter:
             start = self.span(nxt)[0]
             self.edits.append((start, start, f"del {items}, {out}; ".encode()))
         else:
+            assert loop.end_lineno is not None  # ast.parse sets positions
             self.insert_line(loop.end_lineno + 1, f"{indent}del {items}, {out}", before=False)
         self.count += 1
         return True
@@ -545,7 +548,8 @@ class _Rewriter:
 
     # -------------------------------------------------------------------- text edits
 
-    def span(self, node: ast.AST) -> tuple[int, int]:
+    def span(self, node: ast.expr | ast.stmt) -> tuple[int, int]:
+        assert node.end_lineno is not None and node.end_col_offset is not None  # ast.parse sets positions
         return (
             self.line_starts[node.lineno - 1] + node.col_offset,
             self.line_starts[node.end_lineno - 1] + node.end_col_offset,
@@ -568,7 +572,7 @@ class _Rewriter:
             return None
         return text if ast.dump(back) == ast.dump(node) else None
 
-    def replace_expr(self, node: ast.AST, text: str) -> None:
+    def replace_expr(self, node: ast.expr, text: str) -> None:
         start, end = self.span(node)
         lines = self.src[start:end].count(b"\n")
         new = text if not lines else "(" + text + "\n" * lines + ")"  # keep line numbers after it

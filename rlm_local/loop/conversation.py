@@ -8,7 +8,7 @@ when it joins the conversation, so a root turn is rendered and tokenised once: b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..engines import Request
@@ -56,7 +56,7 @@ class Conversation:
     def parse(self, reply: str) -> ParsedReply:
         return self.fmt.parse(reply)
 
-    def feedback(self, outputs: list[str], notes: list[str] = ()) -> str:
+    def feedback(self, outputs: list[str], notes: Sequence[str] = ()) -> str:
         """What the root reads after its code ran: each cell's output (clipped to the model's budget) and notes."""
         share = max(200, self.feedback_chars // max(1, len(outputs)))
         clipped = [

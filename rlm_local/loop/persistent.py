@@ -32,6 +32,13 @@ class PersistentREPL:
         self._run: Run | None = None
         self._turn = threading.Lock()  # one completion at a time uses the REPL
 
+    @property
+    def _current(self) -> Run:
+        """The run using the REPL now (its cells make the sub-calls, so there is one while they arrive)."""
+        if self._run is None:
+            raise RuntimeError("no run is using this REPL")
+        return self._run
+
     @contextlib.contextmanager
     def provider(self, run: Run, context: Context) -> Iterator[Sandbox]:
         with self._turn:
@@ -39,8 +46,8 @@ class PersistentREPL:
             if self.sandbox is None:
                 self.sandbox = run.open_sandbox(
                     context,
-                    llm_handler=lambda ps: self._run.llm_query(ps),
-                    rlm_handler=lambda p, c=None: self._run.rlm_query(p, c),
+                    llm_handler=lambda ps: self._current.llm_query(ps),
+                    rlm_handler=lambda p, c=None: self._current.rlm_query(p, c),
                 )
                 if isinstance(context, list):  # its items are context_0..; the whole list is `context` for now
                     self._first = context

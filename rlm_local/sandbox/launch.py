@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 from .cgroup import SessionCgroup
 from .limits import Limits, SandboxError, check_call_header
@@ -96,6 +97,7 @@ class Worker:
         )
         self.pgid = self.proc.pid  # start_new_session: the worker leads its own session and group
         self.live_pid = self.proc.pid
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are PIPEs
         self.out_fd = self.proc.stdin.fileno()
         os.set_blocking(self.out_fd, False)
         self.reader = protocol.Reader(self.proc.stdout.fileno())
@@ -181,7 +183,7 @@ class Worker:
             else:
                 os.close(fd)
 
-    def send(self, msg: dict, parts: list[str] = (), timeout: float = 30.0) -> None:
+    def send(self, msg: dict, parts: Sequence[str] = (), timeout: float = 30.0) -> None:
         protocol.write_all(self.out_fd, protocol.encode(msg, parts), time.monotonic() + timeout)
 
     def read(self, deadline: float | None) -> tuple[dict, list[str]]:
@@ -240,6 +242,7 @@ class Worker:
         if self.cgroup is not None:
             self.cgroup.remove()
         for f in (self.proc.stdin, self.proc.stdout):
+            assert f is not None  # both are PIPEs (see __init__)
             try:
                 f.close()
             except OSError:

@@ -4,6 +4,7 @@ requests, which come from the untrusted worker."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import SandboxError as SandboxError  # re-exported: its old home
 from .worker.protocol import check_call_size
@@ -40,7 +41,7 @@ class CellResult:
     value: object = None  # Sandbox.read_variable: the variable as plain data (None if missing)
 
 
-def check_call_header(header: dict, L: Limits) -> None:
+def check_call_header(header: dict[str, Any], L: Limits) -> None:
     """Refuses a sub-call by its header alone, before its payload is read (raises ValueError)."""
     sizes = header.get("parts", [])
     if len(sizes) > L.max_prompts_per_call + 2 * L.max_call_items:
@@ -49,7 +50,7 @@ def check_call_header(header: dict, L: Limits) -> None:
         raise ValueError(f"sub-call too large: {sum(sizes)} bytes (limit {L.max_call_chars} characters)")
 
 
-def validate_call(kind: object, prompts: list[str], contexts: list | None, L: Limits) -> None:
+def validate_call(kind: object, prompts: list[str], contexts: list[Any] | None, L: Limits) -> None:
     """Checks a decoded sub-call request from the (untrusted) worker against the limits; the worker runs
     the same size checks first (``protocol.check_call_size``), so its code sees the same messages."""
     if kind not in ("llm", "rlm"):

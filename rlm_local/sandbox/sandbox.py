@@ -12,7 +12,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypedDict
 
 from .launch import WORKER_PATH, Worker
 from .limits import CellResult, Limits, SandboxError, validate_call
@@ -22,12 +23,20 @@ RESTORE_WAIT_SECONDS = 15.0  # how long a paused snapshot may take to answer aft
 RESULT_FIELDS = ("stdout", "error", "final", "value")
 
 
+class _Spent(TypedDict):
+    """What one cell has spent on sub-calls so far: seconds and prompts sent."""
+
+    sub: float
+    calls: int
+
+
 def split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(functions, data) of a tools mapping, checked: names usable in the REPL and not its own, data that
     is JSON. Raises ValueError or TypeError with the reason."""
     if not isinstance(tools, dict):
         raise TypeError("tools must be a dict of name -> function or JSON data")
-    funcs, data = {}, {}
+    funcs: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     for name, value in tools.items():
         if (
             not isinstance(name, str)
@@ -51,7 +60,7 @@ def split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return funcs, data
 
 
-def _check_context(context) -> None:
+def _check_context(context: object) -> None:
     if not (
         context is None
         or isinstance(context, str)
@@ -66,15 +75,15 @@ class Sandbox:
 
     def __init__(
         self,
-        context=None,
-        llm_handler=None,
-        rlm_handler=None,
+        context: str | list[str] | tuple[str, ...] | dict[str, str] | None = None,
+        llm_handler: Callable[[list[str]], Iterable[str]] | None = None,
+        rlm_handler: Callable[[str, Any], str] | None = None,
         limits: Limits | None = None,
         *,
-        rlm_batch_handler=None,
+        rlm_batch_handler: Callable[[list[str], list[Any]], Iterable[str]] | None = None,
         tools: dict[str, Any] | None = None,
         _grant_real_os: bool = False,
-    ):
+    ) -> None:
         """``llm_handler(prompts) -> answers``; ``rlm_handler(prompt, context) -> answer`` per child run,
         or ``rlm_batch_handler(prompts, contexts) -> answers`` for ``rlm_query_batched`` as one batch.
         ``tools``: names the cells can use; a callable becomes a function whose JSON arguments are sent
@@ -96,7 +105,7 @@ class Sandbox:
         self._calls_session = 0
         self._completed = 0  # cells whose results we accepted from the current worker
         self._worker: Worker | None = None
-        self._finalizer = None
+        self._finalizer: weakref.finalize[[], Sandbox] | None = None
         self.start_seconds = 0.0
         self._start()
 
@@ -117,7 +126,7 @@ class Sandbox:
             self._send_context(name, value, as_context)
         self.start_seconds = time.monotonic() - t0
 
-    def add_context(self, value, name: str | None = None, *, as_context: bool = False) -> str:
+    def add_context(self, value: Any, name: str | None = None, *, as_context: bool = False) -> str:
         """Adds a context to the live session as a REPL variable (default name: the next ``context_N``;
         a name such as ``history`` works too, and ``context`` or a name added before is bound anew) and
         returns its name. Like ``context``, it is restored before every cell, and it survives a restart
@@ -136,9 +145,10 @@ class Sandbox:
             self._added = [(n, v, a) for n, v, a in self._added if n not in renamed] + [(name, value, as_context)]
             return name
 
-    def _send_context(self, name: str | None, value, as_context: bool = False) -> str:
+    def _send_context(self, name: str | None, value: Any, as_context: bool = False) -> str:
         kind, part = ("str", value) if isinstance(value, str) else ("json", json.dumps(value, ensure_ascii=False))
         w = self._worker
+        assert w is not None  # called right after _start
         try:
             w.send({"op": "add", "name": name, "kind": kind, "as_context": as_context}, [part])
             msg, parts = w.read(time.monotonic() + self.limits.start_seconds)
@@ -174,7 +184,7 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # running cells --------------------------------------------------------------------------------------
@@ -197,7 +207,7 @@ class Sandbox:
             raise TypeError("name must be a str")
         return self._op({"read": name}, wall_seconds, deadline)
 
-    def _op(self, op: dict, wall_seconds: float | None, deadline: float | None = None) -> CellResult:
+    def _op(self, op: dict[str, Any], wall_seconds: float | None, deadline: float | None = None) -> CellResult:
         with self._lock:
             if self._closed:
                 raise SandboxError("sandbox is closed")
@@ -221,13 +231,14 @@ class Sandbox:
                 result.stdout = f"[{note}]\n{result.stdout}"
             return result
 
-    def _run(self, op: dict, wall_seconds: float | None, hard_deadline: float | None) -> CellResult:
+    def _run(self, op: dict[str, Any], wall_seconds: float | None, hard_deadline: float | None) -> CellResult:
         L, w = self.limits, self._worker
+        assert w is not None  # _op starts a worker first
         wall = L.wall_seconds if wall_seconds is None else max(0.01, min(L.wall_seconds, wall_seconds))
         t0 = time.monotonic()
         if hard_deadline is not None:
             wall = max(0.01, min(wall, hard_deadline - t0))
-        spent = {"sub": 0.0, "calls": 0}
+        spent: _Spent = {"sub": 0.0, "calls": 0}
         self._drain_idle_messages()
         text = op.get("code", op.get("read", ""))
         try:
@@ -270,7 +281,7 @@ class Sandbox:
                 reason = parts[0][:500] if parts else "the cell could not be settled"
                 return self._await_restore(t0, spent, f"RuntimeError: {reason}; the cell was stopped")
             elif kind == "restored":  # the worker died on its own (CPU rlimit or a crash); snapshot took over
-                w.live_pid = msg.get("pid") if isinstance(msg.get("pid"), int) else w.live_pid
+                w.live_pid = pid if isinstance(pid := msg.get("pid"), int) else w.live_pid
                 return self._stopped(
                     t0,
                     spent,
@@ -286,6 +297,7 @@ class Sandbox:
         """A worker that died while idle was replaced by its snapshot, which said so; nothing was lost
         because the snapshot holds the state after the last cell."""
         w = self._worker
+        assert w is not None  # called from _run
         while w.reader.pending():
             try:
                 msg, _ = w.read(time.monotonic() + 1.0)
@@ -294,10 +306,11 @@ class Sandbox:
             if msg.get("type") == "restored" and isinstance(msg.get("pid"), int):
                 w.live_pid = msg["pid"]
 
-    def _await_restore(self, t0: float, spent: dict, reason: str) -> CellResult:
+    def _await_restore(self, t0: float, spent: _Spent, reason: str) -> CellResult:
         """After a kill, wait for the snapshot's 'restored'. If the cell's result slipped out just before
         the kill, the snapshot may hold the state after the cell: its 'completed' count says which."""
         w = self._worker
+        assert w is not None  # called from _run
         late_result = None
         deadline = time.monotonic() + RESTORE_WAIT_SECONDS
         while True:
@@ -315,7 +328,7 @@ class Sandbox:
                     return self._result(*late_result, t0, spent)
                 return self._stopped(t0, spent, reason, restored=True)
 
-    def _stopped(self, t0: float, spent: dict, reason: str, restored: bool) -> CellResult:
+    def _stopped(self, t0: float, spent: _Spent, reason: str, restored: bool) -> CellResult:
         tail = (
             "; the session is back in the state it had before this cell (its output and changes are lost)"
             if restored
@@ -332,7 +345,7 @@ class Sandbox:
             calls=spent["calls"],
         )
 
-    def _restart(self, t0: float, spent: dict, reason: str, timed_out: bool) -> CellResult:
+    def _restart(self, t0: float, spent: _Spent, reason: str, timed_out: bool) -> CellResult:
         self._discard_worker()
         if self._closed:  # close() from another thread while this cell ran
             error = f"{reason}: the sandbox was closed"
@@ -356,11 +369,11 @@ class Sandbox:
             calls=spent["calls"],
         )
 
-    def _result(self, msg: dict, parts: list[str], t0: float, spent: dict) -> CellResult:
+    def _result(self, msg: dict[str, Any], parts: list[str], t0: float, spent: _Spent) -> CellResult:
         """A result as the worker sent it, capped again here: the worker is never trusted."""
         self._completed += 1
         L = self.limits
-        present = msg.get("present") if isinstance(msg.get("present"), list) else []
+        present = p if isinstance(p := msg.get("present"), list) else []
         got = {
             k: (parts[i] if i < len(parts) and i < len(present) and present[i] is True else None)
             for i, k in enumerate(RESULT_FIELDS)
@@ -388,7 +401,7 @@ class Sandbox:
         )
 
     # sub-calls ------------------------------------------------------------------------------------------
-    def _serve_call(self, msg: dict, parts: list[str], spent: dict) -> tuple[dict, list[str]]:
+    def _serve_call(self, msg: dict[str, Any], parts: list[str], spent: _Spent) -> tuple[dict[str, Any], list[str]]:
         try:
             results = self._call_handler(msg, parts, spent)
         except Exception as e:  # message only: the model must never see a host traceback
@@ -396,7 +409,7 @@ class Sandbox:
             return {"op": "reply", "ok": False}, [(f"{type(e).__name__}: {text}" if text else type(e).__name__)[:2000]]
         return {"op": "reply", "ok": True}, results
 
-    def _call_handler(self, msg: dict, parts: list[str], spent: dict) -> list[str]:
+    def _call_handler(self, msg: dict[str, Any], parts: list[str], spent: _Spent) -> list[str]:
         L = self.limits
         prompts, contexts = protocol.split_call(msg, parts)
         kind = msg.get("kind")
@@ -411,8 +424,10 @@ class Sandbox:
         spent["calls"] += n
         self._calls_session += n
         if kind == "rlm" and self.rlm_batch_handler is not None:
+            assert contexts is not None  # validate_call: an rlm call carries one context per prompt
             results = list(self.rlm_batch_handler(prompts, contexts))
         elif kind == "rlm" and self.rlm_handler is not None:
+            assert contexts is not None
             results = [self.rlm_handler(p, c) for p, c in zip(prompts, contexts)]
         else:
             results = self._llm(prompts)
@@ -420,7 +435,7 @@ class Sandbox:
             raise RuntimeError(f"the model server returned a malformed answer for {n} prompt(s)")
         return results
 
-    def _call_tool(self, prompts: list[str], contexts, spent: dict) -> list[str]:
+    def _call_tool(self, prompts: list[str], contexts: list[Any] | None, spent: _Spent) -> list[str]:
         """A tool function the cell called: [name, JSON [args, kwargs]] -> [JSON result]."""
         if len(prompts) != 2 or contexts is not None or prompts[0] not in self._tools:
             raise ValueError("unknown tool")

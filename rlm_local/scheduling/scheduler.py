@@ -36,6 +36,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engines.base import Engine, Request, Result, Usage
 from ..errors import logger as _root_logger
@@ -63,7 +64,7 @@ class SchedulerStats:
     def mean_batch_size(self) -> float:
         return self.engine_requests / self.engine_calls if self.engine_calls else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mean_batch_size"] = round(self.mean_batch_size, 3)
         d["engine_seconds"] = round(self.engine_seconds, 4)
@@ -101,7 +102,7 @@ class _Item:
     """One distinct request on its way to the engine; with the memo, several callers may wait on it."""
 
     request: Request
-    key: tuple | None  # memo key (greedy requests with the memo on), else None
+    key: tuple[object, ...] | None  # memo key (greedy requests with the memo on), else None
     seq: int
     waiters: list[tuple[_Ticket, int]]
     text: str = ""
@@ -113,7 +114,7 @@ class _Item:
 class _Unit:
     """The new items of one submit(): siblings that go to the engine together."""
 
-    items: deque
+    items: deque[_Item]
     splittable: bool  # more than max_batch siblings: may be cut anywhere
 
 
@@ -184,8 +185,8 @@ class Scheduler:
         self._runs: OrderedDict[str, deque[_Unit]] = OrderedDict()  # round-robin order of runs with work queued
         self._queued = 0  # items waiting in self._runs
         self._live: set[_Item] = set()  # items not yet answered (queued, taken or running)
-        self._by_key: dict[tuple, _Item] = {}  # live items by memo key
-        self._memo: OrderedDict[tuple, Result] = OrderedDict()  # recent answers, LRU
+        self._by_key: dict[tuple[object, ...], _Item] = {}  # live items by memo key
+        self._memo: OrderedDict[tuple[object, ...], Result] = OrderedDict()  # recent answers, LRU
         self._pending: dict[str, int] = {}  # unanswered requests per run (max_inflight_per_run)
         self._blocked: set[_Ticket] = set()  # submitters waiting for room in the queue
         self._closed_runs: OrderedDict[str, None] = OrderedDict()
@@ -368,7 +369,7 @@ class Scheduler:
         if item.key is not None and self._by_key.get(item.key) is item:
             del self._by_key[item.key]
 
-    def _detach(self, match, message: str, count_cancelled: bool = True) -> int:
+    def _detach(self, match: Callable[[_Ticket], bool], message: str, count_cancelled: bool = True) -> int:
         """Answer the waiters whose ticket matches with ``message``; items left without waiters are dropped
         unless the engine already has them (their answer still feeds the memo)."""
         n = 0

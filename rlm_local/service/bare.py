@@ -120,7 +120,7 @@ def create_app(engine: Engine, scheduler: Any = None, model_name: str | None = N
         try:
             body = await _json_body(http)
             request = Request(
-                messages=_messages(body.get("messages")),
+                messages=tuple(_messages(body.get("messages"))),
                 sampling=_sampling(body, default_max_tokens=SamplingParams().max_tokens),
             )
         except (BadRequest, ValueError) as exc:

@@ -62,6 +62,7 @@ def _checked(context: Any) -> Any:
 def usage(record: RunRecord) -> dict[str, Any]:
     """OpenAI usage plus ``rlm``: root and sub tokens, cached tokens, sub-calls, depth, iterations."""
     r = record.result
+    assert r is not None  # only finished runs are reported (callers check record.result)
     s = r.usage_summary
     total = s.total
     root, sub = s.by_role.get("root"), s.by_role.get("sub")
@@ -95,6 +96,7 @@ def run_info(record: RunRecord) -> dict[str, Any]:
 
 def completion(record: RunRecord) -> dict[str, Any]:
     r = record.result
+    assert r is not None  # only finished runs are reported (callers check record.result)
     finish = "stop" if r.stopped_reason == "final" else "length"
     return {
         "id": f"chatcmpl-{record.id}",

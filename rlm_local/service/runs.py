@@ -209,8 +209,8 @@ class RunManager:
             record.done.set()
             with record.lock:
                 listeners = list(record.listeners)
-            for fn in listeners:
-                fn(None)
+            for listener in listeners:
+                listener(None)
 
     def _event(self, record: RunRecord, event: Event) -> None:
         data = event.to_dict(EVENT_FIELD_CHARS)
@@ -271,6 +271,7 @@ class RunManager:
 
     def _write_meta(self, record: RunRecord) -> None:
         meta = record.meta()
+        assert record.path is not None  # start() gives every run it writes a path
         tmp = record.path.with_suffix(".meta.tmp")
         tmp.write_text(json.dumps(meta), encoding="utf-8")
         tmp.replace(record.path.with_suffix(".meta.json"))

@@ -15,6 +15,7 @@ the same way. Sessions idle longer than the TTL are closed and deleted.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import threading
@@ -105,7 +106,7 @@ class ChatSession:
                 context=context,
                 limits=run.settings.sandbox_limits,
                 llm_handler=lambda prompts: self.current.llm_query(prompts),
-                rlm_handler=lambda prompt, ctx=None: self.current.rlm_query(prompt, ctx),
+                rlm_handler=lambda prompt, ctx: self.current.rlm_query(prompt, ctx),
             )
             self._restore(sandbox)
             self.sandbox, self.sandbox_contexts = sandbox, len(self.contexts)
@@ -203,7 +204,7 @@ class SessionStore:
         (self.root / _safe(owner) / f"{s.id}.json").unlink(missing_ok=True)
         return True
 
-    def expire(self, now: float | None = None) -> list[str]:
+    def expire(self, now: float | None = None) -> builtins.list[str]:  # (list: the method above)
         """Close and delete sessions idle longer than the TTL (not one answering a question)."""
         now = time.time() if now is None else now
         with self._lock:

@@ -123,6 +123,8 @@ class Telemetry:
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 
+        tracer = self.tracer
+        assert tracer is not None  # run_finished exports only with a tracer
         nodes = build_tree(record.events)
         run_end = max((float(e.get("time") or 0) for e in record.events), default=0.0)
 
@@ -197,7 +199,7 @@ class Telemetry:
                 attrs = {"rlm.batch.size": len(n["children"]), "openinference.span.kind": "CHAIN"}
             if n.get("error"):
                 attrs["error.type"] = str(n["error"]).split(":")[0][:100]
-            span = self.tracer.start_span(name, context=parent_ctx, start_time=ns(start), attributes=attrs)
+            span = tracer.start_span(name, context=parent_ctx, start_time=ns(start), attributes=attrs)
             if n.get("error"):
                 span.set_status(Status(StatusCode.ERROR, str(n["error"])[:200]))
             ctx = trace.set_span_in_context(span)

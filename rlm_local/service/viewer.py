@@ -232,7 +232,7 @@ class _FileRun:
 
     def meta(self) -> dict[str, Any]:
         first = self.events[0] if self.events else {}
-        final = next((e for e in reversed(self.events) if e.get("event") == "final"), {})
+        final: dict[str, Any] = next((e for e in reversed(self.events) if e.get("event") == "final"), {})
         return {
             "id": self.id,
             "model": (first.get("config") or {}).get("model"),

@@ -665,7 +665,7 @@ def returned_types() -> list[type]:
         yield
 
     cached = functools.lru_cache(maxsize=None)(abs)
-    od = collections.OrderedDict()
+    od: collections.OrderedDict[object, object] = collections.OrderedDict()
     samples = [
         gen(),
         {}.keys(),
@@ -679,7 +679,7 @@ def returned_types() -> list[type]:
         cached.cache_info(),
         next(itertools.groupby("a"))[1],
         itertools.tee("")[0],
-        re.compile("a").scanner("a"),
+        re.compile("a").scanner("a"),  # type: ignore[attr-defined]  # undocumented, so typeshed omits it
         time.gmtime(0),
         datetime.date(2000, 1, 1).isocalendar(),
         statistics.linear_regression([1, 2], [1, 2]),

@@ -25,9 +25,9 @@ from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 try:  # imported as rlm_local.sandbox.guards (tests) or as a sibling module (the worker)
     from . import allowlist as A
     from .members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
-except ImportError:
-    import allowlist as A
-    from members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
+except ImportError:  # (mypy checks the package form above; this fallback is the script form)
+    import allowlist as A  # type: ignore[import-not-found, no-redef]
+    from members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers  # type: ignore[import-not-found, no-redef]
 
 ALLOWED_MODULES = A.ALLOWED_MODULES
 

@@ -25,6 +25,8 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if __name__ == "__main__":
     HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,9 +35,12 @@ if __name__ == "__main__":
 
     sys.path.remove(sys.argv[1])
 
-import hardening  # noqa: E402
-import protocol  # noqa: E402
-import repl  # noqa: E402
+if TYPE_CHECKING:  # mypy checks this folder as the package rlm_local.sandbox.worker
+    from . import hardening, protocol, repl
+else:  # the worker runs as a script, with this folder on its path
+    import hardening
+    import protocol
+    import repl
 
 CAPTURE_PIPE_BYTES = 1 << 20  # what C code may write to fds 1/2 in one cell; beyond, its writes fail
 F_SETPIPE_SZ = 1031
@@ -49,7 +54,7 @@ class Channel:
         self.fd_out = fd_out
         self.limits: dict = {}
 
-    def send(self, msg: dict, parts: list[str] = (), fresh_line: bool = False) -> None:
+    def send(self, msg: dict, parts: Sequence[str] = (), fresh_line: bool = False) -> None:
         protocol.write_all(self.fd_out, (b"\n" if fresh_line else b"") + protocol.encode(msg, parts))
 
     def read(self) -> tuple[dict, list[str]]:
@@ -186,6 +191,7 @@ class Snapshot:
                 os.write(self.release_fd, b"x")
             finally:
                 os.close(self.release_fd)
+            assert self.pid is not None  # make() sets pid and release_fd together
             self.zombies.append(self.pid)
             self.pid = self.release_fd = None
         for pid in list(self.zombies):
@@ -259,7 +265,7 @@ def main() -> None:
     applied = hardening.apply(int(channel.limits["memory_mb"]), init.get("uid"), int(channel.limits["max_processes"]))
     gc.freeze()  # the interpreter's and RestrictedPython's objects: never garbage, never scanned again
     snapshot = Snapshot()
-    greeting = {"type": "ready", "pid": os.getpid(), "hardening": applied}
+    greeting: dict[str, object] | None = {"type": "ready", "pid": os.getpid(), "hardening": applied}
     completed = 0  # cells whose effects this process holds; a snapshot tells the parent which state it has
     while True:
         if snapshot.make():  # we are the snapshot and our parent died mid-cell

@@ -25,8 +25,8 @@ from typing import Any
 
 try:
     from . import allowlist as A
-except ImportError:
-    import allowlist as A
+except ImportError:  # (mypy checks the package form above; this fallback is the script form)
+    import allowlist as A  # type: ignore[import-not-found, no-redef]
 
 ALLOW, DYNAMIC, CLASS = 1, 2, 3  # rules; a str rule is the refusal message
 MEMO_LIMIT = 50_000  # classes the sandbox makes are keys; a loop making classes must not grow it forever
@@ -120,6 +120,7 @@ class MemberGuard:
         self.class_memo.clear()
 
     def resolve(self, obj: Any, t: type, name: str):
+        rule: Any  # ALLOW, CLASS, DYNAMIC or a refusal message
         if len(self.memo) > MEMO_LIMIT or len(self.memo[t]) > MEMO_LIMIT or len(self.class_memo) > MEMO_LIMIT:
             self.forget()
         if t is self.proxy_type:  # module proxies hold only allowlisted names, by construction
@@ -224,7 +225,8 @@ class MemberGuard:
 
 
 def _defining_class(owner: Any, name: str, matches) -> type | None:
-    mros = (owner.__mro__, type(owner).__mro__) if isinstance(owner, type) else (type(owner).__mro__,)
+    kind: type = type(owner)  # (typed as a plain class: typeshed reads type(a_class).__mro__ as the property)
+    mros = (owner.__mro__, kind.__mro__) if isinstance(owner, type) else (kind.__mro__,)
     for mro in mros:
         for cls in mro:
             raw = cls.__dict__.get(name)

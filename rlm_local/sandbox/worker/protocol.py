@@ -25,6 +25,7 @@ import os
 import re
 import select
 import time
+from collections.abc import Sequence
 
 # The functions every REPL session defines; with `context`, `print` and `printed` no other name may take them.
 STUB_NAMES = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "FINAL", "FINAL_VAR", "SHOW_VARS")
@@ -58,7 +59,7 @@ def clean_text(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
 
 
-def encode(msg: dict, parts: list[str] | tuple[str, ...] = ()) -> bytes:
+def encode(msg: dict, parts: Sequence[str] = ()) -> bytes:
     blobs = [to_utf8(p) for p in parts]
     header = dict(msg, parts=[len(b) for b in blobs])
     return json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n" + b"".join(blobs)

@@ -27,10 +27,16 @@ import json
 import keyword
 import re
 import types
+from typing import TYPE_CHECKING
 
-import guards as G
-import protocol
-from policy import compile_cell
+if TYPE_CHECKING:  # mypy checks this folder as the package rlm_local.sandbox.worker
+    from . import guards as G
+    from . import protocol
+    from .policy import compile_cell
+else:  # the worker runs as a script, with this folder on its path
+    import guards as G
+    import protocol
+    from policy import compile_cell
 
 STUB_NAMES = protocol.STUB_NAMES
 SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding names after that is hostile
@@ -38,6 +44,12 @@ SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding n
 
 _DELETED = object()
 _DOCUMENT_NAME = re.compile(r"context(_\d+)?")  # the names a cell must not overwrite with a literal
+
+
+def _end_line(stmt: ast.stmt) -> int:
+    """A parsed statement's last line (ast.parse always sets it; its type says ``int | None``)."""
+    assert stmt.end_lineno is not None
+    return stmt.end_lineno
 
 
 def _describe(value) -> str:
@@ -299,13 +311,13 @@ class Repl:
                 )
             ):
                 continue
-            if (i and body[i - 1].end_lineno >= stmt.lineno) or (
-                i + 1 < len(body) and body[i + 1].lineno <= stmt.end_lineno
+            if (i and _end_line(body[i - 1]) >= stmt.lineno) or (
+                i + 1 < len(body) and body[i + 1].lineno <= _end_line(stmt)
             ):
                 continue  # shares a line with another statement (a;b): leave it to the restore
-            first, last = stmt.lineno - 1, stmt.end_lineno
+            first, last = stmt.lineno - 1, _end_line(stmt)
             lines[first:last] = ["pass\n"] + ["\n"] * (last - first - 1)  # line numbers stay as written
-            for name in dict.fromkeys(t.id for t in stmt.targets):
+            for name in dict.fromkeys(t.id for t in stmt.targets if isinstance(t, ast.Name)):  # all are (above)
                 notes.append(
                     f"[note: line {stmt.lineno} of your cell (`{name} = ...`) was skipped: `{name}` is a "
                     f"reserved REPL name and already holds {_holds(self.reserved[name])}. Never assign "
