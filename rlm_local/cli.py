@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the result as JSON instead of the bare answer")
     run.add_argument("--verbose", "-v", action="store_true", help="show the root's code and every output")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.add_argument(
+        "--lever",
+        action="append",
+        default=[],
+        metavar="NAME=on|off",
+        help="switch one of the loop's levers (toolkit, constrain, resample, recover, ground; default: the model "
+        "card's choice); repeatable",
+    )
 
     serve = sub.add_parser("serve", help="serve RLMs (and their models) over an OpenAI-compatible HTTP API")
     _add_engine_args(serve)
@@ -185,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace, err: Console) -> int:
     from .bench.haystack import make_needle_task
     from .documents import read_context
+    from .loop.levers import parse_lever_flags
     from .rlm import RLM
     from .runlog.display import ProgressDisplay
 
+    levers = parse_lever_flags(args.lever) or None  # bad flags fail before a model loads
     task = None
     if args.demo:
         if args.context:
@@ -233,6 +243,7 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         max_subcalls=args.max_subcalls,
         trajectory_path=args.trajectory,
         on_event=None if args.quiet else display,
+        levers=levers,
         **other,
     )
     with rlm, display:

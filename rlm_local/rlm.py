@@ -25,6 +25,7 @@ from .engines import DEFAULT_BACKEND, Engine, make_engine
 from .errors import RLMError
 from .loop import prompts
 from .loop.formats import format_named
+from .loop.levers import Levers
 from .loop.persistent import PersistentREPL
 from .loop.prompts import Context, ContextError, check_context
 from .loop.run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
@@ -34,6 +35,8 @@ from .runlog.trajectory import Trajectory
 from .runlog.usage import UsageSummary, UsageTracker
 from .sandbox import Limits, split_tools
 from .scheduling import registry as schedulers
+
+logger = logging.getLogger("rlm_local.rlm")
 
 __all__ = ["RLM", "RLMError", "RLMResult", "ContextError", "BudgetExceeded", "SetupError", "STOP_REASONS"]
 
@@ -54,6 +57,11 @@ class RLMResult:
     run_id: str = ""
     root_model: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Where the answer came from: "final" (the model gave it), "closing" (its reply when a budget ran out),
+    # "recovered" (the best candidate its cells printed or stored) or "none"; False in answer_grounded: the
+    # model wrote the answer out and the run never observed it (see loop/levers.py).
+    answer_source: str = "final"
+    answer_grounded: bool | None = None
 
     def __str__(self) -> str:
         return self.response
@@ -69,6 +77,8 @@ class RLMResult:
             "stopped_reason": self.stopped_reason,
             "iterations": self.iterations,
             "run_id": self.run_id,
+            "answer_source": self.answer_source,
+            "answer_grounded": self.answer_grounded,
             "metadata": self.metadata,
         }
 
@@ -115,6 +125,7 @@ class RLM:
         sub_max_tokens: int | None = None,
         engine: Engine | None = None,
         sub_engine: Engine | None = None,
+        levers: Levers | dict[str, bool] | None = None,
     ) -> None:
         _check_reference_options(environment, environment_kwargs, max_budget)
         tools = _check_tools(custom_tools)
@@ -181,6 +192,7 @@ class RLM:
             custom_system_prompt=custom_system_prompt,
             implicit_batching=implicit_batching,
             tools=tools,
+            levers=_levers(root, levers),
         )
 
     def _make(self, backend: str, kwargs: dict[str, Any]) -> Engine:
@@ -269,6 +281,8 @@ class RLM:
                 iterations=outcome.iterations,
                 usage=summary.to_dict(),
                 seconds=round(elapsed, 3),
+                answer_source=outcome.source,
+                answer_grounded=outcome.grounded,
             )
         )
         trajectory.close()
@@ -282,6 +296,8 @@ class RLM:
             run_id=run_id,
             root_model=self.settings.root.name,
             metadata={"model": self.settings.root.name, "sub_model": self.settings.sub.name},
+            answer_source=outcome.source,
+            answer_grounded=outcome.grounded,
         )
 
     def cancel(self, run_id: str) -> bool:
@@ -340,6 +356,7 @@ class RLM:
             "max_errors": self.max_errors,
             "output_limit": s.output_limit,
             "implicit_batching": s.implicit_batching,
+            "levers": s.levers.to_dict(),
         }
 
 
@@ -363,6 +380,22 @@ def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Mode
         prompt_tokens=prompt_tokens,
         context_length=engine.context_length,
     )
+
+
+def _levers(root: Model, explicit: Levers | dict[str, bool] | None) -> Levers:
+    """The defaults, the root model card's ``[levers]``, then ``explicit``. A lever the engine cannot honour
+    (``constrain`` without grammar support) is switched off with one warning line."""
+    card = find_card(root.engine.model_name) if root.engine.model_name else None
+    levers = Levers.resolve(card.extra.get("levers") if card else None, explicit)
+    if levers.constrain and not (root.engine.supports_grammar and root.format.reply_grammar):
+        logger.warning(
+            "the constrain lever is off: the %s engine (%s format) cannot constrain replies with a grammar; "
+            "replies are unconstrained",
+            root.engine.backend,
+            root.format.name,
+        )
+        levers = levers.with_overrides({"constrain": False})
+    return levers
 
 
 def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..engines import BACKENDS as ENGINE_BACKENDS
 from ..engines import DEFAULT_BACKEND
+from ..loop.levers import parse_lever_flags
 from .items import FAMILIES, METHODS, BenchError, parse_length
 
 BACKENDS = (*(b for b in ENGINE_BACKENDS if b != "scripted"), "oracle")  # oracle: the kit's scripted self-check
@@ -76,6 +77,19 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--markdown", action="store_true", help="with 'report': print the table as Markdown")
+    p.add_argument(
+        "--failures",
+        action="store_true",
+        help="with 'report': classify every failed row from its trajectory, a table per method",
+    )
+    p.add_argument(
+        "--lever",
+        action="append",
+        default=[],
+        metavar="NAME=on|off",
+        help="switch one of the loop's levers for the RLM methods (toolkit, constrain, resample, recover, ground); "
+        "repeatable; default: the model card's choice",
+    )
 
 
 def run(args: argparse.Namespace, err: Console) -> int:
@@ -84,6 +98,8 @@ def run(args: argparse.Namespace, err: Console) -> int:
     if args.family == "report":
         if not args.report_dir:
             raise BenchError("usage: rlm-local bench report DIR")
+        if args.failures:
+            return _failures(Path(args.report_dir), out, markdown=args.markdown)
         return _report(Path(args.report_dir), out, err, plots=not args.no_plots, markdown=args.markdown)
     if args.report_dir:
         raise BenchError(f"unexpected argument {args.report_dir!r} (only `bench report DIR` takes a directory)")
@@ -107,6 +123,7 @@ def run(args: argparse.Namespace, err: Console) -> int:
         max_timeout=args.max_timeout,
         window=args.window,
         source=args.source,
+        levers=parse_lever_flags(args.lever),
     )
     sweep.check()
     if args.backend == "transformers":
@@ -163,6 +180,28 @@ def _report(directory: Path, out: Console, err: Console, plots: bool = True, mar
             err.print(f"[yellow]no plots: {exc}[/yellow]")
         else:
             err.print("plots: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _failures(directory: Path, out: Console, markdown: bool = False) -> int:
+    from .failures import CLASSES, failure_table
+    from .failures import markdown as failure_markdown
+
+    tables = failure_table(directory)
+    if markdown:
+        print(failure_markdown(tables))
+        return 0
+    for method, t in tables.items():
+        table = Table(
+            title=f"{method}: {t['failed']} of {t['rows']} rows failed; most identical cells in a row: {t['repeat']}"
+        )
+        table.add_column("class")
+        table.add_column("rows", justify="right")
+        table.add_column("share", justify="right")
+        for name in CLASSES:
+            if t["classes"][name]:
+                table.add_row(name, str(t["classes"][name]), f"{100 * t['classes'][name] / t['failed']:.0f}%")
+        out.print(table)
     return 0
 
 

@@ -97,6 +97,7 @@ class Methods:
         max_timeout: float | None = None,
         window: int | None = None,
         scheduler_kwargs: dict[str, Any] | None = None,
+        levers: dict[str, bool] | None = None,
     ) -> None:
         self.names = check_methods(names)
         self.engine, self.max_timeout = engine, max_timeout
@@ -109,6 +110,7 @@ class Methods:
             max_iterations=max_iterations,
             max_timeout=max_timeout,
             scheduler_kwargs={"memo": False} if scheduler_kwargs is None else scheduler_kwargs,
+            levers=levers or None,
         )
         try:
             # The full RLM also serves base and summary: they use its root model (card, format, scheduler).
@@ -153,6 +155,11 @@ class Methods:
             completion_tokens=s.total.completion_tokens,
             iterations=result.iterations,
             trajectory=result.trajectory,
+            extra={
+                "levers": rlm.settings.levers.to_dict(),
+                "answer_source": result.answer_source,
+                "answer_grounded": result.answer_grounded,
+            },
         )
 
     def _base(self, item: Item) -> Answer:

@@ -20,6 +20,8 @@ from .instances import BY_LABEL, LABELS, label_of
 from .items import CHARS_PER_TOKEN, Item, item_id, item_seed
 
 NAME = "oolong"
+# Each item's answer needs a judgement per record (its label is never written): an RLM should delegate it.
+NEEDS_SUBCALLS = True
 PHRASES = ("more common than", "less common than", "same frequency as")
 KINDS = ("most", "least", "count", "compare", "user", "month")
 PREAMBLE = (

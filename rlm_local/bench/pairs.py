@@ -16,6 +16,8 @@ from .items import CHARS_PER_TOKEN, Item, item_id, item_seed
 from .oolong import ORACLE_READ, PREAMBLE, make_records
 
 NAME = "pairs"
+# Each item's answer needs a judgement per record (its label is never written): an RLM should delegate it.
+NEEDS_SUBCALLS = True
 # predicate name -> (question text with {x} {y}, test on the two users' label counters)
 PREDICATES = {
     "both": ("both users have at least one instance labelled {x}", lambda a, b, x, y: a[x] > 0 and b[x] > 0),

@@ -48,6 +48,7 @@ class Worker:
             max_iterations=sweep.max_iterations,
             max_timeout=sweep.max_timeout,
             window=sweep.window,
+            levers=sweep.levers,
         )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 

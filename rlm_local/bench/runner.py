@@ -88,6 +88,7 @@ class Sweep:
     max_timeout: float | None = None
     window: int | None = None
     source: str | None = None  # codeqa's source directory
+    levers: dict[str, bool] = field(default_factory=dict)  # the RLM methods' lever overrides (--lever)
 
     def check(self) -> None:
         family(self.family)
@@ -245,6 +246,7 @@ def run_sweep(
             max_iterations=sweep.max_iterations,
             max_timeout=sweep.max_timeout,
             window=sweep.window,
+            levers=sweep.levers,
         )
         try:
             for items in by_length.values():

@@ -31,6 +31,9 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # A GBNF grammar the reply must follow (llama.cpp grammars, vLLM structured outputs). Engines that cannot
+    # constrain (``Engine.supports_grammar`` False) never receive one: the loop drops it with a logged note.
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
@@ -148,6 +151,8 @@ class Engine(abc.ABC):
     #: True when ``generate(requests, deadline=...)`` stops the work it started once ``time.monotonic()``
     #: passes ``deadline`` (a cut-off request fails with its usage so far); the scheduler passes it then
     supports_deadline: bool = False
+    #: True when ``SamplingParams.grammar`` constrains the reply (llama.cpp grammars, vLLM structured outputs)
+    supports_grammar: bool = False
     #: how many ``generate`` calls the engine serves at once (from different threads); above 1 the scheduler
     #: hands over each gathered batch at once instead of waiting for the previous call (continuous batching
     #: inside the engine, e.g. vLLM's AsyncLLM)

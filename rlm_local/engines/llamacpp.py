@@ -90,6 +90,7 @@ class _Task:
 class LlamaCppEngine(Engine):
     backend = "llamacpp"
     supports_deadline = True  # requests are streamed; a stream past the deadline is stopped
+    supports_grammar = True  # llama.cpp's GBNF grammars
 
     def __init__(
         self,
@@ -405,6 +406,8 @@ class LlamaCppEngine(Engine):
             body["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.grammar:
+            body["grammar"] = sampling.grammar
         pieces: list[str] = []
         state: dict[str, Any] = {"stopped": False}
 

@@ -178,6 +178,8 @@ class VLLMBase(Engine):
     """What the ``LLM`` and ``AsyncLLM`` engines share: settings from the model card and the CPU defaults,
     prompt rendering, tokenisation, sampling and the mapping of vLLM's outputs to our results."""
 
+    supports_grammar = True  # structured outputs (xgrammar)
+
     def _configure(
         self, model_name: str | None, explicit: dict[str, Any], llm_kwargs: dict[str, Any], prompt_format: str | None
     ) -> dict[str, Any]:
@@ -261,8 +263,15 @@ class VLLMBase(Engine):
             top_p=s.top_p if not s.greedy else 1.0,
             stop=list(s.stop) or None,
             seed=s.seed,
+            **self._structured(s.grammar),
         )
         return ids, params
+
+    def _structured(self, grammar: str | None) -> dict[str, Any]:
+        """vLLM's structured outputs for a grammar (EBNF/GBNF, xgrammar backend), as SamplingParams keywords."""
+        if not grammar:
+            return {}
+        return {"structured_outputs": self._vllm.sampling_params.StructuredOutputsParams(grammar=grammar)}
 
     @staticmethod
     def _result(out: Any, seconds: float) -> Result:

@@ -14,6 +14,7 @@ from typing import Any
 from ..engines import Request
 from . import prompts
 from .formats import MESSAGE_OVERHEAD_TOKENS, PromptFormat
+from .levers import Levers
 from .parsing import ParsedReply
 from .prompts import ContextInfo
 
@@ -48,9 +49,10 @@ class Conversation:
         custom_system: str | None,
         budget_tokens: int,
         sub_context_tokens: int,
+        levers: Levers,
     ) -> Conversation:
         feedback_chars = min(output_limit, budget_tokens)  # about a quarter of the budget, in characters
-        opening = fmt.opening(question, info, output_limit, custom_system, sub_context_tokens)
+        opening = fmt.opening(question, info, output_limit, custom_system, sub_context_tokens, levers)
         return cls(fmt, opening, count_tokens, feedback_chars, budget_tokens)
 
     def parse(self, reply: str) -> ParsedReply:

@@ -13,6 +13,12 @@ A text ``FINAL(...)`` next to code is ignored: it was written before the code's 
    first, unless the model has already looked at the context (run.py). Small instruction models answer
    in the question's format ("The access code is 4471.") and never call FINAL.
 Variables are read with ``Sandbox.read_variable``, never by running a generated code cell.
+
+Whether an answer is supported (the ``ground`` and ``recover`` levers, levers.py): an answer is *grounded*
+when the model computed it (it is not written out in the reply or code that gave it) or when what it wrote
+appears in what the run observed (the question, the context's metadata, every cell's output).
+``printed_answers`` finds the candidates a run's cells printed ("Answer: X"), for a run that ends on a
+budget without a final answer.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..sandbox import CellResult
@@ -137,6 +144,71 @@ def plain_answer(reply: str, previous: str | None = None) -> str | None:
     ):
         return text
     return None
+
+
+_WORD = re.compile(r"[0-9a-z]+")
+# "Answer: X", "answer = X", "Final answer: X" printed on a line of its own by the model's code.
+_PRINTED = re.compile(r"^[ \t>*#-]*(?:final[ _]+)?answer[ \t]*[:=][ \t]*(?P<value>\S.*?)[ \t.]*$", re.I | re.M)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" \t\"'`.")
+
+
+def written_out(answer: str, written: str) -> bool:
+    """Did the model write ``answer`` out itself (in ``written``, its reply or code), rather than compute it?"""
+    a = _normal(answer)
+    return bool(a) and a in _normal(written)
+
+
+def grounded(answer: str, observed: str) -> bool:
+    """``answer`` appears in ``observed`` (whole, or every word and number of it, case-insensitive)."""
+    a = _normal(answer)
+    if not a:
+        return True
+    seen = _normal(observed)
+    if re.search(rf"(?<![0-9a-z]){re.escape(a)}(?![0-9a-z])", seen):  # whole, not inside a longer number
+        return True
+    words = [w for w in _WORD.findall(a) if len(w) >= 2 or w.isdigit()]
+    return bool(words) and set(words) <= set(_WORD.findall(seen))
+
+
+def printed_answers(stdout: str) -> list[str]:
+    """The answers a cell's output states ("Answer: X" lines), in order."""
+    return [m.group("value").strip().strip("\"'`") for m in _PRINTED.finditer(stdout) if m.group("value").strip()]
+
+
+@dataclass
+class Evidence:
+    """What one (sub-)run has observed (question, metadata, every cell's output) and the answers it has seen
+    stated without taking them (printed "Answer: X" lines, a FINAL written next to code, an answer that was
+    questioned): the ``ground`` and ``recover`` levers read it."""
+
+    observed: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+    questioned: bool = False  # an ungrounded answer was sent back once already
+
+    def saw(self, text: str, printed: bool = True) -> None:
+        """An observation; ``printed``: cell output whose "Answer: X" lines are candidates."""
+        self.observed.append(text)
+        if printed:
+            self.candidates.extend(printed_answers(text))
+
+    def claim(self, answer: str | None) -> None:
+        if answer and answer.strip():
+            self.candidates.append(answer.strip())
+
+    def supported(self, answer: str, written: str) -> bool:
+        """Computed by code (not written out in ``written``), or grounded in what the run observed."""
+        return not written_out(answer, written) or grounded(answer, "\n".join(self.observed))
+
+    def best(self) -> tuple[str, bool] | None:
+        """The latest grounded candidate, else the latest candidate; with whether it is grounded."""
+        seen = "\n".join(self.observed)
+        for answer in reversed(self.candidates):
+            if grounded(answer, seen):
+                return answer, True
+        return (self.candidates[-1], False) if self.candidates else None
 
 
 def prose(reply: str) -> str:

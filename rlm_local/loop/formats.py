@@ -12,6 +12,7 @@ from typing import Any
 from ..engines import Request
 from ..errors import InputError
 from . import prompts
+from .levers import Levers
 from .parsing import ParsedReply, parse_reply
 from .prompts import ContextInfo
 
@@ -22,10 +23,20 @@ MESSAGE_OVERHEAD_TOKENS = 8
 Turn = tuple[str, str]  # (the root's reply, the feedback it got)
 
 
+# The ``constrain`` lever's grammar (GBNF) for a chat reply: one ```repl block (no ``` inside it) or one
+# FINAL(...) line. Prose, a second block and a runaway after the block cannot be generated.
+CHAT_REPLY_GRAMMAR = r"""root ::= code | final
+code ::= "```repl\n" body "```"
+body ::= ([^`] | "`" [^`] | "``" [^`])+
+final ::= "FINAL(" [^\n]+ ")"
+"""
+
+
 class ChatFormat:
     """Instruction-tuned models: a system prompt, then alternating user/assistant messages."""
 
     name = "chat"
+    reply_grammar: str | None = CHAT_REPLY_GRAMMAR
 
     def opening(
         self,
@@ -34,10 +45,13 @@ class ChatFormat:
         output_limit: int,
         custom_system: str | None,
         sub_context_tokens: int,
+        levers: Levers,
     ) -> list[str]:
         """The fixed start of a root conversation, as the pieces the model will see."""
         return [
-            prompts.system_prompt(output_limit, sub_context_tokens, custom_system),
+            prompts.system_prompt(
+                output_limit, sub_context_tokens, custom_system, toolkit=levers.toolkit, one_block=levers.constrain
+            ),
             prompts.first_turn(question, info),
         ]
 
@@ -81,6 +95,7 @@ class CompletionFormat:
     The transcript ends inside an open ```python fence, so a reply is bare code."""
 
     name = "completion"
+    reply_grammar: str | None = None  # the transcript already ends inside a code fence
 
     def opening(
         self,
@@ -89,6 +104,7 @@ class CompletionFormat:
         output_limit: int,
         custom_system: str | None,
         sub_context_tokens: int,
+        levers: Levers,
     ) -> list[str]:
         return [prompts.COMPLETION_PREAMBLE + prompts.completion_task(question, info)]
 

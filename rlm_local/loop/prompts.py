@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContextError
+from .toolkit import PROMPT as TOOLKIT_PROMPT
 
 Context = str | list[str] | dict[str, str]
 
@@ -83,6 +84,23 @@ LENGTH_NOTE = (
     "Note: your last reply was cut at the length limit (MAX_TOKENS tokens). Keep replies short: one "
     "```repl block, no long explanations."
 )
+
+# The ``resample`` lever (levers.py): the model sent the code that just ran once more; it is not run again.
+REPEATED_CELL = (
+    "You sent the same code as in your previous turn. It already ran, and running it again gives the same "
+    "output:\n```\nOUTPUT\n```\nDo something different: search another phrase from the question, print "
+    "another part of `context`, or ask a sub-model about chunks. If that output answers the question, give "
+    "FINAL(answer)."
+)
+
+# The ``ground`` lever: an answer the model wrote out that appears in nothing the run has seen.
+UNGROUNDED = (
+    "Your answer ANSWER appears in no output you have seen, so it may be a guess. Check it with code first "
+    "(search for it, or print the part of the context it comes from). If you are sure, give FINAL(answer) again."
+)
+
+# The ``constrain`` lever: replies are held to this shape by a grammar, so the model is told the shape too.
+ONE_BLOCK = "Each reply is exactly one ```repl block, or one line FINAL(answer) when you know the answer: nothing else."
 
 IGNORED_FINAL = (
     "Note: FINAL(...) written in the same reply as code was ignored because it was written "
@@ -246,12 +264,21 @@ def tools_prompt(tools: dict[str, Any]) -> str:
     return "Extra tools in the REPL:\n" + "\n".join(rows) if rows else ""
 
 
-def system_prompt(output_limit: int, sub_context_tokens: int = 32_768, custom: str | None = None) -> str:
+def system_prompt(
+    output_limit: int,
+    sub_context_tokens: int = 32_768,
+    custom: str | None = None,
+    toolkit: bool = False,
+    one_block: bool = False,
+) -> str:
+    """The chat system prompt: the paper's protocol, then (``toolkit``) the REPL helpers and a worked example
+    per task shape, (``one_block``) the reply shape a grammar holds the model to, then the caller's text."""
     # ~3 characters a token leaves room for the sub-model's answer and template.
     text = SYSTEM_PROMPT.replace("OUTPUT_LIMIT", f"{output_limit:,}").replace(
         "SUB_CONTEXT_CHARS", f"{max(4_000, sub_context_tokens * 3) // 1000 * 1000:,}"
     )
-    return text if not custom else f"{text}\n\n{custom}"
+    parts = [text, TOOLKIT_PROMPT if toolkit else "", ONE_BLOCK if one_block else "", custom or ""]
+    return "\n\n".join(p for p in parts if p)
 
 
 def first_turn(question: str | None, info: ContextInfo) -> str:

@@ -36,8 +36,10 @@ from . import final, prompts
 from .batching import rewrite_sibling_calls
 from .conversation import Conversation
 from .formats import PromptFormat
+from .levers import Levers
 from .prompts import Context, ContextError, check_context, flatten_context
 from .steering import Steering
+from .toolkit import SOURCE as TOOLKIT_SOURCE
 
 logger = _root_logger.getChild("run")
 
@@ -55,6 +57,9 @@ FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long 
 # A greedy root request that failed after this long is not sent again: it would compute the same reply for
 # as long again (a timed-out 2,048-token reply on a CPU server was retried and timed out twice).
 NO_RETRY_AFTER_SECONDS = 30.0
+# The resample lever: a reply whose code repeats the cell that just ran is sampled again, warmer each time
+# (greedy decoding gives the same reply to the same prompt; a note alone did not change it, issue 15).
+RESAMPLE_TEMPERATURES = (0.7, 1.0)
 
 
 @dataclass
@@ -147,6 +152,7 @@ class Settings:
     custom_system_prompt: str | None
     implicit_batching: bool
     tools: dict[str, Any] = field(default_factory=dict)  # custom_tools: REPL names backed by the caller
+    levers: Levers = field(default_factory=Levers)  # what the loop does for the model's answers (levers.py)
 
 
 @dataclass
@@ -154,6 +160,10 @@ class Outcome:
     answer: str
     stopped_reason: str
     iterations: int
+    # "final" (the model gave it), "closing" (its reply to the closing request after a budget stop),
+    # "recovered" (the best candidate the run's cells printed or stored: the recover lever) or "none"
+    source: str = "final"
+    grounded: bool | None = None  # False: an answer the model wrote out that the run never observed
 
 
 class Run:
@@ -176,6 +186,14 @@ class Run:
         # to run in (a kept-alive sandbox is not closed by it). Children always open their own.
         self.sandbox_provider: Callable[[Run, Context], AbstractContextManager[Sandbox]] | None = None
         self._closing = False  # the closing request is under way: waits may use the grace
+        self.evidence = final.Evidence()  # what this run observed and the answers it saw stated
+        self._grounded: bool | None = None  # of the last answer checked (the ground lever)
+        self._last_code: str | None = None  # the code of the last turn that ran (the resample lever)
+        self._last_output = ""
+        self._root_sampling = dict(settings.root.root_sampling)
+        grammar = settings.root.format.reply_grammar
+        if settings.levers.constrain and grammar and settings.root.engine.supports_grammar:
+            self._root_sampling["grammar"] = grammar
 
     def child(self) -> Run:
         return Run(self.settings, self.budget, self.usage, self.trajectory, self.run_id, self.depth + 1)
@@ -194,9 +212,13 @@ class Run:
             s.custom_system_prompt,
             s.root.prompt_tokens,
             s.sub.context_length or 32_768,
+            s.levers,
         )
+        self.evidence.saw(f"{question or ''}\n{info.describe()}", printed=False)
         opener = self.sandbox_provider(self, context) if self.sandbox_provider else self.open_sandbox(context)
         with opener as self.sandbox:
+            if s.levers.toolkit:
+                self._load_toolkit()
             failures = 0  # consecutive turns whose cells all failed (max_errors)
             steer = Steering()  # repeats, prose answers, runaway replies (steering.py)
             for iteration in range(1, self.budget.max_iterations + 1):
@@ -206,9 +228,11 @@ class Run:
                 if result is None:
                     return self._close(self.stop_reason() or "engine_error", iteration)
                 reply = self._trim(result, steer)
+                if s.levers.resample:
+                    reply = self._fresh(reply, iteration, steer)
                 answer, feedback, failed = self._act(reply, iteration, steer)
                 if answer is not None:
-                    return Outcome(answer, "final", iteration)
+                    return Outcome(answer, "final", iteration, grounded=self._grounded)
                 self.convo.add_turn(reply, steer.feedback(reply, feedback))
                 failures = failures + 1 if failed else 0
                 if self.budget.max_errors is not None and failures >= self.budget.max_errors:
@@ -219,7 +243,7 @@ class Run:
         """The root's next reply, or None when the engine failed (twice, or once slowly on a greedy
         request: see NO_RETRY_AFTER_SECONDS) or the budget ran out meanwhile."""
         assert self.convo is not None  # run() starts the conversation before the first turn
-        request = self.convo.request(self.settings.root.root_sampling)
+        request = self.convo.request(self._root_sampling)
         for attempt in range(2):  # one retry: a transient engine failure should not end the run
             started = time.monotonic()
             result = self._call_root(request, iteration, attempt=attempt)
@@ -261,13 +285,18 @@ class Run:
                 # Prose only: taken when plainly an answer (steering.py), else ask for FINAL explicitly.
                 answer = steer.prose_answer(reply)
                 if answer is not None:
-                    return answer, "", False
+                    return self._checked(answer, reply)
                 return None, self.convo.feedback([], [prompts.PROSE_NUDGE]), False
             steer.acted(0)
             answer = final.from_text(parsed, self._read)
             if answer is not None:
-                return answer, "", False
+                return self._checked(answer, reply if parsed.final_var is None else "")
             return None, self.convo.feedback([_missing(parsed.final_var)]), True
+        if self.settings.levers.resample and self._repeats_last(parsed.code_blocks):
+            # Never the same cell twice in a row: its output is quoted back instead (see _fresh).
+            steer.acted(0)
+            quoted = self._last_output if len(self._last_output) <= 2000 else self._last_output[:2000] + "\n..."
+            return None, self.convo.feedback([], [prompts.REPEATED_CELL.replace("OUTPUT", quoted)]), False
         cells: list[CellResult] = []
         outputs: list[str] = []
         for code in parsed.code_blocks:
@@ -275,45 +304,96 @@ class Run:
                 break
             cell = self._run_cell(code, iteration)
             cells.append(cell)
+            self.evidence.saw(_cell_text(cell))
             if cell.final is not None:
                 break
             outputs.append(_cell_text(cell))
         steer.acted(len(cells))
+        self._last_code, self._last_output = _code_key(parsed.code_blocks), "\n".join(outputs)
         answer = final.after_cells(parsed, cells, self._read)
         if answer is not None:
-            return answer, "", False
+            return self._checked(answer, reply)
         if parsed.final_var is not None:
             outputs.append(_missing(parsed.final_var))
         notes = [prompts.IGNORED_FINAL] if parsed.final_answer is not None else []
+        self.evidence.claim(parsed.final_answer)
         failed = bool(cells) and all(c.error is not None for c in cells)
         return None, self.convo.feedback(outputs, notes), failed
 
+    def _checked(self, answer: str, written: str) -> tuple[str | None, str, bool]:
+        """A final answer, unless (``ground`` lever) the model wrote it out and the run never observed it: then
+        it is sent back once with a request to check it; taken the next time, flagged as ungrounded."""
+        self._grounded = self.evidence.supported(answer, written)
+        if self._grounded or not self.settings.levers.ground or self.evidence.questioned:
+            return answer, "", False
+        self.evidence.questioned = True
+        self.evidence.claim(answer)
+        assert self.convo is not None
+        return None, self.convo.feedback([], [prompts.UNGROUNDED.replace("ANSWER", repr(answer)[:200])]), False
+
+    def _repeats_last(self, code_blocks: list[str]) -> bool:
+        return bool(code_blocks) and _code_key(code_blocks) == self._last_code
+
+    def _fresh(self, reply: str, iteration: int, steer: Steering) -> str:
+        """The ``resample`` lever: a reply whose code repeats the cell that just ran is sampled again, warmer
+        each time (RESAMPLE_TEMPERATURES, a seed per attempt); the first reply with other code is kept. If
+        every sample repeats, the reply stays and ``_act`` quotes the earlier output back instead of running it."""
+        assert self.convo is not None
+        if not self._repeats_last(self.convo.parse(reply).code_blocks):
+            return reply
+        for attempt, temperature in enumerate(RESAMPLE_TEMPERATURES, 1):
+            if self.stop_reason():
+                break
+            sampling = {**self._root_sampling, "temperature": temperature, "seed": iteration * 1000 + attempt}
+            result = self._call_root(self.convo.request(sampling), iteration, resample=attempt)
+            if not result.ok:
+                break
+            candidate = self._trim(result, steer)
+            if not self._repeats_last(self.convo.parse(candidate).code_blocks):
+                return candidate
+        return reply
+
     def _close(self, reason: str, iterations: int) -> Outcome:
-        """A budget ended the run: ask the root once for its best answer from what it has seen."""
+        """A budget ended the run: ask the root once for its best answer from what it has seen; with the
+        ``recover`` lever, a missing or ungrounded answer gives way to the best candidate the run observed."""
         if reason == "cancelled":  # nobody is waiting for a best answer
-            return Outcome("", reason, iterations)
+            return Outcome("", reason, iterations, source="none")
         self._closing = True
         assert self.convo is not None  # run() starts the conversation before the first turn
         logger.info(
             "run %s depth %d: %s after %d turns; asking for a final answer", self.run_id, self.depth, reason, iterations
         )
         self.convo.add_budget_stop(reason)
-        result = self._call_root(
-            self.convo.request(self.settings.root.root_sampling), iterations + 1, final_request=True
-        )
-        if not result.ok:
-            return Outcome("", reason, iterations)
-        parsed = self.convo.parse(result.text)
-        answer = final.from_text(parsed, self._read, closing=True)
-        if answer is None:  # the model answered in code anyway: run only the code that gives the answer
-            cells = [
-                self._run_cell(code, iterations + 1)
-                for code in parsed.code_blocks
-                if "FINAL" in code or final.ANSWER_VAR in code
-            ]
-            answer = final.after_cells(parsed, cells, self._read) if cells else None
-        # No final answer in the reply: its prose is the best partial answer, never its code.
-        return Outcome(answer if answer is not None else final.prose(result.text), reason, iterations)
+        result = self._call_root(self.convo.request(self._root_sampling), iterations + 1, final_request=True)
+        answer: str | None = None
+        if result.ok:
+            parsed = self.convo.parse(result.text)
+            answer = final.from_text(parsed, self._read, closing=True)
+            if answer is None:  # the model answered in code anyway: run only the code that gives the answer
+                cells = [
+                    self._run_cell(code, iterations + 1)
+                    for code in parsed.code_blocks
+                    if "FINAL" in code or final.ANSWER_VAR in code
+                ]
+                answer = final.after_cells(parsed, cells, self._read) if cells else None
+            # No final answer in the reply: its prose is the best partial answer, never its code.
+            answer = (answer if answer is not None else final.prose(result.text)).strip()
+        supported = bool(answer) and self.evidence.supported(answer or "", result.text)
+        if self.settings.levers.recover and not supported:
+            best = self.evidence.best()
+            if best is not None and (not answer or best[1]):
+                logger.info("run %s depth %d: recovered the answer %r", self.run_id, self.depth, best[0][:80])
+                return Outcome(best[0], reason, iterations, source="recovered", grounded=best[1])
+        if not answer:
+            return Outcome("", reason, iterations, source="none")
+        return Outcome(answer, reason, iterations, source="closing", grounded=supported)
+
+    def _load_toolkit(self) -> None:
+        """The toolkit's helpers (toolkit.py), defined in the REPL by running their source as model-level code."""
+        assert self.sandbox is not None
+        cell = self.sandbox.run(TOOLKIT_SOURCE, wall_seconds=self._wait_limit(), deadline=self._cell_deadline())
+        if cell.error is not None:
+            raise SetupError(f"the REPL toolkit did not load: {cell.error.strip().splitlines()[-1]}")
 
     def answer_directly(self, context: Context, question: str | None) -> str:
         """The reference's rule for an RLM created at ``depth >= max_depth``: it is a plain model call."""
@@ -504,6 +584,11 @@ def _cell_text(cell: CellResult) -> str:
     if cell.restored:
         parts.append("[the cell was stopped at a limit; variables are as they were before it ran]")
     return "\n".join(parts) or "(no output)"
+
+
+def _code_key(code_blocks: list[str]) -> str:
+    """Code compared for repeats: blocks joined, each line's trailing space and blank lines ignored."""
+    return "\n".join(line.rstrip() for block in code_blocks for line in block.splitlines() if line.strip())
 
 
 def _missing(name: str | None) -> str:

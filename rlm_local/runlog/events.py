@@ -9,13 +9,14 @@ a child started by ``rlm_query`` logs its events at its own depth. Events never 
 | run_start     | config (the RLM's settings, secrets masked), question                                  |
 | context       | depth, metadata (type, chars, tokens, tokens_exact, chunk_chars, names)                |
 | root_turn     | depth, iteration, prompt_tokens, cached_tokens, reply, error, seconds, attempt,        |
-|               | final_request (the closing request after a budget stop)                                |
+|               | final_request (the closing request after a budget stop), resample (its attempt > 0)    |
 | cell          | depth, iteration, code (as the model wrote it), batched_rewrites, stdout, error,       |
 |               | final, timed_out, restored, seconds                                                    |
 | subcall       | depth, query ("llm" or "rlm"), prompt, response, error, usage, seconds, batch,         |
 |               | stopped_reason and iterations (rlm only)                                               |
 | child_start   | depth, question                                                                        |
-| final         | answer, stopped_reason, iterations, usage (UsageSummary.to_dict()), seconds            |
+| final         | answer, stopped_reason, iterations, usage (UsageSummary.to_dict()), seconds,           |
+|               | answer_source, answer_grounded                                                         |
 | error         | error, seconds (completion() raised)                                                   |
 """
 
@@ -81,6 +82,7 @@ class RootTurn(Event):
     attempt: int = 0
     final_request: bool = False
     completion_tokens: int | None = None
+    resample: int = 0  # > 0: a re-sample of a reply that repeated the last cell (the resample lever)
 
 
 @dataclass(kw_only=True)
@@ -128,6 +130,8 @@ class RunFinal(Event):
     iterations: int
     usage: dict[str, Any]
     seconds: float
+    answer_source: str = "final"  # final, closing, recovered or none (RLMResult.answer_source)
+    answer_grounded: bool | None = None
 
 
 @dataclass(kw_only=True)
