@@ -91,9 +91,17 @@ def test_an_observed_or_computed_answer_is_taken_at_once():
     result = rlm.completion(DOC, "What is the vault code?")
     assert result.response == "9157" and result.answer_grounded is True and result.iterations == 2
     computed = repl("n = len([l for l in context.split(chr(10)) if 'nothing' in l])\nFINAL(str(n))")
-    rlm, _ = make([computed], levers=ALL_ON)
+    rlm, _ = make([repl("print(context[:40])"), computed], levers=ALL_ON)
     result = rlm.completion(DOC, "How many lines say nothing?")
-    assert result.response == "300" and result.answer_grounded is True and result.iterations == 1
+    assert result.response == "300" and result.answer_grounded is True and result.iterations == 2
+
+
+def test_an_answer_given_before_any_output_was_read_is_sent_back_once():
+    premature = repl("FINAL('vault code')")  # a first cell that answers without looking
+    rlm, engine = make([premature, repl("hits = search('vault code')"), "FINAL(9157)"], levers=ALL_ON)
+    result = rlm.completion(DOC, "What is the vault code?")
+    assert result.response == "9157" and result.iterations == 3
+    assert "before seeing any output of your code" in last_user(roots(engine)[1])
 
 
 # ---- recover: a budget stop returns the best candidate, never empty when one exists -------------------------

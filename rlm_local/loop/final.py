@@ -187,6 +187,7 @@ class Evidence:
     observed: list[str] = field(default_factory=list)
     candidates: list[str] = field(default_factory=list)
     questioned: bool = False  # an ungrounded answer was sent back once already
+    outputs_seen: int = 0  # cell outputs the model has read (shown in a turn before the current one)
 
     def saw(self, text: str, printed: bool = True) -> None:
         """An observation; ``printed``: cell output whose "Answer: X" lines are candidates."""

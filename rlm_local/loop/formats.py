@@ -52,7 +52,7 @@ class ChatFormat:
             prompts.system_prompt(
                 output_limit, sub_context_tokens, custom_system, toolkit=levers.toolkit, one_block=levers.constrain
             ),
-            prompts.first_turn(question, info),
+            prompts.first_turn(question, info, toolkit=levers.toolkit),
         ]
 
     def parse(self, reply: str) -> ParsedReply:

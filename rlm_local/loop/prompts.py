@@ -26,6 +26,8 @@ Context = str | list[str] | dict[str, str]
 # longer than the run's first turn and the model only needs the order of magnitude.
 EXACT_TOKEN_LIMIT = 2_000_000
 PREVIEW_CHARS = 240
+PREVIEW_LINES = 4
+PREVIEW_LINE_CHARS = 120
 
 SYSTEM_PROMPT = """You are a Recursive Language Model. You answer a question about a context that is far too long to read at once. The context is NOT in this conversation: it is stored in a persistent Python REPL, and you work on it by writing code.
 
@@ -97,6 +99,13 @@ REPEATED_CELL = (
 UNGROUNDED = (
     "Your answer ANSWER appears in no output you have seen, so it may be a guess. Check it with code first "
     "(search for it, or print the part of the context it comes from). If you are sure, give FINAL(answer) again."
+)
+
+# The ``ground`` lever: a FINAL before the model has seen any output of its code.
+UNSEEN_FINAL = (
+    "You gave the answer ANSWER before seeing any output of your code, so nothing shows it is right. Print "
+    "the evidence first (for example the lines it comes from), check it answers the question, then call "
+    "FINAL(answer)."
 )
 
 # The ``constrain`` lever: replies are held to this shape by a grammar, so the model is told the shape too.
@@ -201,7 +210,8 @@ class ContextInfo:
         if self.kind == "dict":
             shown = ", ".join(f"{k!r} ({n:,} chars)" for k, n in zip(self.names[:50], self.chunk_chars[:50]))
             lines.append(f"- {len(self.names)} named documents: {shown}")
-        lines.append(f"- preview of the start: {self.preview!r}")
+        lines.append("- its first lines (a preview; `context` holds the whole text):")
+        lines.extend(f"    {line}" for line in self.preview.split("\n"))
         return "\n".join(lines)
 
     def one_line(self) -> str:
@@ -248,8 +258,24 @@ def describe_context(context: Context, count_tokens: Callable[[str], int]) -> Co
         tokens_exact=exact,
         chunk_chars=[len(p) for p in pieces] if kind != "str" else [total_chars],
         names=list(context) if isinstance(context, dict) else [],
-        preview=" ".join(first[:PREVIEW_CHARS].split()),
+        preview=_preview(first),
     )
+
+
+def _preview(text: str) -> str:
+    """The first lines of a document as they are laid out (up to PREVIEW_LINES lines, PREVIEW_CHARS in all, each
+    line clipped), so the root sees the format: collapsing the lines into one hid a line-per-record layout and a
+    small model copied the collapsed text into its code as if it were the document."""
+    lines, used = [], 0
+    for line in text[: PREVIEW_CHARS * 2].split("\n")[:PREVIEW_LINES]:
+        line = line.rstrip()
+        if len(line) > PREVIEW_LINE_CHARS:
+            line = line[:PREVIEW_LINE_CHARS] + " ..."
+        lines.append(line)
+        used += len(line)
+        if used >= PREVIEW_CHARS:
+            break
+    return "\n".join(lines)
 
 
 def tools_prompt(tools: dict[str, Any]) -> str:
@@ -281,8 +307,17 @@ def system_prompt(
     return "\n\n".join(p for p in parts if p)
 
 
-def first_turn(question: str | None, info: ContextInfo) -> str:
-    return FIRST_TURN.replace("METADATA", info.describe()).replace("QUESTION_TEXT", question or TASK_IN_CONTEXT)
+# The toolkit lever's hint on the first turn, where a small model reads most closely.
+TOOLKIT_START = (
+    "Start with search(...) for a distinctive phrase of the question, or print a part of `context` to see its "
+    "layout. When something must be judged by reading each record (a label, a topic, relevance), regex cannot "
+    "do it: use ask_each(question, records, choices=[...])."
+)
+
+
+def first_turn(question: str | None, info: ContextInfo, toolkit: bool = False) -> str:
+    text = FIRST_TURN.replace("METADATA", info.describe()).replace("QUESTION_TEXT", question or TASK_IN_CONTEXT)
+    return f"{text} {TOOLKIT_START}" if toolkit else text
 
 
 def cell_feedback(outputs: list[str]) -> str:

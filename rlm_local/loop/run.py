@@ -234,6 +234,7 @@ class Run:
                 if answer is not None:
                     return Outcome(answer, "final", iteration, grounded=self._grounded)
                 self.convo.add_turn(reply, steer.feedback(reply, feedback))
+                self.evidence.outputs_seen = len(self.evidence.observed) - 1  # what this turn printed, now read
                 failures = failures + 1 if failed else 0
                 if self.budget.max_errors is not None and failures >= self.budget.max_errors:
                     return self._close("max_errors", iteration)
@@ -321,15 +322,18 @@ class Run:
         return None, self.convo.feedback(outputs, notes), failed
 
     def _checked(self, answer: str, written: str) -> tuple[str | None, str, bool]:
-        """A final answer, unless (``ground`` lever) the model wrote it out and the run never observed it: then
-        it is sent back once with a request to check it; taken the next time, flagged as ungrounded."""
+        """A final answer, unless (``ground`` lever) the model wrote it out and the run never observed it, or
+        gave it before reading any output of its code: then it is sent back once with a request to check it;
+        taken the next time (flagged when ungrounded)."""
         self._grounded = self.evidence.supported(answer, written)
-        if self._grounded or not self.settings.levers.ground or self.evidence.questioned:
+        unseen = not self.evidence.outputs_seen
+        if (self._grounded and not unseen) or not self.settings.levers.ground or self.evidence.questioned:
             return answer, "", False
         self.evidence.questioned = True
         self.evidence.claim(answer)
         assert self.convo is not None
-        return None, self.convo.feedback([], [prompts.UNGROUNDED.replace("ANSWER", repr(answer)[:200])]), False
+        note = prompts.UNSEEN_FINAL if self._grounded else prompts.UNGROUNDED
+        return None, self.convo.feedback([], [note.replace("ANSWER", repr(answer)[:200])]), False
 
     def _repeats_last(self, code_blocks: list[str]) -> bool:
         return bool(code_blocks) and _code_key(code_blocks) == self._last_code

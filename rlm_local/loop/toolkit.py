@@ -194,6 +194,7 @@ Output of your code:
 1840 ['2024-03-02 | team 12 | My card was charged twice', '2024-03-02 | team 7 | The app crashes on start']
 ```repl
 texts = [line.split(" | ")[2] for line in lines]
+# The topics are not written in the text: a sub-model reads each ticket (one fast batch).
 topics = ask_each("Which topic is this support ticket about?", texts, choices=["billing", "bug", "account", "other"])
 print(count(topics))
 ```
