@@ -28,7 +28,7 @@ MOVED = {
     "rlm_local.usage": "rlm_local.runlog.usage",
     "rlm_local.display": "rlm_local.runlog.display",
     "rlm_local.packaged": "rlm_local.models.packaged",
-    "rlm_local.haystack": "rlm_local.bench.haystack",
+    "rlm_local.haystack": "rlm_local.bench.niah",
     "rlm_local.server": "rlm_local.service.bare",
     "rlm_local.sandbox.session": "rlm_local.sandbox.sandbox",
 }

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, err: Console) -> int:
-    from .bench.haystack import make_needle_task
+    from .bench.niah import make_needle_task
     from .documents import read_context
     from .loop.levers import parse_lever_flags
     from .rlm import RLM

@@ -130,7 +130,7 @@ def cold_chunk8(engine: Engine, seed: int) -> dict[str, Any]:
 
 # ---- whole runs on a setup (root engine, sub engine) ---------------------------------------------------------------
 def demo(root: Engine, sub: Engine, seed: int) -> dict[str, Any]:
-    from rlm_local.bench.haystack import make_needle_task
+    from rlm_local.bench.niah import make_needle_task
     from rlm_local.rlm import RLM
 
     task = make_needle_task(length=200_000, depth=0.63, seed=7)  # the same task as `rlm-local run --demo`

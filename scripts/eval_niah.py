@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlm_local import RLM
-from rlm_local.bench.haystack import needle_suite
+from rlm_local.bench.niah import needle_suite
 
 
 def main() -> None:

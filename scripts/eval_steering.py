@@ -1,6 +1,6 @@
 """Before/after measurement of the loop's steering of small instruction models (issue 11, deliverable 3).
 
-Runs one fixed item set (needle tasks from ``rlm_local.bench.haystack`` and benchmark-kit items) against an
+Runs one fixed item set (needle tasks from ``rlm_local.bench.niah`` and benchmark-kit items) against an
 OpenAI-compatible server (llama.cpp serving Qwen2.5-Coder-1.5B-Instruct) with one code base, and appends
 one JSON row per item to ``--out``. Run it once per checkout, alternating item by item::
 
@@ -10,7 +10,7 @@ one JSON row per item to ``--out``. Run it once per checkout, alternating item b
     # after: this branch
     cd /path/to/branch && PYTHONPATH=. python scripts/eval_steering.py --label after --item 0 --out rows.jsonl
 
-Only the public API is used (RLM, haystack.needle_suite, bench.family), so the same script runs on both;
+Only the public API is used (RLM, niah.needle_suite, bench.family), so the same script runs on both;
 each row records which rlm_local it ran (``code``). The server for the measurement in
 scripts/results/eval_steering.md was xllamacpp's llama-server (1 thread, n_ctx 32768, 2 slots, alias
 qwen2.5-coder-1.5b) on 127.0.0.1:8411.
@@ -27,7 +27,7 @@ from pathlib import Path
 import rlm_local
 from rlm_local import RLM
 from rlm_local.bench import family
-from rlm_local.bench.haystack import needle_suite
+from rlm_local.bench.niah import needle_suite
 
 
 def items() -> list[dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rlm_local import RLM
-from rlm_local.bench.haystack import make_needle_task
+from rlm_local.bench.niah import make_needle_task
 
 pytestmark = pytest.mark.model
 ENGINES = pytest.mark.parametrize("engine_fixture", ["default_engine", "embedded_engine"])

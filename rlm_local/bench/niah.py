@@ -1,15 +1,21 @@
-"""``niah``: RULER-style single needle in a haystack, made harder with distractors.
+"""``niah``: RULER-style single needle in a haystack, made harder with distractors: the one needle generator and
+scorer of the project (the benchmark family, the CLI demo, tests and evaluation scripts all use it).
 
 The haystack is report-like filler, one sentence a line, in which some lines carry 7-digit numbers; a few
 distractor needles use near-identical keys (same adjective or same noun as the real key). The needle is
 "One of the special magic numbers for <key> is: <7 digits>." at a seeded depth.
 Score (strict RULER): 1 when the gold number appears in the answer and no other 7-digit number does.
+
+``make_item`` makes a benchmark item (length in tokens, everything seeded by the item's index);
+``make_needle_task`` a standalone task (length in characters, a chosen depth and key, distractors optional)
+for the demo and the scripts.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 
 from .items import CHARS_PER_TOKEN, Item, item_id, item_seed
 
@@ -116,20 +122,12 @@ def _filler(rng: random.Random, n_chars: int) -> list[str]:
 def make_item(length_tokens: int, index: int, seed: int, n_distractors: int = 4, **_: object) -> Item:
     s = item_seed(seed, length_tokens, index)
     rng = random.Random(s)
-    adj, noun = rng.choice(_ADJ), rng.choice(_NOUN)
-    key = f"{adj} {noun}"
-    near = [f"{adj} {n}" for n in _NOUN if n != noun] + [f"{a} {noun}" for a in _ADJ if a != adj]
-    distractors = rng.sample(near, n_distractors)
+    key = f"{rng.choice(_ADJ)} {rng.choice(_NOUN)}"
+    distractors = rng.sample(_near(key), n_distractors)
     number = str(rng.randint(1_000_000, 9_999_999))
     lines = _filler(rng, length_tokens * CHARS_PER_TOKEN)
     depth = round(rng.uniform(0.05, 0.95), 3)
-    for d in distractors:
-        lines.insert(
-            rng.randrange(len(lines) + 1),
-            f"One of the special magic numbers for {d} is: {rng.randint(1_000_000, 9_999_999)}.",
-        )
-    lines.insert(int(depth * len(lines)), f"One of the special magic numbers for {key} is: {number}.")
-    context = "\n".join(lines)
+    context = _plant(rng, lines, key, number, depth, distractors)
     question = (
         f"What is the special magic number for {key} mentioned in the text? "
         "Reply with the number only, as 'Answer: <number>'."
@@ -147,13 +145,81 @@ def make_item(length_tokens: int, index: int, seed: int, n_distractors: int = 4,
     )
 
 
+def _near(key: str) -> list[str]:
+    """Keys that share the adjective or the noun of ``key``: the distractors."""
+    adj, _, noun = key.partition(" ")
+    return [f"{adj} {n}" for n in _NOUN if n != noun] + [f"{a} {noun}" for a in _ADJ if a != adj]
+
+
+def _plant(rng: random.Random, lines: list[str], key: str, number: str, depth: float, distractors: list[str]) -> str:
+    """The distractor needles at random lines and the needle at ``depth``, joined into the document."""
+    for d in distractors:
+        lines.insert(
+            rng.randrange(len(lines) + 1),
+            f"One of the special magic numbers for {d} is: {rng.randint(1_000_000, 9_999_999)}.",
+        )
+    lines.insert(int(depth * len(lines)), f"One of the special magic numbers for {key} is: {number}.")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class NeedleTask:
+    """A standalone needle task (the demo's, the scripts'); scored like the benchmark family."""
+
+    context: str
+    question: str
+    answer: str
+    key: str
+    depth: float  # 0.0 = start of the document, 1.0 = end
+    length: int  # characters
+
+    def is_correct(self, response: str) -> bool:
+        return score_answer(self.answer, response) == 1.0
+
+
+def make_needle_task(
+    length: int = 100_000, depth: float = 0.5, seed: int = 0, key: str | None = None, distractors: int = 0
+) -> NeedleTask:
+    """A document of about ``length`` characters with one needle at ``depth`` (and ``distractors`` needles with
+    near-identical keys); ValueError for a length under 1,000 characters or a depth outside [0, 1]."""
+    if length < 1000:
+        raise ValueError("a haystack needs at least 1,000 characters")
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError("depth must be between 0 and 1")
+    rng = random.Random(seed)
+    key = key or f"{rng.choice(_ADJ)} {rng.choice(_NOUN)}"
+    number = str(rng.randint(1_000_000, 9_999_999))
+    lines = _filler(rng, length)
+    context = _plant(rng, lines, key, number, depth, rng.sample(_near(key), distractors))
+    question = f"What is the special magic number for {key}?"
+    return NeedleTask(context=context, question=question, answer=number, key=key, depth=depth, length=length)
+
+
+def needle_suite(
+    n: int = 10, min_length: int = 50_000, max_length: int = 500_000, seed: int = 1234
+) -> list[NeedleTask]:
+    """``n`` tasks with different keys, evenly spread depths and lengths growing from min to max."""
+    tasks = []
+    for i in range(n):
+        frac = i / max(1, n - 1)
+        length = int(min_length + frac * (max_length - min_length))
+        depth = round((i * 0.37 + 0.05) % 1.0, 2)  # a fixed scatter of depths across the document
+        key = f"{_ADJ[i % len(_ADJ)]} {_NOUN[(3 * i) % len(_NOUN)]}"
+        tasks.append(make_needle_task(length=length, depth=depth, seed=seed + i, key=key))
+    return tasks
+
+
 def generate(length_tokens: int, n: int, seed: int = 0, **_: object) -> list[Item]:
     return [make_item(length_tokens, i, seed) for i in range(n)]
 
 
-def score(item: Item, answer: str) -> float:
+def score_answer(gold: str, answer: str | None) -> float:
     numbers = set(_NUMBER.findall(answer or ""))
-    return 1.0 if numbers == {item.gold} else 0.0
+    return 1.0 if numbers == {gold} else 0.0
+
+
+def score(item: Item, answer: str) -> float:
+    return score_answer(item.gold, answer)
 
 
 def oracle_code(item: Item) -> str:
