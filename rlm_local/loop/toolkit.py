@@ -31,13 +31,21 @@ def toolkit_text(text, name):
     return text
 
 
-def search(phrase, text=None, window=1, max_hits=20, regex=False, ignore_case=True):
+class SearchHits(list):
+    """search()'s hits: a plain list of {"line", "text"} dicts that echoes as a short summary (the hits were
+    printed already)."""
+
+    def __repr__(self):
+        return "<" + str(len(self)) + " hits: a list of {'line': n, 'text': ...}>"
+
+
+def search(phrase, text=None, window=1, max_hits=10, regex=False, ignore_case=True):
     """The lines of `text` (default: the context) containing `phrase`, case-insensitive; each hit is printed
     with its line number and `window` lines around it. Returns [{"line": n, "text": the line}]."""
     if isinstance(phrase, str) and isinstance(text, str) and len(phrase) > 200 and len(text) <= 200:
         phrase, text = text, phrase  # search(context, "key"): the arguments the other way round
     if not isinstance(phrase, str) or not phrase:
-        raise TypeError("search(phrase, text=None, window=1, max_hits=20, regex=False): phrase must be a non-empty str")
+        raise TypeError("search(phrase, text=None, window=1, max_hits=10, regex=False): phrase must be a non-empty str")
     if not isinstance(window, int) or window < 0 or not isinstance(max_hits, int) or max_hits < 1:
         raise ValueError("search: window must be an int >= 0 and max_hits an int >= 1")
     lines = toolkit_text(text, "search").split("\n")
@@ -45,7 +53,7 @@ def search(phrase, text=None, window=1, max_hits=20, regex=False, ignore_case=Tr
         rx = toolkit_re.compile(phrase if regex else toolkit_re.escape(phrase), toolkit_re.IGNORECASE if ignore_case else 0)
     except toolkit_re.error as exc:
         raise ValueError("search: bad regex " + repr(phrase) + ": " + str(exc) + " (regex=False searches plain text)")
-    hits = []
+    hits = SearchHits()
     total = 0
     for number, line in enumerate(lines, 1):
         if rx.search(line):
@@ -109,7 +117,9 @@ def ask_each(question, items, choices=None):
             raise TypeError("ask_each: choices must be a non-empty list of str")
         choices = [str(c) for c in choices]
         question = question.strip() + "\nReply with exactly one of: " + ", ".join(choices) + ". Reply with that word only."
-    answers = llm_query_batched([question + "\n\n" + item for item in unique]) if unique else []
+    answers = []
+    for start in range(0, len(unique), 128):  # a call carries at most 256 prompts (the sandbox's limit)
+        answers += llm_query_batched([question + "\n\n" + item for item in unique[start:start + 128]])
     if choices is not None:
         answers = [toolkit_pick(a, choices) for a in answers]
     by_item = dict(zip(unique, answers))
@@ -165,7 +175,7 @@ def section_of(line, header, text=None):
 '''
 
 PROMPT = """Helpers already defined in the REPL (they print what they find; use them):
-- `search(phrase, text=context, window=1, max_hits=20, regex=False)`: the lines containing `phrase`, case-insensitive, printed with line numbers (`>` marks the matching line) and the lines around them. Search for the exact distinctive phrase from the question. Returns [{"line": n, "text": ...}].
+- `search(phrase, text=context, window=1, max_hits=10, regex=False)`: the lines containing `phrase`, case-insensitive, printed with line numbers (`>` marks the matching line) and the lines around them. Search for the exact distinctive phrase from the question. Returns [{"line": n, "text": ...}].
 - `chunks(text=context, size=4000, by="chars")`: the text in pieces (by "chars", "lines" or "tokens").
 - `ask_each(question, items, choices=None)`: asks a sub-model `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. With `choices`, each answer is one of the choices (or None). Use it whenever each item needs reading or judgement: labels, relevance, topics.
 - `count(items)`: how often each item occurs, most common first. `vote(items)`: the most common item.
