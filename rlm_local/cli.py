@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from .engines import BACKENDS, DEFAULT_BACKEND
+from .engines import BACKENDS, DEFAULT_BACKEND, quiet_transformers
 from .errors import Error, InputError, log_to_file, logger
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -227,7 +227,7 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
     display = ProgressDisplay(err, verbose=args.verbose, live=not args.quiet)
     started = time.time()
     if args.backend == "transformers" or args.sub_backend == "transformers":
-        _quiet_transformers()
+        quiet_transformers()
     if not args.quiet:
         if args.backend in ("transformers", "llamacpp"):  # the first run builds the embedded model: say so
             kwargs["progress"] = lambda msg: err.print(f"[dim]{escape(msg)}[/dim]")
@@ -274,14 +274,6 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
             f"[yellow]note: the {result.stopped_reason} budget ended the run; this is the best partial answer[/yellow]"
         )
     return 0
-
-
-def _quiet_transformers() -> None:
-    """transformers' own progress bars and warnings would interleave with our display on stderr."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def _cmd_serve(args: argparse.Namespace, err: Console) -> int:

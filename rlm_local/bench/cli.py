@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..engines import BACKENDS as ENGINE_BACKENDS
-from ..engines import DEFAULT_BACKEND
+from ..engines import DEFAULT_BACKEND, quiet_transformers
 from ..loop.levers import parse_lever_flags
 from .items import FAMILIES, METHODS, BenchError, parse_length
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, err: Console) -> int:
     )
     sweep.check()
     if args.backend == "transformers":
-        _quiet_transformers()
+        quiet_transformers()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -203,10 +203,3 @@ def _failures(directory: Path, out: Console, markdown: bool = False) -> int:
                 table.add_row(name, str(t["classes"][name]), f"{100 * t['classes'][name] / t['failed']:.0f}%")
         out.print(table)
     return 0
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

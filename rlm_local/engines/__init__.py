@@ -26,7 +26,13 @@ def engine_class(backend: str) -> type[Engine]:
 
         return ScriptedEngine
     if backend == "transformers":
-        from .hf import TransformersEngine
+        try:
+            from .hf import TransformersEngine
+        except ImportError as exc:  # torch or transformers missing: an install step, not a bug
+            raise EngineError(
+                f"the transformers backend needs `pip install 'rlm-local[transformers]'` ({exc}); the default "
+                "llamacpp backend needs neither torch nor transformers"
+            ) from None
 
         return TransformersEngine
     if backend == "vllm":
@@ -46,6 +52,17 @@ def engine_class(backend: str) -> type[Engine]:
 
         return OpenAIEngine
     raise EngineError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' progress bars and warnings, which would interleave with a CLI's display on stderr;
+    nothing to do when transformers is not installed (the engine then says how to install it)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def make_engine(backend: str, **kwargs: Any) -> Engine:
@@ -71,4 +88,5 @@ __all__ = [
     "Usage",
     "engine_class",
     "make_engine",
+    "quiet_transformers",
 ]
