@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("rlm-local: interrupted")
         return 130
-    except Error as exc:  # bad input or setup: what the API reports on purpose, one readable line
+    except Error as exc:  # what the API reports on purpose, one readable line; 2 only for the caller's mistakes
         print(f"rlm-local: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT if isinstance(exc, InputError) else EXIT_FAILED
     except Exception as exc:  # anything else is a bug: say where, keep the traceback in the log
         logger.exception("internal error in `rlm-local %s`", args.command)
         frame = traceback.extract_tb(exc.__traceback__)[-1]

@@ -68,6 +68,11 @@ class EngineError(Error, RuntimeError):
     """An engine could not be created or could not serve at all (not a per-request failure)."""
 
 
+class EngineConfigError(EngineError, InputError):
+    """An engine was asked for with arguments it cannot take (an unknown backend, an unknown parameter): an
+    EngineError, as before, and the caller's mistake (the CLI exits 2)."""
+
+
 class ModelLoadError(Error, RuntimeError):
     """The model exists but could not be loaded or converted."""
 

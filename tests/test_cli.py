@@ -68,11 +68,15 @@ def test_model_directory_that_cannot_load(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
+    # a model that exists but fails to load is not the caller's typo: exit 1, not 2 (2 is for bad input)
     one_line_error(
         cli("run", "--context", str(f), "--model", str(broken), "--backend", "transformers", "q", "-q"),
-        2,
+        1,
         "could not load model",
     )
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a model")
+    one_line_error(cli("run", "--context", str(f), "--model", str(fake), "q", "-q"), 1, "is not a GGUF file")
     # the default engine (llama.cpp) takes GGUF files: a weights directory gets the backend that can load it
     one_line_error(cli("run", "--context", str(f), "--model", str(broken), "q", "-q"), 2, "--backend transformers")
     one_line_error(cli("run", "--context", str(f), "--model", "qwen3-coder", "q", "-q"), 2, "--backend vllm")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ..errors import EngineConfigError
 from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
 
 BACKENDS = ("llamacpp", "transformers", "vllm", "vllm-async", "openai", "scripted")
@@ -51,7 +52,7 @@ def engine_class(backend: str) -> type[Engine]:
         from .openai_http import OpenAIEngine
 
         return OpenAIEngine
-    raise EngineError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    raise EngineConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
 
 
 def quiet_transformers() -> None:
@@ -73,7 +74,7 @@ def make_engine(backend: str, **kwargs: Any) -> Engine:
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as exc:
-        raise EngineError(f"backend {backend!r}: {exc} (check backend_kwargs)") from None
+        raise EngineConfigError(f"backend {backend!r}: {exc} (check backend_kwargs)") from None
     return cls(**kwargs)
 
 
