@@ -93,5 +93,8 @@ def test_a_trap_in_the_repl_cannot_stretch_the_answer_or_free_the_key(tmp_path):
         # before: the snapshot ran the trap for 10 s per step after the run had ended, and freed the key first
         assert elapsed < 2 + 1 + 1 + 2.5, f"answered {elapsed:.1f} s after a 2 s budget"
         repl = httpx.get(f"{url}/v1/sessions/{s['id']}", headers=headers).json()["repl"]
-        assert "time" in repl["unsaved_variables"]["*"]  # the listing was stopped: the loss is named
+        unsaved = repl["unsaved_variables"]
+        # the loss is named: under "*" while SHOW_VARS calls len() on str subclasses (the listing is stopped
+        # at the deadline), as the trap itself once the listing stops calling the model's methods
+        assert "time" in unsaved.get("*", "") or "trap" in unsaved, unsaved
         assert client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "x"}])
