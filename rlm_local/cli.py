@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .engines import BACKENDS, DEFAULT_BACKEND, quiet_transformers
-from .errors import Error, InputError, log_to_file, logger
+from .errors import Error, InputError, SetupError, log_to_file, logger
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
@@ -122,12 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="files, sessions and run logs (default: the config's or ~/.local/share/rlm-local/service)",
     )
     serve.add_argument("--session-ttl", type=float, default=None, help="seconds an idle session lives")
-    serve.add_argument("--bare", action="store_true", help="serve only the bare model (the server before RLMs)")
+    serve.add_argument(
+        "--bare",
+        action="store_true",
+        help="serve only the bare model (no RLMs, files or sessions; --config keys apply)",
+    )
 
     view = sub.add_parser("view", help="open a trajectory JSONL file in the browser viewer")
     view.add_argument("trajectory", help="a file written by --trajectory or the server's run log")
     view.add_argument("--host", default="127.0.0.1")
     view.add_argument("--port", type=int, default=8765)
+    view.add_argument(
+        "--key",
+        default=None,
+        help="serve to clients with this key (also $RLM_LOCAL_VIEW_KEY); without one, loopback clients only",
+    )
 
     sub.add_parser("models", help="list known models")
     prep = sub.add_parser("prepare", help="build a packaged model's files now (otherwise done on first use)")
@@ -276,24 +285,38 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace, err: Console) -> int:
-    from .engines import make_engine
+def _server_extra() -> None:
+    """The serving commands need the ``server`` extra: say so in one line, not as an internal error."""
+    import importlib.util
 
+    needed = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client", "multipart")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SetupError(
+            f"serving needs the server extra (missing: {', '.join(missing)}): pip install 'rlm-local[server]'"
+        )
+
+
+def _cmd_serve(args: argparse.Namespace, err: Console) -> int:
+    _server_extra()
+    from .engines import make_engine
+    from .service.config import BUDGETS, RLMConfig, ServiceConfig
+    from .service.serving import run_server
+
+    config = ServiceConfig.load(
+        args.config, data_dir=Path(args.data_dir).expanduser() if args.data_dir else None, session_ttl=args.session_ttl
+    )
     if args.bare:
         from .service.bare import serve
 
         engine = make_engine(args.backend, **_engine_kwargs(args.backend, args.model, args.base_url, args.threads))
         err.print(f"serving {engine.model_name} ({args.backend}) on http://{args.host}:{args.port}/v1")
-        serve(engine, host=args.host, port=args.port)
+        _warn_open(config, args.host, err)
+        keep = ("keys", "allowed_hosts", "max_upload_bytes", "public_health", "public_metrics")
+        serve(engine, host=args.host, port=args.port, **{k: getattr(config, k) for k in keep})
         return 0
-    import uvicorn
-
     from .service import create_service_app
-    from .service.config import BUDGETS, RLMConfig, ServiceConfig
 
-    config = ServiceConfig.load(
-        args.config, data_dir=Path(args.data_dir).expanduser() if args.data_dir else None, session_ttl=args.session_ttl
-    )
     if not config.rlms or args.config is None:  # the flags make one RLM configuration
         _engine_kwargs(args.backend, args.model, args.base_url, args.threads)  # checks the flags
         budgets = {k: getattr(args, k) for k in BUDGETS if getattr(args, k, None) is not None}
@@ -310,22 +333,24 @@ def _cmd_serve(args: argparse.Namespace, err: Console) -> int:
             threads=args.threads,
             budgets=budgets,
         )
-    if not config.keys and args.host not in ("127.0.0.1", "::1", "localhost"):
-        err.print("[yellow]no API keys configured: only loopback clients will be served[/yellow]")
-    app = create_service_app(config)
+    _warn_open(config, args.host, err)
+    app = create_service_app(config, bind_host=args.host)
     url = f"http://{args.host}:{args.port}"
     err.print(
         f"serving RLMs {', '.join(config.rlms)} and models {', '.join(app.state.service.bare) or '-'} on "
         f"{url}/v1\n  runs: {url}/runs  API docs: {url}/docs  metrics: {url}/metrics  data: {config.data_dir}"
     )
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    finally:
-        app.state.service.close()
+    run_server(app, args.host, args.port)
     return 0
 
 
+def _warn_open(config: Any, host: str, err: Console) -> None:
+    if not config.keys and host not in ("127.0.0.1", "::1", "localhost"):
+        err.print("[yellow]no API keys configured: only loopback clients will be served[/yellow]")
+
+
 def _cmd_view(args: argparse.Namespace, err: Console) -> int:
+    _server_extra()
     import uvicorn
 
     from .service.viewer import file_app
@@ -333,10 +358,15 @@ def _cmd_view(args: argparse.Namespace, err: Console) -> int:
     path = Path(args.trajectory).expanduser()
     if not path.is_file():
         raise InputError(f"no such trajectory file: {args.trajectory}")
-    app = file_app(path)
+    key = args.key or os.environ.get("RLM_LOCAL_VIEW_KEY")
+    if key is not None and len(key) < 8:
+        raise InputError("--key must be at least 8 characters")
+    if key is None and args.host not in ("127.0.0.1", "::1", "localhost"):
+        err.print("[yellow]no --key: only loopback clients will be served[/yellow]")
+    app = file_app(path, key=key, bind_host=args.host)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
-    print(f"http://{args.host}:{args.port}/runs", flush=True)
+    print(f"http://{args.host}:{args.port}/runs" + (f"#key={key}" if key else ""), flush=True)
     server.run()
     return 0
 

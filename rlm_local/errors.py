@@ -45,6 +45,10 @@ class DocumentError(InputError):
     """The input cannot be used as a context: missing, unreadable, binary or empty."""
 
 
+class DocumentTooLarge(DocumentError):
+    """The document is over a cap: characters of text it extracts to, bytes or files a zip unpacks to."""
+
+
 class UploadError(DocumentError):
     """The upload cannot be stored: too big, binary, empty, an unreadable PDF or zip."""
 

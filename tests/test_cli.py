@@ -154,3 +154,20 @@ def test_prepare_builds_the_default_model_file_and_refuses_unknown_models():
         assert fh.read(4) == b"GGUF"
     one_line_error(cli("prepare", "no-such-model"), 2, "neither a .gguf file nor a packaged GGUF model")
     one_line_error(cli("prepare", "--backend", "openai"), 2, "prepare --backend takes llamacpp or transformers")
+
+
+def test_serving_without_the_server_extra_is_one_line(monkeypatch, capsys, tmp_path):
+    """Before: `rlm-local serve` without the extra was reported as an internal error with a traceback hint."""
+    import importlib.util
+
+    from rlm_local import cli as cli_module
+
+    monkeypatch.setenv("RLM_LOCAL_LOG", str(tmp_path / "cli.log"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sse_starlette" else real(name, *a)
+    )
+    for argv in (["serve"], ["serve", "--bare"], ["view", str(tmp_path / "t.jsonl")]):
+        assert cli_module.main(argv) == 1  # a missing install step, not bad input
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "pip install 'rlm-local[server]'" in err and "sse_starlette" in err, err

@@ -197,26 +197,34 @@ class ContextInfo:
     names: list[str]
     preview: str
 
+    def what(self) -> str:
+        """What ``context`` is, in the REPL's own terms."""
+        n = len(self.chunk_chars)
+        if self.kind == "str":
+            return "str (one document)"
+        if self.kind == "list":
+            return f"list of {n} str ({n} documents: context[0] .. context[{n - 1}], also context_0 .. context_{n - 1})"
+        return f"dict of {n} str ({n} named documents: context[name])"
+
     def describe(self) -> str:
         tokens = f"{self.total_tokens:,}" if self.tokens_exact else f"about {self.total_tokens:,}"
-        lines = [f"- type: {self.kind}", f"- total length: {self.total_chars:,} characters, {tokens} tokens"]
+        lines = [f"- type: {self.what()}", f"- total length: {self.total_chars:,} characters, {tokens} tokens"]
         if self.kind == "list":
             shown = ", ".join(f"{n:,}" for n in self.chunk_chars[:50])
             more = f", ... ({len(self.chunk_chars) - 50} more)" if len(self.chunk_chars) > 50 else ""
-            lines.append(
-                f"- {len(self.chunk_chars)} documents (context_0 ... context_{len(self.chunk_chars) - 1}),"
-                f" lengths in characters: {shown}{more}"
-            )
+            lines.append(f"- lengths of the documents in characters: {shown}{more}")
         if self.kind == "dict":
             shown = ", ".join(f"{k!r} ({n:,} chars)" for k, n in zip(self.names[:50], self.chunk_chars[:50]))
-            lines.append(f"- {len(self.names)} named documents: {shown}")
+            lines.append(f"- the documents: {shown}")
         lines.append("- its first lines (a preview; `context` holds the whole text):")
         lines.extend(f"    {line}" for line in self.preview.split("\n"))
         return "\n".join(lines)
 
     def one_line(self) -> str:
-        parts = f", {len(self.chunk_chars)} documents" if self.kind != "str" else ""
-        return f"{self.kind}{parts}, {self.total_chars:,} characters."
+        # The str case is the worked examples' own line (the base model copies their pattern).
+        if self.kind == "str":
+            return f"str, {self.total_chars:,} characters."
+        return f"{self.kind} of {len(self.chunk_chars)} str, {self.total_chars:,} characters in all."
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -70,6 +70,8 @@ def search(phrase, text=None, window=1, max_hits=10, regex=False, ignore_case=Tr
                 print("L" + str(number) + mark + " " + (line if len(line) <= 400 else line[:400] + " ..."))
     if total > len(hits):
         print("... " + str(total - len(hits)) + " more lines match (raise max_hits, or search a longer phrase)")
+    if total > 1:
+        print("(" + str(total) + " lines match: use the one about exactly what the question asks)")
     if not total:
         print("no line contains " + repr(phrase) + (" (case-insensitive)" if ignore_case else ""))
     return hits
@@ -185,7 +187,7 @@ Worked examples (other documents, the same moves):
 
 Example 1, find and verify. QUESTION: What is the access code for the north gate?
 ```repl
-hits = search("north gate")
+hits = search("north gate")  # the name the question asks about, not its generic words ("access code")
 ```
 Output of your code:
 L4511  Visitors sign in at the desk.

@@ -1,7 +1,8 @@
 """API keys and per-key limits. With no keys configured only loopback clients are served (owner "local");
 with keys, every /v1 request needs ``Authorization: Bearer <key>`` and sees only its own key's files,
 sessions and runs. Limits: concurrent runs and tokens per minute (a sliding 60-second window of the tokens
-finished runs used; a key over it gets 429 until the window drains)."""
+finished runs used; a key over it gets 429 until the window drains). A 429 says when to retry
+(``Retry-After``): for tokens, when enough of the window has drained; for concurrent runs, in a second."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ from collections import deque
 from dataclasses import dataclass
 
 from .config import KeyConfig
+from .schemas import ApiError
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-class Denied(Exception):
-    def __init__(self, status: int, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.status, self.kind = status, kind
+WINDOW_SECONDS = 60.0
 
 
 @dataclass
@@ -38,7 +35,7 @@ class Access:
     def identify(self, authorization: str | None, client_host: str | None) -> Caller:
         if not self.keys:
             if client_host not in LOOPBACK:
-                raise Denied(
+                raise ApiError(
                     403, "this server has no API keys configured and serves loopback clients only", "permission_error"
                 )
             return Caller("local", None)
@@ -46,22 +43,30 @@ class Access:
         for key, cfg in self.keys.items():
             if token and hmac.compare_digest(token.encode(), key.encode()):
                 return Caller(cfg.name, cfg)
-        raise Denied(401, "invalid or missing API key (send Authorization: Bearer <key>)", "authentication_error")
+        raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)", "authentication_error")
 
     def start_run(self, caller: Caller) -> None:
-        """Count a run against the caller's limits, or raise Denied(429)."""
+        """Count a run against the caller's limits, or raise ApiError(429) with a Retry-After."""
         cfg = caller.key
         with self._lock:
-            if cfg and cfg.tokens_per_minute is not None and self._used(caller.owner) >= cfg.tokens_per_minute:
-                raise Denied(
-                    429,
-                    f"tokens-per-minute limit ({cfg.tokens_per_minute}) reached for this key; retry in a minute",
-                    "rate_limit_error",
-                )
+            if cfg and cfg.tokens_per_minute is not None:
+                wait = self._wait(caller.owner, cfg.tokens_per_minute)
+                if wait > 0:
+                    raise ApiError(
+                        429,
+                        f"tokens-per-minute limit ({cfg.tokens_per_minute}) reached for this key; retry in {wait:.0f} s",
+                        "rate_limit_error",
+                        code="tokens_per_minute",
+                        retry_after=wait,
+                    )
             running = self._running.get(caller.owner, 0)
             if cfg and cfg.max_concurrent_runs is not None and running >= cfg.max_concurrent_runs:
-                raise Denied(
-                    429, f"concurrent-run limit ({cfg.max_concurrent_runs}) reached for this key", "rate_limit_error"
+                raise ApiError(
+                    429,
+                    f"concurrent-run limit ({cfg.max_concurrent_runs}) reached for this key; retry when a run ends",
+                    "rate_limit_error",
+                    code="concurrent_runs",
+                    retry_after=1,
                 )
             self._running[caller.owner] = running + 1
 
@@ -70,11 +75,19 @@ class Access:
             self._running[caller.owner] = max(0, self._running.get(caller.owner, 1) - 1)
             self._tokens.setdefault(caller.owner, deque()).append((time.monotonic(), tokens))
 
-    def _used(self, owner: str) -> int:
+    def _wait(self, owner: str, limit: int) -> float:
+        """Seconds until the owner's tokens in the window fall below ``limit`` (0: now)."""
         window = self._tokens.get(owner)
         if not window:
-            return 0
-        cutoff = time.monotonic() - 60
-        while window and window[0][0] < cutoff:
+            return 0.0
+        now = time.monotonic()
+        while window and window[0][0] < now - WINDOW_SECONDS:
             window.popleft()
-        return sum(t for _, t in window)
+        used = sum(t for _, t in window)
+        if used < limit:
+            return 0.0
+        for at, tokens in window:  # oldest first: each leaves the window WINDOW_SECONDS after it came
+            used -= tokens
+            if used < limit:
+                return max(at + WINDOW_SECONDS - now, 0.0)
+        return WINDOW_SECONDS

@@ -1,5 +1,12 @@
 """Chat completions on an RLM model: where the context comes from, the response and usage shapes, and the
-SSE stream (progress events in the ``rlm_event`` extension field, then the answer as content deltas)."""
+SSE stream (progress events in the ``rlm_event`` extension field, then the answer as content deltas).
+
+The context reaches the REPL as the CLI gives it: one document (one file, one named context, one earlier
+message) is a str; several are a list of str (also ``context_0``..). Earlier messages that are all the
+user's are documents; a conversation with other roles is a list of "role: content" lines, as
+``RLM.completion(messages)`` makes it. A run that does not end with an answer is an error, never an empty
+200: cancelled is 409 ``run_cancelled``, stopped by a server shutdown 503 ``server_shutdown``, failed 500;
+a stream says the same in an error event and still ends with ``[DONE]``."""
 
 from __future__ import annotations
 
@@ -14,10 +21,14 @@ from .schemas import ApiError, ChatRequest, not_found
 
 DELTA_CHARS = 48  # the answer is streamed in pieces of this many characters
 EVENT_TEXT_CHARS = 500  # text fields of a streamed progress event
+SHUTDOWN_POLL_SECONDS = 0.25  # how often a quiet stream looks whether the server is stopping
 
 
-def context_and_question(req: ChatRequest, files: Any, owner: str, named: dict[str, Any]) -> tuple[Any, str | None]:
-    """The run's context and question from a chat request (no session)."""
+def context_and_question(
+    req: ChatRequest, files: Any, owner: str, named: dict[str, Any], cap: int | None = None
+) -> tuple[Any, str | None]:
+    """The run's context and question from a chat request (no session); ``cap``: characters of the
+    uploaded files together."""
     msgs = req.messages
     last_user = next((m for m in reversed(msgs) if m.role == "user"), None)
     opts = req.rlm
@@ -26,22 +37,34 @@ def context_and_question(req: ChatRequest, files: Any, owner: str, named: dict[s
             raise ApiError(
                 400, "a request with rlm.file_ids or rlm.context needs a user message: the question", param="messages"
             )
-        return documents(files, owner, opts.file_ids or [], opts.context, named), last_user.text()
+        return documents(files, owner, opts.file_ids or [], opts.context, named, cap), last_user.text()
     if len(msgs) == 1:  # one message: it is the context, and the task is written in it
         return _checked(msgs[0].text()), None
     if msgs[-1].role != "user":
         raise ApiError(400, "the last message must be the user's question", param="messages")
-    earlier = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in msgs[:-1]]
-    return _checked(earlier), msgs[-1].text()
+    earlier = msgs[:-1]
+    if all(m.role == "user" for m in earlier):  # documents given as messages
+        return _checked(one_or_list([m.text() for m in earlier])), msgs[-1].text()
+    transcript = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in earlier]
+    return _checked(transcript), msgs[-1].text()
 
 
-def documents(files: Any, owner: str, file_ids: list[str], name: str | None, named: dict[str, Any]) -> list[str]:
+def one_or_list(texts: list[str]) -> str | list[str]:
+    """One document is a str, as on the CLI; several are a list of str."""
+    return texts[0] if len(texts) == 1 else texts
+
+
+def documents(
+    files: Any, owner: str, file_ids: list[str], name: str | None, named: dict[str, Any], cap: int | None = None
+) -> str | list[str]:
     texts = []
     for fid in file_ids:
         text = files.text(owner, fid)
         if text is None:
             raise not_found("file", fid)
         texts.append(text)
+    if cap is not None and (total := sum(len(t) for t in texts)) > cap:
+        raise ApiError(413, f"the files are {total:,} characters together; the limit is {cap:,}", param="rlm.file_ids")
     if name is not None:
         if name not in named:
             raise not_found("context", name)
@@ -49,7 +72,7 @@ def documents(files: Any, owner: str, file_ids: list[str], name: str | None, nam
             texts.append(read_context(str(named[name])))
         except DocumentError as exc:
             raise ApiError(400, f"named context {name!r}: {exc}") from None
-    return _checked(texts)
+    return _checked(one_or_list(texts))
 
 
 def _checked(context: Any) -> Any:
@@ -116,8 +139,28 @@ def completion(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def failed(record: RunRecord) -> ApiError:
-    return ApiError(500, f"the run failed: {record.error or record.status}", kind="server_error", code="run_error")
+def failed(record: RunRecord) -> ApiError | None:
+    """Why a finished run has no answer to give, as the HTTP error to answer with (None: it has one)."""
+    if record.stop_cause == "shutdown" and (record.result is None or record.result.stopped_reason == "cancelled"):
+        return ApiError(
+            503,
+            f"the server is shutting down: run {record.id} was stopped; ask again when it is back",
+            "server_error",
+            code="server_shutdown",
+            retry_after=5,
+        )
+    if record.result is None:
+        return ApiError(500, f"the run failed: {record.error or record.status}", "server_error", code="run_error")
+    if record.result.stopped_reason == "cancelled":
+        return ApiError(409, f"run {record.id} was cancelled before it answered", "cancelled", code="run_cancelled")
+    return None
+
+
+def failed_by_shutdown(record: RunRecord) -> ApiError:
+    record.stop_cause = record.stop_cause or "shutdown"
+    return ApiError(
+        503, f"the server is shutting down: run {record.id} was stopped", "server_error", code="server_shutdown"
+    )
 
 
 def progress(event: dict[str, Any]) -> dict[str, Any]:
@@ -130,9 +173,11 @@ def progress(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def stream(record: RunRecord, include_usage: bool, cancel: Any):
+async def stream(record: RunRecord, include_usage: bool, cancel: Any, stopping: Any):
     """The SSE body: role chunk, one chunk per progress event, content deltas, finish, usage, [DONE].
-    If the client goes away (the generator is closed or cancelled) the run is cancelled."""
+    If the client goes away (the generator is closed or cancelled) the run is cancelled. ``stopping()``
+    is true once the server shuts down: the run is stopped and the stream ends with an error and [DONE]
+    at once, whether or not the run has ended yet."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -160,17 +205,23 @@ async def stream(record: RunRecord, include_usage: bool, cancel: Any):
         for event in backlog:
             yield chunk({}, rlm_event=progress(event))
         while not record.done.is_set() or not queue.empty():
-            event = await queue.get()
+            try:
+                event = await asyncio.wait_for(queue.get(), SHUTDOWN_POLL_SECONDS)
+            except TimeoutError:
+                if stopping() and not record.done.is_set():
+                    cancel(record.id, "shutdown")
+                    break
+                continue
             if event is None:
                 break
             yield chunk({}, rlm_event=progress(event))
         finished = True
-        if record.result is None:
-            err = failed(record)
-            yield {
-                "data": json.dumps({"error": {"message": str(err), "type": err.kind, "param": None, "code": err.code}})
-            }
+        err = failed(record) if record.done.is_set() else failed_by_shutdown(record)
+        if err is not None:
+            yield {"data": json.dumps(err.body())}
+            yield {"data": "[DONE]"}
             return
+        assert record.result is not None  # failed() said the run answered
         answer = record.result.response
         for i in range(0, len(answer), DELTA_CHARS):
             yield chunk({"content": answer[i : i + DELTA_CHARS]})

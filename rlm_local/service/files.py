@@ -1,117 +1,30 @@
-"""Uploaded documents: text, markdown, PDF or a zip of a directory, turned into text once and stored under
-``data_dir/files/<owner>/<file id>/`` with the original's sha256. A file is written into a temporary
-folder and renamed into place, so a failed or cut-off upload never leaves half a file behind."""
+"""Uploaded documents, stored: the original bytes, their text (made once by rlm_local.documents, the same
+extractor as the CLI's) and a meta file with the original's sha256, under
+``data_dir/files/<owner>/<file id>/``. A file is written into a temporary folder and renamed into place,
+so a failed or cut-off upload never leaves half a file behind."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..documents import DocumentError, _decode
-from ..errors import UploadError
-
-TEXT_SUFFIXES = {
-    ".txt",
-    ".md",
-    ".markdown",
-    ".rst",
-    ".csv",
-    ".json",
-    ".jsonl",
-    ".log",
-    ".py",
-    ".html",
-    ".xml",
-    ".yaml",
-    ".yml",
-    ".toml",
-    ".tex",
-    ".ini",
-    ".cfg",
-    ".sql",
-    ".js",
-    ".ts",
-    ".c",
-    ".h",
-    ".java",
-    "",
-}
 _ID = re.compile(r"^file-[0-9a-f]{24}$")
-
-
-def to_text(name: str, data: bytes, cap: int) -> str:
-    """The document's text; UploadError when it cannot be one."""
-    suffix = Path(name).suffix.lower()
-    if data[:5] == b"%PDF-" or suffix == ".pdf":
-        return _pdf(data, name)
-    if data[:4] == b"PK\x03\x04" or suffix == ".zip":
-        return _zip(data, name, cap)
-    if suffix not in TEXT_SUFFIXES:
-        raise UploadError(f"{name}: unsupported file type {suffix!r} (text, markdown, PDF or a zip of a directory)")
-    try:
-        text = _decode(data, name)
-    except DocumentError as exc:
-        raise UploadError(str(exc)) from None
-    if not text.strip():
-        raise UploadError(f"{name} is empty")
-    return text
-
-
-def _pdf(data: bytes, name: str) -> str:
-    from pypdf import PdfReader
-
-    try:
-        pages = [page.extract_text() or "" for page in PdfReader(io.BytesIO(data)).pages]
-    except Exception as exc:  # pypdf raises many types on damaged input
-        raise UploadError(f"cannot read PDF {name}: {type(exc).__name__}: {exc}") from None
-    if not any(t.strip() for t in pages):
-        raise UploadError(f"{name} has no extractable text (a scanned PDF needs OCR first)")
-    return "\n\n".join(f"--- page {i + 1} ---\n{t}" for i, t in enumerate(pages))
-
-
-def _zip(data: bytes, name: str, cap: int) -> str:
-    """Text files of a zipped directory, read in memory (never extracted to disk), each under a header."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = sorted((m for m in archive.infolist() if not m.is_dir()), key=lambda m: m.filename)
-        if sum(m.file_size for m in members) > cap:
-            raise UploadError(f"{name} unpacks to more than {cap:,} bytes")
-        parts = []
-        for m in members:
-            rel = m.filename
-            if any(p.startswith(".") or p == "__MACOSX" for p in rel.split("/")):
-                continue
-            try:
-                text = to_text(rel, archive.read(m), cap) if not rel.lower().endswith(".zip") else ""
-            except UploadError:
-                continue  # binary and unreadable members are skipped, as for a directory on disk
-            if text.strip():
-                parts.append(f"=== FILE: {rel} ===\n{text}")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise UploadError(f"cannot read zip {name}: {exc}") from None
-    if not parts:
-        raise UploadError(f"{name} holds no readable text files")
-    return "\n\n".join(parts)
 
 
 class FileStore:
     """Per-owner document store. Owners never see each other's files (a wrong owner is "no such file")."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root, self.max_bytes = root, max_bytes
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
 
     def _dir(self, owner: str, file_id: str) -> Path | None:
         if not _ID.match(file_id):
@@ -119,10 +32,8 @@ class FileStore:
         d = self.root / _safe(owner) / file_id
         return d if (d / "meta.json").exists() else None
 
-    def add(self, owner: str, filename: str, data: bytes, purpose: str = "assistants") -> dict[str, Any]:
-        if len(data) > self.max_bytes:
-            raise UploadError(f"{filename} is {len(data):,} bytes; the limit is {self.max_bytes:,}")
-        text = to_text(filename, data, self.max_bytes * 4)
+    def add(self, owner: str, filename: str, data: bytes, text: str, purpose: str = "assistants") -> dict[str, Any]:
+        """Store an upload and its text (checked by the caller) whole, or nothing."""
         file_id = f"file-{uuid.uuid4().hex[:24]}"
         meta = {
             "id": file_id,
@@ -155,6 +66,11 @@ class FileStore:
     def text(self, owner: str, file_id: str) -> str | None:
         d = self._dir(owner, file_id)
         return (d / "text.txt").read_text(encoding="utf-8") if d else None
+
+    def original(self, owner: str, file_id: str) -> Path | None:
+        """The uploaded bytes as stored (``GET /v1/files/{id}/content``)."""
+        d = self._dir(owner, file_id)
+        return d / "original" if d else None
 
     def list(self, owner: str) -> list[dict[str, Any]]:
         d = self.root / _safe(owner)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 
 def _unicode(text: str) -> str:
@@ -49,11 +51,39 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI fields this server does not serve: refused with 400 rather than silently ignored (a client that
+# sends tools expects tool calls back). A value in the second column asks for nothing and is accepted.
+UNSUPPORTED: dict[str, tuple[tuple[object, ...], str]] = {
+    "tools": ((None, []), "tools (function calling) are not supported: models here answer with text"),
+    "functions": ((None, []), "functions (function calling) are not supported: models here answer with text"),
+    "tool_choice": ((None, "none"), "tool_choice is not supported: models here answer with text, no tools"),
+    "function_call": ((None, "none"), "function_call is not supported: models here answer with text"),
+    "parallel_tool_calls": ((None, False), "parallel_tool_calls is not supported (no tools)"),
+    "logprobs": ((None, False, 0), "logprobs are not supported"),
+    "top_logprobs": ((None, 0), "top_logprobs are not supported"),
+    "echo": ((None, False), "echo=true is not supported"),
+    "best_of": ((None, 1), "best_of is not supported"),
+    "response_format": ((None, {"type": "text"}), "response_format is not supported: answers are plain text"),
+    "audio": ((None,), "audio output is not supported"),
+    "modalities": ((None, ["text"]), "only text output is supported"),
+}
+
+
 class ModelCall(BaseModel):
     """What chat and text completion requests share: the model and OpenAI's sampling fields."""
 
     model_config = ConfigDict(extra="allow")
-    model: str = Field(max_length=200)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _served(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name, (fine, why) in UNSUPPORTED.items():
+                if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in fine):
+                    raise PydanticCustomError("unsupported", why, {"param": name})
+        return data
+
+    model: str | None = Field(default=None, max_length=200, description="required unless one bare model is served")
     stream: bool = False
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -69,6 +99,16 @@ class ChatRequest(ModelCall):
     stream_options: StreamOptions | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     rlm: RLMOptions | None = None
+
+    @model_validator(mode="after")
+    def _one_reply_to_continue(self) -> ChatRequest:
+        # A last assistant message is a prefix to continue; two in a row at the end is a malformed chat (as
+        # llama.cpp's server says), not an engine failure.
+        if len(self.messages) >= 2 and self.messages[-1].role == self.messages[-2].role == "assistant":
+            raise PydanticCustomError(
+                "chat_order", "a chat cannot end with two or more assistant messages", {"param": "messages"}
+            )
+        return self
 
 
 class CompletionRequest(ModelCall):
@@ -97,6 +137,9 @@ class Ask(BaseModel):
 
 
 class ApiError(Exception):
+    """An HTTP error answer in OpenAI's shape (the app's handler writes it); ``retry_after`` in seconds
+    becomes the Retry-After header (429, 503)."""
+
     def __init__(
         self,
         status: int,
@@ -104,19 +147,32 @@ class ApiError(Exception):
         kind: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.kind, self.param, self.code = status, kind, param, code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, str(self), self.kind, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        headers = {"retry-after": str(max(1, math.ceil(self.retry_after)))} if self.retry_after is not None else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def error_body(
+    status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    message = " ".join(str(message).split())[:1000]  # one line
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # echoed input may hold surrogates
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or str(status)}}
 
 
 def error_response(
     status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
 ) -> JSONResponse:
-    message = " ".join(str(message).split())[:1000]  # one line
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # echoed input may hold surrogates
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": code or str(status)}}, status_code=status
-    )
+    return ApiError(status, message, kind, param, code).response()
 
 
 def not_found(what: str, ident: str) -> ApiError:

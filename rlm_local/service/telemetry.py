@@ -10,8 +10,9 @@ the standard variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TR
 ``OTEL_EXPORTER_OTLP_PROTOCOL`` (http/protobuf), ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SERVICE_NAME``); with
 none of them set no spans are exported.
 
-Metrics (``/metrics``, Prometheus text): runs by model and status, sub-calls, batch sizes, cached-token
-ratio, run and model-call latency histograms per model, scheduler queue depth, active runs.
+Metrics (``/metrics``, Prometheus text): runs by model and status, runs refused by reason, runs going
+now, HTTP requests by method, route and status, sub-calls, batch sizes, cached-token ratio, run and
+model-call latency histograms per model, scheduler queue depth.
 """
 
 from __future__ import annotations
@@ -80,9 +81,23 @@ class Telemetry:
         self.queue = Gauge("rlm_scheduler_queue_depth", "requests waiting in the engines' schedulers", registry=r)
         self._queues: Callable[[], list[Any]] = lambda: []
         self.queue.set_function(lambda: float(sum(getattr(s, "queued", 0) for s in self._queues())))
+        self.http = Counter("rlm_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=r)
+        self.rejected = Counter("rlm_runs_rejected", "runs refused before they started", ["reason"], registry=r)
+        self.active = Gauge("rlm_runs_active", "runs going now (a session's snapshot included)", registry=r)
+        self._active: Callable[[], int] = lambda: 0
+        self.active.set_function(lambda: float(self._active()))
 
     def watch_queues(self, schedulers: Callable[[], list[Any]]) -> None:
         self._queues = schedulers
+
+    def watch_runs(self, active: Callable[[], int]) -> None:
+        self._active = active
+
+    def request(self, method: str, route: str, status: int) -> None:
+        self.http.labels(method, route, str(status)).inc()
+
+    def refused(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
 
     def metrics_response(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -246,17 +246,34 @@ class _FileRun:
         }
 
 
-def file_app(path: str | Path) -> FastAPI:
+def file_app(path: str | Path, key: str | None = None, bind_host: str | None = None) -> FastAPI:
     """A viewer over one trajectory JSONL file (each run id in it is one run); re-read on every request,
-    so a file still being written shows live."""
-    from .schemas import ApiError, error_response, not_found
+    so a file still being written shows live. Access as the service's: with ``key``, its API needs
+    ``Authorization: Bearer <key>`` (the pages take it as ``#key=``); without, loopback clients only,
+    and either way the Host header must name a loopback address or ``bind_host`` (DNS rebinding)."""
+    from .auth import Access
+    from .config import LOOPBACK_HOSTS, KeyConfig
+    from .middleware import HostCheck
+    from .schemas import ApiError, not_found
 
     path = Path(path)
     app = FastAPI(title="rlm-local viewer", docs_url=None, redoc_url=None)
+    access = Access({key: KeyConfig("viewer", key)} if key else {})
+    hosts = None if key else [*LOOPBACK_HOSTS, *([bind_host] if bind_host not in (None, "0.0.0.0", "::") else [])]
+    app.add_middleware(HostCheck, allowed=hosts)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Any, exc: ApiError) -> Any:
-        return error_response(exc.status, str(exc), exc.kind)
+        return exc.response()
+
+    @app.middleware("http")
+    async def _access(request: Any, call_next: Any) -> Any:
+        if request.url.path.startswith("/v1/"):
+            try:
+                access.identify(request.headers.get("authorization"), request.client.host if request.client else None)
+            except ApiError as exc:
+                return exc.response()
+        return await call_next(request)
 
     def runs() -> dict[str, _FileRun]:
         grouped: dict[str, list] = defaultdict(list)

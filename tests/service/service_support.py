@@ -15,6 +15,15 @@ from rlm_local.service import RLMConfig, ServiceConfig, create_service_app
 from rlm_local.testing import BackgroundServer
 
 RELEASE = threading.Event()  # the "slow" script's sub-calls wait on it
+# Variables of every kind a snapshot must carry over exactly (the review's losses: int keys, inf, tuples, sets).
+VARIABLES = """ints = {1: 'one', 2: (2, 'two'), (3, 4): frozenset({5})}
+floats = [1.5, float('inf'), float('-inf'), -0.0, 1e300]
+nested = {'a': [{1, 2}, (), set(), ({'deep': [(1,), {'k': None}]},)], None: True, 7.5: 'float key'}
+shapes = ((1,), [[]], {}, frozenset(), 3 + 4j)
+raw = b'\\x00bytes'
+big = 10 ** 40
+str = 'a str variable named str'
+len = 5"""
 
 
 def question(req: Request) -> str:
@@ -46,6 +55,18 @@ def script(req: Request) -> str:
         return repl("FINAL(rlm_query('inner question', context='inner context'))")
     if "!look" in q:
         return repl("print(len(str(context)))")
+    if "!vars" in q:
+        return repl(VARIABLES + "\nFINAL('set')")
+    if "!show" in q:
+        return repl("FINAL(repr([ints, floats, nested, shapes, raw, big, str, len]))")
+    if "!define" in q:
+        return repl("def helper():\n    return 1\nclass Box:\n    pass\nbox = Box()\nkept = 'plain'\nFINAL('defined')")
+    if "!kept" in q:
+        return repl("FINAL(kept)")
+    if "!trap" in q:  # a str whose __len__ never returns: SHOW_VARS (in the snapshot) would call it
+        return repl(
+            "class S(str):\n    def __len__(self):\n        while True:\n            pass\ntrap = S('x')\nFINAL('set')"
+        )
     return repl("FINAL(llm_query('echo ' + str(context)[-30:]))")
 
 

@@ -1,4 +1,6 @@
-"""rlm_local.service.bare: the OpenAI-compatible app under real uvicorn on loopback, spoken to with plain httpx."""
+"""rlm_local.service.bare: the service in bare mode (one engine, no RLMs) under real uvicorn on loopback, spoken
+to with plain httpx: the same request models and error shapes as the RLM service, 4xx for the caller's
+mistakes, 502 when the engine fails."""
 
 from __future__ import annotations
 
@@ -32,7 +34,13 @@ def scripted():
 
 def test_health_and_models(scripted):
     _, http = scripted
-    assert http.get("/health").json() == {"status": "ok", "model": "scripted-model", "backend": "scripted"}
+    assert http.get("/health").json() == {
+        "status": "ok",
+        "models": ["scripted-model"],
+        "runs_active": 0,
+        "model": "scripted-model",
+        "backend": "scripted",
+    }
     models = http.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["scripted-model"]
 
@@ -78,42 +86,81 @@ def test_chat_completion(scripted):
 
 
 @pytest.mark.parametrize(
-    "path,body,fragment",
+    "path,body,param",
     [
-        ("/v1/completions", {"prompt": "x", "stream": True}, "stream=true is not supported"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream=true"),
-        ("/v1/completions", {"prompt": [1, 2, 3]}, "'prompt' must be a string"),
-        ("/v1/completions", {}, "'prompt' must be a string"),
-        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "'max_tokens' must be a positive integer"),
-        ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "'temperature'"),
-        ("/v1/completions", {"prompt": "x", "n": 2}, "only n=1"),
-        ("/v1/completions", {"prompt": "x", "stop": [1]}, "'stop'"),
-        ("/v1/chat/completions", {"messages": []}, "'messages' must be a non-empty list"),
-        ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ("/v1/completions", {"prompt": "x", "stream": True}, "stream"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream"),
+        ("/v1/completions", {"prompt": [1, 2, 3]}, "prompt"),
+        ("/v1/completions", {}, "prompt"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "temperature"),
+        ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
+        ("/v1/completions", {"prompt": "x", "stop": [1]}, "stop"),
+        ("/v1/completions", {"prompt": "x", "logprobs": 3}, "logprobs"),
+        ("/v1/completions", {"prompt": "x", "echo": True}, "echo"),
+        ("/v1/chat/completions", {"messages": []}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            "tools",
+        ),
+        (  # llama.cpp's server answers this with 400 too; the old hand-written server answered 500
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                ]
+            },
+            "messages",
+        ),
     ],
 )
-def test_bad_requests_are_400_with_one_line(scripted, path, body, fragment):
-    _, http = scripted
+def test_bad_requests_are_400_with_one_line(scripted, path, body, param):
+    engine, http = scripted
+    before = len(engine.requests)
     r = http.post(path, json=body)
-    assert r.status_code == 400
-    message = r.json()["error"]["message"]
-    assert fragment in message and "\n" not in message
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and "\n" not in error["message"] and error["message"].startswith(param)
+    assert len(engine.requests) == before  # refused before the engine saw it
 
 
 def test_invalid_json_body_is_400(scripted):
     _, http = scripted
     r = http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert r.status_code == 400 and "not valid JSON" in error["message"] and error["param"] is None
 
 
-def test_engine_error_is_500_with_message(scripted):
+def test_engine_error_is_502_with_message(scripted):
     _, http = scripted
     r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "please FAIL"}]})
-    assert r.status_code == 500
+    assert r.status_code == 502 and r.json()["error"]["code"] == "engine_error"
     assert "asked to fail" in r.json()["error"]["message"]
     r = http.post("/v1/completions", json={"prompt": ["ok", "FAIL now"]})
-    assert r.status_code == 500 and r.json()["error"]["message"].startswith("prompt 1: ")
+    assert r.status_code == 502 and "prompt 1: " in r.json()["error"]["message"]
+
+
+def test_engine_that_cannot_serve_is_503():
+    engine = ScriptedEngine(reply)
+    scheduler = scheduler_module().Scheduler(engine)
+    scheduler.close()  # a closed scheduler refuses work: the model cannot serve
+    with BackgroundServer(create_app(engine, scheduler=scheduler)) as url:
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "x"}, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+
+
+def scheduler_module():
+    import rlm_local.scheduling.scheduler as module
+
+    return module
 
 
 class UnknownCacheEngine(Engine):

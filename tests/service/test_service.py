@@ -71,6 +71,7 @@ def test_bad_input_is_4xx_in_openai_shape(server, client):
         assert bad.status_code == 400
         err = bad.json()["error"]
         assert set(err) == {"message", "type", "param", "code"} and "\n" not in err["message"]
+        assert err["param"] is None and "not valid JSON" in err["message"]  # before: param "1" (a position)
         assert http.post("/v1/chat/completions", json={"model": "scripted-rlm", "messages": []}).status_code == 400
         assert (
             http.post(
@@ -161,3 +162,79 @@ def test_overhead_script_runs(tmp_path, capsys):
     data = json.loads((tmp_path / "o.json").read_text())
     assert set(data["paths"]) == {"in-process completion()", "server, non-streaming", "server, streaming"}
     assert "overhead ms" in capsys.readouterr().out
+
+
+def root_context_type(engine, before: int) -> str:
+    """What the root was told `context` is, in the first root request since ``before``."""
+    first = next(r for r in engine.requests[before:] if r.messages and r.messages[0]["role"] == "system")
+    return first.messages[1]["content"].split("- type: ")[1].split("\n")[0]
+
+
+def test_one_document_is_a_str_however_it_is_given(server, client):
+    """As on the CLI: one document (a file, a session's, an earlier message) is a str `context`; several are
+    a list. Before, every way gave a list, and the model's context.split(...) failed."""
+    url, service = server
+    engine = service.config.rlms["scripted-rlm"].engine
+    f = client.files.create(file=("one.txt", b"the only document ONE-DOC"), purpose="assistants")
+    g = client.files.create(file=("two.txt", b"a second document TWO-DOC"), purpose="assistants")
+    session = httpx.post(url + "/v1/sessions", json={"model": "scripted-rlm", "file_ids": [f.id]}).json()["id"]
+    ways = {
+        "file_ids": ({"file_ids": [f.id]}, [{"role": "user", "content": "!look 1"}]),
+        "session": ({"session": session}, [{"role": "user", "content": "!look 2"}]),
+        "messages": (
+            None,
+            [{"role": "user", "content": "the only document ONE-DOC"}, {"role": "user", "content": "!look"}],
+        ),
+    }
+    for way, (rlm, messages) in ways.items():
+        before = len(engine.requests)
+        r = client.chat.completions.create(
+            model="scripted-rlm", messages=messages, extra_body={"rlm": rlm} if rlm else None
+        )
+        assert root_context_type(engine, before) == "str (one document)", way
+        tree = httpx.get(f"{url}/v1/runs/{r.model_extra['rlm']['run_id']}/tree").json()
+        assert tree["run"]["context"]["type"] == "str", way
+        cell = next(e for e in service.runs.get("local", r.model_extra["rlm"]["run_id"]).events if e["event"] == "cell")
+        assert cell["stdout"].strip() == str(len("the only document ONE-DOC")), way  # len(str(context)) of the str
+    before = len(engine.requests)
+    client.chat.completions.create(
+        model="scripted-rlm",
+        messages=[{"role": "user", "content": "q"}],
+        extra_body={"rlm": {"file_ids": [f.id, g.id]}},
+    )
+    assert root_context_type(engine, before).startswith("list of 2 str")
+
+
+def test_tools_are_refused_not_ignored(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="scripted-rlm",
+            messages=[{"role": "user", "content": "q"}],
+            tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        )
+    assert exc.value.body["param"] == "tools" and "not supported" in exc.value.body["message"]
+
+
+def test_file_content_and_utf16_uploads(client):
+    for name, data in [
+        ("bom16.txt", "\ufeffUTF-16 text with a mark: é".encode("utf-16-le")),
+        ("plain16.txt", "UTF-16 text without a mark".encode("utf-16-le")),
+        ("big16.txt", "Big-endian UTF-16".encode("utf-16-be")),
+    ]:
+        f = client.files.create(file=(name, data), purpose="assistants")
+        assert f.model_extra["text_chars"] > 10, name
+        assert client.files.content(f.id).read() == data  # GET /v1/files/{id}/content: the bytes as uploaded
+        r = client.chat.completions.create(
+            model="scripted-rlm", messages=[{"role": "user", "content": "q"}], extra_body={"rlm": {"file_ids": [f.id]}}
+        )
+        assert "UTF-16" in r.choices[0].message.content or "endian" in r.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):
+        client.files.content("file-000000000000000000000000")
+
+
+def test_metrics_count_requests_by_status_refusals_and_active_runs(server, client):
+    url, _ = server
+    httpx.get(url + "/v1/files/file-000000000000000000000000")  # a 404
+    text = httpx.get(url + "/metrics").text
+    assert 'rlm_http_requests_total{method="GET",route="/v1/files/{file_id}",status="404"}' in text
+    assert "rlm_runs_active " in text and "# TYPE rlm_runs_rejected_total counter" in text

@@ -14,8 +14,9 @@ openai = pytest.importorskip("openai")
 import service_support  # noqa: E402
 from service_support import make_config, serving  # noqa: E402
 
-from rlm_local.service.auth import Access, Denied  # noqa: E402
+from rlm_local.service.auth import Access  # noqa: E402
 from rlm_local.service.config import ConfigError, ServiceConfig  # noqa: E402
+from rlm_local.service.schemas import ApiError  # noqa: E402
 
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789"
 
@@ -100,6 +101,7 @@ def test_concurrent_run_limit_and_tokens_per_minute(server):
                 with pytest.raises(openai.RateLimitError) as exc:  # alice's one run at a time is taken
                     alice.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "x"}])
                 assert "concurrent-run limit" in exc.value.message
+                assert exc.value.response.headers["retry-after"] == "1"
                 service_support.RELEASE.set()
                 assert [line for line in lines if line.startswith("data: ")][-1] == "data: [DONE]"
     finally:
@@ -112,13 +114,14 @@ def test_concurrent_run_limit_and_tokens_per_minute(server):
     with pytest.raises(openai.RateLimitError) as exc:  # bob used his minute's tokens
         bob.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "x"}])
     assert "tokens-per-minute" in exc.value.message
+    assert 55 <= int(exc.value.response.headers["retry-after"]) <= 60  # when the window has drained
     assert alice.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "x"}])
 
 
 def test_no_keys_means_loopback_only():
     access = Access({})
     assert access.identify(None, "127.0.0.1").owner == "local"
-    with pytest.raises(Denied) as exc:
+    with pytest.raises(ApiError) as exc:
         access.identify(None, "10.1.2.3")
     assert exc.value.status == 403
 
@@ -136,3 +139,33 @@ def test_config_file(tmp_path):
     cfg.write_text("[rlm.docs]\nmax_iteration = 5\n")
     with pytest.raises(ConfigError, match="max_iteration"):
         ServiceConfig.load(cfg)
+
+
+def test_health_and_metrics_follow_the_keys_unless_made_public(server, tmp_path):
+    url, _ = server
+    for path in ("/health", "/metrics"):  # before: both answered clients that got 401 everywhere else
+        assert httpx.get(url + path).status_code == 401
+        assert httpx.get(url + path, headers={"authorization": f"Bearer {ALICE}"}).status_code == 200
+    config = make_config(tmp_path / "open", public_health=True, public_metrics=True)
+    config.keys = ServiceConfig.from_dict({"keys": {"a": {"key": ALICE}}}).keys
+    with serving(config) as (open_url, _):
+        assert httpx.get(open_url + "/health").status_code == 200
+        assert "rlm_runs_active" in httpx.get(open_url + "/metrics").text
+    with pytest.raises(ConfigError, match="public_health"):
+        ServiceConfig.from_dict({"public_health": "yes"})
+
+
+def test_refusals_are_counted(server):
+    url, _ = server
+    text = httpx.get(url + "/metrics", headers={"authorization": f"Bearer {ALICE}"}).text
+    assert 'rlm_runs_rejected_total{reason="' in text  # the 429s of the limits test
+    assert 'status="401"' in text
+
+
+def test_runs_page_without_a_key_says_why(server):
+    """The page has no data in it; its script asks the API and shows the 401's reason (tests/service/test_viewer.py
+    runs it in Chromium): the message it shows comes from here."""
+    url, _ = server
+    r = httpx.get(url + "/v1/runs")
+    assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+    assert "this server needs an API key" in httpx.get(url + "/viewer/viewer.js").text

@@ -15,29 +15,8 @@ import pytest
 pytest.importorskip("sse_starlette", reason="the service needs the [server] extra")
 openai = pytest.importorskip("openai")
 
+from pdfs import make_pdf  # noqa: E402
 from service_support import make_config, serving  # noqa: E402
-
-
-def make_pdf(text: str) -> bytes:
-    """A one-page PDF with ``text`` on it (hand-written objects, correct xref)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objs = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for i, body in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
 
 
 @pytest.fixture
@@ -120,25 +99,28 @@ def test_session_keeps_variables_history_contexts_and_survives_a_restart(tmp_pat
         with httpx.Client(base_url=url, timeout=30) as http:
             s = http.post("/v1/sessions", json={"model": "scripted-rlm", "file_ids": [f.id]}).json()
             assert s["contexts"][0]["name"] == "context_0"
-            assert ask(client, s["id"], "!remember this") == "kept-1"
-            assert ask(client, s["id"], "!recall it") == "kept-1 1"  # the variable survived between questions
+            # one document is a str, as on the CLI: len(context) is its length
+            assert ask(client, s["id"], "!remember this") == "kept-14"
+            assert ask(client, s["id"], "!recall it") == "kept-14 14"  # the variable survived between questions
+            pid = service.sessions.get("local", s["id"]).sandbox.pid
             added = http.post(f"/v1/sessions/{s['id']}/contexts", json={"contexts": ["second document"]}).json()
             assert [c["name"] for c in added["contexts"]] == ["context_0", "context_1"]
-            assert ask(client, s["id"], "!recall again") == "kept-1 2"  # new REPL with 2 contexts, memo carried
+            assert ask(client, s["id"], "!recall again") == "kept-14 2"  # two documents: a list, memo kept
+            assert service.sessions.get("local", s["id"]).sandbox.pid == pid  # the same REPL, contexts added
             got = http.get(f"/v1/sessions/{s['id']}").json()
-            assert [h["answer"] for h in got["history"]] == ["kept-1", "kept-1 1", "kept-1 2"]
+            assert [h["answer"] for h in got["history"]] == ["kept-14", "kept-14 14", "kept-14 2"]
             assert got["repl"]["live"] and "memo" in got["repl"]["variables"]
             # the next root model sees the session's earlier questions
             engine = config.rlms["scripted-rlm"].engine
             assert "Q: !remember this" in engine.requests[-2].messages[1]["content"]
             ask_r = http.post(f"/v1/sessions/{s['id']}/ask", json={"question": "!recall via ask"})
-            assert ask_r.json()["choices"][0]["message"]["content"] == "kept-1 2"
+            assert ask_r.json()["choices"][0]["message"]["content"] == "kept-14 2"
     with serving(make_config(tmp_path / "data")) as (url, service):  # a new server on the same data
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         with httpx.Client(base_url=url, timeout=30) as http:
             got = http.get(f"/v1/sessions/{s['id']}").json()
             assert got["restored_after_restart"] and not got["repl"]["live"] and len(got["history"]) == 4
-            assert ask(client, s["id"], "!recall after restart") == "kept-1 2"
+            assert ask(client, s["id"], "!recall after restart") == "kept-14 2"
             assert http.delete(f"/v1/sessions/{s['id']}").json()["deleted"]
             assert http.get(f"/v1/sessions/{s['id']}").status_code == 404
 

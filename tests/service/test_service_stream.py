@@ -126,3 +126,68 @@ def test_cancel_before_start():
         assert rlm.cancel("early") is False
         result = rlm.completion("ctx", "q", run_id="early")
         assert result.stopped_reason == "cancelled" and result.response == ""
+
+
+def slow_request(stream: bool, tag: str) -> dict:
+    return {
+        "model": "scripted-rlm",
+        "stream": stream,
+        "messages": [{"role": "user", "content": f"doc {tag}"}, {"role": "user", "content": f"!slow {tag}"}],
+    }
+
+
+def test_a_cancelled_run_says_cancelled_not_an_empty_answer(server):
+    """Before: 200, finish_reason "length" and empty content; the SDK returned it as an answer."""
+    url, service = server
+    service_support.RELEASE.clear()
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+    try:
+        # streaming: the SDK raises on the error event, and the stream still ends with [DONE]
+        with httpx.Client(base_url=url, timeout=30) as http:
+            with http.stream("POST", "/v1/chat/completions", json=slow_request(True, "s")) as r:
+                lines = r.iter_lines()
+                run_id = next(json.loads(x[6:])["rlm"]["run_id"] for x in lines if x.startswith("data: {"))
+                assert http.post(f"/v1/runs/{run_id}/cancel").json()["cancelled"] is True
+                data = [x[6:] for x in lines if x.startswith("data: ")]
+            assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["code"] == "run_cancelled"
+            assert http.get(f"/v1/runs/{run_id}").json()["status"] == "cancelled"
+        # non-streaming: a 409 the SDK raises, while another client cancels the run
+        import threading
+
+        def cancel_soon() -> None:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                going = [m for m in service.runs.list("local") if m["status"] == "running"]
+                if going:
+                    httpx.post(f"{url}/v1/runs/{going[0]['id']}/cancel")
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=cancel_soon, daemon=True).start()
+        with pytest.raises(openai.ConflictError) as exc:
+            client.chat.completions.create(**{k: v for k, v in slow_request(False, "n").items() if k != "stream"})
+        assert exc.value.body["code"] == "run_cancelled"
+    finally:
+        service_support.RELEASE.set()
+
+
+def test_a_stopping_server_ends_open_streams_with_an_error_and_done(tmp_path):
+    """Before: the stream just ended (no error, no [DONE]) and the SDK returned an empty answer."""
+    from service_support import make_config, serving
+
+    service_support.RELEASE.clear()
+    try:
+        with serving(make_config(tmp_path / "data")) as (url, service):
+            client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+            stream = client.chat.completions.create(**slow_request(True, "stop"))
+            next(iter(stream))  # the run is going
+            service.begin_shutdown()  # what SIGINT/SIGTERM does first (tests/service/test_service_cli.py)
+            with pytest.raises(openai.APIError) as exc:
+                for _ in stream:
+                    pass
+            assert exc.value.body["code"] == "server_shutdown"
+            with pytest.raises(openai.APIStatusError) as refused:  # no new runs while stopping
+                client.chat.completions.create(model="scripted-rlm", messages=[{"role": "user", "content": "x"}])
+            assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"]
+    finally:
+        service_support.RELEASE.set()

@@ -254,3 +254,34 @@ def test_live_run_in_the_service(tmp_path, browser):
             page.wait_for_selector(f"a[href='/runs/{run_id}']")
         finally:
             service_support.RELEASE.set()
+
+
+def test_runs_page_without_a_key_says_why_and_with_one_lists(tmp_path, browser):
+    """Before: with API keys, /runs opened without one showed an empty table and no message."""
+    import httpx
+    from service_support import make_config, serving
+
+    from rlm_local.service.config import ServiceConfig
+
+    key = "sk-viewer-key-0123"
+    config = make_config(tmp_path / "data")
+    config.keys = ServiceConfig.from_dict({"keys": {"v": {"key": key}}}).keys
+    with serving(config) as (url, _):
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={
+                "model": "scripted-rlm",
+                "messages": [{"role": "user", "content": "doc"}, {"role": "user", "content": "q"}],
+            },
+            timeout=30,
+        )
+        run_id = r.json()["rlm"]["run_id"]
+        page = browser.new_page()
+        page.goto(f"{url}/runs")
+        page.wait_for_selector("#runs td.error")
+        message = page.inner_text("#runs td.error")
+        assert "needs an API key" in message and "#key=" in message
+        page.goto(f"{url}/runs#key={key}")
+        page.reload()
+        page.wait_for_selector(f"a[href='/runs/{run_id}']")

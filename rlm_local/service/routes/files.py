@@ -1,4 +1,6 @@
-"""``/v1/files``: uploaded documents (OpenAI's files API shape)."""
+"""``/v1/files``: uploaded documents (OpenAI's files API shape). An upload is read up to the cap (the body
+cap of the app stops a longer one, announced or chunked), turned into text by rlm_local.documents under
+the configured caps, then stored whole; a refused upload stores nothing."""
 
 from __future__ import annotations
 
@@ -6,9 +8,11 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import FileResponse
 
+from ...documents import extract
+from ...errors import DocumentError, DocumentTooLarge
 from ..auth import Caller
-from ..files import UploadError
 from ..schemas import ApiError, not_found
 from .deps import caller
 from .deps import service as get_service
@@ -25,11 +29,16 @@ async def upload(
 ) -> dict:
     limit = service.config.max_upload_bytes
     data = await file.read(limit + 1)
+    name = file.filename or "upload"
+    if len(data) > limit:
+        raise ApiError(413, f"{name} is over the upload limit of {limit:,} bytes", param="file", code="too_large")
     try:
-        return await asyncio.to_thread(service.files.add, who.owner, file.filename or "upload", data, purpose[:64])
-    except UploadError as exc:
-        status = 413 if len(data) > limit else 400
-        raise ApiError(status, str(exc), param="file") from None
+        text = await asyncio.to_thread(extract, name, data, service.caps)
+    except DocumentTooLarge as exc:
+        raise ApiError(413, str(exc), param="file", code="too_large") from None
+    except DocumentError as exc:
+        raise ApiError(400, str(exc), param="file") from None
+    return await asyncio.to_thread(service.files.add, who.owner, name, data, text, purpose[:64])
 
 
 @router.get("/v1/files")
@@ -43,6 +52,15 @@ async def get_file(file_id: str, who: Caller = Depends(caller), service: Any = D
     if meta is None:
         raise not_found("file", file_id)
     return meta
+
+
+@router.get("/v1/files/{file_id}/content")
+async def file_content(file_id: str, who: Caller = Depends(caller), service: Any = Depends(get_service)) -> Any:
+    """The bytes as uploaded (``client.files.content(id)``)."""
+    meta, path = service.files.get(who.owner, file_id), service.files.original(who.owner, file_id)
+    if meta is None or path is None:
+        raise not_found("file", file_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=meta["filename"])
 
 
 @router.delete("/v1/files/{file_id}")

@@ -1,4 +1,6 @@
-"""``/v1/sessions``: multi-turn work on the same documents, one REPL kept across questions."""
+"""``/v1/sessions``: multi-turn work on the same documents, one REPL kept across questions. The documents of
+a session (and of one run) are capped together at ``max_extracted_chars`` (named contexts from the config
+do not count: the operator chose them); over the cap is 413 and the session is left as it was."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from fastapi.responses import JSONResponse
 from .. import chat
 from ..auth import Caller
 from ..schemas import ApiError, Ask, ContextsAdd, SessionCreate, not_found
+from ..sessions import snapshot_deadline
 from .deps import caller, wait_for_run
 from .deps import service as get_service
 
@@ -25,7 +28,11 @@ def _session(service: Any, who: Caller, session_id: str) -> Any:
     return s
 
 
-def _contexts(service: Any, who: Caller, file_ids: list[str], texts: list[str], name: str | None = None) -> list[dict]:
+def _contexts(
+    service: Any, who: Caller, file_ids: list[str], texts: list[str], name: str | None = None, had: int = 0
+) -> list[dict]:
+    """The context records to add, checked: files exist, names are configured, the characters of the
+    session's documents (``had`` so far) stay under the cap."""
     out: list[dict] = []
     for fid in file_ids:
         meta = service.files.get(who.owner, fid)
@@ -37,7 +44,19 @@ def _contexts(service: Any, who: Caller, file_ids: list[str], texts: list[str], 
             raise not_found("context", name)
         out.append({"kind": "named", "name": name})
     out += [{"kind": "text", "text": t} for t in texts if t.strip()]
+    total, cap = had + sum(_chars(c) for c in out), service.config.max_extracted_chars
+    if total > cap:
+        raise ApiError(
+            413,
+            f"the session's documents would be {total:,} characters; the limit is {cap:,}",
+            param="contexts",
+            code="too_large",
+        )
     return out
+
+
+def _chars(context: dict) -> int:
+    return int(context.get("chars") or len(context.get("text", "")))
 
 
 def _texts(service: Any, who: Caller, session: Any) -> list[str]:
@@ -49,7 +68,7 @@ def _texts(service: Any, who: Caller, session: Any) -> list[str]:
                 raise ApiError(409, f"session file {c['file_id']} was deleted; add the document again")
             texts.append(text)
         elif c["kind"] == "named":
-            texts.append(chat.documents(service.files, who.owner, [], c["name"], service.config.contexts)[0])
+            texts.append(chat.documents(service.files, who.owner, [], c["name"], service.config.contexts))
         else:
             texts.append(c["text"])
     if not texts:
@@ -58,28 +77,28 @@ def _texts(service: Any, who: Caller, session: Any) -> list[str]:
 
 
 def ask_session(service: Any, who: Caller, session_id: str, question: str, model: str | None = None) -> Any:
-    """Start a run that answers ``question`` in a session's REPL (409 while the session answers another)."""
+    """Start a run that answers ``question`` in a session's REPL (409 while the session answers another,
+    429 when no live REPL can be had). The REPL's variables are saved before the run ends (within its time
+    and its key's run count), then the session is free for the next question."""
     s = _session(service, who, session_id)
     if model is not None and model != s.model:
         raise ApiError(400, f"session {s.id} uses model {s.model!r}, not {model!r}", param="model")
-    context = chat._checked(_texts(service, who, s))
+    context = chat._checked(chat.one_or_list(_texts(service, who, s)))
     if not s.busy.acquire(blocking=False):
+        service.telemetry.refused("session_busy")
         raise ApiError(
             409, f"session {s.id} is answering another question; ask again when it is done", code="session_busy"
         )
 
-    def done(record: Any) -> None:
-        try:
-            if record.result is not None and record.result.stopped_reason != "cancelled":
-                s.history.append({"question": question, "answer": record.result.response, "run_id": record.id})
-            if s.sandbox is not None:
-                s.snapshot()
-            s.last_used = time.time()
-            service.sessions.save(s)
-        finally:
-            s.busy.release()
+    def save(record: Any) -> None:  # while the run still counts
+        if record.result is not None and record.result.stopped_reason != "cancelled":
+            s.history.append({"question": question, "answer": record.result.response, "run_id": record.id})
+        s.save_variables(snapshot_deadline(record.deadline))
+        s.last_used = time.time()
+        service.sessions.save(s)
 
     try:
+        service.sessions.make_room(s)
         return service.runs.start(
             who,
             service.config.rlms[s.model],
@@ -87,9 +106,15 @@ def ask_session(service: Any, who: Caller, session_id: str, question: str, model
             s.question_with_history(question),
             session=s.id,
             sandbox_provider=s.sandbox_provider,
-            on_done=done,
+            before_end=save,
+            on_done=lambda record: s.busy.release(),
             title=question,
         )
+    except ApiError as exc:
+        s.busy.release()
+        if exc.code == "live_sessions":
+            service.telemetry.refused(exc.code)
+        raise
     except BaseException:
         s.busy.release()
         raise
@@ -130,10 +155,10 @@ async def add_contexts(
     session_id: str, body: ContextsAdd, who: Caller = Depends(caller), service: Any = Depends(get_service)
 ) -> dict:
     s = _session(service, who, session_id)
-    added = _contexts(service, who, body.file_ids, body.contexts)
+    added = _contexts(service, who, body.file_ids, body.contexts, had=sum(_chars(c) for c in s.contexts))
     if not added:
         raise ApiError(400, "give file_ids or contexts to add")
-    s.contexts.extend(added)  # the next question starts a REPL with them (variables carried over)
+    s.contexts.extend(added)  # the next question binds them in its REPL
     s.last_used = time.time()
     service.sessions.save(s)
     return s.public()
@@ -145,6 +170,6 @@ async def ask(
 ) -> JSONResponse:
     record = ask_session(service, who, session_id, body.question)
     await wait_for_run(service, record, request)
-    if record.result is None:
-        raise chat.failed(record)
+    if err := chat.failed(record):
+        raise err
     return JSONResponse(chat.completion(record))

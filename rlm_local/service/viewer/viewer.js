@@ -8,15 +8,26 @@ const RLMViewer = (() => {
   })();
   async function api(path) {
     const r = await fetch(path, {headers: key ? {Authorization: 'Bearer ' + key} : {}});
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
+    const body = await r.json().catch(() => ({}));
+    if (r.status === 401) {
+      throw new Error((key ? 'the key kept in this browser was refused' : 'this server needs an API key') +
+        ': open ' + location.pathname + '#key=<your key> (it is kept in this browser)');
+    }
+    if (!r.ok) throw new Error(body.error ? body.error.message : r.status + ' ' + r.statusText);
     return body;
   }
   const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; };
   const fmt = (n) => n == null ? '' : Number(n).toLocaleString();
 
   async function listRuns(tbody) {
-    const runs = (await api('/v1/runs')).data;
+    let runs;
+    try { runs = (await api('/v1/runs')).data; } catch (e) {
+      tbody.textContent = '';
+      const tr = el('tr', 'message'), td = el('td', 'error', 'error: ' + e.message);
+      td.colSpan = 7; tr.appendChild(td); tbody.appendChild(tr);
+      document.getElementById('status').textContent = 'error';
+      return;
+    }
     tbody.textContent = '';
     for (const r of runs) {
       const tr = el('tr');
