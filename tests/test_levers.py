@@ -204,3 +204,14 @@ def test_the_quality_card_turns_on_what_helps_it():
 
     assert Levers.resolve(find_card("quality").extra["levers"], None).toolkit is True
     assert "levers" not in find_card("embedded").extra
+
+
+def test_a_number_copied_from_a_distractor_line_is_sent_back_with_the_closer_line():
+    doc = DOC + "The code for the north tower is 4471.\nThe code for the north gate is 9157.\n"
+    rlm, engine = make([repl("hits = search('code for the north')"), "FINAL(4471)", "FINAL(9157)"], levers=ALL_ON)
+    result = rlm.completion(doc, "What is the code for the north gate?")
+    assert result.response == "9157" and result.iterations == 3
+    told = last_user(roots(engine)[2])
+    assert "another line you saw matches the question more closely" in told and "north gate is 9157" in told
+    rlm, _ = make([repl("hits = search('code for the north')"), "FINAL(9157)"], levers=ALL_ON)
+    assert rlm.completion(doc, "What is the code for the north gate?").iterations == 2  # the right line: taken

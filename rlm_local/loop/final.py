@@ -203,6 +203,27 @@ class Evidence:
         """Computed by code (not written out in ``written``), or grounded in what the run observed."""
         return not written_out(answer, written) or grounded(answer, "\n".join(self.observed))
 
+    def closer_line(self, answer: str) -> str | None:
+        """For a numeric answer read off a line the run printed: another printed line holding a different number
+        of the same length that shares more words with the question (``observed[0]``) than every line holding
+        the answer does; None when there is no such line. Near-identical entries (a code for the north gate
+        and one for the north tower) are where a small model copies the wrong one."""
+        digits = re.sub(r"[\s,._-]", "", answer)
+        if not digits.isdigit() or len(digits) < 3 or not self.observed:
+            return None
+        question = {w for w in _WORD.findall(self.observed[0].lower()) if len(w) >= 3}
+        number = re.compile(rf"(?<!\d)\d{{{len(digits)}}}(?!\d)")
+
+        def overlap(line: str) -> int:
+            return len(question & set(_WORD.findall(line.lower())))
+
+        lines = [line for text in self.observed[1:] for line in text.splitlines() if number.search(line)]
+        own = [overlap(line) for line in lines if digits in number.findall(line)]
+        if not own:
+            return None
+        others = [line for line in lines if digits not in number.findall(line) and overlap(line) > max(own)]
+        return max(others, key=overlap).strip() if others else None
+
     def best(self) -> tuple[str, bool] | None:
         """The latest grounded candidate, else the latest candidate; with whether it is grounded."""
         seen = "\n".join(self.observed)

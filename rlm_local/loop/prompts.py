@@ -108,6 +108,12 @@ UNSEEN_FINAL = (
     "FINAL(answer)."
 )
 
+# The ``ground`` lever: a number copied from a line while another printed line matches the question better.
+CLOSER_LINE = (
+    "Check your answer ANSWER: another line you saw matches the question more closely:\n  LINE\nRead the "
+    "question again and take the value from the line about exactly what it asks; then call FINAL(answer)."
+)
+
 # The ``constrain`` lever: replies are held to this shape by a grammar, so the model is told the shape too.
 ONE_BLOCK = "Each reply is exactly one ```repl block, or one line FINAL(answer) when you know the answer: nothing else."
 

@@ -322,17 +322,25 @@ class Run:
         return None, self.convo.feedback(outputs, notes), failed
 
     def _checked(self, answer: str, written: str) -> tuple[str | None, str, bool]:
-        """A final answer, unless (``ground`` lever) the model wrote it out and the run never observed it, or
-        gave it before reading any output of its code: then it is sent back once with a request to check it;
-        taken the next time (flagged when ungrounded)."""
+        """A final answer, unless (``ground`` lever) the model wrote it out and the run never observed it, gave
+        it before reading any output of its code, or copied a number from a line while another printed line
+        matches the question better: then it is sent back once with a request to check it; taken the next
+        time (flagged when ungrounded)."""
         self._grounded = self.evidence.supported(answer, written)
-        unseen = not self.evidence.outputs_seen
-        if (self._grounded and not unseen) or not self.settings.levers.ground or self.evidence.questioned:
+        if not self.settings.levers.ground or self.evidence.questioned:
+            return answer, "", False
+        closer = self.evidence.closer_line(answer) if final.written_out(answer, written) else None
+        if not self._grounded:
+            note = prompts.UNGROUNDED
+        elif not self.evidence.outputs_seen:
+            note = prompts.UNSEEN_FINAL
+        elif closer is not None:
+            note = prompts.CLOSER_LINE.replace("LINE", closer[:300])
+        else:
             return answer, "", False
         self.evidence.questioned = True
         self.evidence.claim(answer)
         assert self.convo is not None
-        note = prompts.UNSEEN_FINAL if self._grounded else prompts.UNGROUNDED
         return None, self.convo.feedback([], [note.replace("ANSWER", repr(answer)[:200])]), False
 
     def _repeats_last(self, code_blocks: list[str]) -> bool:
