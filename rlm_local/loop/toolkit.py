@@ -121,7 +121,7 @@ def ask_each(question, items, choices=None):
         question = question.strip() + "\nReply with exactly one of: " + ", ".join(choices) + ". Reply with that word only."
     answers = []
     for start in range(0, len(unique), 128):  # a call carries at most 256 prompts (the sandbox's limit)
-        answers += llm_query_batched([question + "\n\n" + item for item in unique[start:start + 128]])
+        answers += llm_query_batched([question + "\n\nText: " + item for item in unique[start:start + 128]])
     if choices is not None:
         answers = [toolkit_pick(a, choices) for a in answers]
     by_item = dict(zip(unique, answers))
@@ -179,7 +179,7 @@ def section_of(line, header, text=None):
 PROMPT = """Helpers already defined in the REPL (they print what they find; use them):
 - `search(phrase, text=context, window=1, max_hits=10, regex=False)`: the lines containing `phrase`, case-insensitive, printed with line numbers (`>` marks the matching line) and the lines around them. Search for the exact distinctive phrase from the question. Returns [{"line": n, "text": ...}].
 - `chunks(text=context, size=4000, by="chars")`: the text in pieces (by "chars", "lines" or "tokens").
-- `ask_each(question, items, choices=None)`: asks a sub-model `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. With `choices`, each answer is one of the choices (or None). Use it whenever each item needs reading or judgement: labels, relevance, topics.
+- `ask_each(question, items, choices=None)`: asks a sub-model the same `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. `question` is about one item ("Which topic is this ticket about?"); each item's text is given after it. With `choices`, each answer is one of the choices (or None). Use it whenever each item needs reading or judgement: labels, relevance, topics. Pass only the part of each record that needs reading: identical items are asked once.
 - `count(items)`: how often each item occurs, most common first. `vote(items)`: the most common item.
 - `section_of(line, header_regex)`: the nearest line at or above `line` (a number or a search hit) matching `header_regex` (a file, chapter or class header): (line number, text).
 
