@@ -215,3 +215,21 @@ def test_a_number_copied_from_a_distractor_line_is_sent_back_with_the_closer_lin
     assert "another line you saw matches the question more closely" in told and "north gate is 9157" in told
     rlm, _ = make([repl("hits = search('code for the north')"), "FINAL(9157)"], levers=ALL_ON)
     assert rlm.completion(doc, "What is the code for the north gate?").iterations == 2  # the right line: taken
+
+
+def test_a_grammar_the_engine_refuses_falls_back_to_unconstrained_replies(caplog):
+    class Refusing(GrammarEngine):
+        def generate(self, requests, deadline=None):
+            from rlm_local.engines import Result
+
+            if any(r.sampling.grammar for r in requests):
+                self.requests.extend(requests)
+                return [Result.failed("llamacpp: failed to parse grammar") for _ in requests]
+            return super().generate(requests, deadline)
+
+    engine = Refusing([repl("print(1)"), "FINAL(ok)"])
+    with caplog.at_level(logging.WARNING, logger="rlm_local"):
+        result = RLM(backend="scripted", engine=engine, levers={"constrain": True}).completion(DOC, "q")
+    assert result.response == "ok" and result.stopped_reason == "final"
+    assert any("refused the reply grammar" in r.getMessage() for r in caplog.records)
+    assert [bool(r.sampling.grammar) for r in engine.requests] == [True, False, False]

@@ -260,6 +260,12 @@ class Run:
                 attempt + 1,
                 result.error,
             )
+            if request.sampling.grammar and "grammar" in (result.error or "").lower():
+                # The engine takes grammars but not this one: the rest of the run goes unconstrained.
+                logger.warning("run %s: the engine refused the reply grammar; replies are unconstrained", self.run_id)
+                self._root_sampling.pop("grammar", None)
+                request = self.convo.request(self._root_sampling)
+                continue
             if request.sampling.greedy and time.monotonic() - started >= NO_RETRY_AFTER_SECONDS:
                 return None  # the same greedy request would spend the same time again
         return None
