@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from . import defaults
 from .engines import BACKENDS, DEFAULT_BACKEND
 from .errors import Error, InputError, log_to_file, logger
 
@@ -77,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sub-backend", default=None, help="backend for llm_query sub-calls (default: same as root)")
     run.add_argument("--sub-model", default=None, help="model for llm_query sub-calls (default: same as root)")
     run.add_argument("--sub-base-url", action="append", default=None, help="server URL(s) for an openai sub-backend")
-    run.add_argument("--max-iterations", type=int, default=20)
-    run.add_argument("--max-depth", type=int, default=1, help="1 = plain sub-calls; 2+ lets rlm_query start child RLMs")
+    run.add_argument("--max-iterations", type=int, default=defaults.MAX_ITERATIONS)
+    run.add_argument(
+        "--max-depth",
+        type=int,
+        default=defaults.MAX_DEPTH,
+        help="1 = plain sub-calls; 2+ lets rlm_query start child RLMs",
+    )
     run.add_argument("--max-timeout", type=float, default=None, help="seconds for the whole run")
     run.add_argument("--max-tokens", type=int, default=None, help="token budget for the whole run, children included")
     run.add_argument("--max-subcalls", type=int, default=None)
@@ -233,6 +239,7 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         max_subcalls=args.max_subcalls,
         trajectory_path=args.trajectory,
         on_event=None if args.quiet else display,
+        raise_on_limit=False,  # a budget stop prints the best partial answer and a note
         **other,
     )
     with rlm, display:

@@ -234,11 +234,14 @@ def describe_context(context: Context, count_tokens: Callable[[str], int]) -> Co
     )
 
 
-def tools_prompt(tools: dict[str, Any]) -> str:
-    """The lines that tell the root model about the caller's custom tools (first docstring line each)."""
+def tools_prompt(tools: dict[str, Any], notes: dict[str, str] | None = None) -> str:
+    """The lines that tell the root model about the caller's custom tools: the caller's description from
+    ``notes``, else the function's first docstring line."""
     rows = []
     for name, value in tools.items():
-        if callable(value):
+        if notes and notes.get(name):
+            rows.append(f"- `{name}{'(...)' if callable(value) else ''}`: {notes[name]}")
+        elif callable(value):
             doc = (getattr(value, "__doc__", None) or "").strip().splitlines()
             rows.append(f"- `{name}(...)`" + (f": {doc[0]}" if doc else ": a function (JSON arguments and result)"))
         else:

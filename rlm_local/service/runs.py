@@ -160,6 +160,7 @@ class RunManager:
                 sub_engine=sub_engine,
                 trajectory_path=record.path,
                 on_event=lambda ev: self._event(record, ev),
+                raise_on_limit=False,  # a budget stop is a result with its stopped_reason, shown to the client
                 **cfg.budgets,
             )
         except BaseException:
