@@ -141,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="llamacpp: assemble the GGUF (default); transformers: convert to safetensors",
     )
     from .bench.cli import add_parser as add_bench
+    from .replay import add_parser as add_replay
 
     add_bench(sub)
+    add_replay(sub)
     return parser
 
 
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "models": _cmd_models,
             "prepare": _cmd_prepare,
             "bench": _cmd_bench,
+            "replay": _cmd_replay,
         }
         return commands[args.command](args, err)
     except KeyboardInterrupt:
@@ -343,6 +346,12 @@ def _cmd_view(args: argparse.Namespace, err: Console) -> int:
     print(f"http://{args.host}:{args.port}/runs", flush=True)
     server.run()
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace, err: Console) -> int:
+    from .replay import command
+
+    return command(args, err)
 
 
 def _cmd_bench(args: argparse.Namespace, err: Console) -> int:

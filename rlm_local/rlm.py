@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import defaults, options
+from . import __version__, defaults, options
 from .engines import DEFAULT_BACKEND, Engine, make_engine
 from .engines.client import ClientEngine, is_client
 from .errors import CancellationError, RLMError
@@ -413,6 +413,9 @@ class RLM:
             "sub_sampling": s.sub.sub_sampling,
             "prompt_format": s.root.format.name,
             "sub_prompt_format": s.sub.format.name,
+            "context_length": s.root.context_length,
+            "sub_context_length": s.sub.context_length,
+            "rlm_local": __version__,
         }
 
     def _metadata(self, other_backends: Any) -> RLMMetadata:

@@ -166,9 +166,7 @@ def test_max_tokens_is_shared_with_a_child():
     engine = ScriptedEngine(child_reply("print('x' * 10)"))
     result = RLM(
         backend="scripted", engine=engine, max_depth=2, max_tokens=2500, max_iterations=50, raise_on_limit=False
-    ).completion(
-        DOC, "q"
-    )
+    ).completion(DOC, "q")
     assert result.stopped_reason == "max_tokens"
     assert result.response == "parent partial"
     child = [e for e in result.trajectory if e["event"] == "subcall" and e["query"] == "rlm"]

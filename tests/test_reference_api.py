@@ -80,7 +80,10 @@ def test_readme_example_with_logger_environment_and_depth(server, tmp_path):
     result = rlm.completion("Print me the first 100 powers of two, each on a newline.")
     assert str(result) == result.response and result.response.startswith("1\n2\n4\n8")
     meta = result.metadata
-    assert meta["run_metadata"]["root_model"] == "gpt-5-nano" and meta["run_metadata"]["backend_kwargs"]["api_key"] == "***"
+    assert (
+        meta["run_metadata"]["root_model"] == "gpt-5-nano"
+        and meta["run_metadata"]["backend_kwargs"]["api_key"] == "***"
+    )
     assert [it["iteration"] for it in meta["iterations"]] == [1, 2]
     first = meta["iterations"][0]
     assert first["code_blocks"][0]["code"].startswith("powers = ") and first["final_answer"] is None

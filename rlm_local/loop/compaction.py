@@ -47,7 +47,7 @@ class Compactor:
         """Summarise ``run``'s conversation now; False when the model could not (it stays as it was)."""
         convo, sandbox = run.convo, run.sandbox
         assert convo is not None and sandbox is not None  # compaction runs between turns of a started run
-        before = convo.tokens()
+        before, replaced = convo.tokens(), len(convo.turns)
         request = convo.request(run.settings.root.root_sampling, tail=SUMMARY_REQUEST)
         result = run.call_root(request, iteration, compaction=True)
         summary = final.prose(result.text) if result.ok else ""
@@ -60,7 +60,7 @@ class Compactor:
             Compacted(
                 depth=run.depth,
                 iteration=iteration,
-                turns=len(convo.history) // 2 - 1,
+                turns=replaced,
                 tokens_before=before,
                 tokens_after=convo.tokens(),
                 summary=summary.strip(),

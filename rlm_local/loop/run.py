@@ -165,7 +165,7 @@ class Run(SubCalls):
             return outcome, ""
         parsed, error = self.answer_format.check(outcome.answer)
         if error is None:
-            outcome.parsed = parsed
+            outcome.parsed, outcome.answer = parsed, self.answer_format.dump(parsed)
             return outcome, ""
         self.invalid = Outcome(outcome.answer, "invalid_answer", outcome.iterations, None, outcome.answer, error)
         logger.info("run %s: final answer does not match response_format: %s", self.run_id, error)

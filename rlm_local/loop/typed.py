@@ -3,7 +3,8 @@
 The root is told the shape (the schema, in its system prompt or task line). A final answer is parsed as JSON
 (or a Python literal: ``FINAL({"a": 1})`` prints a dict's repr; a ```json fence is taken off) and validated;
 when it fails, the root is told what failed and the run goes on, within its budget. The result carries
-the parsed object (``result.parsed``: a model instance, or the JSON value for a schema). A run whose
+the parsed object (``result.parsed``: a model instance, or the JSON value for a schema) and the answer as
+JSON text (``result.response``). A run whose
 budget ends before a valid answer stops with ``stopped_reason="invalid_answer"``, ``result.invalid_answer``
 the last answer given and ``result.error`` why it failed. JSON schemas are checked with ``jsonschema``
 (``pip install 'rlm-local[typed]'``), pydantic models with pydantic.
@@ -75,6 +76,12 @@ class AnswerFormat:
                 return candidate, None
             errors.append("; ".join(f"{_where(e.path)}: {e.message}" for e in found[:5]))
         return None, parse_error or errors[0]
+
+    def dump(self, parsed: Any) -> str:
+        """The answer as JSON text (a model's ``FINAL({...})`` gives a Python repr; the result carries JSON)."""
+        if self.model is not None:
+            return str(parsed.model_dump_json())
+        return json.dumps(parsed, ensure_ascii=False)
 
     def retry_note(self, error: str) -> str:
         return (

@@ -137,6 +137,7 @@ class RunManager:
         sandbox_provider: Callable[..., Any] | None = None,
         on_done: Callable[[RunRecord], None] | None = None,
         title: str | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> RunRecord:
         """Start a run (the caller's limits are checked first: Denied(429)); returns at once. ``title``:
         the question as the user asked it, for listings (a session's question carries its history)."""
@@ -170,7 +171,7 @@ class RunManager:
             self._runs[run_id] = record
             self._rlms[run_id] = rlm
         self._write_meta(record)
-        self.pool.submit(self._work, record, rlm, caller, context, question, sandbox_provider, on_done)
+        self.pool.submit(self._work, record, rlm, caller, context, question, sandbox_provider, on_done, response_format)
         return record
 
     def _work(
@@ -182,10 +183,13 @@ class RunManager:
         question: str | None,
         sandbox_provider: Any,
         on_done: Any,
+        response_format: dict[str, Any] | None = None,
     ) -> None:
         tokens = 0
         try:
-            result = rlm.completion(context, question, run_id=record.id, sandbox_provider=sandbox_provider)
+            result = rlm.completion(
+                context, question, run_id=record.id, sandbox_provider=sandbox_provider, response_format=response_format
+            )
             record.result = result
             record.status = "cancelled" if result.stopped_reason == "cancelled" else "done"
             tokens = result.usage_summary.total.total_tokens

@@ -119,10 +119,8 @@ def test_a_non_streaming_client_that_gives_up_cancels_too(server):
 
 
 def test_cancel_before_start():
-    from rlm_local import RLM
+    from rlm_local import RLM, CancellationError
     from rlm_local.engines.scripted import ScriptedEngine
-
-    from rlm_local import CancellationError
 
     with RLM(engine=ScriptedEngine(["FINAL(never)"]), backend="scripted", raise_on_limit=False) as rlm:
         assert rlm.cancel("early") is False

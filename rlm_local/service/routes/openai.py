@@ -13,6 +13,8 @@ from sse_starlette.sse import EventSourceResponse
 
 from ...engines.base import Request as EngineRequest
 from ...engines.base import SamplingParams
+from ...errors import InputError
+from ...loop.typed import AnswerFormat
 from .. import chat
 from ..auth import Caller
 from ..schemas import ApiError, ChatRequest, CompletionRequest
@@ -50,11 +52,14 @@ async def chat_completions(
             param="model",
             code="model_not_found",
         )
+    schema = _response_schema(req)
     if req.rlm and req.rlm.session:
+        if schema is not None:
+            raise ApiError(400, "response_format is not available in a session", param="response_format")
         record = ask_session(service, who, req.rlm.session, _last_user(req), req.model)
     else:
         context, question = chat.context_and_question(req, service.files, who.owner, config.contexts)
-        record = service.runs.start(who, cfg, context, question)
+        record = service.runs.start(who, cfg, context, question, response_format=schema)
     if req.stream:
         include = bool(req.stream_options and req.stream_options.include_usage)
         return EventSourceResponse(
@@ -154,6 +159,19 @@ async def _bare_chat(service: Any, req: ChatRequest) -> JSONResponse:
             "usage": _usage([result]),
         }
     )
+
+
+def _response_schema(req: ChatRequest) -> dict[str, Any] | None:
+    """The JSON schema an RLM's answer must match, checked here so a bad one is a 400."""
+    if req.response_format is None:
+        return None
+    try:
+        schema = req.response_format.schema_or_none()
+        if schema is not None:
+            AnswerFormat(schema)
+    except (ValueError, InputError) as exc:
+        raise ApiError(400, f"response_format: {exc}", param="response_format") from None
+    return schema
 
 
 def _last_user(req: ChatRequest) -> str:
