@@ -33,7 +33,32 @@ class Budget:
     turns_timed: int = 0  # root turns of the whole tree, their seconds and reply tokens: a child turn's cost
     turn_seconds: float = 0.0
     reply_tokens: int = 0
+    sandbox_starts: list[float] = field(default_factory=list)  # seconds each run's sandbox took to start
+    children: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # depth -> (tokens, seconds) each
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_child(self, depth: int, tokens: int, seconds: float) -> None:
+        with self.lock:
+            self.children.setdefault(depth, []).append((tokens, seconds))
+
+    def child_cost(self, depth: int) -> tuple[int, float] | None:
+        """The mean (tokens, seconds) of the finished child runs at ``depth``: what the next one will cost."""
+        with self.lock:
+            done = self.children.get(depth)
+            if not done:
+                return None
+            return sum(t for t, _ in done) // len(done), sum(s for _, s in done) / len(done)
+
+    def record_sandbox_start(self, seconds: float) -> None:
+        with self.lock:
+            self.sandbox_starts.append(seconds)
+
+    def child_seconds(self) -> float | None:
+        """What a child run costs at least: a sandbox start and one root turn (the tree's means so far)."""
+        turn = self.mean_turn_seconds()
+        with self.lock:
+            start = sum(self.sandbox_starts) / len(self.sandbox_starts) if self.sandbox_starts else 0.0
+        return None if turn is None else turn + start
 
     def record_turn(self, seconds: float, reply_tokens: int) -> None:
         with self.lock:

@@ -377,7 +377,7 @@ class Run(SubCalls):
         """A new REPL session on ``context`` with this run's limits and tools; sub-calls go to this run
         unless other handlers are given (a persistent REPL routes them to whichever run uses it)."""
         try:
-            return Sandbox(
+            sandbox = Sandbox(
                 context=context,
                 limits=self.settings.sandbox_limits,
                 llm_handler=llm_handler or self.llm_query,
@@ -387,6 +387,8 @@ class Run(SubCalls):
             )
         except SandboxError as exc:
             raise SetupError(f"could not start the sandbox: {exc}") from exc
+        self.budget.record_sandbox_start(sandbox.start_seconds)
+        return sandbox
 
     # ---- budgets and accounting -----------------------------------------------------------------------------
     def stop_reason(self) -> str | None:

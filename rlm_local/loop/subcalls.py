@@ -3,9 +3,9 @@
 deeper, or a plain sub-call at the depth limit) and ``rlm_query_batched`` (up to ``max_concurrent_subcalls``
 children at once; their own sub-calls still batch in the scheduler).
 
-Before a child starts, the tree's budgets are checked (``_preflight``): a child the time left cannot cover
-for one root turn (the tree's mean turn time so far), or the tokens left for one turn's prompt and reply,
-is refused, and the code is told why. A model name where ``rlm_query`` takes a context is the reference's
+Before a child starts, the tree's budgets are checked (``_preflight``): a child whose expected cost the
+time or tokens left cannot cover is refused, and the code is told why. Expected: what finished children at
+its depth cost (their mean), and at least a sandbox start and one root turn (the tree's means so far). A model name where ``rlm_query`` takes a context is the reference's
 ``rlm_query(prompt, model)``: honoured for the RLM's own models, refused for others, never read as a
 document. ``llm_query(..., model=...)`` is refused by the REPL itself (sandbox/worker/repl.py).
 """
@@ -107,6 +107,7 @@ class SubCalls:
         child = self.child()
         if model is not self.settings.root:
             child.settings = replace(self.settings, root=model)
+        tokens_before = self.usage.total_tokens
         try:
             outcome = child.solve(child_context, question)
         except BaseException as exc:
@@ -116,6 +117,8 @@ class SubCalls:
             raise
         seconds = time.monotonic() - started
         stopped = None if outcome.stopped_reason == "final" else f"stopped at {outcome.stopped_reason}"
+        if stopped is None:  # what a finished child at this depth cost: the next one's estimate (_preflight)
+            self.budget.record_child(depth, self.usage.total_tokens - tokens_before, seconds)
         hooks.call("on_subcall_complete", depth, model.name, seconds, stopped)
         self.log(
             SubCall(
@@ -159,21 +162,28 @@ class SubCalls:
         return s.root, context, None
 
     def _preflight(self) -> str | None:
-        """Why a child run cannot start within the tree's budgets (time or tokens for one turn), or None."""
+        """Why a child run cannot start within the tree's budgets, or None. A child costs what finished
+        siblings at its depth cost (their mean), and at least a sandbox start and one root turn (its prompt,
+        about this run's opening, and a reply): the tree's means so far."""
         b = self.budget
-        left, need = b.time_left(), b.mean_turn_seconds()
+        known = b.child_cost(self.depth + 1)
+        left, need = b.time_left(), b.child_seconds()
+        if need is not None and known is not None:
+            need = max(need, known[1])
         if left is not None and need is not None and left < need:
             return (
                 f"[rlm_query refused: {max(0.0, left):.1f} s left in the run's time budget and a child run needs "
-                f"about {need:.1f} s for one turn; use llm_query, or finish with FINAL]"
+                f"about {need:.1f} s; use llm_query, or finish with FINAL]"
             )
         if b.max_tokens is not None:
             tokens_left = b.max_tokens - self.usage.total_tokens
             reply = b.mean_reply_tokens() or int(self.settings.root.root_sampling.get("max_tokens", 0))
-            need_tokens = (self.convo.opening_tokens if self.convo is not None else 0) + reply
+            need_tokens = max(
+                (self.convo.opening_tokens if self.convo is not None else 0) + reply, known[0] if known else 0
+            )
             if tokens_left < need_tokens:
                 return (
                     f"[rlm_query refused: {max(0, tokens_left):,} tokens left in the run's budget and a child run "
-                    f"needs about {need_tokens:,} for one turn; use llm_query, or finish with FINAL]"
+                    f"needs about {need_tokens:,}; use llm_query, or finish with FINAL]"
                 )
         return None
