@@ -101,7 +101,10 @@ REFERENCE_ARGUMENTS = (
     ),
     Argument("custom_sub_tools", "None", "same", "the tools of child RLMs (`None`: `custom_tools`; `{}`: none)"),
     Argument(
-        "compaction", "False", "same", "summarise the root conversation near its window; full history in `history`"
+        "compaction",
+        "False",
+        "same",
+        "summarise the root conversation near its window; the full history in `history` (the root is told when it compacts)",
     ),
     Argument(
         "compaction_threshold_pct",

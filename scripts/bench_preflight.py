@@ -35,7 +35,9 @@ def reply(req) -> str:
         return "```repl\nFINAL('leaf')\n```"
     if "Output of" in last:
         return "```repl\nFINAL('done ' + str(len([a for a in answers if 'refused' not in a])))\n```"
-    calls = "\n".join(f"answers.append(rlm_query('level ' * {level + 1} + 'task {i}', 'doc {i} of some text'))" for i in range(FANOUT))
+    calls = "\n".join(
+        f"answers.append(rlm_query('level ' * {level + 1} + 'task {i}', 'doc {i} of some text'))" for i in range(FANOUT)
+    )
     return f"```repl\nanswers = []\n{calls}\nprint(answers)\n```"
 
 

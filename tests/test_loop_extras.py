@@ -52,7 +52,7 @@ def test_compaction_summarises_near_the_window_and_keeps_the_history_in_the_repl
     out = [e for e in events if e["event"] == "cell"][-1]["stdout"]
     assert out.startswith(str(2 + 2 * compacted["turns"] + 2)) and "system" in out and "'true'" in out
     assert all(e["dropped_turns"] == 0 for e in events if e["event"] == "root_turn")
-    assert "`history`" in after.messages[0]["content"]  # the system prompt says so
+    assert "`history`" in contents[3] and "`history`" not in after.messages[0]["content"]  # the note says so
 
 
 def test_without_compaction_old_turns_are_dropped_instead():

@@ -2,7 +2,9 @@
 ``compaction_threshold_pct`` of the root's prompt budget (its window less the reply's room), the model
 summarises its progress and the summary replaces the turns; the whole conversation so far, summaries
 included, is put in the REPL as ``history`` (a list of ``{"role", "content"}`` messages; a summary has
-``"summary": "true"``), so nothing the model saw is lost to its code.
+``"summary": "true"``), so nothing the model saw is lost to its code; the note after the summary says so.
+(The reference also names ``history`` in the system prompt from the start; here the prompt stays the same
+until the first compaction, so a run behaves exactly as without compaction until its window fills.)
 
 Without compaction the oldest turns are dropped to fit (conversation.py), silently for the model but for a
 one-line note. A failed summary request leaves the conversation as it was (the drop still keeps it in
@@ -29,8 +31,8 @@ SUMMARY_REQUEST = (
 
 CONTINUE_NOTE = (
     "The conversation was compacted (TIMES so far): the message above is your own summary of it. Continue "
-    "from there without redoing finished work; SHOW_VARS() lists your variables and `history` holds the whole "
-    "conversation. Your next action:"
+    "from there without redoing finished work; SHOW_VARS() lists your variables, and the REPL variable `history` "
+    "holds the whole conversation so far (a list of messages). Your next action:"
 )
 
 

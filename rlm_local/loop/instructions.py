@@ -5,7 +5,8 @@
   list appended. Braces are never interpreted otherwise: a literal ``{`` must not crash (the reference's
   ``str.format`` did), and the reference's doubled ``{{``/``}}`` are read as it meant them.
 - ``orchestrator=True`` appends advice to plan and delegate (our wording of the reference's addendum).
-- compaction adds a line about ``history`` (``response_format``'s line goes with the question, typed.py).
+- (compaction tells the root about ``history`` when it compacts, compaction.py; ``response_format``'s line goes
+  with the question, typed.py).
 - ``user_prologue`` is text from the user placed after the context's description, before the first turn.
 Base models (the completion format) have no system prompt: of these, only the prologue reaches them.
 """
@@ -27,11 +28,6 @@ ORCHESTRATOR = (
     "short before you have a confirmed answer, submit your best answer rather than none."
 )
 
-COMPACTION_NOTE = (
-    "Long conversations are summarised to fit your window; the full conversation so far (every turn and "
-    "summary) is in the REPL variable `history` as a list of messages."
-)
-
 
 def tools_section(tools: dict[str, Any], notes: dict[str, str]) -> str:
     """The tools list (``notes``: descriptions from ``{"tool": ..., "description": ...}`` entries)."""
@@ -43,7 +39,6 @@ def system_text(
     custom: str | None,
     tools: str,
     orchestrator: bool,
-    compaction: bool,
 ) -> str:
     """The whole system prompt of a chat-format root."""
     if custom:
@@ -52,5 +47,5 @@ def system_text(
             text, tools = text.replace(TOOLS_SLOT, f"\n{tools}" if tools else ""), ""
     else:
         text = default
-    extras = [tools, ORCHESTRATOR if orchestrator else "", COMPACTION_NOTE if compaction else ""]
+    extras = [tools, ORCHESTRATOR if orchestrator else ""]
     return "\n\n".join(part for part in (text, *extras) if part)

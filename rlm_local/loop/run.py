@@ -109,7 +109,6 @@ class Run(SubCalls):
             s.custom_system_prompt,
             instructions.tools_section(self.tools, s.tool_notes),
             s.orchestrator,
-            self.compactor is not None,
         )
         self.convo = Conversation.start(
             s.root.format,
