@@ -1,7 +1,7 @@
 """rlm-local: Recursive Language Models on your own hardware.
 
     from rlm_local import RLM
-    rlm = RLM(backend="llamacpp", backend_kwargs={"model_name": None}, max_iterations=20)
+    rlm = RLM(backend="llamacpp", backend_kwargs={"model_name": None})
     result = rlm.completion(long_text, root_prompt="What does clause 14 require?")
     print(result.response, result.stopped_reason, result.usage_summary.to_dict())
 
@@ -20,7 +20,15 @@ _EXPORTS = {
     "DocumentError": "documents",
     "RLM": "rlm",
     "RLMResult": "rlm",
+    "RLMChatCompletion": "rlm",
+    "RLMLogger": "rlm",
     "RLMError": "rlm",
+    "LimitExceededError": "errors",
+    "TimeoutExceededError": "errors",
+    "TokenLimitExceededError": "errors",
+    "BudgetExceededError": "errors",
+    "ErrorThresholdExceededError": "errors",
+    "CancellationError": "errors",
     "ContextError": "loop.prompts",
     "BudgetExceeded": "loop.run",
     "SetupError": "loop.run",
@@ -50,8 +58,14 @@ if TYPE_CHECKING:  # what type checkers see of the lazy exports above (at run ti
     from .engines import SamplingParams as SamplingParams
     from .engines import Usage as Usage
     from .engines import make_engine as make_engine
+    from .errors import BudgetExceededError as BudgetExceededError
+    from .errors import CancellationError as CancellationError
     from .errors import Error as Error
+    from .errors import ErrorThresholdExceededError as ErrorThresholdExceededError
     from .errors import InputError as InputError
+    from .errors import LimitExceededError as LimitExceededError
+    from .errors import TimeoutExceededError as TimeoutExceededError
+    from .errors import TokenLimitExceededError as TokenLimitExceededError
     from .loop.prompts import ContextError as ContextError
     from .loop.run import Budget as Budget
     from .loop.run import BudgetExceeded as BudgetExceeded
@@ -60,7 +74,9 @@ if TYPE_CHECKING:  # what type checkers see of the lazy exports above (at run ti
     from .models import ModelLoadError as ModelLoadError
     from .models import ModelNotFoundError as ModelNotFoundError
     from .rlm import RLM as RLM
+    from .rlm import RLMChatCompletion as RLMChatCompletion
     from .rlm import RLMError as RLMError
+    from .rlm import RLMLogger as RLMLogger
     from .rlm import RLMResult as RLMResult
     from .runlog.usage import ModelUsageSummary as ModelUsageSummary
     from .runlog.usage import UsageSummary as UsageSummary

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from . import defaults
 from .engines import BACKENDS, DEFAULT_BACKEND, quiet_transformers
 from .errors import Error, InputError, SetupError, log_to_file, logger
 
@@ -77,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sub-backend", default=None, help="backend for llm_query sub-calls (default: same as root)")
     run.add_argument("--sub-model", default=None, help="model for llm_query sub-calls (default: same as root)")
     run.add_argument("--sub-base-url", action="append", default=None, help="server URL(s) for an openai sub-backend")
-    run.add_argument("--max-iterations", type=int, default=20)
-    run.add_argument("--max-depth", type=int, default=1, help="1 = plain sub-calls; 2+ lets rlm_query start child RLMs")
+    run.add_argument("--max-iterations", type=int, default=defaults.MAX_ITERATIONS)
+    run.add_argument(
+        "--max-depth",
+        type=int,
+        default=defaults.MAX_DEPTH,
+        help="1 = plain sub-calls; 2+ lets rlm_query start child RLMs",
+    )
     run.add_argument("--max-timeout", type=float, default=None, help="seconds for the whole run")
     run.add_argument("--max-tokens", type=int, default=None, help="token budget for the whole run, children included")
     run.add_argument("--max-subcalls", type=int, default=None)
@@ -152,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="llamacpp: assemble the GGUF (default); transformers: convert to safetensors",
     )
     from .bench.cli import add_parser as add_bench
+    from .replay import add_parser as add_replay
 
     add_bench(sub)
+    add_replay(sub)
     return parser
 
 
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             "models": _cmd_models,
             "prepare": _cmd_prepare,
             "bench": _cmd_bench,
+            "replay": _cmd_replay,
         }
         return commands[args.command](args, err)
     except KeyboardInterrupt:
@@ -253,6 +262,7 @@ def _cmd_run(args: argparse.Namespace, err: Console) -> int:
         trajectory_path=args.trajectory,
         on_event=None if args.quiet else display,
         levers=levers,
+        raise_on_limit=False,  # a budget stop prints the best partial answer and a note
         **other,
     )
     with rlm, display:
@@ -369,6 +379,12 @@ def _cmd_view(args: argparse.Namespace, err: Console) -> int:
     print(f"http://{args.host}:{args.port}/runs" + (f"#key={key}" if key else ""), flush=True)
     server.run()
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace, err: Console) -> int:
+    from .replay import command
+
+    return command(args, err)
 
 
 def _cmd_bench(args: argparse.Namespace, err: Console) -> int:

@@ -98,6 +98,90 @@ class BudgetExceeded(Error, RuntimeError):
     """Raised inside a sub-call handler when the run's budget is used up; the sandbox shows it to the code."""
 
 
+# ---- a budget ended a completion (the reference library's exceptions, same names and attributes) -------------
+# ``RLM(raise_on_limit=True)``, the default as in the reference, raises these from ``completion()``; with
+# ``raise_on_limit=False`` the result comes back with ``stopped_reason`` instead. Each carries the best
+# partial answer (``partial_answer``: the root's reply to the closing request, else its last prose).
+
+
+class LimitExceededError(Error, RuntimeError):
+    """Base of the limit exceptions; ``stopped_reason`` names the budget, ``result`` is the run's result."""
+
+    stopped_reason = ""
+
+    def __init__(self, message: str, partial_answer: str | None = None) -> None:
+        super().__init__(message)
+        self.partial_answer = partial_answer
+        self.result: object | None = None  # the RLMResult the run would have returned
+
+
+class TimeoutExceededError(LimitExceededError):
+    """``max_timeout`` seconds passed."""
+
+    stopped_reason = "max_timeout"
+
+    def __init__(
+        self, elapsed: float, timeout: float, partial_answer: str | None = None, message: str | None = None
+    ) -> None:
+        self.elapsed, self.timeout = elapsed, timeout
+        super().__init__(message or f"Timeout exceeded: {elapsed:.1f}s of {timeout:.1f}s limit", partial_answer)
+
+
+class TokenLimitExceededError(LimitExceededError):
+    """``max_tokens`` (input + output, children included) were used."""
+
+    stopped_reason = "max_tokens"
+
+    def __init__(
+        self, tokens_used: int, token_limit: int, partial_answer: str | None = None, message: str | None = None
+    ) -> None:
+        self.tokens_used, self.token_limit = tokens_used, token_limit
+        text = message or f"Token limit exceeded: {tokens_used:,} of {token_limit:,} tokens"
+        super().__init__(text, partial_answer)
+
+
+class BudgetExceededError(LimitExceededError):
+    """The reference's dollar budget (``max_budget``). Never raised here: local models cost no dollars, and
+    ``max_budget`` is refused at construction; defined so that ``except BudgetExceededError`` still works."""
+
+    stopped_reason = "max_budget"
+
+    def __init__(self, spent: float, budget: float, message: str | None = None) -> None:
+        self.spent, self.budget = spent, budget
+        super().__init__(message or f"Budget exceeded: spent ${spent:.6f} of ${budget:.6f} budget")
+
+
+class ErrorThresholdExceededError(LimitExceededError):
+    """``max_errors`` consecutive turns whose code failed."""
+
+    stopped_reason = "max_errors"
+
+    def __init__(
+        self,
+        error_count: int,
+        threshold: int,
+        last_error: str | None = None,
+        partial_answer: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.error_count, self.threshold, self.last_error = error_count, threshold, last_error
+        text = message or f"Error threshold exceeded: {error_count} consecutive errors (limit: {threshold})"
+        super().__init__(text, partial_answer)
+
+
+class CancellationError(LimitExceededError):
+    """The completion was cancelled: Ctrl-C (KeyboardInterrupt) in the caller, or ``RLM.cancel(run_id)``."""
+
+    stopped_reason = "cancelled"
+
+    def __init__(self, partial_answer: str | None = None, message: str | None = None) -> None:
+        super().__init__(message or "Execution cancelled by user", partial_answer)
+
+
+class ReplayError(InputError):
+    """A trajectory file that cannot be replayed: damaged, from another format version, or its context."""
+
+
 def log_to_file(path: str | Path, level: int = logging.INFO) -> Path:
     """Append the ``rlm_local`` logger's records (tracebacks included) to ``path``; returns the path."""
     path = Path(path).expanduser()

@@ -7,80 +7,66 @@ usage, trajectory, conversation and sandbox: that is where the loop lives.
 Depth: the root runs at depth 0 (or at ``depth``); its sub-calls run one level deeper. ``rlm_query``
 starts a child run while that depth is below ``max_depth``, otherwise it degrades to ``llm_query``; so
 the default ``max_depth=1`` means plain sub-calls only, as in the reference library.
+
+The constructor takes the reference library's arguments first, in its order and with its meaning
+(options.py lists each and how it is taken), then rlm-local's own (keyword-only). A budget that ends a
+completion raises the reference's exception (errors.py: TimeoutExceededError, TokenLimitExceededError,
+ErrorThresholdExceededError, CancellationError), carrying the best partial answer; ``raise_on_limit=False``
+returns the result with its ``stopped_reason`` instead (the CLI, the service and the bench kit do).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__, defaults, options
 from .engines import DEFAULT_BACKEND, Engine, make_engine
-from .errors import RLMError
-from .loop import prompts
-from .loop.formats import format_named
+from .engines.client import ClientEngine, is_client
+from .errors import CancellationError, RLMError
+from .loop.hooks import Hooks
 from .loop.levers import Levers
 from .loop.persistent import PersistentREPL
 from .loop.prompts import Context, ContextError, check_context
-from .loop.run import STOP_REASONS, Budget, BudgetExceeded, Model, Outcome, Run, Settings, SetupError
+from .loop.run import STOP_REASONS, Budget, BudgetExceeded, Outcome, Run, Settings, SetupError
+from .loop.settings import Model, resolve_model
+from .loop.typed import AnswerFormat
 from .models import find_card
 from .runlog.events import Event, RunError, RunFinal, RunStart
-from .runlog.trajectory import Trajectory
-from .runlog.usage import UsageSummary, UsageTracker
-from .sandbox import Limits, split_tools
+from .runlog.records import RLMChatCompletion, RLMMetadata, RLMResult, public_kwargs
+from .runlog.rlm_logger import IterationRecorder, RLMLogger
+from .runlog.trajectory import Trajectory, context_digest
+from .runlog.usage import UsageTracker
+from .sandbox import Limits
 from .scheduling import registry as schedulers
 
 logger = logging.getLogger("rlm_local.rlm")
 
-__all__ = ["RLM", "RLMError", "RLMResult", "ContextError", "BudgetExceeded", "SetupError", "STOP_REASONS"]
+__all__ = [
+    "RLM",
+    "RLMChatCompletion",
+    "RLMError",
+    "RLMLogger",
+    "RLMResult",
+    "ContextError",
+    "BudgetExceeded",
+    "SetupError",
+    "STOP_REASONS",
+    "get_client",
+]
 
-# The reference library's other execution environments; rlm-local runs code only in its own sandbox.
-REFERENCE_ENVIRONMENTS = ("docker", "modal", "prime", "daytona", "e2b")
 
-
-@dataclass
-class RLMResult:
-    """What ``completion()`` returns; the reference library's fields plus the run's story."""
-
-    response: str
-    usage_summary: UsageSummary
-    execution_time: float
-    trajectory: list[dict[str, Any]]
-    stopped_reason: str
-    iterations: int = 0
-    run_id: str = ""
-    root_model: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    # Where the answer came from: "final" (the model gave it), "closing" (its reply when a budget ran out),
-    # "recovered" (the best candidate its cells printed or stored) or "none"; False in answer_grounded: the
-    # model wrote the answer out and the run never observed it (see loop/levers.py).
-    answer_source: str = "final"
-    answer_grounded: bool | None = None
-
-    def __str__(self) -> str:
-        return self.response
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the reference's keys (root_model, response, usage_summary, execution_time) and ours;
-        the trajectory is left out (it has its own file), and so is the context."""
-        return {
-            "root_model": self.root_model,
-            "response": self.response,
-            "usage_summary": self.usage_summary.to_dict(),
-            "execution_time": round(self.execution_time, 3),
-            "stopped_reason": self.stopped_reason,
-            "iterations": self.iterations,
-            "run_id": self.run_id,
-            "answer_source": self.answer_source,
-            "answer_grounded": self.answer_grounded,
-            "metadata": self.metadata,
-        }
+def get_client(backend: str, backend_kwargs: dict[str, Any] | None) -> Any:
+    """The engine for a backend name and its kwargs; RLM makes every engine through this name (the
+    reference's hook: its tests replace it to script the model). It may return a reference-style client
+    (``completion(prompt) -> str``), which RLM wraps (engines/client.py)."""
+    backend, kwargs = options.engine_args(backend, dict(backend_kwargs or {}))
+    return make_engine(backend, **kwargs)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -88,7 +74,8 @@ def _as_list(value: Any) -> list[Any]:
 
 
 class RLM:
-    """A Recursive Language Model. Drop-in for the reference library's ``RLM`` user API.
+    """A Recursive Language Model: the reference library's ``RLM`` (same arguments, same meaning; see
+    options.py for each) on local engines, with a sandboxed REPL.
 
     >>> rlm = RLM(backend="llamacpp", backend_kwargs={"model_name": None}, max_iterations=10)
     >>> rlm.completion(long_text, root_prompt="Who signed the contract?").response
@@ -98,17 +85,15 @@ class RLM:
         self,
         backend: str = DEFAULT_BACKEND,
         backend_kwargs: dict[str, Any] | None = None,
-        *,
         environment: str = "local",
         environment_kwargs: dict[str, Any] | None = None,
         depth: int = 0,
-        max_depth: int = 1,
-        max_iterations: int = 20,
+        max_depth: int = defaults.MAX_DEPTH,
+        max_iterations: int = defaults.MAX_ITERATIONS,
+        max_budget: float | None = None,
         max_timeout: float | None = None,
         max_tokens: int | None = None,
-        max_subcalls: int | None = None,
         max_errors: int | None = None,
-        max_budget: float | None = None,
         custom_system_prompt: str | None = None,
         other_backends: str | list[str] | None = None,
         other_backend_kwargs: dict[str, Any] | list[dict[str, Any]] | None = None,
@@ -116,33 +101,46 @@ class RLM:
         verbose: bool = False,
         persistent: bool = False,
         custom_tools: dict[str, Any] | None = None,
-        output_limit: int = 20_000,
+        custom_sub_tools: dict[str, Any] | None = None,
+        compaction: bool = False,
+        compaction_threshold_pct: float = defaults.COMPACTION_THRESHOLD_PCT,
+        max_concurrent_subcalls: int = defaults.MAX_CONCURRENT_SUBCALLS,
+        on_subcall_start: Callable[[int, str, str], None] | None = None,
+        on_subcall_complete: Callable[[int, str, float, str | None], None] | None = None,
+        on_iteration_start: Callable[[int, int], None] | None = None,
+        on_iteration_complete: Callable[[int, int, float], None] | None = None,
+        sampling_args: dict[str, Any] | None = None,
+        sub_sampling_args: dict[str, Any] | None = None,
+        orchestrator: bool | None = None,
+        user_prologue: str | None = None,
+        *,
+        max_subcalls: int | None = None,
+        output_limit: int = defaults.OUTPUT_LIMIT,
         sandbox_limits: Limits | None = None,
         trajectory_path: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         implicit_batching: bool = True,
         scheduler_kwargs: dict[str, Any] | None = None,
         sub_max_tokens: int | None = None,
-        engine: Engine | None = None,
-        sub_engine: Engine | None = None,
+        engine: Engine | Any | None = None,
+        sub_engine: Engine | Any | None = None,
+        raise_on_limit: bool = True,
         levers: Levers | dict[str, bool] | None = None,
     ) -> None:
-        _check_reference_options(environment, environment_kwargs, max_budget)
-        tools = _check_tools(custom_tools)
-        if tools:
-            custom_system_prompt = "\n\n".join(p for p in (custom_system_prompt, prompts.tools_prompt(tools)) if p)
-        if max_iterations < 1 or max_depth < 1 or depth < 0:
-            raise RLMError("max_iterations and max_depth must be at least 1, and depth at least 0")
-        for name, value in (
-            ("max_timeout", max_timeout),
-            ("max_tokens", max_tokens),
-            ("output_limit", output_limit),
-            ("max_errors", max_errors),
-        ):
-            if value is not None and value <= 0:
-                raise RLMError(f"{name} must be positive (or None for no limit), got {value!r}")
-        if max_subcalls is not None and max_subcalls < 0:
-            raise RLMError(f"max_subcalls must be >= 0, got {max_subcalls!r}")
+        options.check_environment(environment, environment_kwargs, persistent)
+        if max_budget is not None:
+            raise RLMError("max_budget is a cost in dollars, which local models do not have; use max_tokens")
+        tools, notes = options.split_tools(custom_tools)
+        child_tools, child_notes = options.split_tools(custom_sub_tools)
+        tools, child_tools = (
+            options.check_tools(tools),
+            (None if child_tools is None else options.check_tools(child_tools)),
+        )
+        root_args, sub_args = (
+            options.sampling(sampling_args, "sampling_args"),
+            options.sampling(sub_sampling_args, "sub_sampling_args"),
+        )
+        options.check_numbers(locals())
         self.backend, self.backend_kwargs = backend, dict(backend_kwargs or {})
         self.environment, self.depth, self.max_depth, self.max_iterations = (
             environment,
@@ -150,15 +148,11 @@ class RLM:
             max_depth,
             max_iterations,
         )
-        self.max_timeout, self.max_tokens, self.max_subcalls, self.max_errors = (
-            max_timeout,
-            max_tokens,
-            max_subcalls,
-            max_errors,
-        )
+        self.max_timeout, self.max_tokens, self.max_subcalls = max_timeout, max_tokens, max_subcalls
+        self.max_errors, self.raise_on_limit, self.persistent = max_errors, raise_on_limit, bool(persistent)
         self.trajectory_path = Path(trajectory_path) if trajectory_path else None
         self.listeners: list[Callable[[Event], None]] = [on_event] if on_event else []
-        self.log_dir = _use_logger(logger, self.listeners)
+        self.logger = options.use_logger(logger, self.listeners)
         if verbose:
             from .runlog.display import VerbosePrinter
 
@@ -169,16 +163,18 @@ class RLM:
         self._runs: dict[str, Run] = {}  # completions under way, for cancel()
         self._cancelled: set[str] = set()  # run ids cancelled before they started
         self._closed = False
-        self.persistent = PersistentREPL() if persistent else None  # one REPL across completions
+        self.session = PersistentREPL() if persistent else None  # one REPL across completions
         try:
-            self.engine = engine or self._make(backend, self.backend_kwargs)
-            self.sub_engine = sub_engine or self._sub_engine(_as_list(other_backends), _as_list(other_backend_kwargs))
+            self.engine = self._engine(engine, backend, self.backend_kwargs)
+            self.sub_engine = self._sub_engine(sub_engine, _as_list(other_backends), _as_list(other_backend_kwargs))
             sched = dict(scheduler_kwargs or {})
-            root = _resolve(self.engine, self._scheduler(self.engine, sched), sub_max_tokens)
+            root = resolve_model(self.engine, self._scheduler(self.engine, sched), sub_max_tokens, root_args, {})
             sub = (
-                root
+                resolve_model(self.engine, root.scheduler, sub_max_tokens, root_args, sub_args)
                 if self.sub_engine is self.engine
-                else _resolve(self.sub_engine, self._scheduler(self.sub_engine, sched), sub_max_tokens)
+                else resolve_model(
+                    self.sub_engine, self._scheduler(self.sub_engine, sched), sub_max_tokens, {}, sub_args
+                )
             )
         except BaseException:
             self.close()  # do not strand a loaded model (GPU memory) or a scheduler on a bad argument
@@ -192,11 +188,25 @@ class RLM:
             custom_system_prompt=custom_system_prompt,
             implicit_batching=implicit_batching,
             tools=tools,
+            child_tools=child_tools,
+            tool_notes={**child_notes, **notes},
+            orchestrator=bool(orchestrator),
+            user_prologue=user_prologue,
+            compaction_threshold_pct=compaction_threshold_pct if compaction else None,
+            max_concurrent_subcalls=max_concurrent_subcalls,
+            hooks=Hooks(on_iteration_start, on_iteration_complete, on_subcall_start, on_subcall_complete),
             levers=_levers(root, levers),
         )
+        if self.logger is not None:
+            self.logger.log_metadata(self._metadata(other_backends))
 
-    def _make(self, backend: str, kwargs: dict[str, Any]) -> Engine:
-        engine = make_engine(backend, **kwargs)
+    def _engine(self, given: Any, backend: str, kwargs: dict[str, Any]) -> Engine:
+        """``given`` (an engine or a reference client, not ours to close), else one made by ``get_client``."""
+        if given is not None:
+            return ClientEngine(given, kwargs.get("model_name")) if is_client(given) else given
+        made = get_client(backend, kwargs)
+        name = kwargs.get("model_name")
+        engine = ClientEngine(made, name if isinstance(name, str) else None) if is_client(made) else made
         self._owned.append(engine)
         return engine
 
@@ -205,13 +215,23 @@ class RLM:
         self._sharing.append(engine)
         return scheduler
 
-    def _sub_engine(self, others: list[str], other_kwargs: list[dict[str, Any]]) -> Engine:
+    def _sub_engine(self, given: Any, others: list[str], other_kwargs: list[dict[str, Any]]) -> Engine:
+        if given is not None:
+            return self._engine(given, "", {})
         if not others:
             return self.engine
+        if len(others) > 1:
+            raise RLMError("other_backends takes one backend (the sub-call model), as in the reference")
         kwargs = other_kwargs[0] if other_kwargs else {}
         if others[0] == self.backend and kwargs == self.backend_kwargs:
             return self.engine
-        return self._make(others[0], kwargs)
+        return self._engine(None, others[0], kwargs)
+
+    # ---- the reference's names --------------------------------------------------------------------------
+    @property
+    def _persistent_env(self) -> PersistentREPL | None:
+        """The reference's name for the persistent session (``session``)."""
+        return self.session
 
     # ---- public API -------------------------------------------------------------------------------------
     def completion(
@@ -219,22 +239,28 @@ class RLM:
         prompt: Context | list[dict[str, str]],
         root_prompt: str | None = None,
         *,
+        response_format: Any = None,
         run_id: str | None = None,
         sandbox_provider: Callable[..., Any] | None = None,
     ) -> RLMResult:
         """Answer ``root_prompt`` about ``prompt`` (the context: a str, a list of str, a list of chat
-        messages or a dict of str). Raises ContextError for an unusable context, RLMError when closed.
-        ``run_id`` names the run (``cancel(run_id)`` stops it); ``sandbox_provider(run, context)`` gives
-        the depth-0 run a REPL to use, e.g. a session's kept-alive one (see Run.sandbox_provider)."""
+        messages or a dict of str). ``response_format``: a pydantic model class or a JSON schema the final
+        answer must match (loop/typed.py; ``result.parsed``). Raises ContextError for an unusable context,
+        RLMError when closed, and a LimitExceededError subclass when a budget ends the run (unless
+        ``raise_on_limit=False``). ``run_id`` names the run (``cancel(run_id)`` stops it);
+        ``sandbox_provider(run, context)`` gives the depth-0 run a REPL to use (see Run.sandbox_provider)."""
         if self._closed:
             raise RLMError("this RLM is closed")
         context = check_context(prompt)
+        answer_format = AnswerFormat(response_format) if response_format is not None else None
         started = time.monotonic()
         run_id = run_id or uuid.uuid4().hex[:12]
-        path = self.trajectory_path or (
-            self.log_dir / f"rlm_{time.strftime('%Y%m%d_%H%M%S')}_{run_id}.jsonl" if self.log_dir else None
+        trajectory = Trajectory(
+            self.trajectory_path, listeners=list(self.listeners), lock=self._file_lock, run_id=run_id
         )
-        trajectory = Trajectory(path, listeners=self.listeners, lock=self._file_lock, run_id=run_id)
+        if self.logger is not None:
+            self.logger.clear_iterations()
+            trajectory.listeners.append(IterationRecorder(self.logger, self.depth, self.settings.sub.name))
         budget = Budget(
             max_iterations=self.max_iterations,
             max_timeout=self.max_timeout,
@@ -244,24 +270,27 @@ class RLM:
         )
         usage = UsageTracker()
         run = Run(self.settings, budget, usage, trajectory, run_id, depth=self.depth)
+        run.answer_format = answer_format
         question = root_prompt
-        if self.persistent is not None and sandbox_provider is None:
-            sandbox_provider = self.persistent.provider
-            if note := self.persistent.follow_up_note():
-                question = f"{root_prompt}\n\n{note}" if root_prompt else note
+        if answer_format is not None:
+            question = "\n\n".join(p for p in (root_prompt, answer_format.instructions()) if p)
+        persistent = self.session is not None and sandbox_provider is None
+        if self.session is not None and persistent:
+            sandbox_provider = self.session.provider
+            if note := self.session.follow_up_note():
+                question = f"{question}\n\n{note}" if question else note
         run.sandbox_provider = sandbox_provider
         with self._file_lock:
             self._runs[run_id] = run
             if run_id in self._cancelled:  # cancelled before it started
                 budget.cancel()
-        trajectory.log(RunStart(config=self._public_config(), question=question))
+        trajectory.log(
+            RunStart(config=self._public_config(), question=question, context_sha256=context_digest(context))
+        )
         try:
-            if self.depth >= self.max_depth:  # the reference's rule: at the depth limit an RLM is a plain LM
-                outcome = Outcome(run.answer_directly(context, root_prompt), "final", 0)
-            else:
-                outcome = run.solve(context, question)
-                if self.persistent is not None and sandbox_provider == self.persistent.provider:
-                    self.persistent.record(root_prompt, outcome.answer)
+            outcome = self._solve(run, context, question, root_prompt)
+            if self.session is not None and persistent and run.convo is not None:
+                self.session.record(run.convo.history)
         except BaseException as exc:
             trajectory.log(RunError(error=f"{type(exc).__name__}: {exc}", seconds=round(time.monotonic() - started, 3)))
             trajectory.close()
@@ -272,9 +301,23 @@ class RLM:
             # Run ids are never reused: anything still queued for this run (a child's stray thread) fails fast.
             for model in {id(m.scheduler): m for m in (self.settings.root, self.settings.sub)}.values():
                 model.scheduler.cancel(run_id, reject_new=True)
-        summary = usage.summary()
+        return self._finish(run, outcome, prompt, started)
+
+    def _solve(self, run: Run, context: Context, question: str | None, root_prompt: str | None) -> Outcome:
+        if self.depth >= self.max_depth:  # the reference's rule: at the depth limit an RLM is a plain LM
+            return Outcome(run.answer_directly(context, root_prompt), "final", 0)
+        try:
+            return run.finish_typed(run.solve(context, question))
+        except KeyboardInterrupt:  # Ctrl-C: the reference's CancellationError (or, without raising, go on up)
+            if not self.raise_on_limit:
+                raise
+            run.budget.cancel()
+            raise CancellationError(None, "Execution cancelled by user (Ctrl+C)") from None
+
+    def _finish(self, run: Run, outcome: Outcome, prompt: Any, started: float) -> RLMResult:
+        summary = run.usage.summary()
         elapsed = time.monotonic() - started
-        trajectory.log(
+        run.trajectory.log(
             RunFinal(
                 answer=outcome.answer,
                 stopped_reason=outcome.stopped_reason,
@@ -285,20 +328,41 @@ class RLM:
                 answer_grounded=outcome.grounded,
             )
         )
-        trajectory.close()
-        return RLMResult(
+        run.trajectory.close()
+        result = RLMResult(
             response=outcome.answer,
             usage_summary=summary,
             execution_time=elapsed,
-            trajectory=trajectory.events,
+            trajectory=run.trajectory.events,
             stopped_reason=outcome.stopped_reason,
             iterations=outcome.iterations,
-            run_id=run_id,
+            run_id=run.run_id,
             root_model=self.settings.root.name,
-            metadata={"model": self.settings.root.name, "sub_model": self.settings.sub.name},
+            metadata=self.logger.get_trajectory() if self.logger is not None else None,
+            prompt=prompt,
+            error=outcome.error,
+            parsed=outcome.parsed,
+            invalid_answer=outcome.invalid_answer,
             answer_source=outcome.source,
             answer_grounded=outcome.grounded,
         )
+        if self.raise_on_limit:
+            error = options.limit_error(outcome.stopped_reason, outcome.answer, self._limit_context(result, elapsed))
+            if error is not None:
+                error.result = result
+                raise error
+        return result
+
+    def _limit_context(self, result: RLMResult, elapsed: float) -> dict[str, Any]:
+        cells = [e for e in result.trajectory if e["event"] == "cell" and e.get("error")]
+        return {
+            "elapsed": elapsed,
+            "timeout": self.max_timeout,
+            "tokens": result.usage_summary.total.total_tokens,
+            "max_tokens": self.max_tokens,
+            "max_errors": self.max_errors,
+            "last_error": cells[-1]["error"] if cells else None,
+        }
 
     def cancel(self, run_id: str) -> bool:
         """Stop a running completion (from another thread): its budget ends it at the next check with
@@ -320,8 +384,9 @@ class RLM:
         if self._closed:
             return
         self._closed = True
-        if self.persistent is not None:
-            self.persistent.close()
+        if self.session is not None:
+            self.session.close()
+            self.session = None
         for engine in self._sharing:
             schedulers.release(engine)
         for engine in self._owned:
@@ -334,16 +399,10 @@ class RLM:
         self.close()
 
     def _public_config(self) -> dict[str, Any]:
-        secret_words = ("key", "token", "secret", "password")
-        kwargs = {
-            k: ("***" if any(w in k.lower() for w in secret_words) else v)
-            for k, v in self.backend_kwargs.items()
-            if not callable(v)
-        }
         s = self.settings
         return {
             "backend": self.backend,
-            "backend_kwargs": kwargs,
+            "backend_kwargs": public_kwargs(self.backend_kwargs),
             "model": s.root.name,
             "sub_model": s.sub.name,
             "environment": self.environment,
@@ -356,30 +415,32 @@ class RLM:
             "max_errors": self.max_errors,
             "output_limit": s.output_limit,
             "implicit_batching": s.implicit_batching,
+            "compaction_threshold_pct": s.compaction_threshold_pct,
+            "max_concurrent_subcalls": s.max_concurrent_subcalls,
+            "orchestrator": s.orchestrator,
+            "user_prologue": s.user_prologue,
+            "custom_system_prompt": s.custom_system_prompt,
+            "root_sampling": s.root.root_sampling,
+            "sub_sampling": s.sub.sub_sampling,
+            "prompt_format": s.root.format.name,
+            "sub_prompt_format": s.sub.format.name,
+            "context_length": s.root.context_length,
+            "sub_context_length": s.sub.context_length,
             "levers": s.levers.to_dict(),
+            "rlm_local": __version__,
         }
 
-
-def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Model:
-    """An engine's model card, looked up once: prompt format, sampling of root turns and of sub-calls
-    (greedy, the card's answer length unless ``sub_max_tokens``), and the root's prompt budget."""
-    card = find_card(engine.model_name) if engine.model_name else None
-    root_sampling = dict(card.sampling) if card else {"max_tokens": 2048, "temperature": 0.0}
-    sub_tokens = sub_max_tokens or (card.sampling.get("max_tokens", 512) if card else 1024)
-    prompt_tokens = card.max_prompt_tokens if card else max(4096, engine.context_length // 2 or 32768)
-    if engine.context_length:  # the engine's window (a llama.cpp slot) must hold the prompt and the reply
-        room = engine.context_length - int(root_sampling.get("max_tokens", 2048)) - 64  # 64: template overhead
-        prompt_tokens = max(256, min(prompt_tokens, room))
-    return Model(
-        engine=engine,
-        scheduler=scheduler,
-        name=engine.model_name,
-        format=format_named(card.prompt_format if card else engine.prompt_format),
-        root_sampling=root_sampling,
-        sub_sampling={"max_tokens": sub_tokens, "temperature": 0.0},
-        prompt_tokens=prompt_tokens,
-        context_length=engine.context_length,
-    )
+    def _metadata(self, other_backends: Any) -> RLMMetadata:
+        return RLMMetadata(
+            root_model=self.backend_kwargs.get("model_name") or self.settings.root.name or "unknown",
+            max_depth=self.max_depth,
+            max_iterations=self.max_iterations,
+            backend=self.backend,
+            backend_kwargs=public_kwargs(self.backend_kwargs),
+            environment_type=self.environment,
+            environment_kwargs={},
+            other_backends=_as_list(other_backends) or None,
+        )
 
 
 def _levers(root: Model, explicit: Levers | dict[str, bool] | None) -> Levers:
@@ -396,55 +457,3 @@ def _levers(root: Model, explicit: Levers | dict[str, bool] | None) -> Levers:
         )
         levers = levers.with_overrides({"constrain": False})
     return levers
-
-
-def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:
-    """The reference's ``custom_tools``: a callable becomes a REPL function run here in the caller's process
-    (JSON arguments and result), anything else read-only JSON data (rules: ``sandbox.split_tools``);
-    ``history`` is kept for persistent sessions."""
-    if not custom_tools:
-        return {}
-    try:
-        split_tools(custom_tools)
-    except (TypeError, ValueError) as exc:
-        raise RLMError(f"custom_tools: {exc}") from None
-    if "history" in custom_tools:
-        raise RLMError("custom_tools: 'history' cannot be a tool name (persistent sessions use it)")
-    return dict(custom_tools)
-
-
-def _check_reference_options(
-    environment: str, environment_kwargs: dict[str, Any] | None, max_budget: float | None
-) -> None:
-    """The reference's options we take but cannot honour yet fail here, with the reason, never silently."""
-    if environment in REFERENCE_ENVIRONMENTS:
-        raise RLMError(
-            f"environment={environment!r} is not available in rlm-local: code runs in its own local "
-            "sandbox (a separate, restricted process); use environment='local'"
-        )
-    if environment != "local":
-        raise RLMError(f"unknown environment {environment!r}; rlm-local runs code in environment='local'")
-    if environment_kwargs:
-        raise RLMError(
-            f"environment_kwargs are not used by rlm-local's sandbox (got {sorted(environment_kwargs)}); "
-            "set limits with sandbox_limits=Limits(...)"
-        )
-    if max_budget is not None:
-        raise RLMError("max_budget is a cost in dollars, which local models do not have; use max_tokens")
-
-
-def _use_logger(logger: Any, listeners: list[Callable[[Event], None]]) -> Path | None:
-    """The reference's ``logger=``: its RLMLogger (anything with a ``log_dir``) gets one JSONL trajectory per
-    completion in that directory (returned); a ``logging.Logger`` gets every event as a JSON line."""
-    if logger is None:
-        return None
-    if isinstance(logger, logging.Logger):
-        listeners.append(lambda ev: logger.info("%s", json.dumps(ev.to_dict(2000), default=str)))
-        return None
-    log_dir = getattr(logger, "log_dir", None)
-    if isinstance(log_dir, (str, Path)):
-        return Path(log_dir)
-    raise RLMError(
-        f"logger must be a logging.Logger or have a log_dir (like the reference's RLMLogger), "
-        f"got {type(logger).__name__}"
-    )

@@ -124,6 +124,7 @@ def main() -> None:
             max_iterations=args.max_iterations,
             max_timeout=args.max_timeout,
             trajectory_path=str(traj),
+            raise_on_limit=False,  # a budget stop is scored with its best answer
         )
         started = time.time()
         error = None

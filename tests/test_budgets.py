@@ -30,7 +30,7 @@ def in_child(req: Request) -> bool:
 
 def run_timed(reply, timeout: float = TIMEOUT, **kwargs):
     engine = ScriptedEngine(reply)
-    rlm = RLM(backend="scripted", engine=engine, max_timeout=timeout, max_iterations=50, **kwargs)
+    rlm = RLM(backend="scripted", engine=engine, max_timeout=timeout, max_iterations=50, raise_on_limit=False, **kwargs)
     started = time.monotonic()
     result = rlm.completion(DOC, "q")
     overrun = time.monotonic() - started - timeout
@@ -164,9 +164,9 @@ def test_max_subcalls_is_shared_with_a_child():
 
 def test_max_tokens_is_shared_with_a_child():
     engine = ScriptedEngine(child_reply("print('x' * 10)"))
-    result = RLM(backend="scripted", engine=engine, max_depth=2, max_tokens=2500, max_iterations=50).completion(
-        DOC, "q"
-    )
+    result = RLM(
+        backend="scripted", engine=engine, max_depth=2, max_tokens=2500, max_iterations=50, raise_on_limit=False
+    ).completion(DOC, "q")
     assert result.stopped_reason == "max_tokens"
     assert result.response == "parent partial"
     child = [e for e in result.trajectory if e["event"] == "subcall" and e["query"] == "rlm"]
@@ -185,7 +185,7 @@ def test_max_errors_stops_after_consecutive_failing_turns():
     def reply(req: Request) -> str:
         return "FINAL(gave up)" if "STOP" in last_user(req) else repl("1/0")
 
-    rlm = RLM(backend="scripted", engine=ScriptedEngine(reply), max_errors=3, max_iterations=20)
+    rlm = RLM(backend="scripted", engine=ScriptedEngine(reply), max_errors=3, max_iterations=20, raise_on_limit=False)
     result = rlm.completion(DOC, "q")
     assert result.stopped_reason == "max_errors" and result.iterations == 3
     assert result.response == "gave up"

@@ -8,7 +8,8 @@ import time
 import pytest
 from scripting import is_root, last_user, repl
 
-from rlm_local import RLM
+import rlm_local
+from rlm_local import RLM, TimeoutExceededError, TokenLimitExceededError
 from rlm_local.engines import EngineError, Request
 from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.rlm import ContextError, RLMError
@@ -145,11 +146,18 @@ def test_max_tokens_budget():
     def reply(req: Request) -> str:
         return "FINAL(partial)" if "STOP" in last_user(req) else repl("print('x' * 10)")
 
-    rlm, _ = make(reply, max_tokens=1500, max_iterations=50)
+    rlm, _ = make(reply, max_tokens=1500, max_iterations=50, raise_on_limit=False)
     result = rlm.completion(DOC, "q")
     assert result.stopped_reason == "max_tokens"
     assert result.response == "partial"
     assert 1 < result.iterations < 50
+    # The reference's way (the default): the exception, carrying the best partial answer and the result.
+    rlm, _ = make(reply, max_tokens=1500, max_iterations=50)
+    with pytest.raises(TokenLimitExceededError) as caught:
+        rlm.completion(DOC, "q")
+    err = caught.value
+    assert err.partial_answer == "partial" and err.token_limit == 1500 and err.tokens_used >= 1500
+    assert err.result.stopped_reason == "max_tokens" and isinstance(err, rlm_local.Error)
 
 
 def test_max_timeout_budget():
@@ -160,7 +168,11 @@ def test_max_timeout_budget():
         return repl("print(1)")
 
     rlm, _ = make(reply, max_timeout=0.5, max_iterations=50)
-    result = rlm.completion(DOC, "q")
+    with pytest.raises(TimeoutExceededError) as caught:
+        rlm.completion(DOC, "q")
+    err = caught.value
+    assert err.partial_answer == "late" and err.timeout == 0.5 and err.elapsed >= 0.5
+    result = err.result
     assert result.stopped_reason == "max_timeout" and result.response == "late"
     assert result.iterations <= 3
 

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi", reason="the local OpenAI-compatible server needs 
 
 from scripting import repl  # noqa: E402
 
-from rlm_local import RLM, Error  # noqa: E402
+from rlm_local import RLM, Error, RLMLogger  # noqa: E402
 from rlm_local.engines import Request  # noqa: E402
 from rlm_local.engines.scripted import ScriptedEngine  # noqa: E402
 from rlm_local.service.bare import create_app
@@ -66,11 +66,7 @@ def test_readme_quickstart(server, capsys):
 
 def test_readme_example_with_logger_environment_and_depth(server, tmp_path):
     # The reference's quickstart with its RLMLogger(log_dir=...), environment="local", environment_kwargs={},
-    # max_depth=1; print(result) shows the answer.
-    class RLMLogger:  # the reference's logger is identified by its log_dir
-        def __init__(self, log_dir: str) -> None:
-            self.log_dir = log_dir
-
+    # max_depth=1; print(result) shows the answer; the trajectory is in result.metadata and in log_dir.
     rlm = RLM(
         backend="openai",
         backend_kwargs=openai_kwargs(server),
@@ -83,9 +79,18 @@ def test_readme_example_with_logger_environment_and_depth(server, tmp_path):
     )
     result = rlm.completion("Print me the first 100 powers of two, each on a newline.")
     assert str(result) == result.response and result.response.startswith("1\n2\n4\n8")
+    meta = result.metadata
+    assert (
+        meta["run_metadata"]["root_model"] == "gpt-5-nano"
+        and meta["run_metadata"]["backend_kwargs"]["api_key"] == "***"
+    )
+    assert [it["iteration"] for it in meta["iterations"]] == [1, 2]
+    first = meta["iterations"][0]
+    assert first["code_blocks"][0]["code"].startswith("powers = ") and first["final_answer"] is None
+    assert meta["iterations"][1]["final_answer"] == result.response
     (log,) = (tmp_path / "logs").glob("*.jsonl")
-    events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert events[0]["event"] == "run_start" and events[-1]["event"] == "final"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["metadata", "iteration", "iteration"]
 
 
 def test_result_fields_usage_summary_and_to_dict(server):
@@ -202,28 +207,34 @@ def test_custom_tools_are_repl_functions_run_by_the_caller_and_read_only_data():
     assert result.response == "19.0" and calls == ["A1", "A1"]
     cells = [e for e in result.trajectory if e["event"] == "cell"]
     assert cells[0]["stdout"] == "9.5 EUR\n"
-    prompt = rlm.settings.custom_system_prompt
+    prompt = rlm.engine.requests[0].messages[0]["content"]  # the root's system prompt lists the tools
     assert "lookup_price(...)`: Price of a product by its SKU." in prompt and "`currency`: read-only data" in prompt
 
 
 def test_persistent_keeps_one_repl_across_completions():
-    """The reference's persistent=True: variables survive, each context stays reachable, history grows."""
+    """The reference's persistent=True: variables survive; context_0, context_1.. are the documents and
+    `context` the first; history_0.. the conversations and `history` the first; the root is told."""
     replies = [
         "```repl\nfirst_len = len(context)\nFINAL(first_len)\n```",
-        "```repl\nprint(first_len, len(context), context_0[:5], history[0]['answer'])\n"
-        "FINAL(f'{first_len}+{len(context)}')\n```",
-        "```repl\nFINAL(context_1 + '|' + context + '|' + str(len(history)))\n```",
+        "```repl\nprint(first_len, len(context_1), context_0[:5], history[0]['role'])\n"
+        "FINAL(f'{first_len}+{len(context_1)}')\n```",
+        "```repl\nFINAL(context_1 + '|' + context_2 + '|' + context + '|' + str(len(history_1) > 0))\n```",
     ]
     rlm = RLM(backend="scripted", backend_kwargs={"replies": replies}, persistent=True)
     try:
         a = rlm.completion("alpha document", root_prompt="How long?")
         b = rlm.completion("beta", root_prompt="And now?")
         c = rlm.completion("gamma", root_prompt="Last?")
+        session = rlm.session
+        assert rlm.persistent is True and rlm._persistent_env is session
+        assert session.get_context_count() == 3 and session.get_history_count() == 3
+        assert session.locals["history"] == session.locals["history_0"]
+        assert session.locals.get("first_len") == 14 and "nothing_like_this" not in session.locals
     finally:
         rlm.close()
-    assert a.response == "14" and b.response == "14+4" and c.response == "beta|gamma|2"
+    assert a.response == "14" and b.response == "14+4" and c.response == "beta|gamma|alpha document|True"
     cells = [e for e in b.trajectory if e["event"] == "cell"]
-    assert cells[0]["stdout"] == "14 4 alpha 14\n"
+    assert cells[0]["stdout"] == "14 4 alpha system\n"
     turns = [e for e in c.trajectory if e["event"] == "run_start"]
-    assert "Persistent session, question 3" in turns[0]["question"]
-    assert rlm.persistent.sandbox is None  # closed with the RLM
+    assert "3 contexts: this question's document is `context_2`" in turns[0]["question"]
+    assert rlm._persistent_env is None  # closed with the RLM

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import defaults
 from ..engines import BACKENDS as ENGINE_BACKENDS
 from ..engines import DEFAULT_BACKEND, quiet_transformers
 from ..loop.levers import parse_lever_flags
@@ -52,7 +53,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--concurrency", "-k", type=int, default=1, help="items run at once through one shared scheduler")
     p.add_argument("--out", default=None, help="results directory (default: bench/results/FAMILY)")
     p.add_argument("--resume", action="store_true", help="continue a sweep: skip the rows already in --out")
-    p.add_argument("--max-iterations", type=int, default=8, help="root turns per RLM run")
+    p.add_argument("--max-iterations", type=int, default=defaults.BENCH_MAX_ITERATIONS, help="root turns per RLM run")
     p.add_argument("--max-timeout", type=float, default=None, help="seconds per item and method")
     p.add_argument(
         "--window",

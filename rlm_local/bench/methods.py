@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import defaults
 from ..engines import Engine, Request, Result, Usage
 from ..loop.run import FINAL_GRACE_SECONDS, Model
 from ..rlm import RLM
@@ -93,7 +94,7 @@ class Methods:
         engine: Engine,
         names: list[str],
         *,
-        max_iterations: int = 8,
+        max_iterations: int = defaults.BENCH_MAX_ITERATIONS,
         max_timeout: float | None = None,
         window: int | None = None,
         scheduler_kwargs: dict[str, Any] | None = None,
@@ -111,6 +112,7 @@ class Methods:
             max_timeout=max_timeout,
             scheduler_kwargs={"memo": False} if scheduler_kwargs is None else scheduler_kwargs,
             levers=levers or None,
+            raise_on_limit=False,  # a budget stop is scored like any answer, with its stopped_reason recorded
         )
         try:
             # The full RLM also serves base and summary: they use its root model (card, format, scheduler).

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..engines import DEFAULT_BACKEND, Engine, Request, make_engine
 from ..loop.prompts import describe_context
 from .items import BenchError, Item, family
@@ -84,7 +85,7 @@ class Sweep:
     concurrency: int = 1
     out: Path = Path("bench/results")
     resume: bool = False
-    max_iterations: int = 8
+    max_iterations: int = defaults.BENCH_MAX_ITERATIONS
     max_timeout: float | None = None
     window: int | None = None
     source: str | None = None  # codeqa's source directory

@@ -2,14 +2,16 @@
 budget stop, a child run; written in the reply text or done by the code.
 
 Ways a model says it is done, in the order they are trusted:
-1. code ran ``FINAL(value)`` or ``FINAL_VAR("name")`` (the sandbox reports ``cell.final``);
-2. code set the reference library's ``answer = {"content": ..., "ready": True}``;
-3. the reply text says ``FINAL_VAR(name)``: the variable's value, read from the REPL directly;
-4. the reply text says ``FINAL(x)``: the value of variable ``x`` when ``x`` is a bare name that exists
+1. code ran ``FINAL(value)`` or ``FINAL_VAR("name")``, or set the reference library's answer dict
+   (``answer["content"] = ...; answer["ready"] = True``, or ``answer = {...}`` rebound): the REPL
+   predefines ``answer = {"content": "", "ready": False}`` and reports ``str(answer["content"])`` as
+   ``cell.final`` once ``ready`` is true, as the reference's prompt describes;
+2. the reply text says ``FINAL_VAR(name)``: the variable's value, read from the REPL directly;
+3. the reply text says ``FINAL(x)``: the value of variable ``x`` when ``x`` is a bare name that exists
    (small models write ``FINAL(result)`` meaning the variable), else ``x`` as written.
 A text ``FINAL(...)`` next to code is ignored: it was written before the code's output was seen. A text
 ``FINAL_VAR(name)`` after code is trusted: it names what that code just computed.
-5. a reply in plain prose that is plainly an answer (``plain_answer``): the loop asks once for FINAL
+4. a reply in plain prose that is plainly an answer (``plain_answer``): the loop asks once for FINAL
    first, unless the model has already looked at the context (run.py). Small instruction models answer
    in the question's format ("The access code is 4471.") and never call FINAL.
 Variables are read with ``Sandbox.read_variable``, never by running a generated code cell.
@@ -32,8 +34,7 @@ from typing import Any
 from ..sandbox import CellResult
 from .parsing import ParsedReply
 
-ANSWER_VAR = "answer"  # the reference library's answer-dict protocol
-_MENTIONS_ANSWER = re.compile(rf"\b{ANSWER_VAR}\b")
+ANSWER_VAR = "answer"  # the reference library's answer-dict protocol (the REPL reports it: rule 1)
 
 # read(name) -> the REPL variable's CellResult (value, or error when missing)
 Reader = Callable[[str], CellResult]
@@ -54,20 +55,8 @@ def read_text(read: Reader, name: str) -> str | None:
     return None if cell.error is not None else as_text(cell.value)
 
 
-def answer_dict(read: Reader, code_blocks: list[str]) -> str | None:
-    """``answer["content"]`` once the code set ``answer = {..., "ready": True}``; read only when the code
-    of this turn mentions ``answer`` (a round trip to the REPL is cheap, but not free)."""
-    if not any(_MENTIONS_ANSWER.search(code) for code in code_blocks):
-        return None
-    cell = read(ANSWER_VAR)
-    value = cell.value if cell.error is None else None
-    if isinstance(value, dict) and value.get("ready") is True and "content" in value:
-        return as_text(value["content"])
-    return None
-
-
 def from_text(parsed: ParsedReply, read: Reader | None, closing: bool = False) -> str | None:
-    """A final answer written in the reply text (rules 3 and 4 above); ``read`` None means no REPL.
+    """A final answer written in the reply text (rules 2 and 3 above); ``read`` None means no REPL.
     ``closing``: the reply to the closing request after a budget stop, where a FINAL next to code is taken
     (there is no later turn to give it in)."""
     if parsed.final_var is not None:
@@ -86,7 +75,7 @@ def after_cells(parsed: ParsedReply, cells: list[CellResult], read: Reader) -> s
     for cell in cells:
         if cell.final is not None:
             return cell.final
-    return answer_dict(read, parsed.code_blocks) or from_text(parsed, read)
+    return from_text(parsed, read)
 
 
 # A line that gives the answer outright: "Answer: X", "**Final answer:** X", "The answer is X".

@@ -12,7 +12,6 @@ from typing import Any
 from ..engines import Request
 from ..errors import InputError
 from . import prompts
-from .levers import Levers
 from .parsing import ParsedReply, parse_reply
 from .prompts import ContextInfo
 
@@ -38,22 +37,11 @@ class ChatFormat:
     name = "chat"
     reply_grammar: str | None = CHAT_REPLY_GRAMMAR
 
-    def opening(
-        self,
-        question: str | None,
-        info: ContextInfo,
-        output_limit: int,
-        custom_system: str | None,
-        sub_context_tokens: int,
-        levers: Levers,
-    ) -> list[str]:
-        """The fixed start of a root conversation, as the pieces the model will see."""
-        return [
-            prompts.system_prompt(
-                output_limit, sub_context_tokens, custom_system, toolkit=levers.toolkit, one_block=levers.constrain
-            ),
-            prompts.first_turn(question, info, toolkit=levers.toolkit),
-        ]
+    def opening(self, question: str | None, info: ContextInfo, system: str, prologue: str | None) -> list[str]:
+        """The fixed start of a root conversation, as the pieces the model will see: the system prompt, and
+        the first turn (the user's ``prologue`` after the context's description)."""
+        first = prompts.first_turn(question, info)
+        return [system, f"{first}\n\n{prologue}" if prologue else first]
 
     def parse(self, reply: str) -> ParsedReply:
         return parse_reply(reply)
@@ -97,16 +85,12 @@ class CompletionFormat:
     name = "completion"
     reply_grammar: str | None = None  # the transcript already ends inside a code fence
 
-    def opening(
-        self,
-        question: str | None,
-        info: ContextInfo,
-        output_limit: int,
-        custom_system: str | None,
-        sub_context_tokens: int,
-        levers: Levers,
-    ) -> list[str]:
-        return [prompts.COMPLETION_PREAMBLE + prompts.completion_task(question, info)]
+    def opening(self, question: str | None, info: ContextInfo, system: str, prologue: str | None) -> list[str]:
+        """A base model has no system prompt: ``system`` is not shown; the ``prologue`` is a line of the task."""
+        task = prompts.completion_task(question, info)
+        if prologue:
+            task = task.replace("### Context:", f"### Note: {' '.join(prologue.split())}\n### Context:", 1)
+        return [prompts.COMPLETION_PREAMBLE + task]
 
     def parse(self, reply: str) -> ParsedReply:
         return parse_reply(f"```python\n{reply}\n```")

@@ -292,11 +292,14 @@ def _preview(text: str) -> str:
     return "\n".join(lines)
 
 
-def tools_prompt(tools: dict[str, Any]) -> str:
-    """The lines that tell the root model about the caller's custom tools (first docstring line each)."""
+def tools_prompt(tools: dict[str, Any], notes: dict[str, str] | None = None) -> str:
+    """The lines that tell the root model about the caller's custom tools: the caller's description from
+    ``notes``, else the function's first docstring line."""
     rows = []
     for name, value in tools.items():
-        if callable(value):
+        if notes and notes.get(name):
+            rows.append(f"- `{name}{'(...)' if callable(value) else ''}`: {notes[name]}")
+        elif callable(value):
             doc = (getattr(value, "__doc__", None) or "").strip().splitlines()
             rows.append(f"- `{name}(...)`" + (f": {doc[0]}" if doc else ": a function (JSON arguments and result)"))
         else:
@@ -305,23 +308,20 @@ def tools_prompt(tools: dict[str, Any]) -> str:
 
 
 def system_prompt(
-    output_limit: int,
-    sub_context_tokens: int = 32_768,
-    custom: str | None = None,
-    toolkit: bool = False,
-    one_block: bool = False,
+    output_limit: int, sub_context_tokens: int = 32_768, toolkit: bool = False, one_block: bool = False
 ) -> str:
-    """The chat system prompt: the paper's protocol, then (``toolkit``) the REPL helpers and a worked example
-    per task shape, (``one_block``) the reply shape a grammar holds the model to, then the caller's text."""
+    """Our chat system prompt: the paper's protocol, then (``toolkit``) the REPL helpers and a worked example
+    per task shape, then (``one_block``) the reply shape a grammar holds the model to. A caller's
+    ``custom_system_prompt`` replaces all of it (instructions.py)."""
     # ~3 characters a token leaves room for the sub-model's answer and template.
     text = SYSTEM_PROMPT.replace("OUTPUT_LIMIT", f"{output_limit:,}").replace(
         "SUB_CONTEXT_CHARS", f"{max(4_000, sub_context_tokens * 3) // 1000 * 1000:,}"
     )
-    parts = [text, TOOLKIT_PROMPT if toolkit else "", ONE_BLOCK if one_block else "", custom or ""]
-    return "\n\n".join(p for p in parts if p)
+    return "\n\n".join(p for p in (text, TOOLKIT_PROMPT if toolkit else "", ONE_BLOCK if one_block else "") if p)
 
 
-# The toolkit lever's hint on the first turn, where a small model reads most closely.
+# The toolkit lever's hint after the first turn (before the user's prologue), where a small model reads most
+# closely.
 TOOLKIT_START = (
     "Start with search(...) for a distinctive phrase of the question, or print a part of `context` to see its "
     "layout. When something must be judged by reading each record (a label, a topic, relevance), regex cannot "
@@ -329,9 +329,8 @@ TOOLKIT_START = (
 )
 
 
-def first_turn(question: str | None, info: ContextInfo, toolkit: bool = False) -> str:
-    text = FIRST_TURN.replace("METADATA", info.describe()).replace("QUESTION_TEXT", question or TASK_IN_CONTEXT)
-    return f"{text} {TOOLKIT_START}" if toolkit else text
+def first_turn(question: str | None, info: ContextInfo) -> str:
+    return FIRST_TURN.replace("METADATA", info.describe()).replace("QUESTION_TEXT", question or TASK_IN_CONTEXT)
 
 
 def cell_feedback(outputs: list[str]) -> str:

@@ -13,33 +13,40 @@ completion, children included.
 
 Small instruction models are steered back on track (steering.py): a runaway reply is cut, a repeated
 turn gets an escalating nudge, and a prose reply that is plainly an answer is taken (final.plain_answer).
+
+Around the loop: the reference's callbacks (hooks.py), compaction (compaction.py) and typed answers
+(typed.py); the sub-call handlers the sandbox calls, tree-wide budget checks included, are subcalls.py.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..engines import Engine, Request, Result, Usage
+from .. import defaults
+from ..engines import Request, Result, Usage
 from ..errors import BudgetExceeded, SetupError
 from ..errors import logger as _root_logger
-from ..runlog.events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
+from ..runlog.events import CellRan, ContextDescribed, Event, RootTurn, SubCall
 from ..runlog.trajectory import Trajectory
 from ..runlog.usage import UsageTracker
-from ..sandbox import CellResult, Limits, Sandbox, SandboxError
-from ..scheduling.scheduler import Scheduler
-from . import final, prompts
+from ..sandbox import CellResult, Sandbox, SandboxError
+from . import final, instructions, prompts
 from .batching import rewrite_sibling_calls
+from .budget import FINAL_GRACE_SECONDS, Budget
+from .compaction import Compactor
 from .conversation import Conversation
-from .formats import PromptFormat
-from .levers import Levers
 from .prompts import Context, ContextError, check_context, flatten_context
+from .settings import Model, Outcome, Settings
 from .steering import Steering
+from .subcalls import SubCalls
 from .toolkit import SOURCE as TOOLKIT_SOURCE
+from .typed import AnswerFormat
+
+__all__ = ["FINAL_GRACE_SECONDS", "STOP_REASONS", "Budget", "BudgetExceeded", "Model", "Outcome", "Run", "Settings"]
+__all__ += ["SetupError", "ContextError", "check_context"]
 
 logger = _root_logger.getChild("run")
 
@@ -52,8 +59,8 @@ STOP_REASONS = (
     "max_errors",
     "engine_error",
     "cancelled",
+    "invalid_answer",  # response_format: the answers given never matched it before a budget ended the run
 )
-FINAL_GRACE_SECONDS = 1.0  # the closing final-answer request may run this long past max_timeout
 # A greedy root request that failed after this long is not sent again: it would compute the same reply for
 # as long again (a timed-out 2,048-token reply on a CPU server was retried and timed out twice).
 NO_RETRY_AFTER_SECONDS = 30.0
@@ -62,111 +69,7 @@ NO_RETRY_AFTER_SECONDS = 30.0
 RESAMPLE_TEMPERATURES = (0.7, 1.0)
 
 
-@dataclass
-class Budget:
-    """Limits and counters of one completion(), shared by its child runs. Thread-safe where it counts."""
-
-    max_iterations: int
-    max_timeout: float | None = None
-    max_tokens: int | None = None
-    max_subcalls: int | None = None
-    max_errors: int | None = None  # consecutive failing cells of one (sub-)run
-    final_grace: float = FINAL_GRACE_SECONDS
-    started: float = field(default_factory=time.monotonic)
-    subcalls: int = 0
-    exhausted: str | None = None  # a budget that refused a sub-call ends the run at the next check
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def time_left(self) -> float | None:
-        return None if self.max_timeout is None else self.started + self.max_timeout - time.monotonic()
-
-    def wait_limit(self) -> float | None:
-        """How long an engine call or a cell may take now: the time left (never negative), or no limit."""
-        left = self.time_left()
-        return None if left is None else max(0.0, left)
-
-    def closing_limit(self) -> float | None:
-        """The same for the closing request after a budget stop: up to the deadline plus the grace."""
-        left = self.time_left()
-        return None if left is None else max(0.0, left + self.final_grace)
-
-    def stop_reason(self, tokens_used: int) -> str | None:
-        if self.exhausted:
-            return self.exhausted
-        left = self.time_left()
-        if left is not None and left <= 0:
-            return "max_timeout"
-        if self.max_tokens is not None and tokens_used >= self.max_tokens:
-            return "max_tokens"
-        if self.max_subcalls is not None and self.subcalls >= self.max_subcalls:
-            return "max_subcalls"
-        return None
-
-    def cancel(self) -> None:
-        """Stop the run at its next check (the caller went away): no closing request, sub-calls refused."""
-        self.exhausted = "cancelled"
-
-    def reserve_subcalls(self, count: int, tokens_used: int) -> None:
-        """Count ``count`` sub-calls against the budget, or raise BudgetExceeded (shown to the code)."""
-        with self.lock:
-            if self.max_subcalls is not None and self.subcalls + count > self.max_subcalls:
-                left = self.max_subcalls - self.subcalls
-                if left <= 0:
-                    self.exhausted = "max_subcalls"
-                    raise BudgetExceeded(
-                        f"max_subcalls budget ({self.max_subcalls}) used up; call FINAL with what you have"
-                    )
-                raise BudgetExceeded(
-                    f"max_subcalls budget: {count} sub-calls requested but only {left} of "
-                    f"{self.max_subcalls} left; ask fewer"
-                )
-            self.subcalls += count
-        reason = self.stop_reason(tokens_used)
-        if reason is not None and reason != "max_subcalls":
-            raise BudgetExceeded(f"{reason} budget used up; call FINAL with what you have")
-
-
-@dataclass(frozen=True)
-class Model:
-    """An engine as the loop uses it, resolved once per RLM from its model card."""
-
-    engine: Engine
-    scheduler: Scheduler
-    name: str
-    format: PromptFormat  # chat or completion, from the card
-    root_sampling: dict[str, Any]  # for root turns: the card's sampling
-    sub_sampling: dict[str, Any]  # for sub-calls: greedy, an answer's length
-    prompt_tokens: int  # the most prompt tokens a root conversation may use
-    context_length: int
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every run of one RLM shares: the models and the loop's options."""
-
-    root: Model
-    sub: Model
-    max_depth: int
-    output_limit: int
-    sandbox_limits: Limits
-    custom_system_prompt: str | None
-    implicit_batching: bool
-    tools: dict[str, Any] = field(default_factory=dict)  # custom_tools: REPL names backed by the caller
-    levers: Levers = field(default_factory=Levers)  # what the loop does for the model's answers (levers.py)
-
-
-@dataclass
-class Outcome:
-    answer: str
-    stopped_reason: str
-    iterations: int
-    # "final" (the model gave it), "closing" (its reply to the closing request after a budget stop),
-    # "recovered" (the best candidate the run's cells printed or stored: the recover lever) or "none"
-    source: str = "final"
-    grounded: bool | None = None  # False: an answer the model wrote out that the run never observed
-
-
-class Run:
+class Run(SubCalls):
     """One (sub-)run: a conversation with the root model and a sandbox session, inside a shared budget."""
 
     def __init__(
@@ -177,9 +80,14 @@ class Run:
         trajectory: Trajectory,
         run_id: str,
         depth: int = 0,
+        top: bool = True,
     ) -> None:
         self.settings, self.budget, self.usage, self.trajectory = settings, budget, usage, trajectory
-        self.run_id, self.depth = run_id, depth
+        self.run_id, self.depth, self.top = run_id, depth, top  # top: the completion's own run, not a child
+        self.answer_format: AnswerFormat | None = None  # response_format (the top run only)
+        self.invalid: Outcome | None = None  # the last final answer that did not match it
+        pct = settings.compaction_threshold_pct
+        self.compactor = Compactor(pct) if pct is not None else None
         self.convo: Conversation | None = None
         self.sandbox: Sandbox | None = None
         # A session's REPL outlives its runs: ``sandbox_provider(run, context)`` gives the context manager
@@ -196,23 +104,38 @@ class Run:
             self._root_sampling["grammar"] = grammar
 
     def child(self) -> Run:
-        return Run(self.settings, self.budget, self.usage, self.trajectory, self.run_id, self.depth + 1)
+        return Run(self.settings, self.budget, self.usage, self.trajectory, self.run_id, self.depth + 1, top=False)
+
+    @property
+    def tools(self) -> dict[str, Any]:
+        s = self.settings
+        return s.tools if self.top or s.child_tools is None else s.child_tools
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def solve(self, context: Context, question: str | None) -> Outcome:
         s = self.settings
         info = prompts.describe_context(context, s.root.engine.count_tokens)
         self.log(ContextDescribed(depth=self.depth, metadata=info.to_dict()))
+        system = instructions.system_text(
+            prompts.system_prompt(
+                s.output_limit,
+                s.sub.context_length or defaults.CONTEXT_LENGTH,
+                toolkit=s.levers.toolkit,
+                one_block=s.levers.constrain,
+            ),
+            s.custom_system_prompt,
+            instructions.tools_section(self.tools, s.tool_notes),
+            s.orchestrator,
+        )
         self.convo = Conversation.start(
             s.root.format,
             s.root.engine.count_tokens,
             question,
             info,
             s.output_limit,
-            s.custom_system_prompt,
+            system,
             s.root.prompt_tokens,
-            s.sub.context_length or 32_768,
-            s.levers,
+            self._prologue(),
         )
         self.evidence.saw(f"{question or ''}\n{info.describe()}", printed=False)
         opener = self.sandbox_provider(self, context) if self.sandbox_provider else self.open_sandbox(context)
@@ -224,21 +147,68 @@ class Run:
             for iteration in range(1, self.budget.max_iterations + 1):
                 if reason := self.stop_reason():
                     return self._close(reason, iteration - 1)
+                if self.compactor is not None and self.compactor.due(self):
+                    self.compactor.compact(self, iteration)
+                started = self._iteration_hook(iteration)
                 result = self._root_turn(iteration)
                 if result is None:
+                    self._iteration_hook(iteration, started)
                     return self._close(self.stop_reason() or "engine_error", iteration)
                 reply = self._trim(result, steer)
                 if s.levers.resample:
                     reply = self._fresh(reply, iteration, steer)
                 answer, feedback, failed = self._act(reply, iteration, steer)
                 if answer is not None:
-                    return Outcome(answer, "final", iteration, grounded=self._grounded)
+                    outcome, feedback = self._typed(Outcome(answer, "final", iteration, grounded=self._grounded))
+                    if outcome is not None:
+                        self._iteration_hook(iteration, started)
+                        return outcome
                 self.convo.add_turn(reply, steer.feedback(reply, feedback))
                 self.evidence.outputs_seen = len(self.evidence.observed) - 1  # what this turn printed, now read
+                self._iteration_hook(iteration, started)
                 failures = failures + 1 if failed else 0
                 if self.budget.max_errors is not None and failures >= self.budget.max_errors:
                     return self._close("max_errors", iteration)
             return self._close("max_iterations", self.budget.max_iterations)
+
+    def _iteration_hook(self, iteration: int, started: float | None = None) -> float:
+        """The iteration callbacks of the completion's own run (hooks.py); returns the time now."""
+        now = time.monotonic()
+        if self.top and started is None:
+            self.settings.hooks.call("on_iteration_start", self.depth, iteration)
+        elif self.top and started is not None:
+            self.settings.hooks.call("on_iteration_complete", self.depth, iteration, now - started)
+        return now
+
+    def _typed(self, outcome: Outcome) -> tuple[Outcome | None, str]:
+        """A final answer checked against ``response_format`` (typed.py): the outcome with the parsed value,
+        or None and the note telling the root what failed (the run goes on)."""
+        if self.answer_format is None:
+            return outcome, ""
+        parsed, error = self.answer_format.check(outcome.answer)
+        if error is None:
+            outcome.parsed, outcome.answer = parsed, self.answer_format.dump(parsed)
+            return outcome, ""
+        self.invalid = Outcome(outcome.answer, "invalid_answer", outcome.iterations, None, outcome.answer, error)
+        logger.info("run %s: final answer does not match response_format: %s", self.run_id, error)
+        return None, self.answer_format.retry_note(error)
+
+    def finish_typed(self, outcome: Outcome) -> Outcome:
+        """After a budget stop: the closing answer checked against ``response_format``, or the last invalid
+        answer with ``stopped_reason="invalid_answer"`` when no answer matched."""
+        if self.answer_format is None or outcome.stopped_reason == "final":
+            return outcome
+        if outcome.answer.strip():
+            checked, _ = self._typed(outcome)
+            if checked is not None:
+                return checked
+        return self.invalid if self.invalid is not None else outcome
+
+    def _prologue(self) -> str | None:
+        """Text after the context's description: the toolkit's hint (levers.py), then the user's prologue."""
+        s = self.settings
+        parts = [prompts.TOOLKIT_START if s.levers.toolkit else "", (s.user_prologue or "") if self.top else ""]
+        return "\n\n".join(p for p in parts if p) or None
 
     def _root_turn(self, iteration: int) -> Result | None:
         """The root's next reply, or None when the engine failed (twice, or once slowly on a greedy
@@ -436,6 +406,9 @@ class Run:
         """One root-model call through the scheduler, bounded by the budget, counted and logged."""
         started = time.monotonic()
         (result,) = self._submit(self.settings.root, [request], "root", self.depth)
+        seconds = time.monotonic() - started
+        if result.ok:
+            self.budget.record_turn(seconds, result.usage.completion_tokens)
         self.log(
             RootTurn(
                 depth=self.depth,
@@ -445,11 +418,14 @@ class Run:
                 completion_tokens=result.usage.completion_tokens,
                 reply=result.text,
                 error=result.error,
-                seconds=round(time.monotonic() - started, 3),
+                seconds=round(seconds, 3),
+                dropped_turns=self.convo.dropped if self.convo is not None else 0,
                 **fields,
             )
         )
         return result
+
+    call_root = _call_root  # for compaction.py
 
     def _run_cell(self, code: str, iteration: int) -> CellResult:
         rewrites = 0
@@ -497,19 +473,23 @@ class Run:
         context: Context,
         llm_handler: Callable[[list[str]], list[str]] | None = None,
         rlm_handler: Callable[..., str] | None = None,
+        rlm_batch_handler: Callable[[list[str], list[Any]], list[str]] | None = None,
     ) -> Sandbox:
         """A new REPL session on ``context`` with this run's limits and tools; sub-calls go to this run
         unless other handlers are given (a persistent REPL routes them to whichever run uses it)."""
         try:
-            return Sandbox(
+            sandbox = Sandbox(
                 context=context,
                 limits=self.settings.sandbox_limits,
                 llm_handler=llm_handler or self.llm_query,
                 rlm_handler=rlm_handler or self.rlm_query,
-                tools=self.settings.tools,
+                rlm_batch_handler=rlm_batch_handler or (None if rlm_handler else self.rlm_query_batched),
+                tools=self.tools,
             )
         except SandboxError as exc:
             raise SetupError(f"could not start the sandbox: {exc}") from exc
+        self.budget.record_sandbox_start(sandbox.start_seconds)
+        return sandbox
 
     # ---- budgets and accounting -----------------------------------------------------------------------------
     def stop_reason(self) -> str | None:
@@ -536,63 +516,6 @@ class Run:
 
     def log(self, event: Event) -> None:
         self.trajectory.log(event)
-
-    # ---- sub-call handlers (called by the sandbox, in the thread running the cell) ----------------------------
-    def llm_query(self, prompts_in: list[str]) -> list[str]:
-        """``llm_query`` / ``llm_query_batched``: one scheduler submission, so siblings batch together."""
-        sub, depth = self.settings.sub, self.depth + 1
-        self.budget.reserve_subcalls(len(prompts_in), self.usage.total_tokens)
-        requests = [sub.format.subcall(p, sub.sub_sampling) for p in prompts_in]
-        started = time.monotonic()
-        results = self._submit(sub, requests, "sub", depth)
-        elapsed = round(time.monotonic() - started, 3)
-        answers: list[str] = []
-        for prompt, result in zip(prompts_in, results):
-            self.log(
-                SubCall(
-                    depth=depth,
-                    query="llm",
-                    prompt=prompt,
-                    response=result.text,
-                    error=result.error,
-                    usage=result.usage,
-                    seconds=elapsed,
-                    batch=len(prompts_in),
-                )
-            )
-            answers.append(result.text.strip() if result.ok else f"[llm_query error: {result.error}]")
-        if self.stop_reason() == "max_timeout" and not all(r.ok for r in results):
-            raise BudgetExceeded("max_timeout budget used up; call FINAL with what you have")
-        return answers
-
-    def rlm_query(self, prompt: str, context: Context | None = None) -> str:
-        """``rlm_query``: a child run one level deeper, or a plain sub-call at the depth limit."""
-        depth = self.depth + 1
-        if depth >= self.settings.max_depth:
-            text = prompt if context is None else f"{prompt}\n\n{flatten_context(context)}"
-            return self.llm_query([text])[0]
-        self.budget.reserve_subcalls(1, self.usage.total_tokens)
-        question = prompt if context is not None else None
-        started = time.monotonic()
-        self.log(ChildStart(depth=depth, question=question))
-        try:
-            outcome = self.child().solve(check_context(context if context is not None else prompt), question)
-        except ContextError as exc:
-            return f"[rlm_query error: {exc}]"
-        self.log(
-            SubCall(
-                depth=depth,
-                query="rlm",
-                prompt=prompt,
-                response=outcome.answer,
-                stopped_reason=outcome.stopped_reason,
-                iterations=outcome.iterations,
-                seconds=round(time.monotonic() - started, 3),
-            )
-        )
-        if outcome.stopped_reason != "final":  # tell the parent's code that this is a partial answer, and why
-            return f"[rlm_query stopped at {outcome.stopped_reason}] {outcome.answer}".rstrip()
-        return outcome.answer
 
 
 def _cell_text(cell: CellResult) -> str:

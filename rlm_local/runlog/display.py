@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 
-from .events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, RunFinal, SubCall
+from .events import CellRan, ChildStart, Compacted, ContextDescribed, Event, RootTurn, RunFinal, SubCall
 
 
 def _short(text: Any, limit: int = 160) -> str:
@@ -64,6 +64,7 @@ class ProgressDisplay:
             self._turns += ev.depth == 0
             self._tokens += ev.prompt_tokens
             label = "final answer request" if ev.final_request else f"turn {ev.iteration}"
+            label = "compaction summary" if ev.compaction else label
             if ev.error:
                 say(f"{pad}[red]{label} (depth {ev.depth}): engine error: {escape(_short(ev.error))}[/red]")
             else:
@@ -93,6 +94,8 @@ class ProgressDisplay:
                 )
         elif isinstance(ev, ChildStart):
             say(f"{pad}[magenta]child RLM at depth {ev.depth}[/magenta]")
+        elif isinstance(ev, Compacted):
+            say(f"{pad}[yellow]compacted {ev.turns} turns: {ev.tokens_before:,} -> {ev.tokens_after:,} tokens[/yellow]")
         elif isinstance(ev, RunFinal):
             say(f"[bold green]done[/bold green]: {ev.stopped_reason} after {ev.iterations} turn(s), {ev.seconds:.1f} s")
 

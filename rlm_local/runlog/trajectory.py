@@ -8,6 +8,7 @@ copied the whole context into every event and its logs grew to gigabytes. Long t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 
 from .events import Event, clip
 
-__all__ = ["Trajectory", "clip", "read_trajectory"]
+__all__ = ["Trajectory", "clip", "context_digest", "read_trajectory"]
 
 
 class Trajectory:
@@ -68,3 +69,9 @@ def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
     """Load a trajectory file written by :class:`Trajectory` (for analysis and tests)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def context_digest(context: str | list[str] | dict[str, str]) -> str:
+    """The sha256 of a context as given (a str's UTF-8, else its JSON): replay checks the one it is handed."""
+    data = context if isinstance(context, str) else json.dumps(context, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()

@@ -22,7 +22,7 @@ model = "Qwen/Qwen3-8B"
 sub_backend = "openai"     # sub-calls (default: the root's engine)
 sub_model = "Qwen/Qwen3-1.7B"
 sub_base_url = "http://127.0.0.1:8001/v1"
-max_iterations = 20        # budgets: max_depth, max_timeout, max_tokens, max_subcalls, max_errors
+max_iterations = 30        # budgets: max_depth, max_timeout, max_tokens, max_subcalls, max_errors
 max_timeout = 600
 
 [contexts.handbook]        # a named context: rlm={"context": "handbook"}

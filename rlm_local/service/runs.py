@@ -159,6 +159,7 @@ class RunManager:
         before_end: Callable[[RunRecord], None] | None = None,
         on_done: Callable[[RunRecord], None] | None = None,
         title: str | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> RunRecord:
         """Start a run (the caller's limits are checked first: ApiError(429)); returns at once. ``title``:
         the question as the user asked it, for listings (a session's question carries its history).
@@ -194,6 +195,7 @@ class RunManager:
                 sub_engine=sub_engine,
                 trajectory_path=record.path,
                 on_event=lambda ev: self._event(record, ev),
+                raise_on_limit=False,  # a budget stop is a result with its stopped_reason, shown to the client
                 **cfg.budgets,
             )
         except BaseException:
@@ -204,7 +206,7 @@ class RunManager:
             self._rlms[run_id] = rlm
         self._write_meta(record)
         hooks = (sandbox_provider, before_end, on_done)
-        self.pool.submit(self._work, record, rlm, caller, context, question, hooks)
+        self.pool.submit(self._work, record, rlm, caller, context, question, hooks, response_format)
         return record
 
     def _work(
@@ -215,11 +217,14 @@ class RunManager:
         context: Any,
         question: str | None,
         hooks: tuple[Any, Any, Any],
+        response_format: dict[str, Any] | None = None,
     ) -> None:
         sandbox_provider, before_end, on_done = hooks
         tokens = 0
         try:
-            result = rlm.completion(context, question, run_id=record.id, sandbox_provider=sandbox_provider)
+            result = rlm.completion(
+                context, question, run_id=record.id, sandbox_provider=sandbox_provider, response_format=response_format
+            )
             record.result = result
             record.status = "cancelled" if result.stopped_reason == "cancelled" else "done"
             tokens = result.usage_summary.total.total_tokens

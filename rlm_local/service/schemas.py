@@ -79,6 +79,8 @@ class ModelCall(BaseModel):
     def _served(cls, data: object) -> object:
         if isinstance(data, dict):
             for name, (fine, why) in UNSUPPORTED.items():
+                if name in cls.model_fields:  # a request type that serves it (ChatRequest.response_format)
+                    continue
                 if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in fine):
                     raise PydanticCustomError("unsupported", why, {"param": name})
         return data
@@ -94,11 +96,34 @@ class ModelCall(BaseModel):
     user: str | None = Field(default=None, max_length=200)
 
 
+class JsonSchema(BaseModel):
+    name: str = Field(max_length=64)
+    json_schema: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: an RLM's final answer is validated against ``json_schema`` (the run
+    retries within its budget; ``json_object`` means any JSON object)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    def schema_or_none(self) -> dict[str, Any] | None:
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise ValueError("response_format type json_schema needs json_schema: {name, schema}")
+            return self.json_schema.json_schema
+        return {"type": "object"} if self.type == "json_object" else None
+
+
 class ChatRequest(ModelCall):
     messages: list[Message] = Field(min_length=1, max_length=10_000)
     stream_options: StreamOptions | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     rlm: RLMOptions | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _one_reply_to_continue(self) -> ChatRequest:

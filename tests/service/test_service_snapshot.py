@@ -55,7 +55,10 @@ def test_what_cannot_be_saved_is_named_and_stays_named(tmp_path):
         s = httpx.post(url + "/v1/sessions", json={"model": "scripted-rlm", "contexts": ["doc"]}).json()
         assert ask(client, s["id"], "!define things") == "defined"
         repl = httpx.get(f"{url}/v1/sessions/{s['id']}").json()["repl"]
-        assert set(repl["unsaved_variables"]) == {"helper", "Box", "box"} and repl["variables"] == ["kept"]
+        assert set(repl["unsaved_variables"]) == {"helper", "Box", "box"} and repl["variables"] == [
+            "answer",
+            "kept",
+        ]  # answer: the reference's predefined dict
         assert "function" in repl["unsaved_variables"]["helper"] and "Box" in repl["unsaved_variables"]["box"]
     with serving(make_config(tmp_path / "data")) as (url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)

@@ -119,13 +119,17 @@ def test_a_non_streaming_client_that_gives_up_cancels_too(server):
 
 
 def test_cancel_before_start():
-    from rlm_local import RLM
+    from rlm_local import RLM, CancellationError
     from rlm_local.engines.scripted import ScriptedEngine
 
-    with RLM(engine=ScriptedEngine(["FINAL(never)"]), backend="scripted") as rlm:
+    with RLM(engine=ScriptedEngine(["FINAL(never)"]), backend="scripted", raise_on_limit=False) as rlm:
         assert rlm.cancel("early") is False
         result = rlm.completion("ctx", "q", run_id="early")
         assert result.stopped_reason == "cancelled" and result.response == ""
+    with RLM(engine=ScriptedEngine(["FINAL(never)"]), backend="scripted") as rlm:  # the reference's way
+        rlm.cancel("early")
+        with pytest.raises(CancellationError):
+            rlm.completion("ctx", "q", run_id="early")
 
 
 def slow_request(stream: bool, tag: str) -> dict:

@@ -153,6 +153,7 @@ class Repl:
         self.reserved["__builtins__"] = self.builtins
         self.added: set[str] = set()  # names bound by add_context, which it may bind again
         self.globals: dict = dict(self.reserved)
+        self.globals["answer"] = {"content": "", "ready": False}  # the reference's protocol: an ordinary variable
 
     # names the model sees ----------------------------------------------------------------------------
     def _reserve(self, name: str, value) -> None:
@@ -199,19 +200,29 @@ class Repl:
     def _stubs(self) -> dict:
         call = self.call
 
+        def no_model(model, fn: str) -> None:
+            if model is not None:
+                raise ValueError(
+                    f"{fn}(model=...) is not available here: sub-calls go to the RLM's sub-model; drop model="
+                )
+
         def llm_query(prompt, model=None):
+            no_model(model, "llm_query")
             return call("llm", [_as_str(prompt, "llm_query prompt")])[0]
 
         def llm_query_batched(prompts, model=None):
+            no_model(model, "llm_query_batched")
             if isinstance(prompts, str):
                 raise TypeError("llm_query_batched takes a list of prompts")
             prompts = [_as_str(p, "each llm_query_batched prompt") for p in prompts]
             return call("llm", prompts) if prompts else []
 
         def rlm_query(prompt, context=None, model=None):
+            no_model(model, "rlm_query")
             return call("rlm", [_as_str(prompt, "rlm_query prompt")], [_json_context(context)])[0]
 
         def rlm_query_batched(prompts, contexts=None, model=None):
+            no_model(model, "rlm_query_batched")
             if isinstance(prompts, str):
                 raise TypeError("rlm_query_batched takes a list of prompts")
             prompts = [_as_str(p, "each rlm_query_batched prompt") for p in prompts]
@@ -282,6 +293,14 @@ class Repl:
             error = self._format_error(e, filename)
         finally:
             gc.disable()
+        if self.final is None:  # the reference's answer dict: answer["ready"] ends the run with answer["content"]
+            answer = self.globals.get("answer")
+            ready = answer.get("ready") if type(answer) is dict else None
+            if type(answer) is dict and type(ready) in (bool, int, float, str) and ready:
+                try:
+                    self.final = cap_text(str(answer.get("content", "")), self._cap("max_final_chars"), "final answer")
+                except BaseException as e:
+                    error = error or self._format_error(e, filename)
         return self._end(error, notes=skipped + self._shadow_notes())
 
     def _skip_literal_rebinds(self, source: str) -> tuple[str, str]:

@@ -18,7 +18,8 @@ from sse_starlette.sse import EventSourceResponse
 
 from ...engines.base import Request as EngineRequest
 from ...engines.base import SamplingParams
-from ...errors import Error
+from ...errors import Error, InputError
+from ...loop.typed import AnswerFormat
 from .. import chat
 from ..auth import Caller
 from ..schemas import ApiError, ChatRequest, CompletionRequest
@@ -76,13 +77,16 @@ async def chat_completions(
     cfg = config.rlms.get(req.model)
     if cfg is None:
         raise _unknown(service, req.model)
+    schema = _response_schema(req)
     if req.rlm and req.rlm.session:
+        if schema is not None:
+            raise ApiError(400, "response_format is not available in a session", param="response_format")
         record = ask_session(service, who, req.rlm.session, _last_user(req), req.model)
     else:
         context, question = chat.context_and_question(
             req, service.files, who.owner, config.contexts, config.max_extracted_chars
         )
-        record = service.runs.start(who, cfg, context, question)
+        record = service.runs.start(who, cfg, context, question, response_format=schema)
     if req.stream:
         include = bool(req.stream_options and req.stream_options.include_usage)
         return EventSourceResponse(
@@ -190,6 +194,10 @@ def _usage(results: list[Any]) -> dict[str, Any]:
 
 
 async def _bare_chat(service: Any, bare: Any, req: ChatRequest, request: Request) -> JSONResponse:
+    if req.response_format is not None and req.response_format.type != "text":
+        raise ApiError(
+            400, "response_format is served for RLM models only; bare models answer with text", param="response_format"
+        )
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     (result,) = await _generate(service, bare, req, request, [{"messages": messages}], SamplingParams().max_tokens)
     return JSONResponse(
@@ -209,6 +217,19 @@ async def _bare_chat(service: Any, bare: Any, req: ChatRequest, request: Request
             "usage": _usage([result]),
         }
     )
+
+
+def _response_schema(req: ChatRequest) -> dict[str, Any] | None:
+    """The JSON schema an RLM's answer must match, checked here so a bad one is a 400."""
+    if req.response_format is None:
+        return None
+    try:
+        schema = req.response_format.schema_or_none()
+        if schema is not None:
+            AnswerFormat(schema)
+    except (ValueError, InputError) as exc:
+        raise ApiError(400, f"response_format: {exc}", param="response_format") from None
+    return schema
 
 
 def _last_user(req: ChatRequest) -> str:
