@@ -119,8 +119,10 @@ class Worker:
         host_dir: str,
         tools: tuple[list[str], dict] = ([], {}),
         grant_real_os: bool = False,
+        prelude: str | None = None,
     ) -> Worker:
-        """Starts a worker, hands it the context, and waits for its greeting (bounded by start_seconds)."""
+        """Starts a worker, hands it the context (and the prelude, which it runs before greeting), and
+        waits for its greeting (bounded by start_seconds). A prelude that fails raises SandboxError."""
         t0 = time.monotonic()
         kind, payload = encode_context(context)
         fd, path = context_file(payload)
@@ -151,10 +153,14 @@ class Worker:
                     "host_dir": host_dir,
                     "grant_real_os": grant_real_os,
                     "tool_functions": tools[0],
+                    "prelude": prelude is not None,
+                    "prelude_cpu_seconds": float(limits.cpu_seconds),
                 },
-                [json.dumps(tools[1], ensure_ascii=False)],
+                [json.dumps(tools[1], ensure_ascii=False), prelude or ""],
             )
-            msg, _ = worker.read(t0 + limits.start_seconds)
+            msg, parts = worker.read(t0 + limits.start_seconds)
+            if msg.get("type") == "failed":
+                raise SandboxError(f"the sandbox prelude failed: {(parts[0] if parts else '')[:2000]}")
             if msg.get("type") != "ready" or not isinstance(msg.get("pid"), int):
                 raise SandboxError("sandbox worker sent an unexpected greeting")
             worker.live_pid = msg["pid"]

@@ -82,13 +82,17 @@ class Sandbox:
         *,
         rlm_batch_handler: Callable[[list[str], list[Any]], Iterable[str]] | None = None,
         tools: dict[str, Any] | None = None,
+        prelude: str | None = None,
         _grant_real_os: bool = False,
     ) -> None:
         """``llm_handler(prompts) -> answers``; ``rlm_handler(prompt, context) -> answer`` per child run,
         or ``rlm_batch_handler(prompts, contexts) -> answers`` for ``rlm_query_batched`` as one batch.
         ``tools``: names the cells can use; a callable becomes a function whose JSON arguments are sent
         to the parent, which calls it and returns its JSON result; any other value (JSON data) is a
-        read-only variable (lists become tuples, dicts read-only mappings)."""
+        read-only variable (lists become tuples, dicts read-only mappings). ``prelude``: source that the
+        worker runs once at session start (and again after a restart) as model-level code, under the same
+        policy and guards as a cell; its top-level names become REPL names (restored after every cell,
+        hidden from SHOW_VARS). A prelude that fails to compile or raises makes this raise SandboxError."""
         # _grant_real_os: tests only. Hands the cells the real os, sys and ctypes, as after a full escape of
         # the language layer, to show what the OS layer alone still holds (tests/sandbox/test_post_escape.py).
         self._grant_real_os = _grant_real_os
@@ -99,6 +103,9 @@ class Sandbox:
         self.rlm_handler = rlm_handler
         self.rlm_batch_handler = rlm_batch_handler
         self._tools, self._tool_data = split_tools(tools or {})
+        if prelude is not None and not isinstance(prelude, str):
+            raise TypeError("prelude must be a str of Python source")
+        self._prelude = prelude
         self._added: list[tuple[str, Any, bool]] = []  # contexts added later, re-sent to a restarted worker
         self._lock = threading.Lock()
         self._closed = False
@@ -118,6 +125,7 @@ class Sandbox:
             os.path.dirname(os.path.dirname(WORKER_PATH)),
             tools=(sorted(self._tools), self._tool_data),
             grant_real_os=self._grant_real_os,
+            prelude=self._prelude,
         )
         self._finalizer = weakref.finalize(self, worker.kill)
         self._worker = worker

@@ -3,7 +3,7 @@ parent). Started as ``python -I -S worker/main.py SITE_DIR``; it imports only th
 its sibling files, so it starts fast and never sees the parent's modules or secrets.
 
 Life of a worker: move the protocol pipes off fds 0-2 -> read ``init`` (context memfd or file, limits)
--> load the context -> harden the process -> loop { fork a paused snapshot; send ``ready``/``restored``;
+-> load the context -> harden the process -> run the prelude (if any) -> loop { fork a paused snapshot; send ``ready``/``restored``;
 read ``run``; execute the cell under a CPU rlimit; send ``result``; release the snapshot }. When the
 parent kills us for wall time, or the kernel does for CPU time, the snapshot sees its pipe close and
 carries on as the worker, in the state from before the cell.
@@ -264,6 +264,13 @@ def main() -> None:
         session.globals.update(session.reserved)
     applied = hardening.apply(int(channel.limits["memory_mb"]), init.get("uid"), int(channel.limits["max_processes"]))
     gc.freeze()  # the interpreter's and RestrictedPython's objects: never garbage, never scanned again
+    if init.get("prelude") and len(init_parts) > 1:  # model-level code: only once the process is hardened
+        _set_cpu_limit(float(init.get("prelude_cpu_seconds", 60)))
+        failed = session.run_prelude(init_parts[1])
+        _set_cpu_limit(None)
+        if failed is not None:
+            channel.send({"type": "failed"}, [failed[:4000]])
+            os._exit(0)
     snapshot = Snapshot()
     greeting: dict[str, object] | None = {"type": "ready", "pid": os.getpid(), "hardening": applied}
     completed = 0  # cells whose effects this process holds; a snapshot tells the parent which state it has

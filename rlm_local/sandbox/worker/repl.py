@@ -39,6 +39,7 @@ else:  # the worker runs as a script, with this folder on its path
     from policy import compile_cell
 
 STUB_NAMES = protocol.STUB_NAMES
+PRELUDE_FILE = "<cell prelude>"  # a cell's file name: members.sandbox_made trusts the prelude's functions
 SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding names after that is hostile
 
 
@@ -152,6 +153,7 @@ class Repl:
         self.reserved["_echo_"] = self._echo
         self.reserved["__builtins__"] = self.builtins
         self.added: set[str] = set()  # names bound by add_context, which it may bind again
+        self.prelude_names: set[str] = set()  # top-level names of the prelude: REPL names, not variables
         self.globals: dict = dict(self.reserved)
 
     # names the model sees ----------------------------------------------------------------------------
@@ -237,7 +239,7 @@ class Repl:
         def SHOW_VARS():
             rows = []
             for k, v in self.globals.items():
-                if k.startswith("_") or k in STUB_NAMES:
+                if k.startswith("_") or k in STUB_NAMES or k in self.prelude_names:
                     continue
                 desc = (
                     "module" if isinstance(v, G.ModuleProxy) else "class" if isinstance(v, type) else type(v).__name__
@@ -274,15 +276,41 @@ class Repl:
         if errors:
             return self._end(self._clean("\n".join(errors)))
         self.cells[filename] = source.splitlines()
-        error = None
+        error = self._exec(code, filename)
+        return self._end(error, notes=skipped + self._shadow_notes())
+
+    def _exec(self, code, filename: str) -> str | None:
         gc.enable()  # automatic collection (and the finalizers it triggers) only while the cell runs
         try:
             exec(code, self.globals)
         except BaseException as e:  # the model's SystemExit/KeyboardInterrupt too: the session lives on
-            error = self._format_error(e, filename)
+            return self._format_error(e, filename)
         finally:
             gc.disable()
-        return self._end(error, notes=skipped + self._shadow_notes())
+        return None
+
+    def run_prelude(self, source: str) -> str | None:
+        """Runs the session's prelude once, as a cell (same policy, guards and settling), and makes its
+        new top-level names REPL names: restored after every cell, hidden from SHOW_VARS. Returns an
+        error text, or None. Its output and any FINAL are dropped."""
+        self._begin()
+        code, errors = compile_cell(source, PRELUDE_FILE)
+        if errors:
+            return self._clean("\n".join(errors))
+        self.cells[PRELUDE_FILE] = source.splitlines()
+        before = set(self.globals)
+        error = self._exec(code, PRELUDE_FILE)
+        rebound = [k for k, v in self.reserved.items() if self.globals.get(k, _DELETED) is not v]
+        self._end(None)
+        self.final = None
+        if error is not None:
+            return error
+        if rebound:
+            return f"the prelude rebinds names the REPL already defines: {', '.join(sorted(rebound)[:10])}"
+        for name in self.globals.keys() - before:
+            self.reserved[name] = self.globals[name]
+            self.prelude_names.add(name)
+        return None
 
     def _skip_literal_rebinds(self, source: str) -> tuple[str, str]:
         """A top-level ``context = "<a string literal>"`` (or ``context_N``) is replaced by ``pass`` before the cell
