@@ -18,16 +18,21 @@ import string
 import sys
 import types
 from _string import formatter_field_name_split as _formatter_field_name_split
+from typing import Any
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
 try:  # imported as rlm_local.sandbox.guards (tests) or as a sibling module (the worker)
     from . import allowlist as A
-    from .members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
+    from .members import ALLOW, CLASS, DYNAMIC, FROZEN, MemberGuard
+    from .owners import MUTABLE_CONTAINERS, SandboxMeta, frozen_view, session_meta
+    from .wrapped import module_wrappers
 except ImportError:  # (mypy checks the package form above; this fallback is the script form)
     import allowlist as A  # type: ignore[import-not-found, no-redef]
-    from members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers  # type: ignore[import-not-found, no-redef]
+    from members import ALLOW, CLASS, DYNAMIC, FROZEN, MemberGuard  # type: ignore[import-not-found, no-redef]
+    from owners import MUTABLE_CONTAINERS, SandboxMeta, frozen_view, session_meta  # type: ignore[import-not-found, no-redef]
+    from wrapped import module_wrappers  # type: ignore[import-not-found, no-redef]
 
 ALLOWED_MODULES = A.ALLOWED_MODULES
 
@@ -80,6 +85,12 @@ EXTRA_BLOCKED_ATTRS = frozenset(
 )
 # Names the getattr guard looks at closely; every other public name takes the fast path.
 SPECIAL_ATTRS = INSPECT_ATTRIBUTES | EXTRA_BLOCKED_ATTRS | {"format", "format_map", "obj"}
+# Methods that change a mutable container in place: refused on host-owned containers (owners.HostOwned).
+MUTATORS = frozenset(
+    "append appendleft clear difference_update discard extend extendleft insert intersection_update move_to_end "
+    "pop popitem popleft remove reverse rotate setdefault sort subtract symmetric_difference_update update add".split()
+)
+MUTATE = 5  # a memo rule next to members.ALLOW...: allowed unless the container is host-owned
 
 INPLACE = {
     "+=": operator.iadd,
@@ -160,6 +171,15 @@ def make_module_proxies() -> dict[str, ModuleProxy]:
     return proxies
 
 
+def exact_str(value) -> str:
+    """``value`` as an exact str, converted by str's own methods: a str subclass is copied without calling
+    any of its methods (it may lie about its length or contents); anything else goes through str() once,
+    whose result is copied the same way."""
+    if type(value) is str:
+        return value
+    return str.__str__(value if isinstance(value, str) else str(value))
+
+
 class OutputFlood(BaseException):
     """Raised by print once a cell has produced far more output than can be shown."""
 
@@ -180,7 +200,7 @@ class Printer:
         self.cap, self.parts, self.size, self.dropped = cap, [], 0, 0
 
     def write(self, text) -> None:
-        text = text if type(text) is str else str(text)
+        text = exact_str(text)
         room = self.cap - self.size
         if len(text) <= room:
             self.parts.append(text)
@@ -219,7 +239,10 @@ class Guards:
         exposed = [v for p in proxies.values() for v in p._mod_attrs.values()]
         exposed += [v for k, v in self.builtins().items() if not k.startswith("_")]
         self.members = MemberGuard(exposed, ModuleProxy)
+        self.members.host_owned.scan(vars(sys.modules[m]) for m in ALLOWED_MODULES)
+        self._host_ids = self.members.host_owned.ids
         self._memo = self.members.memo
+        self.meta = session_meta(self.members.forget)
 
     # attribute access -------------------------------------------------------------------------------
     def getattr(self, obj, name, *default):
@@ -235,7 +258,9 @@ class Guards:
         rule = self._memo[type(obj)].get(name)
         if rule is not ALLOW:  # the hot path (methods of builtin types, own objects) skips all of this
             if rule is None or rule is CLASS:
-                rule = self.members.resolve(obj, type(obj), name)
+                rule = self._resolve(obj, name)
+            if rule is MUTATE and id(obj) in self._host_ids:
+                rule = f"'{name}': this {type(obj).__name__} belongs to a host class or module and is read-only"
             if type(rule) is str:
                 if default:
                     return default[0]
@@ -246,6 +271,8 @@ class Guards:
             if default:
                 return default[0]
             raise
+        if rule is FROZEN:
+            return frozen_view(value)
         if rule is DYNAMIC:
             try:
                 value = self.members.check_value(value, name)
@@ -256,6 +283,13 @@ class Guards:
         if isinstance(value, FORBIDDEN_TYPES):
             raise AttributeError(f"'{name}' refers to a {type(value).__name__}, not accessible in the sandbox")
         return value
+
+    def _resolve(self, obj, name: str):
+        t = type(obj)
+        rule = self.members.resolve(obj, t, name)
+        if rule is ALLOW and name in MUTATORS and issubclass(t, MUTABLE_CONTAINERS):
+            rule = self._memo[t][name] = MUTATE
+        return rule
 
     def _special_attr(self, obj, name):
         """Raises for forbidden names; returns a safe replacement for format methods, else None."""
@@ -302,14 +336,22 @@ class Guards:
 
     # writes -----------------------------------------------------------------------------------------
     def write(self, obj):
+        """The object itself if sandbox code may change it: its own containers (never a host-owned one),
+        classes and their instances. Class-dict changes clear the member memo (owners.SandboxMeta)."""
         t = type(obj)
-        if t in CONTAINER_TYPES or isinstance(t, SandboxMeta):
+        if t in CONTAINER_TYPES:
+            if id(obj) in self._host_ids:
+                raise TypeError(
+                    f"cannot modify this {t.__name__}: it belongs to a host class or module and is read-only"
+                )
             return obj
-        if isinstance(obj, SandboxMeta):
-            # A class dict is about to change: member verdicts resolved through it may be stale (deleting
-            # an override would otherwise keep exposing the host member it hid).
-            self.members.forget()
+        if isinstance(t, SandboxMeta) or isinstance(obj, SandboxMeta):
             return obj
+        if t is types.MappingProxyType:
+            raise TypeError(
+                "cannot modify this mapping: it is read-only in the sandbox (data of a host class or a tool); "
+                "copy it with dict(...)"
+            )
         raise TypeError(
             f"cannot modify objects of type '{t.__name__}' in the sandbox "
             "(only your own containers, classes and their instances)"
@@ -386,9 +428,9 @@ class Guards:
             "_inplace_item_": self.inplace_item,
             "_inplace_attr_": self.inplace_attr,
             "_apply_": _apply,
-            "_super_": _super2,
+            "_super_attr_": _super_attr,
             "_print_": lambda _getattr=None: self.printer,
-            "__metaclass__": SandboxMeta,
+            "__metaclass__": self.meta,
             "__name__": "__sandbox__",
         }
 
@@ -417,12 +459,18 @@ def _apply(func, *args, **kwargs):
     return func(*args, **kwargs)
 
 
-def _super2(cls, *obj):
-    # super(C, x).__init__ is the one dunder call the policy lets through; limit it to our own classes
-    # so that it cannot re-initialise or poke at host objects.
-    if not isinstance(cls, SandboxMeta):
+def _super_attr(sup, name: str):
+    """``super(...).__init__`` and the other dunder methods the policy lets through: only from a sandbox
+    class and bound to an instance, never the class form (``super(C, Subclass)``), which hands out the
+    unbound host method to call on any object (a module proxy, an instance the member guard trusts)."""
+    if type(sup) is not super:
         raise TypeError("super() with arguments only works with classes defined in the sandbox")
-    return super(cls, *obj)
+    fields: Any = sup  # __thisclass__ and __self__ are real attributes that typeshed does not list
+    if not isinstance(fields.__thisclass__, SandboxMeta):
+        raise TypeError("super() with arguments only works with classes defined in the sandbox")
+    if fields.__self__ is None or isinstance(fields.__self__, type):
+        raise TypeError("super() in a class method cannot reach special methods; call them on an instance")
+    return getattr(sup, name)
 
 
 def _type1(obj, *rest):

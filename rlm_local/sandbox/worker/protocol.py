@@ -47,11 +47,14 @@ class MessageTooLarge(Exception):
 
 
 def to_utf8(text: str) -> bytes:
-    """UTF-8 bytes of ``text``; lone surrogates (from surrogateescape'd files, or hostile code) become U+FFFD."""
+    """UTF-8 bytes of ``text`` (an exact str copy of it: a subclass's own methods never run); lone
+    surrogates (from surrogateescape'd files, or hostile code) become U+FFFD."""
+    if type(text) is not str:
+        text = str.__str__(text)  # TypeError for anything that is not a str at all
     try:
-        return text.encode("utf-8")
+        return str.encode(text, "utf-8")
     except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", text).encode("utf-8")
+        return str.encode(_SURROGATES.sub("\ufffd", text), "utf-8")
 
 
 def clean_text(text: str) -> str:
@@ -60,8 +63,9 @@ def clean_text(text: str) -> str:
 
 
 def encode(msg: dict, parts: Sequence[str] = ()) -> bytes:
+    """One message: its sizes are those of the exact bytes sent, computed here, never asked of the parts."""
     blobs = [to_utf8(p) for p in parts]
-    header = dict(msg, parts=[len(b) for b in blobs])
+    header = dict(msg, parts=[bytes.__len__(b) for b in blobs])
     return json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n" + b"".join(blobs)
 
 
@@ -73,8 +77,8 @@ def decode_header(line: bytes) -> dict | None:
         return None
     if not isinstance(msg, dict):
         return None
-    parts = msg.get("parts", [])
-    if not isinstance(parts, list) or not all(type(n) is int and n >= 0 for n in parts):
+    parts = msg.get("parts")
+    if type(parts) is not list or not all(type(n) is int and n >= 0 for n in parts):
         return None
     return msg
 

@@ -8,8 +8,14 @@ weakref callbacks, run whenever their object is freed):
   changes nothing. What a cell frees runs its cleanup code inside that cell; old cyclic garbage (which
   only an automatic full collection finds) runs it inside whichever later cell's ``exec`` collects it,
   never between cells. A full collection per cell would cost ~190 ms with a million live lists.
-- The next cell starts with its REPL names exactly right: ``context``, the stubs and the guards are the
-  session's own objects, because nothing can run between the last settle round and the next cell.
+- The host keeps no model object past a cell: what it holds (output, FINAL value, error text, a variable
+  read) is an exact ``str`` copied with str's own methods, whose freeing runs nothing. The one thing the
+  host drops between cells, a variable that ``add_context`` rebinds, is kept alive until the next cell
+  starts, then freed under that cell's limits and followed by a restore of the REPL names before its
+  code runs. Host code in the worker uses no cache that holds model objects (its regexes are compiled
+  once, never through ``re``'s cache).
+- Each cell starts with its REPL names exactly right: ``context``, the stubs and the guards are the
+  session's own objects, because nothing can run between the last settle round and the cell's code.
 - A cell that rebinds (or deletes) a name the model is given (``context``, ``llm_query``, ``FINAL``, a
   tool...) is told so at the top of its output: the name was restored, what the cell had put there, and
   that ``context`` holds the real document. A top-level binding of such a name to a literal is skipped
@@ -45,6 +51,9 @@ SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding n
 
 _DELETED = object()
 _DOCUMENT_NAME = re.compile(r"context(_\d+)?")  # the names a cell must not overwrite with a literal
+# Compiled once: module-level re functions go through re's cache, whose evictions free patterns a cell
+# compiled (a str subclass can hold a generator), and host code must not free model objects.
+_LINE_ENDS = re.compile(r"(?<=\r\n)|(?<=\n)|(?<=\r)(?!\n)")
 
 
 def _end_line(stmt: ast.stmt) -> int:
@@ -101,8 +110,10 @@ def _plain(value, depth: int, cap: int):
     if depth > 0 and type(value) in (list, tuple):
         return [_plain(v, depth - 1, cap) for v in value[:10_000]]
     if depth > 0 and type(value) is dict:
-        return {cap_text(str(k), cap, "key"): _plain(v, depth - 1, cap) for k, v in list(value.items())[:10_000]}
-    return cap_text(value if type(value) is str else str(value), cap, "value")
+        return {
+            cap_text(G.exact_str(k), cap, "key"): _plain(v, depth - 1, cap) for k, v in list(value.items())[:10_000]
+        }
+    return cap_text(G.exact_str(value), cap, "value")
 
 
 def _frozen(value):
@@ -154,6 +165,7 @@ class Repl:
         self.reserved["__builtins__"] = self.builtins
         self.added: set[str] = set()  # names bound by add_context, which it may bind again
         self.prelude_names: set[str] = set()  # top-level names of the prelude: REPL names, not variables
+        self.graveyard: list = []  # model objects the host let go of between cells, freed when a cell starts
         self.globals: dict = dict(self.reserved)
 
     # names the model sees ----------------------------------------------------------------------------
@@ -171,6 +183,7 @@ class Repl:
             while f"context_{count}" in self.reserved:
                 count += 1
             name = f"context_{count}"
+        self.graveyard.append(self.globals.get(name))  # a model variable of that name is freed in a cell
         if name == "context" or name in self.added:
             self.reserved[name] = self.globals[name] = value
         else:
@@ -223,7 +236,7 @@ class Repl:
             return call("rlm", prompts, [_json_context(c) for c in contexts]) if prompts else []
 
         def FINAL(value):
-            self.final = cap_text(str(value), self._cap("max_final_chars"), "final answer")
+            self.final = cap_text(G.exact_str(value), self._cap("max_final_chars"), "final answer")
 
         def FINAL_VAR(name):
             if not isinstance(name, str):
@@ -231,7 +244,7 @@ class Repl:
                     "FINAL_VAR takes a variable NAME as a string, e.g. FINAL_VAR('answer'); "
                     "use FINAL(value) to return a value directly"
                 )
-            name = name.strip().strip("'\"")
+            name = str.strip(str.strip(str.__str__(name)), "'\"")  # str's own methods: never a subclass's
             if not name.isidentifier() or name.startswith("_") or name in STUB_NAMES or name not in self.globals:
                 raise NameError(f"FINAL_VAR: no variable named '{name[:80]}'; define it first")
             FINAL(self.globals[name])
@@ -325,7 +338,7 @@ class Repl:
             return source, ""  # compile_cell reports it
         # ast numbers lines by \n, \r\n and \r only; str.splitlines() also splits on form feeds and U+2028,
         # which text pasted from a PDF carries, and would put the `pass` on the wrong line.
-        lines = re.split(r"(?<=\r\n)|(?<=\n)|(?<=\r)(?!\n)", source)
+        lines = _LINE_ENDS.split(source)
         notes = []
         for i, stmt in enumerate(body):
             if not (
@@ -392,8 +405,13 @@ class Repl:
         return self._end(None, value)
 
     def _begin(self) -> None:
+        """Starts a cell (under its limits): frees what the host let go of since the last one, then
+        restores the REPL names, so the cell's code starts with exact names whatever that freeing ran."""
         self.printer.reset(self._cap("output_chars"))
-        self.final = None
+        if self.graveyard:
+            self.graveyard.clear()
+            self.settle()
+        self.final = None  # after the freeing: a finalizer's FINAL is not this cell's answer
 
     def _end(self, error: str | None, value: str | None = None, notes: str = "") -> dict:
         """Settles the cell (inside its accounting) and builds the result fields; ``notes`` lead the
@@ -440,7 +458,7 @@ class Repl:
             tb = tb.tb_next
         cap = self._cap("max_error_chars")
         try:
-            text = str(e)[:cap]
+            text = G.exact_str(e)[:cap]
         except BaseException:
             text = "<unprintable message>"
         msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
