@@ -32,7 +32,7 @@ from .models import find_card
 from .runlog.events import Event, RunError, RunFinal, RunStart
 from .runlog.trajectory import Trajectory
 from .runlog.usage import UsageSummary, UsageTracker
-from .sandbox import Limits, split_tools
+from .sandbox import Limits, SandboxPool, split_tools
 from .scheduling import registry as schedulers
 
 __all__ = ["RLM", "RLMError", "RLMResult", "ContextError", "BudgetExceeded", "SetupError", "STOP_REASONS"]
@@ -108,6 +108,7 @@ class RLM:
         custom_tools: dict[str, Any] | None = None,
         output_limit: int = 20_000,
         sandbox_limits: Limits | None = None,
+        sandbox_pool: int | SandboxPool | None = None,
         trajectory_path: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         implicit_batching: bool = True,
@@ -117,6 +118,7 @@ class RLM:
         sub_engine: Engine | None = None,
     ) -> None:
         _check_reference_options(environment, environment_kwargs, max_budget)
+        _check_pool(sandbox_pool)
         tools = _check_tools(custom_tools)
         if tools:
             custom_system_prompt = "\n\n".join(p for p in (custom_system_prompt, prompts.tools_prompt(tools)) if p)
@@ -172,6 +174,9 @@ class RLM:
         except BaseException:
             self.close()  # do not strand a loaded model (GPU memory) or a scheduler on a bad argument
             raise
+        pool = SandboxPool(sandbox_pool) if isinstance(sandbox_pool, int) and sandbox_pool else None
+        self._own_pool = pool  # closed with this RLM; a SandboxPool given by the caller is the caller's
+        shared = sandbox_pool if isinstance(sandbox_pool, SandboxPool) else None
         self.settings = Settings(
             root=root,
             sub=sub,
@@ -181,6 +186,7 @@ class RLM:
             custom_system_prompt=custom_system_prompt,
             implicit_batching=implicit_batching,
             tools=tools,
+            sandbox_pool=pool or shared,
         )
 
     def _make(self, backend: str, kwargs: dict[str, Any]) -> Engine:
@@ -306,6 +312,9 @@ class RLM:
         self._closed = True
         if self.persistent is not None:
             self.persistent.close()
+        own_pool = getattr(self, "_own_pool", None)  # (unset when the constructor failed before it)
+        if own_pool is not None:
+            own_pool.close()
         for engine in self._sharing:
             schedulers.release(engine)
         for engine in self._owned:
@@ -363,6 +372,14 @@ def _resolve(engine: Engine, scheduler: Any, sub_max_tokens: int | None) -> Mode
         prompt_tokens=prompt_tokens,
         context_length=engine.context_length,
     )
+
+
+def _check_pool(pool: object) -> None:
+    """``sandbox_pool``: None or 0 (off), a number of pre-started sandbox workers, or a SandboxPool."""
+    if pool is None or isinstance(pool, SandboxPool):
+        return
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
+        raise RLMError(f"sandbox_pool must be a number of workers (0: none) or a SandboxPool, got {pool!r}")
 
 
 def _check_tools(custom_tools: dict[str, Any] | None) -> dict[str, Any]:

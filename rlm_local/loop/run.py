@@ -30,7 +30,7 @@ from ..errors import logger as _root_logger
 from ..runlog.events import CellRan, ChildStart, ContextDescribed, Event, RootTurn, SubCall
 from ..runlog.trajectory import Trajectory
 from ..runlog.usage import UsageTracker
-from ..sandbox import CellResult, Limits, Sandbox, SandboxError
+from ..sandbox import CellResult, Limits, Sandbox, SandboxError, SandboxPool
 from ..scheduling.scheduler import Scheduler
 from . import final, prompts
 from .batching import rewrite_sibling_calls
@@ -147,6 +147,7 @@ class Settings:
     custom_system_prompt: str | None
     implicit_batching: bool
     tools: dict[str, Any] = field(default_factory=dict)  # custom_tools: REPL names backed by the caller
+    sandbox_pool: SandboxPool | None = None  # pre-started sandbox workers for this RLM's runs (none: off)
 
 
 @dataclass
@@ -409,6 +410,7 @@ class Run:
                 llm_handler=llm_handler or self.llm_query,
                 rlm_handler=rlm_handler or self.rlm_query,
                 tools=self.settings.tools,
+                pool=self.settings.sandbox_pool,
             )
         except SandboxError as exc:
             raise SetupError(f"could not start the sandbox: {exc}") from exc

@@ -42,7 +42,11 @@ class ChannelTimeout(Exception):
     """No complete message arrived before the deadline."""
 
 
-class MessageTooLarge(Exception):
+class Malformed(Exception):
+    """What arrived is not a message of the protocol, or not the one expected now."""
+
+
+class MessageTooLarge(Malformed):
     """A message's header announced (or its line reached) more than the reader accepts."""
 
 
@@ -148,6 +152,32 @@ class Reader:
             self.scanned = 0
             if line.strip():
                 return decode_header(line)
+
+    def scan_for(self, match, deadline: float | None = None, max_bytes: int = 1 << 40) -> dict:
+        """Skips everything (garbage, half messages, payloads, other headers) up to a header line for which
+        ``match(header)`` is true and returns it; its parts are not read (such headers have none). Lines
+        are found by their newline alone, never by a size a header announced, so no lie about sizes can
+        hide the line. Raises ChannelTimeout, ChannelClosed, or MessageTooLarge past ``max_bytes``."""
+        self.skipping = False
+        skipped = 0
+        while True:
+            if skipped > max_bytes:
+                raise MessageTooLarge(f"no expected message in {skipped} bytes")
+            i = self.buf.find(b"\n", self.scanned)
+            if i < 0:
+                if len(self.buf) > 4096:  # too long for a header we look for: keep only a marker that
+                    skipped += len(self.buf)  # the line goes on, so its end is not taken for a fresh line
+                    self.buf[:] = b"x"
+                self.scanned = len(self.buf)
+                self._fill(deadline)
+                continue
+            line = bytes(self.buf[:i])
+            del self.buf[: i + 1]
+            self.scanned = 0
+            skipped += i + 1
+            header = decode_header(line) if 0 < len(line) <= 4096 else None
+            if header is not None and match(header):
+                return header
 
     def resync(self) -> None:
         """Drops a refused message: everything up to the next newline (a restored worker greets on a

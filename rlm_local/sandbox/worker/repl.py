@@ -144,16 +144,23 @@ def context_names(context) -> dict:
     return names
 
 
+def prepare_guards() -> G.Guards:
+    """The session's guards, module proxies and printer: the costly part of a session that needs no
+    context or limits, so a pooled worker builds it before it is handed out."""
+    return G.Guards(G.Printer(0), G.make_module_proxies())
+
+
 class Repl:
     """One REPL: the globals the model's cells share, the names it may not lose, and the stubs.
     ``call(kind, prompts, context)`` sends a sub-call to the parent and returns its answers."""
 
-    def __init__(self, context, call, limits: dict, scrub: list[str], drain_fd_output=None):
+    def __init__(self, context, call, limits: dict, scrub: list[str], drain_fd_output=None, guards=None):
         self.call = call
         self.drain_fd_output = drain_fd_output  # () -> str: what C code wrote to fds 1 and 2
         self.limits = limits
-        self.printer = G.Printer(int(limits["output_chars"]))
-        self.guards = G.Guards(self.printer, G.make_module_proxies())
+        self.guards = guards or prepare_guards()
+        self.printer = self.guards.printer
+        self.printer.reset(int(limits["output_chars"]))
         self.builtins = self.guards.builtins()
         self.scrub = sorted({p for p in scrub if p and len(p) > 1}, key=len, reverse=True)
         self.final: str | None = None
