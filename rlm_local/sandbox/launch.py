@@ -133,6 +133,7 @@ class Worker:
         self.reader = protocol.Reader(self.proc.stdout.fileno())
         self.hardening: list[str] = []
         self.warm = False  # it said it waits for init (its interpreter and guards are loaded)
+        self.failure = "it did not say why"  # why it could not load, when it could not
         self.dead = False
         self.owner = os.getpid()  # a forked copy of the parent must not kill our worker at its exit
         if cgroup is not None:
@@ -159,10 +160,12 @@ class Worker:
         """Waits until the worker has loaded and waits for its session; False (and killed) if it fails."""
         if not self.warm:
             try:
-                msg, _ = self.read(deadline)
+                msg, parts = self.read(deadline)
                 self.warm = msg.get("type") == "waiting"
-            except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.Malformed, OSError):
-                self.warm = False
+                if msg.get("type") == "failed" and parts:
+                    self.failure = parts[0][:2000]
+            except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.Malformed, OSError) as e:
+                self.failure = f"{type(e).__name__}: {e}"
             if not self.warm:
                 self.kill()
         return self.warm
@@ -209,7 +212,7 @@ class Worker:
                 [json.dumps(tools[1], ensure_ascii=False), prelude or ""],
             )
             if not self.warm and not self.wait_warm(t0 + limits.start_seconds):
-                raise SandboxError("sandbox worker failed to start: it did not load")
+                raise SandboxError(f"sandbox worker failed to load: {self.failure}")
             msg, parts = self.read(t0 + limits.start_seconds)
             if msg.get("type") == "failed":
                 raise SandboxError(f"the sandbox prelude failed: {(parts[0] if parts else '')[:2000]}")

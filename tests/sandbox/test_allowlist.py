@@ -32,6 +32,14 @@ def _public(names) -> list[str]:
     return sorted(n for n in names if not n.startswith("_"))
 
 
+def exposed(guards: G.Guards) -> list:
+    """What the sandbox receives without any attribute read: module proxies' names, builtins, and the
+    types allowed callables return (allowlist.returned_types())."""
+    values = [v for proxy in guards.proxies.values() for v in proxy._mod_attrs.values()]
+    values += [v for name, v in guards.builtins().items() if not name.startswith("_")]
+    return values + A.returned_types()
+
+
 def reachable_members(guards: G.Guards) -> tuple[set[type], dict[str, set[str]]]:
     """(classes reached, {owner_key: callable member names}) from the sandbox's real exposure."""
     seen: set[type] = set()
@@ -46,14 +54,8 @@ def reachable_members(guards: G.Guards) -> tuple[set[type], dict[str, set[str]]]
         if isinstance(origin, type):
             add(origin)
 
-    for proxy in guards.proxies.values():
-        for value in proxy._mod_attrs.values():
-            add(value)
-    for name, value in guards.builtins().items():
-        if not name.startswith("_"):
-            add(value)
-    for t in A.returned_types():
-        add(t)
+    for value in exposed(guards):
+        add(value)
     need: dict[str, set[str]] = {}
     while queue:
         cls = queue.pop()
@@ -217,14 +219,8 @@ def obtainable_classes(guards: G.Guards) -> set[type]:
             seen.add(cls)
             queue.append(cls)
 
-    for proxy in guards.proxies.values():
-        for value in proxy._mod_attrs.values():
-            add(value)
-    for name, value in guards.builtins().items():
-        if not name.startswith("_"):
-            add(value)
-    for t in A.returned_types():
-        add(t)
+    for value in exposed(guards):
+        add(value)
     while queue:
         cls = queue.pop()
         for name in _public(dir(cls)):

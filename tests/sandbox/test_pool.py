@@ -16,13 +16,7 @@ from rlm_local.engines.scripted import ScriptedEngine
 from rlm_local.errors import RLMError
 from rlm_local.sandbox import Limits, Sandbox, SandboxPool
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+from .conftest import alive
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def test_workers_are_never_reused_and_the_pool_refills(pool):
             assert pid not in seen
             seen.add(pid)
             assert sb.run(f"secret = 'session {i}'").error is None
-        assert not _alive(pid)  # a worker dies with its session: never back in the pool
+        assert not alive(pid)  # a worker dies with its session: never back in the pool
         assert pid not in {w.proc.pid for w in pool._idle}
     assert pool.wait_ready(timeout=60) and pool.ready() == 2
 
@@ -95,7 +89,7 @@ def test_close_kills_idle_workers_and_stops_the_refill():
     pids = [w.proc.pid for w in p._idle]
     p.close()
     time.sleep(0.2)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
     p._thread.join(5)
     assert p.take() is None and not p._thread.is_alive()
     with Sandbox(context="after", pool=p) as sb:  # a closed pool is only an empty one

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from rlm_local.sandbox import Limits, Sandbox
+from .conftest import alive
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,31 +27,6 @@ CHANNEL_FD = (
     "while 'channel' not in ga(f, 'f_locals'):\n    f = ga(f, 'f_back')\n"
     "chan = ga(f, 'f_locals')['channel']\n"
 )
-
-
-@pytest.fixture
-def escaped():
-    made: list[Sandbox] = []
-
-    def make(**limits) -> Sandbox:
-        limits = {"wall_seconds": 10, "cpu_seconds": 10, **limits}
-        sb = Sandbox(
-            context="ctx", llm_handler=lambda ps: ["ok"] * len(ps), limits=Limits(**limits), _grant_real_os=True
-        )
-        made.append(sb)
-        return sb
-
-    yield make
-    for sb in made:
-        sb.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def _children_of_this_process() -> list[int]:
@@ -84,9 +59,9 @@ def test_strays_are_killed_at_each_cell_end(escaped):
     r = sb.run("pid = real_os.fork()\nif pid == 0:\n    while True:\n        pass\ngrand = 0\nprint(pid)")
     child = int(r.stdout)
     deadline = time.monotonic() + 3
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child), "the stray outlived its cell"
+    assert not alive(child), "the stray outlived its cell"
     assert sb.run("print('next')").stdout == "next\n"
 
 
@@ -106,9 +81,9 @@ def test_orphans_of_strays_are_found_too(escaped):
     )
     orphan = int(r.stdout)
     deadline = time.monotonic() + 3
-    while _alive(orphan) and time.monotonic() < deadline:
+    while alive(orphan) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(orphan)
+    assert not alive(orphan)
 
 
 def test_every_session_process_has_a_hard_cpu_limit(escaped):

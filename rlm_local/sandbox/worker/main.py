@@ -332,7 +332,11 @@ def main() -> None:
     fd_in, fd_out, capture = _private_fds()
     sock = socket.socket(fileno=int(sys.argv[2])) if len(sys.argv) > 2 else None
     channel = Channel(fd_in, fd_out)
-    session, greeting = _open_session(channel, capture, sock)
+    try:
+        session, greeting = _open_session(channel, capture, sock)
+    except Exception as e:  # e.g. a broken install: the parent says why instead of "did not load"
+        channel.send({"type": "failed"}, [f"{type(e).__name__}: {e}"[:4000]])
+        os._exit(1)
     snapshot = Snapshot()
     pending: tuple[dict, list[str]] | None = (greeting, [])
     completed = 0  # cells whose effects this process holds; a snapshot tells the parent which state it has

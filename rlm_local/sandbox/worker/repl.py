@@ -16,63 +16,35 @@ weakref callbacks, run whenever their object is freed):
   once, never through ``re``'s cache).
 - Each cell starts with its REPL names exactly right: ``context``, the stubs and the guards are the
   session's own objects, because nothing can run between the last settle round and the cell's code.
-- A cell that rebinds (or deletes) a name the model is given (``context``, ``llm_query``, ``FINAL``, a
-  tool...) is told so at the top of its output: the name was restored, what the cell had put there, and
-  that ``context`` holds the real document. A top-level binding of such a name to a literal is skipped
-  (replaced by ``pass``, line numbers kept) so the rest of the cell runs on the real document. Small models (Qwen2.5-Coder 1.5B, measured) often start with
-  ``context = "<the metadata preview>"`` and then search that made-up string, turn after turn.
+- A cell that rebinds (or deletes) a name the model is given is told so, and a document name bound to
+  a literal is skipped (rebinds.py).
 - Text leaving the worker is capped (output, error text, FINAL values, variables read) before it is
   sent; the protocol turns lone surrogates into U+FFFD.
 """
 
 from __future__ import annotations
 
-import ast
 import gc
 import json
 import keyword
-import re
 import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # mypy checks this folder as the package rlm_local.sandbox.worker
     from . import guards as G
     from . import protocol
+    from . import rebinds as R
     from .policy import compile_cell
 else:  # the worker runs as a script, with this folder on its path
     import guards as G
     import protocol
+    import rebinds as R
     from policy import compile_cell
 
 STUB_NAMES = protocol.STUB_NAMES
+_DELETED = R.DELETED
 PRELUDE_FILE = "<cell prelude>"  # a cell's file name: members.sandbox_made trusts the prelude's functions
 SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding names after that is hostile
-
-
-_DELETED = object()
-_DOCUMENT_NAME = re.compile(r"context(_\d+)?")  # the names a cell must not overwrite with a literal
-# Compiled once: module-level re functions go through re's cache, whose evictions free patterns a cell
-# compiled (a str subclass can hold a generator), and host code must not free model objects.
-_LINE_ENDS = re.compile(r"(?<=\r\n)|(?<=\n)|(?<=\r)(?!\n)")
-
-
-def _end_line(stmt: ast.stmt) -> int:
-    """A parsed statement's last line (ast.parse always sets it; its type says ``int | None``)."""
-    assert stmt.end_lineno is not None
-    return stmt.end_lineno
-
-
-def _describe(value) -> str:
-    """A value's type and size for a note, without running the model's code (exact built-in types only)."""
-    kind = type(value)
-    if kind in (str, list, tuple, dict):
-        unit = " characters" if kind is str else " items"
-        return f"a {kind.__name__} of {len(value):,}{unit}"
-    return "a function" if kind is types.FunctionType else f"a {kind.__name__}"
-
-
-def _holds(value) -> str:
-    return "its function" if callable(value) else f"the real document ({_describe(value)})"
 
 
 class Unsettled(Exception):
@@ -291,13 +263,13 @@ class Repl:
         """Compiles and runs one cell; returns the fields of a result message."""
         self._begin()
         filename = f"<cell {len(self.cells) + 1}>"
-        source, skipped = self._skip_literal_rebinds(source)
+        source, skipped = R.skip_literal_rebinds(source, self.reserved)
         code, errors = compile_cell(source, filename)
         if errors:
             return self._end(self._clean("\n".join(errors)))
         self.cells[filename] = source.splitlines()
         error = self._exec(code, filename)
-        return self._end(error, notes=skipped + self._shadow_notes())
+        return self._end(error, notes=skipped + R.shadow_notes(self.reserved, self.globals))
 
     def _exec(self, code, filename: str) -> str | None:
         gc.enable()  # automatic collection (and the finalizers it triggers) only while the cell runs
@@ -331,69 +303,6 @@ class Repl:
             self.reserved[name] = self.globals[name]
             self.prelude_names.add(name)
         return None
-
-    def _skip_literal_rebinds(self, source: str) -> tuple[str, str]:
-        """A top-level ``context = "<a string literal>"`` (or ``context_N``) is replaced by ``pass`` before the cell
-        runs, so the rest of the cell works on the real document; returns (source, notes). Only the document
-        names: a dict context's other names (``summary``), tools and ``history`` are ordinary initialisers
-        (``summary = ""``) that the model means to use, so they are left to the restore-and-note. Measured: told after the fact that ``context`` was restored, Qwen2.5-Coder
-        1.5B still re-sent the same cell; skipping the line lets its search code run on the real data.
-        Computed values (``context = llm_query(...)``) still run, then are restored (_shadow_notes)."""
-        try:
-            body = ast.parse(source).body
-        except (SyntaxError, ValueError, MemoryError, RecursionError):
-            return source, ""  # compile_cell reports it
-        # ast numbers lines by \n, \r\n and \r only; str.splitlines() also splits on form feeds and U+2028,
-        # which text pasted from a PDF carries, and would put the `pass` on the wrong line.
-        lines = _LINE_ENDS.split(source)
-        notes = []
-        for i, stmt in enumerate(body):
-            if not (
-                isinstance(stmt, ast.Assign)
-                and isinstance(stmt.value, ast.Constant)
-                and isinstance(stmt.value.value, str)
-                and stmt.value.value
-                and all(
-                    isinstance(t, ast.Name) and t.id in self.reserved and _DOCUMENT_NAME.fullmatch(t.id)
-                    for t in stmt.targets
-                )
-            ):
-                continue
-            if (i and _end_line(body[i - 1]) >= stmt.lineno) or (
-                i + 1 < len(body) and body[i + 1].lineno <= _end_line(stmt)
-            ):
-                continue  # shares a line with another statement (a;b): leave it to the restore
-            first, last = stmt.lineno - 1, _end_line(stmt)
-            lines[first:last] = ["pass\n"] + ["\n"] * (last - first - 1)  # line numbers stay as written
-            for name in dict.fromkeys(t.id for t in stmt.targets if isinstance(t, ast.Name)):  # all are (above)
-                notes.append(
-                    f"[note: line {stmt.lineno} of your cell (`{name} = ...`) was skipped: `{name}` is a "
-                    f"reserved REPL name and already holds {_holds(self.reserved[name])}. Never assign "
-                    f"it; keep your own data under another name.]\n"
-                )
-        return ("".join(lines), "".join(notes)) if notes else (source, "")
-
-    def _shadow_notes(self) -> str:
-        """One line per model-visible REPL name the cell rebound or deleted (settle() restores them)."""
-        lines = []
-        for name, value in self.reserved.items():
-            if name.startswith("_") or name in ("print", "printed"):
-                continue
-            now = self.globals.get(name, _DELETED)
-            if now is value:
-                continue
-            did = "deleted it" if now is _DELETED else f"assigned {_describe(now)} to it"
-            what = (
-                f"it holds the real document ({_describe(value)}); your cell's code after that line "
-                f"used your value, not the document"
-                if not callable(value)
-                else "it is the REPL's function again"
-            )
-            lines.append(
-                f"[note: `{name}` is a reserved REPL name: your cell {did}; `{name}` has been "
-                f"restored and {what}. Store your own data under another name.]"
-            )
-        return "".join(line + "\n" for line in lines)
 
     def read(self, name: str) -> dict:
         """A REPL variable as plain data. str() may run the model's own __str__, so this is a cell too."""
