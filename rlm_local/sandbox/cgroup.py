@@ -99,6 +99,7 @@ class SessionCgroup:
         self.memory_file = memory_file
         self.usage_file = usage_file
         self.cpu_dir, self.cpu_max_file, self.cpu_usage_file = cpu  # v1: cpu dir + cpuacct file; v2: cpu.max
+        self._fds: dict[str, int] = {}
 
     @classmethod
     def create(cls, max_processes: int) -> SessionCgroup | None:
@@ -173,12 +174,20 @@ class SessionCgroup:
             return False
         return True
 
+    def _read(self, path: str) -> str:
+        """A one-value cgroup file's content, read through a descriptor kept open (read after every cell)."""
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(fd, 1 << 16, 0).decode()
+
     def cpu_seconds(self) -> float | None:
         """CPU time the session's processes have used (those that ended included), or None."""
         try:
-            with open(self.cpu_usage_file) as f:
-                text = f.read()
+            text = self._read(self.cpu_usage_file) if self.cpu_usage_file else ""
         except OSError:
+            return None
+        if not text:
             return None
         if self.cpu_usage_file.endswith("cpu.stat"):
             for line in text.splitlines():
@@ -199,10 +208,10 @@ class SessionCgroup:
         _write(self.memory_file, str(used + extra_bytes))
 
     def pids(self) -> list[int]:
-        try:
+        try:  # opened afresh each time: v1 builds the list when the file is opened
             with open(os.path.join(self.dirs[0], "cgroup.procs")) as f:
                 return [int(x) for x in f.read().split()]
-        except OSError:
+        except (OSError, IndexError):
             return []
 
     def kill_all(self) -> None:
@@ -221,6 +230,9 @@ class SessionCgroup:
         """Kills what is left and removes the directories (retrying while dead processes are reaped)."""
         if self.dirs:
             self.kill_all()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         for d in reversed(self.dirs):
             for _ in range(200):
                 try:

@@ -220,6 +220,7 @@ class Worker:
                 raise SandboxError("sandbox worker sent an unexpected greeting")
             self.hardening = [str(h) for h in msg.get("hardening", [])][:32]
             self._limit_cgroup(limits)
+            self.answered()
         except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.Malformed, OSError) as e:
             self.kill()
             raise SandboxError(f"sandbox worker failed to start: {type(e).__name__}: {e}") from None
@@ -305,8 +306,17 @@ class Worker:
             return None
         if type(msg.get("completed")) is not int or not self.note_pids(msg):
             return None
-        self.sweep()
+        self.answered()
         return msg
+
+    def answered(self) -> None:
+        """After every answer of the worker (greeting, result, restored, added): kill the strays, then let
+        the worker fork its next snapshot (it waits for this, so the sweep can never meet that fork)."""
+        self.sweep()
+        try:
+            self.send({"op": "go"}, timeout=5.0)
+        except (protocol.ChannelClosed, protocol.ChannelTimeout, OSError):
+            pass  # a dead worker: the next exchange finds out
 
     def sweep(self) -> None:
         """Kills every process of the session but the live worker and its snapshot: all of the cgroup, or

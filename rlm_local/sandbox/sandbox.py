@@ -147,6 +147,7 @@ class Sandbox:
         if msg.get("type") != "added" or len(parts) != 1 or not w.note_pids(msg):
             self._discard_worker()
             raise SandboxError("could not add the context: the sandbox worker answered out of turn")
+        w.answered()
         if msg.get("error"):
             raise ValueError(parts[0])
         return parts[0]
@@ -213,8 +214,7 @@ class Sandbox:
             if self._closed:
                 raise SandboxError("sandbox is closed")
             note = None
-            if self._over_cpu_budget():
-                assert self._exhausted is not None
+            if self._exhausted is not None:
                 return CellResult(stdout="", error=self._exhausted)
             try:
                 self._settle_idle()
@@ -307,6 +307,9 @@ class Sandbox:
         w = self._worker
         assert w is not None  # called from _run
         msg = w.recover(time.monotonic() + RESTORE_WAIT_SECONDS)
+        if self._over_cpu_budget():  # (a cell stopped at its CPU limit may be what used the session's up)
+            assert self._exhausted is not None
+            return self._stopped(t0, spent, f"{reason}. {self._exhausted}")
         if msg is not None and msg["completed"] == self._completed + 1:  # it finished just before the stop
             self._completed += 1
             return self._stopped(t0, spent, reason + "; it had just finished: its changes were kept, its output lost")
@@ -345,10 +348,11 @@ class Sandbox:
         return result
 
     def _after_cell(self, result: CellResult) -> CellResult:
-        """Every process of the session but the worker and its snapshot is killed."""
+        """Every process of the session but the worker and its snapshot is killed, then the worker forks
+        its next snapshot (Worker.answered)."""
         w = self._worker
         assert w is not None  # called from _run
-        w.sweep()
+        w.answered()
         if self._over_cpu_budget():
             assert self._exhausted is not None
             result.error = (result.error + "\n" if result.error else "") + self._exhausted

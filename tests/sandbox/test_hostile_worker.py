@@ -22,6 +22,8 @@ def send(m, parts=()):
 CELL = {}
 def read():
     header = json.loads(sys.stdin.buffer.readline() or "null")
+    while header is not None and header.get("op") == "go":  # the parent's leave to fork a snapshot
+        header = json.loads(sys.stdin.buffer.readline() or "null")
     if header is None:
         return None
     if header.get("op") == "run":

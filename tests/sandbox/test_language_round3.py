@@ -239,3 +239,25 @@ def test_final_takes_exact_strings(attack_sandbox):
         "class N(str):\n    def strip(self, *a):\n        return 'other'\nother = 'wrong'\nmine = 'right'\nFINAL_VAR(N(' mine '))"
     )
     assert r.error is None and r.final == "right", r
+
+
+def test_host_writes_to_a_sandbox_class_clear_the_member_memo():
+    """In process: verdicts cached for a sandbox class are dropped whenever its dict changes, whoever
+    writes it (host code such as total_ordering or a host __init_subclass__ writes with plain setattr and
+    delattr, never through the write guard): deleting an override must not leave the hidden host member
+    exposed under the override's cached verdict."""
+    from rlm_local.sandbox.worker import guards as G
+
+    class Host:
+        def secret(self):
+            return "host internals"
+
+    g = G.Guards(G.Printer(100), G.make_module_proxies())
+    mine = eval(compile("lambda self: 'mine'", "<cell 1>", "eval"))
+    Sub = g.meta("Sub", (Host,), {"secret": mine})
+    assert g.getattr(Sub(), "secret")() == "mine"  # memoised as the sandbox's own member
+    delattr(Sub, "secret")  # host code, no guard involved
+    with pytest.raises(AttributeError, match="not reviewed"):
+        g.getattr(Sub(), "secret")
+    Sub.secret = mine  # host code again
+    assert g.getattr(Sub(), "secret")() == "mine"

@@ -4,13 +4,15 @@ RestrictedPython and its sibling files, so it starts fast and never sees the par
 
 Life of a worker: move the protocol pipes off fds 0-2 -> build the guards (a pooled worker waits here,
 warm, for its session) -> read ``init`` (limits, tools; the context arrives as a memfd over the socket,
-or as a file) -> load the context -> harden the process -> run the prelude (if any) -> loop { fork a
-paused snapshot of the current state; send what is pending (``ready``, a result, ``restored``) naming
-both pids; read ``run``; execute the cell under a CPU rlimit }. When the parent kills us (wall time, a
-malformed message) or the kernel does (CPU time), the snapshot sees its pipe close and carries on as the
-worker, in the state it was forked with: it says so on a fresh line, skips whatever is left on its input
-up to the parent's ``resync`` line and answers it with the parent's token and the number of cells whose
-effects it holds, so nothing the dead worker wrote can pass for its answer.
+or as a file) -> load the context -> harden the process -> run the prelude (if any) -> loop { send what
+is pending (``ready``, a result, ``restored``), naming our pid and our snapshot's; on the parent's
+``go`` (sent once it has swept the session's strays, sparing those two) release that snapshot and fork
+a paused one of the current state, off the next cell's critical path; read ``run``; execute the cell
+under a CPU rlimit }. Work never starts without a snapshot of the state before it. When the parent kills
+us (wall time, a malformed message) or the kernel does (CPU time), the snapshot sees its pipe close and
+carries on as the worker, in the state it was forked with: it says so on a fresh line, skips whatever is
+left on its input up to the parent's ``resync`` line and answers it with the parent's token and the
+number of cells whose effects it holds, so nothing the dead worker wrote can pass for its answer.
 
 Only the Channel writes to the protocol pipe: fds 1 and 2 are a capture pipe whose contents (C code
 writing to stdout, ``re.DEBUG``, unraisable-exception reports) become the cell's output, and
@@ -340,9 +342,18 @@ def main() -> None:
     snapshot = Snapshot()
     pending: tuple[dict, list[str]] | None = (greeting, [])
     completed = 0  # cells whose effects this process holds; a snapshot tells the parent which state it has
-    fresh = True  # the state changed since the snapshot was forked: fork a new one before answering
+    fresh = True  # the state changed since the snapshot was forked: fork a new one (on "go", or before work)
     while True:
-        if fresh:
+        try:
+            if pending is not None:  # names the snapshot of the state before it: the one the parent spares
+                head, parts = pending
+                channel.send({**head, "pid": os.getpid(), "snapshot": snapshot.pid}, parts)
+                pending = None
+            msg, parts = channel.read()
+        except (protocol.ChannelClosed, OSError):
+            break
+        op = msg.get("op")
+        if fresh and op != "resync":  # "go" (the parent swept after our answer), or work: snapshot first
             snapshot.release()
             if snapshot.make():  # we are the snapshot and our parent died: say so, then wait for the resync
                 capture.drain()  # what the dead cell's C code wrote is not ours to show
@@ -352,17 +363,10 @@ def main() -> None:
                 except (protocol.ChannelClosed, OSError):
                     break
                 pending = ({"type": "restored", "token": token, "completed": completed}, [])
-                continue
+                continue  # (fresh stays True: our own snapshot comes with the parent's next "go")
             fresh = False
-        try:
-            if pending is not None:
-                head, parts = pending
-                channel.send({**head, "pid": os.getpid(), "snapshot": snapshot.pid}, parts)
-                pending = None
-            msg, parts = channel.read()
-        except (protocol.ChannelClosed, OSError):
-            break
-        op = msg.get("op")
+        if op == "go":
+            continue
         if op == "resync":
             pending = ({"type": "restored", "token": msg.get("token"), "completed": completed}, [])
         elif op == "add" and len(parts) == 1:  # a context added between cells
