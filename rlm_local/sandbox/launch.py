@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -340,14 +341,21 @@ class Worker:
         return self.cgroup.cpu_seconds() if self.cgroup is not None else None
 
     def kill_live(self) -> None:
-        """SIGKILL the process now running cells; its snapshot takes over. The pid comes from the worker,
-        so it is only trusted if it belongs to this worker's session."""
+        """SIGKILL the process now running cells, and wait until it is gone; its snapshot takes over. The
+        pid comes from the worker, so it is only trusted if it belongs to this worker's session. (A
+        process woken by SIGKILL in the middle of a pipe read still takes what is there before it dies:
+        nothing may be written for its snapshot until it is dead.)"""
         pid = self.live_pid
         if pid == self.proc.pid or _session_of(pid) == self.pgid:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                fd = -1
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            _wait_gone(pid, fd, time.monotonic() + 5.0)
         else:
             self.kill()
 
@@ -373,6 +381,26 @@ class Worker:
                 f.close()
             except OSError:
                 pass
+
+
+def _wait_gone(pid: int, pidfd: int, deadline: float) -> None:
+    """Until ``pid`` has exited (its pidfd polls readable; without one, its /proc entry says so)."""
+    if pidfd >= 0:
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.poll(max(0, int((deadline - time.monotonic()) * 1000)))
+        finally:
+            os.close(pidfd)
+        return
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.001)
 
 
 def _descendants(pid: int) -> list[int]:

@@ -171,6 +171,22 @@ class Sandbox:
             self._discard_worker()
 
     @property
+    def llm_handler(self) -> Callable[[list[str]], Iterable[str]] | None:
+        return self._calls.llm_handler
+
+    @llm_handler.setter
+    def llm_handler(self, handler: Callable[[list[str]], Iterable[str]] | None) -> None:
+        self._calls.llm_handler = handler
+
+    @property
+    def rlm_handler(self) -> Callable[[str, Any], str] | None:
+        return self._calls.rlm_handler
+
+    @rlm_handler.setter
+    def rlm_handler(self, handler: Callable[[str, Any], str] | None) -> None:
+        self._calls.rlm_handler = handler
+
+    @property
     def hardening(self) -> list[str]:
         """OS hardening steps that took effect in the worker (see hardening.py)."""
         return list(self._worker.hardening) if self._worker else []

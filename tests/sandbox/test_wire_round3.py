@@ -122,3 +122,24 @@ def test_headers_without_parts_are_malformed():
     for line in (b'{"type":"result"}', b'{"type":"result","parts":null}', b'{"type":"call","parts":[-1]}'):
         assert protocol.decode_header(line) is None, line
     assert protocol.decode_header(b'{"type":"result","parts":[]}') == {"type": "result", "parts": []}
+
+
+def test_a_cell_stopped_while_its_sub_call_reply_is_in_flight_is_restored_at_once():
+    """The stop kills the worker while it reads the reply of its sub-call: the snapshot must get the
+    resync line, not the dying worker (a process woken by SIGKILL still drains the pipe before it dies),
+    so the cell ends restored at once rather than after the restore wait and a restart."""
+    import time
+
+    from rlm_local.sandbox import Limits, Sandbox
+
+    def slow(prompts):
+        time.sleep(0.6)
+        return ["late"] * len(prompts)
+
+    with Sandbox(context="x", llm_handler=slow, limits=Limits(wall_seconds=30)) as sb:
+        assert sb.run("kept = 1").error is None
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = sb.run("llm_query('q')\nn = 0\nwhile True:\n    n += 1", deadline=time.monotonic() + 0.3)
+            assert r.restored and time.monotonic() - t0 < 5, r
+            assert sb.run("print(kept)").stdout == "1\n"
