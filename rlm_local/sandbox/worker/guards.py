@@ -176,6 +176,8 @@ class Guards:
                 return special
         rule = self._memo[type(obj)].get(name)
         if rule is not ALLOW:  # the hot path (methods of builtin types, own objects) skips all of this
+            if rule is MUTATE and id(obj) not in self._host_ids:  # lst.append of the code's own list
+                return getattr(obj, name)  # (a container's method: never a module, frame or code)
             if rule is None or rule is CLASS:
                 rule = self._resolve(obj, name)
             if rule is MUTATE and id(obj) in self._host_ids:
