@@ -42,7 +42,7 @@ from .runlog.records import RLMChatCompletion, RLMMetadata, RLMResult, public_kw
 from .runlog.rlm_logger import IterationRecorder, RLMLogger
 from .runlog.trajectory import Trajectory, context_digest
 from .runlog.usage import UsageTracker
-from .sandbox import Limits
+from .sandbox import Limits, SandboxPool
 from .scheduling import registry as schedulers
 
 logger = logging.getLogger("rlm_local.rlm")
@@ -117,6 +117,7 @@ class RLM:
         max_subcalls: int | None = None,
         output_limit: int = defaults.OUTPUT_LIMIT,
         sandbox_limits: Limits | None = None,
+        sandbox_pool: int | SandboxPool | None = None,
         trajectory_path: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         implicit_batching: bool = True,
@@ -141,6 +142,7 @@ class RLM:
             options.sampling(sub_sampling_args, "sub_sampling_args"),
         )
         options.check_numbers(locals())
+        _check_pool(sandbox_pool)
         self.backend, self.backend_kwargs = backend, dict(backend_kwargs or {})
         self.environment, self.depth, self.max_depth, self.max_iterations = (
             environment,
@@ -179,6 +181,9 @@ class RLM:
         except BaseException:
             self.close()  # do not strand a loaded model (GPU memory) or a scheduler on a bad argument
             raise
+        pool = SandboxPool(sandbox_pool) if isinstance(sandbox_pool, int) and sandbox_pool else None
+        self._own_pool = pool  # closed with this RLM; a SandboxPool given by the caller is the caller's
+        shared = sandbox_pool if isinstance(sandbox_pool, SandboxPool) else None
         self.settings = Settings(
             root=root,
             sub=sub,
@@ -196,6 +201,7 @@ class RLM:
             max_concurrent_subcalls=max_concurrent_subcalls,
             hooks=Hooks(on_iteration_start, on_iteration_complete, on_subcall_start, on_subcall_complete),
             levers=_levers(root, levers),
+            sandbox_pool=pool or shared,
         )
         if self.logger is not None:
             self.logger.log_metadata(self._metadata(other_backends))
@@ -387,6 +393,9 @@ class RLM:
         if self.session is not None:
             self.session.close()
             self.session = None
+        own_pool = getattr(self, "_own_pool", None)  # (unset when the constructor failed before it)
+        if own_pool is not None:
+            own_pool.close()
         for engine in self._sharing:
             schedulers.release(engine)
         for engine in self._owned:
@@ -457,3 +466,11 @@ def _levers(root: Model, explicit: Levers | dict[str, bool] | None) -> Levers:
         )
         levers = levers.with_overrides({"constrain": False})
     return levers
+
+
+def _check_pool(pool: object) -> None:
+    """``sandbox_pool``: None or 0 (off), a number of pre-started sandbox workers, or a SandboxPool."""
+    if pool is None or isinstance(pool, SandboxPool):
+        return
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
+        raise RLMError(f"sandbox_pool must be a number of workers (0: none) or a SandboxPool, got {pool!r}")

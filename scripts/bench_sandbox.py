@@ -1,9 +1,12 @@
 """Benchmark the sandbox: round trips, restricted vs plain CPython, context load, memory, large state.
 
     python scripts/bench_sandbox.py [--out scripts/results/bench_sandbox.json] [--quick]
+    python scripts/bench_sandbox.py --baseline /path/to/old/checkout [--rounds 2]
 
 Prints a table and writes JSON. Targets: trivial cell <= 2 ms (issue 7; it was <= 10 ms in issue 3),
-regex <= 1.1x plain, loop-heavy <= 3x plain, 100 MB context load <= 1 s.
+regex <= 1.1x plain, loop-heavy <= 3x plain, 100 MB context load <= 1 s. ``--baseline`` measures that
+checkout's sandbox and this one side by side in one run (old, new, old, new, ... in subprocesses), so
+the figures of a change share the machine's load; the table then shows the median of each.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.environ.get("BENCH_SANDBOX_ROOT", HERE))  # --baseline: the old checkout's package
 
 from rlm_local.sandbox import Limits, Sandbox  # noqa: E402
 
@@ -77,11 +81,44 @@ def round_trips(sb: Sandbox, n: int, pause: float) -> float:
     return statistics.median(times)
 
 
+def side_by_side(baseline: str, rounds: int, quick: bool) -> list[dict]:
+    """Runs this script on the old checkout and on this one, alternately, and pairs their rows."""
+    import subprocess
+    import tempfile
+
+    runs: dict[str, list[list[dict]]] = {"old": [], "new": []}
+    for _ in range(rounds):
+        for label, root in (("old", os.path.abspath(baseline)), ("new", HERE)):
+            with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+                cmd = [sys.executable, os.path.abspath(__file__), "--out", tmp.name] + (["--quick"] if quick else [])
+                env = dict(os.environ, BENCH_SANDBOX_ROOT=root, PYTHONPATH=root)
+                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+                with open(tmp.name) as f:
+                    runs[label].append(json.load(f)["rows"])
+    rows = []
+    for i, first in enumerate(runs["new"][0]):
+        new = [r[i]["value"] for r in runs["new"]]
+        old = [r[i]["value"] for r in runs["old"] if i < len(r) and r[i]["name"] == first["name"]]
+        value = statistics.median(new)
+        ok = None if first["ok"] is None else _meets(value, first["target"])
+        rows.append(dict(first, value=round(value, 4), ok=ok, old=round(statistics.median(old), 4) if old else None))
+    return rows
+
+
+def _meets(value: float, target: str | None) -> bool | None:
+    return None if target is None else value <= float(target.split()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="scripts/results/bench_sandbox.json")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    ap.add_argument("--baseline", help="another checkout (e.g. main before a change), measured side by side")
+    ap.add_argument("--rounds", type=int, default=2, help="with --baseline: old/new pairs to run")
     args = ap.parse_args()
+    if args.baseline:
+        write(side_by_side(args.baseline, args.rounds, args.quick), args.out, args.baseline)
+        return
     ctx_mb, state_mb = (10, 100) if args.quick else (100, 1024)
     rows: list[dict] = []
 
@@ -141,16 +178,24 @@ def main() -> None:
             "snapshot forked while idle",
         )
 
+    write(rows, args.out)
+
+
+def write(rows: list[dict], out: str, baseline: str | None = None) -> None:
     width = max(len(r["name"]) for r in rows)
-    print(f"{'measure'.ljust(width)}  {'value':>10}  unit  target   ok")
+    old = baseline is not None
+    print(f"{'measure'.ljust(width)}  {'value':>10}  {'old' if old else '':>10}  unit  target   ok")
     for r in rows:
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
-        print(f"{r['name'].ljust(width)}  {r['value']:>10.3f}  {r['unit']:<4}  {r['target'] or '':<7}  {ok}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+        was = f"{r['old']:>10.3f}" if old and r.get("old") is not None else " " * 10
+        print(f"{r['name'].ljust(width)}  {r['value']:>10.3f}  {was}  {r['unit']:<4}  {r['target'] or '':<7}  {ok}")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
         json.dump(
             {
                 "rows": rows,
+                "baseline": baseline,
+                "load_average": os.getloadavg(),
                 "python": sys.version.split()[0],
                 "cpus": os.cpu_count(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -158,7 +203,7 @@ def main() -> None:
             f,
             indent=2,
         )
-    print(f"wrote {args.out}")
+    print(f"wrote {out} (load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -140,8 +140,6 @@ class Run(SubCalls):
         self.evidence.saw(f"{question or ''}\n{info.describe()}", printed=False)
         opener = self.sandbox_provider(self, context) if self.sandbox_provider else self.open_sandbox(context)
         with opener as self.sandbox:
-            if s.levers.toolkit:
-                self._load_toolkit()
             failures = 0  # consecutive turns whose cells all failed (max_errors)
             steer = Steering()  # repeats, prose answers, runaway replies (steering.py)
             for iteration in range(1, self.budget.max_iterations + 1):
@@ -376,13 +374,6 @@ class Run(SubCalls):
             return Outcome("", reason, iterations, source="none")
         return Outcome(answer, reason, iterations, source="closing", grounded=supported)
 
-    def _load_toolkit(self) -> None:
-        """The toolkit's helpers (toolkit.py), defined in the REPL by running their source as model-level code."""
-        assert self.sandbox is not None
-        cell = self.sandbox.run(TOOLKIT_SOURCE, wall_seconds=self._wait_limit(), deadline=self._cell_deadline())
-        if cell.error is not None:
-            raise SetupError(f"the REPL toolkit did not load: {cell.error.strip().splitlines()[-1]}")
-
     def answer_directly(self, context: Context, question: str | None) -> str:
         """The reference's rule for an RLM created at ``depth >= max_depth``: it is a plain model call."""
         text = flatten_context(context) if question is None else f"{question}\n\n{flatten_context(context)}"
@@ -485,6 +476,9 @@ class Run(SubCalls):
                 rlm_handler=rlm_handler or self.rlm_query,
                 rlm_batch_handler=rlm_batch_handler or (None if rlm_handler else self.rlm_query_batched),
                 tools=self.tools,
+                pool=self.settings.sandbox_pool,
+                # The toolkit lever's helpers: model-level code, run under the same guards as a cell.
+                prelude=TOOLKIT_SOURCE if self.settings.levers.toolkit else None,
             )
         except SandboxError as exc:
             raise SetupError(f"could not start the sandbox: {exc}") from exc

@@ -9,7 +9,7 @@ from typing import Any
 from .. import defaults
 from ..engines import Engine
 from ..models import find_card
-from ..sandbox import Limits
+from ..sandbox import Limits, SandboxPool
 from ..scheduling.scheduler import Scheduler
 from .formats import PromptFormat, format_named
 from .hooks import Hooks
@@ -50,6 +50,7 @@ class Settings:
     max_concurrent_subcalls: int = defaults.MAX_CONCURRENT_SUBCALLS
     hooks: Hooks = field(default_factory=Hooks)
     levers: Levers = field(default_factory=Levers)  # what the loop does for the model's answers (levers.py)
+    sandbox_pool: SandboxPool | None = None  # pre-started sandbox workers for this RLM's runs (none: off)
 
 
 @dataclass

@@ -26,6 +26,10 @@ class Limits:
     max_error_chars: int = 20_000  # error text of one cell
     max_processes: int = 16  # processes of one session (worker, snapshot, anything it forks)
     start_seconds: float = 60.0  # worker start, including loading the context
+    session_cpu_seconds: float = 3600.0  # CPU of the whole session: every process's hard rlimit, and all
+    # of them together where a cgroup counts it (checked after each cell)
+    cpu_cores: float = 2.0  # cgroup cpu controller: the session's processes together use at most this (a
+    # cell's core plus its snapshot's fork and exit, which run beside the next cell)
 
 
 @dataclass

@@ -1,63 +1,40 @@
 """Parent side of a sandbox session: starts the worker, runs cells, serves sub-calls, enforces limits.
 
-The worker is untrusted: everything it sends is validated here, caps on sub-calls are counted here, and
-wall-clock time is enforced from here with SIGKILL (the worker's own snapshot then restores the session).
+The worker is untrusted: everything it sends is validated here, caps on sub-calls are counted here
+(calls.py), and wall-clock time is enforced from here with SIGKILL. Guarantees of ``run``:
+- It returns a ``CellResult`` whatever the worker does; ``SandboxError`` only when the sandbox is closed
+  or for a fault of our own. A cell stopped at a limit, and any message that is malformed, over its cap
+  or out of turn, ends that cell with an error and the session restored from the snapshot the worker
+  forked before it (``Worker.recover``: a random token, so nothing the cell wrote can pass for the
+  snapshot's answer and no later cell is ever out of step); a restart, with every variable lost, only
+  when no snapshot answers.
+- Something arriving between cells (a worker that died idle, a flood) is dealt with the same way before
+  the next cell starts, within ``RESTORE_WAIT_SECONDS`` and ``launch.RECOVER_BYTES``.
+- After every cell, every process of the session but the live worker and its snapshot is killed, and
+  where a cgroup counts the session's CPU time, a session past ``Limits.session_cpu_seconds`` is ended.
 """
 
 from __future__ import annotations
 
 import json
-import keyword
 import os
+import secrets
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
+from .calls import CallServer, Spent, split_tools  # noqa: F401  (split_tools: its old home)
 from .launch import WORKER_PATH, Worker
-from .limits import CellResult, Limits, SandboxError, validate_call
+from .limits import CellResult, Limits, SandboxError
 from .worker import protocol
+
+if TYPE_CHECKING:
+    from .pool import SandboxPool
 
 RESTORE_WAIT_SECONDS = 15.0  # how long a paused snapshot may take to answer after its worker died
 RESULT_FIELDS = ("stdout", "error", "final", "value")
-
-
-class _Spent(TypedDict):
-    """What one cell has spent on sub-calls so far: seconds and prompts sent."""
-
-    sub: float
-    calls: int
-
-
-def split_tools(tools: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(functions, data) of a tools mapping, checked: names usable in the REPL and not its own, data that
-    is JSON. Raises ValueError or TypeError with the reason."""
-    if not isinstance(tools, dict):
-        raise TypeError("tools must be a dict of name -> function or JSON data")
-    funcs: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    for name, value in tools.items():
-        if (
-            not isinstance(name, str)
-            or not name.isidentifier()
-            or name.startswith("_")
-            or keyword.iskeyword(name)
-            or name in protocol.RESERVED_NAMES
-        ):
-            raise ValueError(
-                f"{name!r} cannot be a tool name in the REPL (identifiers only, not starting with '_', "
-                "not one of the REPL's own names)"
-            )
-        if callable(value):
-            funcs[name] = value
-        else:
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                raise TypeError(f"tool {name!r} is neither a function nor JSON data") from None
-            data[name] = value
-    return funcs, data
 
 
 def _check_context(context: object) -> None:
@@ -82,44 +59,55 @@ class Sandbox:
         *,
         rlm_batch_handler: Callable[[list[str], list[Any]], Iterable[str]] | None = None,
         tools: dict[str, Any] | None = None,
+        prelude: str | None = None,
+        pool: SandboxPool | None = None,
         _grant_real_os: bool = False,
     ) -> None:
         """``llm_handler(prompts) -> answers``; ``rlm_handler(prompt, context) -> answer`` per child run,
         or ``rlm_batch_handler(prompts, contexts) -> answers`` for ``rlm_query_batched`` as one batch.
         ``tools``: names the cells can use; a callable becomes a function whose JSON arguments are sent
         to the parent, which calls it and returns its JSON result; any other value (JSON data) is a
-        read-only variable (lists become tuples, dicts read-only mappings)."""
+        read-only variable (lists become tuples, dicts read-only mappings). ``prelude``: source that the
+        worker runs once at session start (and again after a restart) as model-level code, under the same
+        policy and guards as a cell; its top-level names become REPL names (restored after every cell,
+        hidden from SHOW_VARS). A prelude that fails to compile or raises makes this raise SandboxError.
+        ``pool``: a SandboxPool whose pre-started workers this session takes (never one that ran cells)."""
         # _grant_real_os: tests only. Hands the cells the real os, sys and ctypes, as after a full escape of
         # the language layer, to show what the OS layer alone still holds (tests/sandbox/test_post_escape.py).
         self._grant_real_os = _grant_real_os
         self.limits = limits or Limits()
         _check_context(context)
         self._context = context  # a reference, kept for restarts; encoded only when a worker starts
-        self.llm_handler = llm_handler
-        self.rlm_handler = rlm_handler
-        self.rlm_batch_handler = rlm_batch_handler
-        self._tools, self._tool_data = split_tools(tools or {})
+        tool_funcs, self._tool_data = split_tools(tools or {})
+        self._calls = CallServer(self.limits, llm_handler, rlm_handler, rlm_batch_handler, tool_funcs)
+        if prelude is not None and not isinstance(prelude, str):
+            raise TypeError("prelude must be a str of Python source")
+        self._prelude = prelude
+        self._pool = pool
         self._added: list[tuple[str, Any, bool]] = []  # contexts added later, re-sent to a restarted worker
         self._lock = threading.Lock()
         self._closed = False
-        self._calls_session = 0
         self._completed = 0  # cells whose results we accepted from the current worker
         self._worker: Worker | None = None
         self._finalizer: weakref.finalize[[], Sandbox] | None = None
+        self._cpu_past = 0.0  # CPU seconds of this session's earlier workers (where a cgroup counts them)
+        self._exhausted: str | None = None  # set once the session is past its CPU budget: no more cells
         self.start_seconds = 0.0
         self._start()
 
     # lifecycle -----------------------------------------------------------------------------------------
     def _start(self) -> None:
         t0 = time.monotonic()
-        worker = Worker.start(
+        worker = (self._pool.take() if self._pool is not None else None) or Worker.spawn()
+        self._finalizer = weakref.finalize(self, worker.kill)
+        worker.init(
             self._context,
             self.limits,
             os.path.dirname(os.path.dirname(WORKER_PATH)),
-            tools=(sorted(self._tools), self._tool_data),
+            tools=(sorted(self._calls.tools), self._tool_data),
             grant_real_os=self._grant_real_os,
+            prelude=self._prelude,
         )
-        self._finalizer = weakref.finalize(self, worker.kill)
         self._worker = worker
         self._completed = 0
         for name, value, as_context in self._added:
@@ -138,6 +126,7 @@ class Sandbox:
         with self._lock:
             if self._closed:
                 raise SandboxError("sandbox is closed")
+            self._settle_idle()
             if self._worker is None:
                 self._start()
             name = self._send_context(name, value, as_context)
@@ -152,21 +141,50 @@ class Sandbox:
         try:
             w.send({"op": "add", "name": name, "kind": kind, "as_context": as_context}, [part])
             msg, parts = w.read(time.monotonic() + self.limits.start_seconds)
-        except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.MessageTooLarge, OSError) as e:
+        except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.Malformed, OSError) as e:
             self._discard_worker()
             raise SandboxError(f"could not add the context: {type(e).__name__}: {e}") from None
-        if msg.get("type") != "added" or not parts:
+        if msg.get("type") != "added" or len(parts) != 1 or not w.note_pids(msg):
             self._discard_worker()
             raise SandboxError("could not add the context: the sandbox worker answered out of turn")
+        w.answered()
         if msg.get("error"):
             raise ValueError(parts[0])
         return parts[0]
 
     def _discard_worker(self) -> None:
+        if self._worker is not None:
+            self._cpu_past += self._worker.session_cpu_seconds() or 0.0
         if self._finalizer is not None:
             self._finalizer()  # kills the worker once
             self._finalizer = None
         self._worker = None
+
+    def _settle_idle(self) -> None:
+        """Anything that arrived since the last cell (a snapshot that took over from a worker that died
+        idle, or worse) is recovered from before the next exchange; a worker that cannot be is dropped."""
+        w = self._worker
+        if w is None or not w.reader.pending():
+            return
+        msg = w.recover(time.monotonic() + RESTORE_WAIT_SECONDS)
+        if msg is None or msg["completed"] != self._completed:
+            self._discard_worker()
+
+    @property
+    def llm_handler(self) -> Callable[[list[str]], Iterable[str]] | None:
+        return self._calls.llm_handler
+
+    @llm_handler.setter
+    def llm_handler(self, handler: Callable[[list[str]], Iterable[str]] | None) -> None:
+        self._calls.llm_handler = handler
+
+    @property
+    def rlm_handler(self) -> Callable[[str, Any], str] | None:
+        return self._calls.rlm_handler
+
+    @rlm_handler.setter
+    def rlm_handler(self, handler: Callable[[str, Any], str] | None) -> None:
+        self._calls.rlm_handler = handler
 
     @property
     def hardening(self) -> list[str]:
@@ -212,10 +230,13 @@ class Sandbox:
             if self._closed:
                 raise SandboxError("sandbox is closed")
             note = None
-            if self._worker is None:
-                self._start()
-                note = "note: the sandbox was restarted earlier; variables from before were lost"
+            if self._exhausted is not None:
+                return CellResult(stdout="", error=self._exhausted)
             try:
+                self._settle_idle()
+                if self._worker is None:
+                    self._start()
+                    note = "note: the sandbox was restarted earlier; variables from before were lost"
                 result = self._run(op, wall_seconds, deadline)
             except SandboxError:
                 self._discard_worker()
@@ -238,13 +259,16 @@ class Sandbox:
         t0 = time.monotonic()
         if hard_deadline is not None:
             wall = max(0.01, min(wall, hard_deadline - t0))
-        spent: _Spent = {"sub": 0.0, "calls": 0}
-        self._drain_idle_messages()
+        spent: Spent = {"sub": 0.0, "calls": 0}
         text = op.get("code", op.get("read", ""))
+        cell_id = secrets.token_hex(8)  # every message of this cell must carry it: nothing written earlier can
         try:
-            w.send({"op": "run", "read": "read" in op, "cpu_seconds": float(min(L.cpu_seconds, wall))}, [text])
+            w.send(
+                {"op": "run", "id": cell_id, "read": "read" in op, "cpu_seconds": float(min(L.cpu_seconds, wall))},
+                [text],
+            )
         except (protocol.ChannelClosed, protocol.ChannelTimeout, OSError):
-            return self._restart(t0, spent, "the sandbox worker stopped responding", timed_out=False)
+            return self._stop(t0, spent, "RuntimeError: the sandbox worker stopped responding")
         while True:
             deadline = t0 + spent["sub"] + wall
             if hard_deadline is not None and hard_deadline < deadline:
@@ -252,91 +276,68 @@ class Sandbox:
             try:
                 msg, parts = w.read(deadline)
             except protocol.ChannelTimeout:
-                w.kill_live()
                 why = (
                     "the time budget ran out during this cell"
                     if deadline == hard_deadline
                     else f"the cell ran longer than the wall-clock limit of {wall:g} s"
                 )
-                return self._await_restore(t0, spent, f"TimeoutError: {why} and it was stopped")
+                return self._stop(t0, spent, f"TimeoutError: {why} and it was stopped")
             except protocol.MessageTooLarge as e:
-                w.kill_live()
-                return self._await_restore(
-                    t0, spent, f"OverflowError: the cell sent more than the sandbox accepts ({e}) and was stopped"
-                )
+                return self._stop(t0, spent, f"OverflowError: the cell sent more than the sandbox accepts ({e})")
+            except protocol.Malformed:
+                return self._stop(t0, spent, "RuntimeError: the sandbox worker sent a malformed message")
             except protocol.ChannelClosed:
                 return self._restart(t0, spent, "the sandbox worker crashed", timed_out=False)
             kind = msg.get("type")
+            if kind in ("result", "call", "abandon") and msg.get("id") != cell_id:  # written for another cell
+                return self._stop(t0, spent, "RuntimeError: the sandbox worker sent a message out of turn")
             if kind == "result":
-                return self._result(msg, parts, t0, spent)
+                result = self._result(msg, parts, t0, spent)
+                if result is None:
+                    return self._stop(t0, spent, "RuntimeError: the sandbox worker sent a malformed result")
+                return self._after_cell(result)
             if kind == "call":
                 s0 = time.monotonic()
-                reply, results = self._serve_call(msg, parts, spent)
+                reply, results = self._calls.serve(msg, parts, spent)
                 spent["sub"] += time.monotonic() - s0
                 try:
                     w.send(reply, results)
                 except (protocol.ChannelClosed, protocol.ChannelTimeout, OSError):
-                    return self._restart(t0, spent, "the sandbox worker stopped responding", timed_out=False)
+                    return self._stop(t0, spent, "RuntimeError: the sandbox worker stopped responding")
             elif kind == "abandon":  # code kept running after its cell; the worker handed over to its snapshot
                 reason = parts[0][:500] if parts else "the cell could not be settled"
-                return self._await_restore(t0, spent, f"RuntimeError: {reason}; the cell was stopped")
-            elif kind == "restored":  # the worker died on its own (CPU rlimit or a crash); snapshot took over
-                w.live_pid = pid if isinstance(pid := msg.get("pid"), int) else w.live_pid
-                return self._stopped(
+                return self._stop(t0, spent, f"RuntimeError: {reason}")
+            elif kind == "restored":  # a snapshot took over: the worker died on its own (CPU rlimit, crash)
+                return self._stop(
                     t0,
                     spent,
-                    f"TimeoutError: the cell used more than its CPU time limit of "
-                    f"{min(L.cpu_seconds, wall):g} s (or crashed) and was stopped",
-                    restored=True,
+                    f"TimeoutError: the cell used more than its CPU time limit of {min(L.cpu_seconds, wall):g} s "
+                    "(or crashed)",
                 )
             else:
-                w.kill()
-                return self._restart(t0, spent, "the sandbox worker sent a malformed message", timed_out=False)
+                return self._stop(t0, spent, "RuntimeError: the sandbox worker sent a message out of turn")
 
-    def _drain_idle_messages(self) -> None:
-        """A worker that died while idle was replaced by its snapshot, which said so; nothing was lost
-        because the snapshot holds the state after the last cell."""
+    def _stop(self, t0: float, spent: Spent, reason: str) -> CellResult:
+        """Ends the cell: the live worker is killed and its snapshot takes over (``Worker.recover``); the
+        snapshot says which state it holds. A restart when none answers or its answer does not fit."""
         w = self._worker
         assert w is not None  # called from _run
-        while w.reader.pending():
-            try:
-                msg, _ = w.read(time.monotonic() + 1.0)
-            except (protocol.ChannelTimeout, protocol.ChannelClosed, protocol.MessageTooLarge):
-                return
-            if msg.get("type") == "restored" and isinstance(msg.get("pid"), int):
-                w.live_pid = msg["pid"]
+        msg = w.recover(time.monotonic() + RESTORE_WAIT_SECONDS)
+        if self._over_cpu_budget():  # (a cell stopped at its CPU limit may be what used the session's up)
+            assert self._exhausted is not None
+            return self._stopped(t0, spent, f"{reason}. {self._exhausted}")
+        if msg is not None and msg["completed"] == self._completed + 1:  # it finished just before the stop
+            self._completed += 1
+            return self._stopped(t0, spent, reason + "; it had just finished: its changes were kept, its output lost")
+        if msg is None or msg["completed"] != self._completed:
+            return self._restart(t0, spent, reason, timed_out=True)
+        tail = "; the session is back in the state it had before this cell (its output and changes are lost)"
+        return self._stopped(t0, spent, reason + tail, restored=True)
 
-    def _await_restore(self, t0: float, spent: _Spent, reason: str) -> CellResult:
-        """After a kill, wait for the snapshot's 'restored'. If the cell's result slipped out just before
-        the kill, the snapshot may hold the state after the cell: its 'completed' count says which."""
-        w = self._worker
-        assert w is not None  # called from _run
-        late_result = None
-        deadline = time.monotonic() + RESTORE_WAIT_SECONDS
-        while True:
-            try:
-                msg, parts = w.read(deadline)
-            except protocol.MessageTooLarge:
-                continue  # the rest of a flood from the dead cell; the snapshot's greeting follows it
-            except (protocol.ChannelTimeout, protocol.ChannelClosed):
-                return self._restart(t0, spent, reason, timed_out=True)
-            if msg.get("type") == "result" and late_result is None:
-                late_result = (msg, parts)
-            elif msg.get("type") == "restored" and isinstance(msg.get("pid"), int):
-                w.live_pid = msg["pid"]
-                if late_result is not None and msg.get("completed") == self._completed + 1:
-                    return self._result(*late_result, t0, spent)
-                return self._stopped(t0, spent, reason, restored=True)
-
-    def _stopped(self, t0: float, spent: _Spent, reason: str, restored: bool) -> CellResult:
-        tail = (
-            "; the session is back in the state it had before this cell (its output and changes are lost)"
-            if restored
-            else ""
-        )
+    def _stopped(self, t0: float, spent: Spent, error: str, restored: bool = False) -> CellResult:
         return CellResult(
             stdout="",
-            error=reason + tail,
+            error=error,
             final=None,
             timed_out=True,
             restored=restored,
@@ -345,7 +346,7 @@ class Sandbox:
             calls=spent["calls"],
         )
 
-    def _restart(self, t0: float, spent: _Spent, reason: str, timed_out: bool) -> CellResult:
+    def _restart(self, t0: float, spent: Spent, reason: str, timed_out: bool) -> CellResult:
         self._discard_worker()
         if self._closed:  # close() from another thread while this cell ran
             error = f"{reason}: the sandbox was closed"
@@ -358,26 +359,53 @@ class Sandbox:
                 self._start()
             except SandboxError as e:
                 error += f" Restart failed: {e}"
-        return CellResult(
-            stdout="",
-            error=error,
-            final=None,
-            timed_out=timed_out,
-            restored=False,
-            seconds=time.monotonic() - t0 - spent["sub"],
-            subcall_seconds=spent["sub"],
-            calls=spent["calls"],
-        )
+        result = self._stopped(t0, spent, error)
+        result.timed_out = timed_out
+        return result
 
-    def _result(self, msg: dict[str, Any], parts: list[str], t0: float, spent: _Spent) -> CellResult:
-        """A result as the worker sent it, capped again here: the worker is never trusted."""
+    def _after_cell(self, result: CellResult) -> CellResult:
+        """Every process of the session but the worker and its snapshot is killed, then the worker forks
+        its next snapshot (Worker.answered)."""
+        w = self._worker
+        assert w is not None  # called from _run
+        w.answered()
+        if self._over_cpu_budget():
+            assert self._exhausted is not None
+            result.error = (result.error + "\n" if result.error else "") + self._exhausted
+        return result
+
+    def _over_cpu_budget(self) -> bool:
+        """True once every process this session ever ran has used more CPU than session_cpu_seconds
+        (where a cgroup counts it): the worker is killed and no further cell runs."""
+        if self._exhausted is None:
+            now = self._worker.session_cpu_seconds() if self._worker is not None else None
+            used = self._cpu_past + (now or 0.0)
+            if now is None and not self._cpu_past or used <= self.limits.session_cpu_seconds:
+                return False
+            self._discard_worker()
+            self._exhausted = (
+                f"ResourceWarning: this sandbox session used {used:.1f} s of CPU, over its limit of "
+                f"{self.limits.session_cpu_seconds:g} s: it was stopped, and no further cell runs"
+            )
+        return True
+
+    def _result(self, msg: dict[str, Any], parts: list[str], t0: float, spent: Spent) -> CellResult | None:
+        """A result as the worker sent it, capped again here (the worker is never trusted); None when it
+        is malformed."""
+        present = msg.get("present")
+        if (
+            len(parts) != len(RESULT_FIELDS)
+            or type(present) is not list
+            or len(present) != len(RESULT_FIELDS)
+            or not all(type(p) is bool for p in present)
+            or not self._worker
+            or msg.get("pid") != self._worker.live_pid  # only a restore changes the live worker
+            or not self._worker.note_pids(msg)
+        ):
+            return None
         self._completed += 1
         L = self.limits
-        present = p if isinstance(p := msg.get("present"), list) else []
-        got = {
-            k: (parts[i] if i < len(parts) and i < len(present) and present[i] is True else None)
-            for i, k in enumerate(RESULT_FIELDS)
-        }
+        got = {k: (parts[i] if present[i] else None) for i, k in enumerate(RESULT_FIELDS)}
         stdout = got["stdout"] or ""
         if len(stdout) > L.output_chars + 200:
             stdout = (
@@ -399,64 +427,3 @@ class Sandbox:
             calls=spent["calls"],
             value=value,
         )
-
-    # sub-calls ------------------------------------------------------------------------------------------
-    def _serve_call(self, msg: dict[str, Any], parts: list[str], spent: _Spent) -> tuple[dict[str, Any], list[str]]:
-        try:
-            results = self._call_handler(msg, parts, spent)
-        except Exception as e:  # message only: the model must never see a host traceback
-            text = str(e)
-            return {"op": "reply", "ok": False}, [(f"{type(e).__name__}: {text}" if text else type(e).__name__)[:2000]]
-        return {"op": "reply", "ok": True}, results
-
-    def _call_handler(self, msg: dict[str, Any], parts: list[str], spent: _Spent) -> list[str]:
-        L = self.limits
-        prompts, contexts = protocol.split_call(msg, parts)
-        kind = msg.get("kind")
-        if kind == "tool":
-            return self._call_tool(prompts, contexts, spent)
-        validate_call(kind, prompts, contexts, L)
-        n = len(prompts)
-        if spent["calls"] + n > L.max_calls_per_cell:
-            raise RuntimeError(f"sub-call limit reached: at most {L.max_calls_per_cell} sub-calls per cell")
-        if self._calls_session + n > L.max_calls_per_session:
-            raise RuntimeError(f"sub-call limit reached: at most {L.max_calls_per_session} sub-calls per session")
-        spent["calls"] += n
-        self._calls_session += n
-        if kind == "rlm" and self.rlm_batch_handler is not None:
-            assert contexts is not None  # validate_call: an rlm call carries one context per prompt
-            results = list(self.rlm_batch_handler(prompts, contexts))
-        elif kind == "rlm" and self.rlm_handler is not None:
-            assert contexts is not None
-            results = [self.rlm_handler(p, c) for p, c in zip(prompts, contexts)]
-        else:
-            results = self._llm(prompts)
-        if not isinstance(results, list) or len(results) != n or not all(isinstance(r, str) for r in results):
-            raise RuntimeError(f"the model server returned a malformed answer for {n} prompt(s)")
-        return results
-
-    def _call_tool(self, prompts: list[str], contexts: list[Any] | None, spent: _Spent) -> list[str]:
-        """A tool function the cell called: [name, JSON [args, kwargs]] -> [JSON result]."""
-        if len(prompts) != 2 or contexts is not None or prompts[0] not in self._tools:
-            raise ValueError("unknown tool")
-        if len(prompts[1]) > self.limits.max_prompt_chars:
-            raise ValueError(f"tool arguments too large (limit {self.limits.max_prompt_chars} characters)")
-        if spent["calls"] + 1 > self.limits.max_calls_per_cell:
-            raise RuntimeError(f"call limit reached: at most {self.limits.max_calls_per_cell} calls per cell")
-        spent["calls"] += 1
-        try:
-            args, kwargs = json.loads(prompts[1])
-        except (ValueError, TypeError, RecursionError):
-            raise ValueError("tool arguments must be JSON data") from None
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise ValueError("tool arguments must be JSON data")
-        result = self._tools[prompts[0]](*args, **kwargs)
-        try:
-            return [json.dumps(result, ensure_ascii=False)]
-        except (TypeError, ValueError):
-            raise TypeError(f"tool {prompts[0]} returned {type(result).__name__}, not JSON data") from None
-
-    def _llm(self, prompts: list[str]) -> list[str]:
-        if self.llm_handler is None:
-            raise RuntimeError("no sub-model is configured for llm_query in this session")
-        return list(self.llm_handler(prompts))

@@ -68,3 +68,31 @@ def run_attack(sandbox: Sandbox, code: str, secret_path: str):
     assert not leaked(r)
     assert "/work/" not in r.error and ".venv" not in r.error
     return r
+
+
+@pytest.fixture
+def escaped():
+    """Factory of sessions whose cells get the real os, sys and ctypes (the test-only hook), as after a
+    full escape of the language layer; the OS layer must hold on its own."""
+    made: list[Sandbox] = []
+
+    def make(**limits) -> Sandbox:
+        sb = Sandbox(
+            context="ctx", llm_handler=lambda ps: ["ok"] * len(ps), limits=Limits(**limits), _grant_real_os=True
+        )
+        assert "seccomp" in sb.hardening, sb.hardening
+        made.append(sb)
+        return sb
+
+    yield make
+    for sb in made:
+        sb.close()
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is neither a zombie nor dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -15,7 +15,7 @@ import pytest
 
 from rlm_local.sandbox.worker import allowlist as A
 from rlm_local.sandbox.worker import guards as G
-from rlm_local.sandbox.worker import members as M
+from rlm_local.sandbox.worker import wrapped as W
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,14 @@ def _public(names) -> list[str]:
     return sorted(n for n in names if not n.startswith("_"))
 
 
+def exposed(guards: G.Guards) -> list:
+    """What the sandbox receives without any attribute read: module proxies' names, builtins, and the
+    types allowed callables return (allowlist.returned_types())."""
+    values = [v for proxy in guards.proxies.values() for v in proxy._mod_attrs.values()]
+    values += [v for name, v in guards.builtins().items() if not name.startswith("_")]
+    return values + A.returned_types()
+
+
 def reachable_members(guards: G.Guards) -> tuple[set[type], dict[str, set[str]]]:
     """(classes reached, {owner_key: callable member names}) from the sandbox's real exposure."""
     seen: set[type] = set()
@@ -46,14 +54,8 @@ def reachable_members(guards: G.Guards) -> tuple[set[type], dict[str, set[str]]]
         if isinstance(origin, type):
             add(origin)
 
-    for proxy in guards.proxies.values():
-        for value in proxy._mod_attrs.values():
-            add(value)
-    for name, value in guards.builtins().items():
-        if not name.startswith("_"):
-            add(value)
-    for t in A.returned_types():
-        add(t)
+    for value in exposed(guards):
+        add(value)
     need: dict[str, set[str]] = {}
     while queue:
         cls = queue.pop()
@@ -127,7 +129,7 @@ def test_rows_are_well_formed():
 
 def test_proxies_expose_exactly_the_safe_and_wrapped_rows(guards):
     table = A.parse(A.MODULE_ROWS)
-    wrappers = M.module_wrappers()
+    wrappers = W.module_wrappers()
     for modname, proxy in guards.proxies.items():
         mod = importlib.import_module(modname)
         rows = table[modname]
@@ -199,3 +201,47 @@ def test_guard_refuses_unreviewed_members_of_reachable_classes(guards, class_row
         for name in ("method", "helper"):
             with pytest.raises(AttributeError, match="not reviewed"):
                 guards.getattr(target, name)
+
+
+def obtainable_classes(guards: G.Guards) -> set[type]:
+    """Classes the sandbox can hold as objects: exposed names that are classes, the type() of exposed and
+    returned values (allowlist.returned_types()), and, for each such class, the classes and the types of
+    the data its public attributes hold, found through its MRO as attribute reads find them. Never a base
+    as such: mro(), __bases__ and __mro__ are refused."""
+    seen: set[type] = set()
+    queue: list[type] = []
+
+    def add(obj) -> None:
+        cls = obj if isinstance(obj, type) else type(obj)
+        if issubclass(cls, type):  # a metaclass: type() and __class__ hand out the guard function instead
+            return
+        if cls not in seen:
+            seen.add(cls)
+            queue.append(cls)
+
+    for value in exposed(guards):
+        add(value)
+    while queue:
+        cls = queue.pop()
+        for name in _public(dir(cls)):
+            owner = next((c for c in cls.__mro__ if name in vars(c)), None)
+            raw = vars(owner)[name] if owner is not None else None
+            if isinstance(raw, type) or (raw is not None and not hasattr(type(raw), "__get__")):
+                add(raw)
+    return seen
+
+
+def test_every_obtainable_class_is_reviewed_for_calling(guards):
+    """Calling a class runs its metaclass's __call__: every class the sandbox can hold has type's own, or
+    a row in allowlist.CLASS_CALLS saying why its metaclass's is safe (enum.Enum's functional API builds
+    classes with any dunder: it must stay out of reach)."""
+    classes = obtainable_classes(guards)
+    keys = {A.owner_key(c) for c in classes}
+    odd = sorted(A.owner_key(c) for c in classes if type(c).__call__ is not type.__call__)
+    assert [k for k in odd if k not in A.CLASS_CALLS] == [], "review these classes' metaclass __call__"
+    assert set(A.CLASS_CALLS) <= keys, "stale CLASS_CALLS rows"
+    assert len(classes) > 60 and "enum:Enum" not in keys and "enum:IntFlag" not in keys
+    import re
+
+    with pytest.raises(TypeError):  # the reason given for re:RegexFlag holds on this Python
+        re.RegexFlag("Made", ["A"])

@@ -17,15 +17,22 @@ FAKE_WORKER = r"""
 import json, os, sys, time
 def send(m, parts=()):
     blobs = [p.encode() for p in parts]
-    os.write(1, (json.dumps(dict(m, parts=[len(b) for b in blobs])) + "\n").encode() + b"".join(blobs))
+    head = dict({"pid": os.getpid(), "snapshot": None, "id": CELL.get("id")}, **m, parts=[len(b) for b in blobs])
+    os.write(1, (json.dumps(head) + "\n").encode() + b"".join(blobs))
+CELL = {}
 def read():
     header = json.loads(sys.stdin.buffer.readline() or "null")
+    while header is not None and header.get("op") == "go":  # the parent's leave to fork a snapshot
+        header = json.loads(sys.stdin.buffer.readline() or "null")
     if header is None:
         return None
+    if header.get("op") == "run":
+        CELL["id"] = header.get("id")
     sys.stdin.buffer.read(sum(header.get("parts", [])))
     return header
+send({"type": "waiting"})
 read()
-send({"type": "ready", "pid": os.getpid(), "hardening": []})
+send({"type": "ready", "pid": os.getpid(), "snapshot": None, "hardening": []})
 mode = os.environ.get("FAKE_MODE", sys.argv[-1])
 while True:
     if read() is None:
@@ -75,8 +82,8 @@ def test_lying_pid_never_signals_the_parent(fake_worker):
     fake_worker("liar")
     sb = Sandbox(context="x", limits=Limits(wall_seconds=1, cpu_seconds=1))
     try:
-        r = sb.run("1")  # unexpected 'restored' claiming our pid
-        assert r.timed_out and r.restored
+        r = sb.run("1")  # unexpected 'restored' claiming our pid: never believed, the fake has no snapshot
+        assert r.timed_out and not r.restored and "restarted" in r.error, r
         t0 = time.monotonic()
         r = sb.run("1")  # stalls -> wall timeout -> must not kill os.getpid()
         assert time.monotonic() - t0 < 30 and r.timed_out

@@ -343,7 +343,7 @@ def test_sandbox_subclass_inherits_nothing_unreviewed():
         return eval(compile(f"lambda self: {text!r}", "<cell 1>", "eval"))
 
     g = G.Guards(G.Printer(100), G.make_module_proxies())
-    Sub = G.SandboxMeta("Sub", (Host,), {})
+    Sub = g.meta("Sub", (Host,), {})
     for target in (Sub, Sub()):
         with pytest.raises(AttributeError, match="not reviewed"):
             g.getattr(target, "secret")

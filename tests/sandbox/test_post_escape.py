@@ -10,39 +10,12 @@ import time
 
 import pytest
 
-from rlm_local.sandbox import Limits, Sandbox
-
-from .conftest import SECRET, leaked
+from .conftest import SECRET, alive, leaked
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.uname().machine != "x86_64", reason="platform: the seccomp filter is x86-64 only"),
 ]
-
-
-@pytest.fixture
-def escaped():
-    made: list[Sandbox] = []
-
-    def make(**limits) -> Sandbox:
-        sb = Sandbox(
-            context="ctx", llm_handler=lambda ps: ["ok"] * len(ps), limits=Limits(**limits), _grant_real_os=True
-        )
-        assert "seccomp" in sb.hardening, sb.hardening
-        made.append(sb)
-        return sb
-
-    yield make
-    for sb in made:
-        sb.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_the_hook_really_grants_the_real_os(escaped):
@@ -78,10 +51,10 @@ def test_setsid_and_setpgid_are_denied_and_a_forked_child_dies_with_the_session(
     pid, *results = r.stdout.split()
     assert results == ["setsid:1", "setpgid:1"], r.stdout  # EPERM from seccomp
     child = int(pid)
-    assert _alive(child)
+    assert alive(child)
     sb.close()
     time.sleep(0.3)
-    assert not _alive(child)
+    assert not alive(child)
 
 
 def test_worker_that_tries_setsid_after_a_restore_is_still_killed_on_time(escaped):

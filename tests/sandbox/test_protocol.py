@@ -32,7 +32,7 @@ def _pipe_writer(data: bytes, chunk: int) -> int:
 def test_a_long_header_line_is_scanned_once():
     """20 MB arriving in 4 KB reads: a reader that rescanned its buffer after each read would scan
     ~50 GB here; this one finishes at once."""
-    line = b'{"type":"x","pad":"' + b"a" * 20_000_000 + b'"}\n'
+    line = b'{"type":"x","parts":[],"pad":"' + b"a" * 20_000_000 + b'"}\n'
     r = _pipe_writer(line, 4096)
     reader = protocol.Reader(r, max_header=1 << 30)
     assert reader.read_header(time.monotonic() + 50)["type"] == "x"

@@ -11,43 +11,29 @@ checks host class members against it (members.py).
 from __future__ import annotations
 
 import builtins
-import codecs
 import collections
 import operator
 import string
 import sys
 import types
 from _string import formatter_field_name_split as _formatter_field_name_split
+from typing import Any
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
 try:  # imported as rlm_local.sandbox.guards (tests) or as a sibling module (the worker)
     from . import allowlist as A
-    from .members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers
+    from .members import ALLOW, CLASS, DYNAMIC, FROZEN, MemberGuard
+    from .owners import MUTABLE_CONTAINERS, SandboxMeta, frozen_view, session_meta
+    from .proxies import C_INTERNAL_IMPORTS, ModuleProxy, make_module_proxies  # noqa: F401  (re-exported)
 except ImportError:  # (mypy checks the package form above; this fallback is the script form)
     import allowlist as A  # type: ignore[import-not-found, no-redef]
-    from members import ALLOW, CLASS, DYNAMIC, MemberGuard, SandboxMeta, module_wrappers  # type: ignore[import-not-found, no-redef]
+    from members import ALLOW, CLASS, DYNAMIC, FROZEN, MemberGuard  # type: ignore[import-not-found, no-redef]
+    from owners import MUTABLE_CONTAINERS, SandboxMeta, frozen_view, session_meta  # type: ignore[import-not-found, no-redef]
+    from proxies import C_INTERNAL_IMPORTS, ModuleProxy, make_module_proxies  # type: ignore[import-not-found, no-redef]  # noqa: F401
 
 ALLOWED_MODULES = A.ALLOWED_MODULES
-
-# C code inside datetime imports these through the frame's __import__ (strftime/strptime).
-C_INTERNAL_IMPORTS = ("time", "_strptime")
-PRELOADED_CODECS = (
-    "ascii",
-    "latin-1",
-    "utf-8-sig",
-    "utf-16",
-    "utf-32",
-    "cp1252",
-    "iso8859-15",
-    "unicode-escape",
-    "raw-unicode-escape",
-    "idna",
-    "punycode",
-    "mac-roman",
-    "cp437",
-)
 
 FORBIDDEN_TYPES = (types.ModuleType, types.FrameType, types.CodeType, types.TracebackType)
 CONTAINER_TYPES = frozenset(
@@ -80,6 +66,12 @@ EXTRA_BLOCKED_ATTRS = frozenset(
 )
 # Names the getattr guard looks at closely; every other public name takes the fast path.
 SPECIAL_ATTRS = INSPECT_ATTRIBUTES | EXTRA_BLOCKED_ATTRS | {"format", "format_map", "obj"}
+# Methods that change a mutable container in place: refused on host-owned containers (owners.HostOwned).
+MUTATORS = frozenset(
+    "append appendleft clear difference_update discard extend extendleft insert intersection_update move_to_end "
+    "pop popitem popleft remove reverse rotate setdefault sort subtract symmetric_difference_update update add".split()
+)
+MUTATE = 5  # a memo rule next to members.ALLOW...: allowed unless the container is host-owned
 
 INPLACE = {
     "+=": operator.iadd,
@@ -98,66 +90,13 @@ INPLACE = {
 }
 
 
-class ModuleProxy:
-    """Read-only stand-in for an allowed module: only the names allowlist.py marks safe (as is) or
-    wrapped (as their guarded replacements)."""
-
-    __slots__ = ("_mod_name", "_mod_attrs", "_mod_removed")
-
-    def __init__(self, name: str, attrs: dict, removed: dict[str, str]):
-        object.__setattr__(self, "_mod_name", name)
-        object.__setattr__(self, "_mod_attrs", attrs)
-        object.__setattr__(self, "_mod_removed", removed)
-
-    def __getattr__(self, attr):
-        if attr == "__name__":  # for ImportError messages of `from x import y`
-            return self._mod_name
-        try:
-            return self._mod_attrs[attr]
-        except KeyError:
-            raise AttributeError(self._missing(attr)) from None
-
-    def _missing(self, attr: str) -> str:  # private: the guard lets every public name through to proxies
-        why = self._mod_removed.get(attr)
-        if why is None:
-            return f"module '{self._mod_name}' has no attribute '{attr}'"
-        return f"'{self._mod_name}.{attr}' is not available in the sandbox: {why}"
-
-    def __setattr__(self, attr, value):
-        raise AttributeError(f"module '{self._mod_name}' is read-only in the sandbox")
-
-    def __delattr__(self, attr):
-        raise AttributeError(f"module '{self._mod_name}' is read-only in the sandbox")
-
-    def __dir__(self):
-        return sorted(self._mod_attrs)
-
-    def __repr__(self):
-        return f"<module '{self._mod_name}'>"
-
-
-def make_module_proxies() -> dict[str, ModuleProxy]:
-    """One proxy per allowed module, built from the allowlist only: a name the table does not list is
-    never exposed, whatever the module holds."""
-    table = A.parse(A.MODULE_ROWS)
-    wrappers = module_wrappers()
-    proxies = {}
-    for name in ALLOWED_MODULES:
-        mod = __import__(name)
-        attrs, removed = {}, {}
-        for attr, (verdict, why) in table[name].items():
-            if verdict == A.SAFE:
-                attrs[attr] = getattr(mod, attr)
-            elif verdict == A.WRAPPED:
-                attrs[attr] = wrappers[(name, attr)]
-            else:
-                removed[attr] = why
-        proxies[name] = ModuleProxy(name, attrs, removed)
-    for name in C_INTERNAL_IMPORTS:
-        __import__(name)
-    for codec in PRELOADED_CODECS:  # codecs load lazily from disk, and the worker loses file access
-        codecs.lookup(codec)
-    return proxies
+def exact_str(value) -> str:
+    """``value`` as an exact str, converted by str's own methods: a str subclass is copied without calling
+    any of its methods (it may lie about its length or contents); anything else goes through str() once,
+    whose result is copied the same way."""
+    if type(value) is str:
+        return value
+    return str.__str__(value if isinstance(value, str) else str(value))
 
 
 class OutputFlood(BaseException):
@@ -180,7 +119,7 @@ class Printer:
         self.cap, self.parts, self.size, self.dropped = cap, [], 0, 0
 
     def write(self, text) -> None:
-        text = text if type(text) is str else str(text)
+        text = exact_str(text)
         room = self.cap - self.size
         if len(text) <= room:
             self.parts.append(text)
@@ -219,7 +158,10 @@ class Guards:
         exposed = [v for p in proxies.values() for v in p._mod_attrs.values()]
         exposed += [v for k, v in self.builtins().items() if not k.startswith("_")]
         self.members = MemberGuard(exposed, ModuleProxy)
+        self.members.host_owned.scan(vars(sys.modules[m]) for m in ALLOWED_MODULES)
+        self._host_ids = self.members.host_owned.ids
         self._memo = self.members.memo
+        self.meta = session_meta(self.members.forget)
 
     # attribute access -------------------------------------------------------------------------------
     def getattr(self, obj, name, *default):
@@ -234,8 +176,12 @@ class Guards:
                 return special
         rule = self._memo[type(obj)].get(name)
         if rule is not ALLOW:  # the hot path (methods of builtin types, own objects) skips all of this
+            if rule is MUTATE and id(obj) not in self._host_ids:  # lst.append of the code's own list
+                return getattr(obj, name)  # (a container's method: never a module, frame or code)
             if rule is None or rule is CLASS:
-                rule = self.members.resolve(obj, type(obj), name)
+                rule = self._resolve(obj, name)
+            if rule is MUTATE and id(obj) in self._host_ids:
+                rule = f"'{name}': this {type(obj).__name__} belongs to a host class or module and is read-only"
             if type(rule) is str:
                 if default:
                     return default[0]
@@ -246,6 +192,8 @@ class Guards:
             if default:
                 return default[0]
             raise
+        if rule is FROZEN:
+            return frozen_view(value)
         if rule is DYNAMIC:
             try:
                 value = self.members.check_value(value, name)
@@ -256,6 +204,13 @@ class Guards:
         if isinstance(value, FORBIDDEN_TYPES):
             raise AttributeError(f"'{name}' refers to a {type(value).__name__}, not accessible in the sandbox")
         return value
+
+    def _resolve(self, obj, name: str):
+        t = type(obj)
+        rule = self.members.resolve(obj, t, name)
+        if rule is ALLOW and name in MUTATORS and issubclass(t, MUTABLE_CONTAINERS):
+            rule = self._memo[t][name] = MUTATE
+        return rule
 
     def _special_attr(self, obj, name):
         """Raises for forbidden names; returns a safe replacement for format methods, else None."""
@@ -302,14 +257,22 @@ class Guards:
 
     # writes -----------------------------------------------------------------------------------------
     def write(self, obj):
+        """The object itself if sandbox code may change it: its own containers (never a host-owned one),
+        classes and their instances. Class-dict changes clear the member memo (owners.SandboxMeta)."""
         t = type(obj)
-        if t in CONTAINER_TYPES or isinstance(t, SandboxMeta):
+        if t in CONTAINER_TYPES:
+            if id(obj) in self._host_ids:
+                raise TypeError(
+                    f"cannot modify this {t.__name__}: it belongs to a host class or module and is read-only"
+                )
             return obj
-        if isinstance(obj, SandboxMeta):
-            # A class dict is about to change: member verdicts resolved through it may be stale (deleting
-            # an override would otherwise keep exposing the host member it hid).
-            self.members.forget()
+        if isinstance(t, SandboxMeta) or isinstance(obj, SandboxMeta):
             return obj
+        if t is types.MappingProxyType:
+            raise TypeError(
+                "cannot modify this mapping: it is read-only in the sandbox (data of a host class or a tool); "
+                "copy it with dict(...)"
+            )
         raise TypeError(
             f"cannot modify objects of type '{t.__name__}' in the sandbox "
             "(only your own containers, classes and their instances)"
@@ -386,9 +349,9 @@ class Guards:
             "_inplace_item_": self.inplace_item,
             "_inplace_attr_": self.inplace_attr,
             "_apply_": _apply,
-            "_super_": _super2,
+            "_super_attr_": _super_attr,
             "_print_": lambda _getattr=None: self.printer,
-            "__metaclass__": SandboxMeta,
+            "__metaclass__": self.meta,
             "__name__": "__sandbox__",
         }
 
@@ -417,12 +380,18 @@ def _apply(func, *args, **kwargs):
     return func(*args, **kwargs)
 
 
-def _super2(cls, *obj):
-    # super(C, x).__init__ is the one dunder call the policy lets through; limit it to our own classes
-    # so that it cannot re-initialise or poke at host objects.
-    if not isinstance(cls, SandboxMeta):
+def _super_attr(sup, name: str):
+    """``super(...).__init__`` and the other dunder methods the policy lets through: only from a sandbox
+    class and bound to an instance, never the class form (``super(C, Subclass)``), which hands out the
+    unbound host method to call on any object (a module proxy, an instance the member guard trusts)."""
+    if type(sup) is not super:
         raise TypeError("super() with arguments only works with classes defined in the sandbox")
-    return super(cls, *obj)
+    fields: Any = sup  # __thisclass__ and __self__ are real attributes that typeshed does not list
+    if not isinstance(fields.__thisclass__, SandboxMeta):
+        raise TypeError("super() with arguments only works with classes defined in the sandbox")
+    if fields.__self__ is None or isinstance(fields.__self__, type):
+        raise TypeError("super() in a class method cannot reach special methods; call them on an instance")
+    return getattr(sup, name)
 
 
 def _type1(obj, *rest):

@@ -6,7 +6,10 @@ reported by name, so the parent (and the tests) can see what this machine suppor
 - ``ipcns``: a private IPC namespace, so SysV/POSIX IPC objects die with the session's last process;
 - ``session-uid``: when started as root, run as a uid of this session alone (unused by any account), so
   files only the parent's user can read are closed and the per-uid process cap is per session;
-- ``rlimits``: no core dumps, no file growth, few open files, capped address space;
+- ``rlimits``: no core dumps, no file growth, few open files, capped address space, and a hard CPU
+  limit (``session_cpu_seconds``) that every process of the session inherits;
+- ``subreaper``: the worker adopts the orphans of processes it made, so the parent's sweep at each cell
+  end finds every stray among its descendants (a snapshot that takes over sets it again);
 - ``nproc``: at most ``max_processes`` processes for this session (needs ``session-uid``: the kernel
   counts processes per uid, and a shared uid would let one session starve another's snapshot fork);
 - ``not-dumpable``: other processes of the same uid cannot read our memory through /proc;
@@ -14,8 +17,10 @@ reported by name, so the parent (and the tests) can see what this machine suppor
 - ``landlock``: no file or directory can be opened at all any more, no TCP bind/connect, and (newer
   kernels) no signals to processes outside the sandbox;
 - ``seccomp``: sockets, exec, ptrace, signals to other processes, mounts, namespaces (also through
-  clone flags), io_uring, file writes, SysV/POSIX IPC, memfd, and leaving the process group
-  (``setsid``/``setpgid``) fail with EPERM. Nothing can leave the kill scope the parent holds.
+  clone flags), io_uring, file writes, SysV/POSIX IPC, memfd, leaving the process group
+  (``setsid``/``setpgid``) and re-parenting a child (``clone`` with ``CLONE_PARENT``, whose children
+  would be the parent's, outside the session's kill and reap) fail with EPERM. Nothing can leave the
+  kill scope the parent holds.
 
 The parent adds ``cgroup`` (cgroup.py) where it can: all of the session's memory and processes counted
 together, whatever the worker does.
@@ -24,11 +29,13 @@ together, whatever the worker does.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import platform
 import resource
 import struct
 
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
@@ -36,7 +43,9 @@ SECCOMP_MODE_FILTER = 2
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWIPC = 0x08000000
+CLONE_PARENT = 0x00008000  # the child would be our parent's (the service's): out of reach of kill and reap
 NS_CLONE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | CLONE_NEWIPC | CLONE_NEWUSER | 0x20000000 | CLONE_NEWNET
+DENIED_CLONE_FLAGS = NS_CLONE_FLAGS | CLONE_PARENT
 NOBODY = 65534
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -69,8 +78,11 @@ def _vm_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _rlimits(memory_mb: int) -> None:
+def _rlimits(memory_mb: int, cpu_seconds: float) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if cpu_seconds > 0:
+        hard = math.ceil(cpu_seconds + cpu_used())
+        resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
     if memory_mb > 0:
@@ -233,7 +245,7 @@ def _seccomp_program() -> bytes:
     ins += [
         (JEQ, 0, 4, X86_64_CLONE),
         (LD_ABS, 0, 0, 16),
-        (JSET, 0, 1, NS_CLONE_FLAGS),
+        (JSET, 0, 1, DENIED_CLONE_FLAGS),
         (RET, 0, 0, RET_ERRNO),
         (RET, 0, 0, RET_ALLOW),
     ]
@@ -261,9 +273,15 @@ def _seccomp() -> bool:
     return _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
 
 
-def apply(memory_mb: int, uid: int | None, max_processes: int) -> list[str]:
+def cpu_used() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def apply(memory_mb: int, uid: int | None, max_processes: int, cpu_seconds: float = 0.0) -> list[str]:
     """Harden the current process; returns the names of the steps that took effect. ``uid``: the
-    session's own uid (used when started as root; None means nobody)."""
+    session's own uid (used when started as root; None means nobody); ``cpu_seconds``: the hard CPU
+    limit of every process of the session (0: none)."""
     done = []
     if _unshare(CLONE_NEWNET):
         done.append("netns")
@@ -272,10 +290,12 @@ def apply(memory_mb: int, uid: int | None, max_processes: int) -> list[str]:
     if _drop_root(NOBODY if uid is None else int(uid)):
         done.append("session-uid" if uid is not None else "drop-uid")
     try:
-        _rlimits(memory_mb)
+        _rlimits(memory_mb, cpu_seconds)
         done.append("rlimits")
     except (OSError, ValueError):
         pass
+    if prctl(PR_SET_CHILD_SUBREAPER, 1):
+        done.append("subreaper")
     if "session-uid" in done:
         try:
             resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))

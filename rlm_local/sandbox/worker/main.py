@@ -1,16 +1,23 @@
 """Sandbox worker: a fresh interpreter that runs one REPL session (process main, never imported by the
-parent). Started as ``python -I -S worker/main.py SITE_DIR``; it imports only the stdlib, RestrictedPython and
-its sibling files, so it starts fast and never sees the parent's modules or secrets.
+parent). Started as ``python -I -S worker/main.py SITE_DIR SOCKET_FD``; it imports only the stdlib,
+RestrictedPython and its sibling files, so it starts fast and never sees the parent's modules or secrets.
 
-Life of a worker: move the protocol pipes off fds 0-2 -> read ``init`` (context memfd or file, limits)
--> load the context -> harden the process -> loop { fork a paused snapshot; send ``ready``/``restored``;
-read ``run``; execute the cell under a CPU rlimit; send ``result``; release the snapshot }. When the
-parent kills us for wall time, or the kernel does for CPU time, the snapshot sees its pipe close and
-carries on as the worker, in the state from before the cell.
+Life of a worker: move the protocol pipes off fds 0-2 -> build the guards (a pooled worker waits here,
+warm, for its session) -> read ``init`` (limits, tools; the context arrives as a memfd over the socket,
+or as a file) -> load the context -> harden the process -> run the prelude (if any) -> loop { send what
+is pending (``ready``, a result, ``restored``), naming our pid and our snapshot's; on the parent's
+``go`` (sent once it has swept the session's strays, sparing those two) release that snapshot and fork
+a paused one of the current state, off the next cell's critical path; read ``run``; execute the cell
+under a CPU rlimit }. Work never starts without a snapshot of the state before it. When the parent kills
+us (wall time, a malformed message) or the kernel does (CPU time), the snapshot sees its pipe close and
+carries on as the worker, in the state it was forked with: it says so on a fresh line, skips whatever is
+left on its input up to the parent's ``resync`` line and answers it with the parent's token and the
+number of cells whose effects it holds, so nothing the dead worker wrote can pass for its answer.
 
 Only the Channel writes to the protocol pipe: fds 1 and 2 are a capture pipe whose contents (C code
 writing to stdout, ``re.DEBUG``, unraisable-exception reports) become the cell's output, and
-``sys.stdout``/``sys.stderr`` print into the cell's output directly.
+``sys.stdout``/``sys.stderr`` print into the cell's output directly. The worker reaps every child it
+has (the parent kills strays at each cell end; as a child subreaper the worker inherits their orphans).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import math
 import mmap
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -53,14 +61,16 @@ class Channel:
         self.reader = protocol.Reader(fd_in, 1 << 40)  # the parent is trusted
         self.fd_out = fd_out
         self.limits: dict = {}
+        self.cell_id = ""  # the parent's id of the cell now running: its messages carry it
 
     def send(self, msg: dict, parts: Sequence[str] = (), fresh_line: bool = False) -> None:
         protocol.write_all(self.fd_out, (b"\n" if fresh_line else b"") + protocol.encode(msg, parts))
 
     def read(self) -> tuple[dict, list[str]]:
+        """The next message; a garbled one means our input is out of step: skip to the parent's resync."""
         msg = self.reader.read_header()
         if msg is None:
-            raise protocol.ChannelClosed("garbled message")
+            return self.reader.scan_for(_is_resync), []
         return msg, self.reader.read_parts(msg)
 
     def call(self, kind: str, prompts: list[str], contexts: list | None = None) -> list[str]:
@@ -80,12 +90,12 @@ class Channel:
         collecting = gc.isenabled()
         gc.disable()  # no finalizer of the model may run in the middle of a protocol exchange
         try:
-            self.send({"type": "call", "kind": kind, **fields}, parts)
+            self.send({"type": "call", "id": self.cell_id, "kind": kind, **fields}, parts)
             reply, results = self.read()
         finally:
             if collecting:
                 gc.enable()
-        if reply.get("op") != "reply":
+        if reply.get("op") != "reply":  # (a resync here: the parent gave up on this cell)
             raise RuntimeError("sandbox protocol error")
         if not reply.get("ok"):
             raise RuntimeError(results[0] if results else "sub-call failed")
@@ -135,17 +145,12 @@ class HostStream:
         pass
 
 
-def _cpu_used() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _set_cpu_limit(seconds: float | None) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     if seconds is None:
         resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
         return
-    soft = max(1, math.ceil(_cpu_used() + seconds))
+    soft = max(1, math.ceil(hardening.cpu_used() + seconds))
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
@@ -159,7 +164,6 @@ class Snapshot:
     def __init__(self):
         self.pid: int | None = None
         self.release_fd: int | None = None
-        self.zombies: list[int] = []
 
     def make(self) -> bool:
         """Fork; returns True in the child once it has taken over, False in the live worker."""
@@ -182,29 +186,43 @@ class Snapshot:
         if data:
             os._exit(0)
         os.close(r)
-        self.pid, self.release_fd, self.zombies = None, None, []
+        self.pid, self.release_fd = None, None
+        hardening.prctl(hardening.PR_SET_CHILD_SUBREAPER, 1)  # not inherited: orphans come to us now
         return True
 
     def release(self) -> None:
+        """Lets the snapshot go (it exits) and reaps every child that has ended: released snapshots and
+        the strays the parent killed."""
         if self.release_fd is not None:
             try:
                 os.write(self.release_fd, b"x")
+            except OSError:
+                pass  # it is gone already (the parent's sweep kills a snapshot it was not told about)
             finally:
                 os.close(self.release_fd)
-            assert self.pid is not None  # make() sets pid and release_fd together
-            self.zombies.append(self.pid)
             self.pid = self.release_fd = None
-        for pid in list(self.zombies):
+        while True:
             try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    self.zombies.remove(pid)
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    return
             except ChildProcessError:
-                self.zombies.remove(pid)
+                return
 
 
-def _load_context(init: dict):
-    if init.get("context_fd") is not None:
-        fd = int(init["context_fd"])
+def _is_resync(header: dict) -> bool:
+    return header.get("op") == "resync" and type(header.get("token")) is str
+
+
+def _context_fd(init: dict, sock: socket.socket | None) -> int | None:
+    """The context's memfd, received over the socket (the parent sends it with init), or None."""
+    if not init.get("context_fd") or sock is None:
+        return None
+    _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    return fds[0] if fds else None
+
+
+def _load_context(init: dict, fd: int | None):
+    if fd is not None:
         size = os.fstat(fd).st_size
         data = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
         os.close(fd)
@@ -231,13 +249,16 @@ def _private_fds() -> tuple[int, int, FdCapture]:
     return fd_in, fd_out, FdCapture()
 
 
-def main() -> None:
-    gc.disable()  # model code must not run from an automatic collection between cells (repl.py)
-    fd_in, fd_out, capture = _private_fds()
-    channel = Channel(fd_in, fd_out)
+def _open_session(channel: Channel, capture: FdCapture, sock: socket.socket | None) -> tuple[repl.Repl, dict]:
+    """Everything before the first cell: guards (built before init, so a pooled worker has them warm),
+    init, context, hardening, prelude. Returns the session and the ``ready`` greeting."""
+    guards = repl.prepare_guards()
+    channel.send({"type": "waiting"})  # warm: a pool may hand us out now
     init, init_parts = channel.read()
     channel.limits = dict(init["limits"])
-    context = _load_context(init)
+    context = _load_context(init, _context_fd(init, sock))
+    if sock is not None:
+        sock.close()
     scrub = [
         os.path.dirname(HERE),
         sys.argv[1],
@@ -247,7 +268,7 @@ def main() -> None:
         os.path.dirname(sys.executable),
         init.get("host_dir", ""),
     ]
-    session = repl.Repl(context, channel.call, channel.limits, scrub, capture.drain)
+    session = repl.Repl(context, channel.call, channel.limits, scrub, capture.drain, guards=guards)
     session.add_tools(init.get("tool_functions") or [], json.loads(init_parts[0]) if init_parts else {})
     del context
     sys.stdout = sys.stderr = HostStream(session)
@@ -262,58 +283,99 @@ def main() -> None:
             _write_=lambda obj: obj,
         )
         session.globals.update(session.reserved)
-    applied = hardening.apply(int(channel.limits["memory_mb"]), init.get("uid"), int(channel.limits["max_processes"]))
+    lim = channel.limits
+    applied = hardening.apply(
+        int(lim["memory_mb"]), init.get("uid"), int(lim["max_processes"]), float(lim["session_cpu_seconds"])
+    )
     gc.freeze()  # the interpreter's and RestrictedPython's objects: never garbage, never scanned again
+    if init.get("prelude") and len(init_parts) > 1:  # model-level code: only once the process is hardened
+        _set_cpu_limit(float(init.get("prelude_cpu_seconds", 60)))
+        failed = session.run_prelude(init_parts[1])
+        _set_cpu_limit(None)
+        if failed is not None:
+            channel.send({"type": "failed"}, [failed[:4000]])
+            os._exit(0)
+    return session, {"type": "ready", "hardening": applied}
+
+
+def _run_cell(session: repl.Repl, channel: Channel, msg: dict, code: str) -> tuple[dict, list[str]]:
+    t0 = time.perf_counter()
+    channel.cell_id = cell_id = str(msg.get("id", ""))
+    _set_cpu_limit(float(msg["cpu_seconds"]))
+    try:
+        result = session.read(code) if msg.get("read") else session.run(code)
+    except repl.Unsettled as e:  # hand the session back to the snapshot, which holds it as before the cell
+        channel.send({"type": "abandon", "id": cell_id}, [str(e)])
+        os._exit(3)
+    _set_cpu_limit(None)
+    fields = ["stdout", "error", "final", "value"]
+    head = {
+        "type": "result",
+        "id": cell_id,
+        "worker_seconds": time.perf_counter() - t0,
+        "present": [result[k] is not None for k in fields],
+    }
+    return head, [result[k] or "" for k in fields]
+
+
+def _add_context(session: repl.Repl, msg: dict, parts: list[str]) -> tuple[dict, list[str]]:
+    try:
+        value = parts[0] if msg.get("kind") == "str" else json.loads(parts[0])
+        name = session.add_context(value, msg.get("name"))
+        if msg.get("as_context"):
+            session.add_context(value, "context")
+        return {"type": "added"}, [name]
+    except (ValueError, TypeError) as e:
+        return {"type": "added", "error": True}, [str(e)]
+
+
+def main() -> None:
+    gc.disable()  # model code must not run from an automatic collection between cells (repl.py)
+    fd_in, fd_out, capture = _private_fds()
+    sock = socket.socket(fileno=int(sys.argv[2])) if len(sys.argv) > 2 else None
+    channel = Channel(fd_in, fd_out)
+    try:
+        session, greeting = _open_session(channel, capture, sock)
+    except Exception as e:  # e.g. a broken install: the parent says why instead of "did not load"
+        channel.send({"type": "failed"}, [f"{type(e).__name__}: {e}"[:4000]])
+        os._exit(1)
     snapshot = Snapshot()
-    greeting: dict[str, object] | None = {"type": "ready", "pid": os.getpid(), "hardening": applied}
+    pending: tuple[dict, list[str]] | None = (greeting, [])
     completed = 0  # cells whose effects this process holds; a snapshot tells the parent which state it has
+    fresh = True  # the state changed since the snapshot was forked: fork a new one (on "go", or before work)
     while True:
-        if snapshot.make():  # we are the snapshot and our parent died mid-cell
-            capture.drain()  # what the dead cell's C code wrote is not ours to show
-            greeting = {"type": "restored", "pid": os.getpid(), "completed": completed}
-            continue
         try:
-            if greeting:
-                channel.send(greeting, fresh_line=greeting["type"] == "restored")
-                greeting = None
+            if pending is not None:  # names the snapshot of the state before it: the one the parent spares
+                head, parts = pending
+                channel.send({**head, "pid": os.getpid(), "snapshot": snapshot.pid}, parts)
+                pending = None
             msg, parts = channel.read()
         except (protocol.ChannelClosed, OSError):
             break
-        if msg.get("op") == "add" and len(parts) == 1:  # a context added between cells
-            try:
-                value = parts[0] if msg.get("kind") == "str" else json.loads(parts[0])
-                name = session.add_context(value, msg.get("name"))
-                if msg.get("as_context"):
-                    session.add_context(value, "context")
-                channel.send({"type": "added"}, [name])
-            except (ValueError, TypeError) as e:
-                channel.send({"type": "added", "error": True}, [str(e)])
-            snapshot.release()  # the next snapshot must hold the new context too
+        op = msg.get("op")
+        if fresh and op != "resync":  # "go" (the parent swept after our answer), or work: snapshot first
+            snapshot.release()
+            if snapshot.make():  # we are the snapshot and our parent died: say so, then wait for the resync
+                capture.drain()  # what the dead cell's C code wrote is not ours to show
+                try:
+                    channel.send({"type": "restored"}, fresh_line=True)
+                    token = channel.reader.scan_for(_is_resync)["token"]
+                except (protocol.ChannelClosed, OSError):
+                    break
+                pending = ({"type": "restored", "token": token, "completed": completed}, [])
+                continue  # (fresh stays True: our own snapshot comes with the parent's next "go")
+            fresh = False
+        if op == "go":
             continue
-        if msg.get("op") != "run" or len(parts) != 1:
+        if op == "resync":
+            pending = ({"type": "restored", "token": msg.get("token"), "completed": completed}, [])
+        elif op == "add" and len(parts) == 1:  # a context added between cells
+            pending, fresh = _add_context(session, msg, parts), True
+        elif op == "run" and len(parts) == 1:
+            pending, fresh = _run_cell(session, channel, msg, parts[0]), True
+            completed += 1
+        else:
             break
-        t0 = time.perf_counter()
-        _set_cpu_limit(float(msg["cpu_seconds"]))
-        try:
-            result = session.read(parts[0]) if msg.get("read") else session.run(parts[0])
-        except repl.Unsettled as e:  # hand the session back to the snapshot, which holds it as before the cell
-            channel.send({"type": "abandon"}, [str(e)])
-            os._exit(3)
-        _set_cpu_limit(None)
-        completed += 1
-        fields = ["stdout", "error", "final", "value"]
-        try:
-            channel.send(
-                {
-                    "type": "result",
-                    "worker_seconds": time.perf_counter() - t0,
-                    "present": [result[k] is not None for k in fields],
-                },
-                [result[k] or "" for k in fields],
-            )
-        except (protocol.ChannelClosed, OSError):
-            break
-        snapshot.release()
     snapshot.release()
     os._exit(0)
 

@@ -1,6 +1,5 @@
 """Per-member enforcement of the allowlist (worker side only): which attributes of host objects the
-sandbox may read, and the wrapped replacements of allowed callables that would otherwise set or get
-attributes by a caller-chosen name.
+sandbox may read, and in what form.
 
 Guarantees (with guards.Guards.getattr, which consults this module for every public attribute name):
 - A callable member of a host class (function, method, class/static method, nested class) is returned
@@ -11,8 +10,10 @@ Guarantees (with guards.Guards.getattr, which consults this module for every pub
   dicts, ``__getattr__`` hooks or data descriptors are checked by value: a callable passes only if the
   sandbox made it, if it is an exposed module-level object, a bound or unbound method whose defining
   class the table allows, a class, or an instance of a reviewed host type.
-- Verdicts are memoised per type and name so the hot path is two dict lookups; writes to sandbox classes
-  (the only class dicts the sandbox can change) clear the memo.
+- A mutable container held by a host class (or found by value and registered as host-owned,
+  owners.HostOwned) is handed out as a read-only view, never as itself.
+- Verdicts are memoised per type and name so the hot path is two dict lookups; every change to a
+  sandbox class's dict (the only class dicts that can change) clears the memo (owners.SandboxMeta).
 """
 
 from __future__ import annotations
@@ -25,37 +26,21 @@ from typing import Any
 
 try:
     from . import allowlist as A
+    from .owners import DICTLESS_HOST_BASES, MUTABLE_CONTAINERS, HostOwned, SandboxMeta, frozen_view, sandbox_made
 except ImportError:  # (mypy checks the package form above; this fallback is the script form)
     import allowlist as A  # type: ignore[import-not-found, no-redef]
+    from owners import (  # type: ignore[import-not-found, no-redef]
+        DICTLESS_HOST_BASES,
+        MUTABLE_CONTAINERS,
+        HostOwned,
+        SandboxMeta,
+        frozen_view,
+        sandbox_made,
+    )
 
-ALLOW, DYNAMIC, CLASS = 1, 2, 3  # rules; a str rule is the refusal message
+ALLOW, DYNAMIC, CLASS, FROZEN = 1, 2, 3, 4  # rules; a str rule is the refusal message
 MEMO_LIMIT = 50_000  # classes the sandbox makes are keys; a loop making classes must not grow it forever
-CELL_FILE_PREFIX = "<cell "  # repl.Repl compiles cells as "<cell N>"; host code never has this name
 _C_METHODS = (types.MethodDescriptorType, types.ClassMethodDescriptorType)
-# Builtin bases of sandbox classes whose code never writes an instance __dict__ (BaseException's notes
-# go to '__notes__', unreadable): instances of sandbox classes over only these are filled by sandbox code.
-_DICTLESS_HOST_BASES = frozenset(
-    {
-        object,
-        dict,
-        list,
-        set,
-        frozenset,
-        tuple,
-        str,
-        bytes,
-        int,
-        float,
-        BaseException,
-        Exception,
-        ValueError,
-        KeyError,
-        TypeError,
-        RuntimeError,
-        LookupError,
-        ArithmeticError,
-    }
-)
 # Callable wrappers whose call runs another callable: a value of these types is as safe as what it wraps.
 _WRAPPED_CALLABLE = {
     functools.partial: lambda v: v.func,
@@ -63,18 +48,6 @@ _WRAPPED_CALLABLE = {
     staticmethod: lambda v: v.__func__,
     classmethod: lambda v: v.__func__,
 }
-
-
-class SandboxMeta(type):
-    """Metaclass of every class statement in the sandbox; marks classes whose attributes the sandbox may
-    write (host classes stay read-only)."""
-
-
-def sandbox_made(obj: Any) -> bool:
-    """True for classes, instances and functions created by sandbox code."""
-    if isinstance(obj, SandboxMeta) or isinstance(type(obj), SandboxMeta):
-        return True
-    return type(obj) is types.FunctionType and obj.__code__.co_filename.startswith(CELL_FILE_PREFIX)
 
 
 def class_table() -> dict[type, dict[str, tuple[str, str]]]:
@@ -114,6 +87,8 @@ class MemberGuard:
         self.proxy_type = proxy_type
         # The lambda lru_cache stores as wrapper.cache_parameters (returns a dict of its two settings).
         self.known_codes = {functools.lru_cache()(abs).cache_parameters.__code__}
+        self.host_owned = HostOwned()
+        self.host_owned.scan(vars(c) for t in self.known_types for c in t.__mro__)
 
     def forget(self) -> None:
         self.memo.clear()
@@ -140,7 +115,7 @@ class MemberGuard:
             mro = cls.__mro__
             return self._lookup((mro[mro.index(start) + 1 :],), name, False)
         if isinstance(t, SandboxMeta) and all(
-            isinstance(c, SandboxMeta) or c in _DICTLESS_HOST_BASES for c in t.__mro__
+            isinstance(c, SandboxMeta) or c in DICTLESS_HOST_BASES for c in t.__mro__
         ):
             # Only sandbox code fills these instance dicts (the builtin bases never write one;
             # update_wrapper copies only sandbox function dicts; cached_property stores the sandbox
@@ -164,6 +139,9 @@ class MemberGuard:
     def _verdict(self, cls: type, name: str, raw: Any, shadowable: bool):
         if hasattr(type(raw), "__set__"):  # data descriptor: wins over the instance dict, computes a value
             return ALLOW if isinstance(cls, SandboxMeta) else DYNAMIC
+        if isinstance(raw, MUTABLE_CONTAINERS) and not isinstance(cls, SandboxMeta):
+            self.host_owned.add(raw)  # state of a host class: the sandbox gets a read-only view
+            return DYNAMIC if shadowable else FROZEN
         if isinstance(cls, SandboxMeta) or not A.is_callable_member(raw):
             rule = ALLOW if not hasattr(type(raw), "__get__") or isinstance(cls, SandboxMeta) else DYNAMIC
         else:
@@ -182,6 +160,8 @@ class MemberGuard:
 
     # values that did not come straight from a class dict ------------------------------------------------
     def check_value(self, value: Any, name: str) -> Any:
+        if id(value) in self.host_owned.ids:
+            return frozen_view(value)
         if not callable(value) or isinstance(value, type):
             return value  # classes are as reachable as type(x) makes them; their members are guarded
         rule = self._value_rule(value)
@@ -233,85 +213,3 @@ def _defining_class(owner: Any, name: str, matches) -> type | None:
             if raw is not None and matches(raw):
                 return cls
     return None
-
-
-# Wrapped replacements (allowlist verdict "wrapped") ---------------------------------------------------
-def _name_subset(names: Any, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-    """The caller's names as our own constants, refusing anything outside ``allowed`` (a str subclass
-    with a lying __eq__ never reaches functools: only the strings of ``allowed`` do)."""
-    if names is allowed:
-        return allowed
-    chosen = set()
-    for n in names:
-        if type(n) is not str or n not in allowed:
-            raise TypeError(f"functools {what}= may only name {', '.join(allowed)} in the sandbox")
-        chosen.add(n)
-    return tuple(a for a in allowed if a in chosen)
-
-
-def update_wrapper(wrapper, wrapped, assigned=functools.WRAPPER_ASSIGNMENTS, updated=functools.WRAPPER_UPDATES):
-    """functools.update_wrapper restricted to the default attribute names, writing only to a function,
-    class or instance the sandbox created. __dict__ is copied only from a sandbox function (whose dict only
-    ever holds what this function copied from other sandbox functions): any other object's dict may hold
-    host internals (JSONDecoder instances keep host parse functions there), which the member guard
-    trusts in instances of pure sandbox classes."""
-    assigned = _name_subset(assigned, functools.WRAPPER_ASSIGNMENTS, "assigned")
-    updated = _name_subset(updated, functools.WRAPPER_UPDATES, "updated")
-    if not sandbox_made(wrapper):
-        raise TypeError("update_wrapper/wraps can only update functions, classes and instances defined in the sandbox")
-    if type(wrapped) is not types.FunctionType or not sandbox_made(wrapped):
-        updated = ()
-    return functools.update_wrapper(wrapper, wrapped, assigned, updated)
-
-
-def wraps(wrapped, assigned=functools.WRAPPER_ASSIGNMENTS, updated=functools.WRAPPER_UPDATES):
-    """functools.wraps on top of the restricted update_wrapper."""
-    assigned = _name_subset(assigned, functools.WRAPPER_ASSIGNMENTS, "assigned")
-    updated = _name_subset(updated, functools.WRAPPER_UPDATES, "updated")
-    return functools.partial(update_wrapper, wrapped=wrapped, assigned=assigned, updated=updated)
-
-
-def total_ordering(cls):
-    """functools.total_ordering for classes defined in the sandbox only (it sets dunder methods)."""
-    if not isinstance(cls, SandboxMeta):
-        raise TypeError("total_ordering only works on classes defined in the sandbox")
-    return functools.total_ordering(cls)
-
-
-class cached_property:  # noqa: N801 (stands in for functools.cached_property)
-    """functools.cached_property for sandbox classes: the cache key is the name the class statement
-    bound (kept in a private slot the sandbox cannot reach or set), must be a public identifier, and
-    values are cached only in instances of sandbox classes (the same as ``self.name = value``)."""
-
-    __slots__ = ("_cp_func", "_cp_name")
-
-    def __init__(self, func):
-        self._cp_func = func
-        self._cp_name = None
-
-    def __set_name__(self, owner, name):
-        if not isinstance(owner, SandboxMeta) or type(name) is not str or name.startswith("_"):
-            raise TypeError("cached_property only works as a public attribute of a sandbox class")
-        self._cp_name = name
-
-    def __get__(self, instance, owner=None):
-        if instance is None:
-            return self
-        name = self._cp_name
-        if name is None or not isinstance(type(instance), SandboxMeta):
-            raise TypeError("cached_property only works on instances of sandbox classes")
-        cache = instance.__dict__
-        if name in cache:
-            return cache[name]
-        value = cache[name] = self._cp_func(instance)
-        return value
-
-
-def module_wrappers() -> dict[tuple[str, str], Any]:
-    """(module, name) -> replacement for every ``wrapped`` module-level row."""
-    return {
-        ("functools", "update_wrapper"): update_wrapper,
-        ("functools", "wraps"): wraps,
-        ("functools", "total_ordering"): total_ordering,
-        ("functools", "cached_property"): cached_property,
-    }

@@ -92,12 +92,12 @@ class SandboxPolicy(RestrictingNodeTransformer):
                 copy_locations(call, node)
                 return call
             if node.attr in DUNDER_METHODS and self._is_super_call(node.value):
-                call = self.visit(node.value)
-                if call.args:  # super(C, obj): checked at run time (C must be a sandbox class)
-                    call.func = ast.Name("_super_", ast.Load())
-                    copy_locations(call.func, node.value)
-                node.value = call
-                return node
+                # super().__init__ / super(C, obj).__init__: the super object is made in the method's own
+                # frame (zero-argument super needs it) and checked at run time (guards._super_attr).
+                call = self._call("_super_attr_", self.visit(node.value), ast.Constant(node.attr))
+                copy_locations(call, node)
+                ast.fix_missing_locations(call)
+                return call
         return super().visit_Attribute(node)
 
     def visit_Module(self, node):

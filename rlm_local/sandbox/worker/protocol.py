@@ -42,16 +42,23 @@ class ChannelTimeout(Exception):
     """No complete message arrived before the deadline."""
 
 
-class MessageTooLarge(Exception):
+class Malformed(Exception):
+    """What arrived is not a message of the protocol, or not the one expected now."""
+
+
+class MessageTooLarge(Malformed):
     """A message's header announced (or its line reached) more than the reader accepts."""
 
 
 def to_utf8(text: str) -> bytes:
-    """UTF-8 bytes of ``text``; lone surrogates (from surrogateescape'd files, or hostile code) become U+FFFD."""
+    """UTF-8 bytes of ``text`` (an exact str copy of it: a subclass's own methods never run); lone
+    surrogates (from surrogateescape'd files, or hostile code) become U+FFFD."""
+    if type(text) is not str:
+        text = str.__str__(text)  # TypeError for anything that is not a str at all
     try:
-        return text.encode("utf-8")
+        return str.encode(text, "utf-8")
     except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", text).encode("utf-8")
+        return str.encode(_SURROGATES.sub("\ufffd", text), "utf-8")
 
 
 def clean_text(text: str) -> str:
@@ -60,8 +67,9 @@ def clean_text(text: str) -> str:
 
 
 def encode(msg: dict, parts: Sequence[str] = ()) -> bytes:
+    """One message: its sizes are those of the exact bytes sent, computed here, never asked of the parts."""
     blobs = [to_utf8(p) for p in parts]
-    header = dict(msg, parts=[len(b) for b in blobs])
+    header = dict(msg, parts=[bytes.__len__(b) for b in blobs])
     return json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n" + b"".join(blobs)
 
 
@@ -73,8 +81,8 @@ def decode_header(line: bytes) -> dict | None:
         return None
     if not isinstance(msg, dict):
         return None
-    parts = msg.get("parts", [])
-    if not isinstance(parts, list) or not all(type(n) is int and n >= 0 for n in parts):
+    parts = msg.get("parts")
+    if type(parts) is not list or not all(type(n) is int and n >= 0 for n in parts):
         return None
     return msg
 
@@ -144,6 +152,32 @@ class Reader:
             self.scanned = 0
             if line.strip():
                 return decode_header(line)
+
+    def scan_for(self, match, deadline: float | None = None, max_bytes: int = 1 << 40) -> dict:
+        """Skips everything (garbage, half messages, payloads, other headers) up to a header line for which
+        ``match(header)`` is true and returns it; its parts are not read (such headers have none). Lines
+        are found by their newline alone, never by a size a header announced, so no lie about sizes can
+        hide the line. Raises ChannelTimeout, ChannelClosed, or MessageTooLarge past ``max_bytes``."""
+        self.skipping = False
+        skipped = 0
+        while True:
+            if skipped > max_bytes:
+                raise MessageTooLarge(f"no expected message in {skipped} bytes")
+            i = self.buf.find(b"\n", self.scanned)
+            if i < 0:
+                if len(self.buf) > 4096:  # too long for a header we look for: keep only a marker that
+                    skipped += len(self.buf)  # the line goes on, so its end is not taken for a fresh line
+                    self.buf[:] = b"x"
+                self.scanned = len(self.buf)
+                self._fill(deadline)
+                continue
+            line = bytes(self.buf[:i])
+            del self.buf[: i + 1]
+            self.scanned = 0
+            skipped += i + 1
+            header = decode_header(line) if 0 < len(line) <= 4096 else None
+            if header is not None and match(header):
+                return header
 
     def resync(self) -> None:
         """Drops a refused message: everything up to the next newline (a restored worker greets on a

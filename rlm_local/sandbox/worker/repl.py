@@ -8,61 +8,43 @@ weakref callbacks, run whenever their object is freed):
   changes nothing. What a cell frees runs its cleanup code inside that cell; old cyclic garbage (which
   only an automatic full collection finds) runs it inside whichever later cell's ``exec`` collects it,
   never between cells. A full collection per cell would cost ~190 ms with a million live lists.
-- The next cell starts with its REPL names exactly right: ``context``, the stubs and the guards are the
-  session's own objects, because nothing can run between the last settle round and the next cell.
-- A cell that rebinds (or deletes) a name the model is given (``context``, ``llm_query``, ``FINAL``, a
-  tool...) is told so at the top of its output: the name was restored, what the cell had put there, and
-  that ``context`` holds the real document. A top-level binding of such a name to a literal is skipped
-  (replaced by ``pass``, line numbers kept) so the rest of the cell runs on the real document. Small models (Qwen2.5-Coder 1.5B, measured) often start with
-  ``context = "<the metadata preview>"`` and then search that made-up string, turn after turn.
+- The host keeps no model object past a cell: what it holds (output, FINAL value, error text, a variable
+  read) is an exact ``str`` copied with str's own methods, whose freeing runs nothing. The one thing the
+  host drops between cells, a variable that ``add_context`` rebinds, is kept alive until the next cell
+  starts, then freed under that cell's limits and followed by a restore of the REPL names before its
+  code runs. Host code in the worker uses no cache that holds model objects (its regexes are compiled
+  once, never through ``re``'s cache).
+- Each cell starts with its REPL names exactly right: ``context``, the stubs and the guards are the
+  session's own objects, because nothing can run between the last settle round and the cell's code.
+- A cell that rebinds (or deletes) a name the model is given is told so, and a document name bound to
+  a literal is skipped (rebinds.py).
 - Text leaving the worker is capped (output, error text, FINAL values, variables read) before it is
   sent; the protocol turns lone surrogates into U+FFFD.
 """
 
 from __future__ import annotations
 
-import ast
 import gc
 import json
 import keyword
-import re
 import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # mypy checks this folder as the package rlm_local.sandbox.worker
     from . import guards as G
     from . import protocol
+    from . import rebinds as R
     from .policy import compile_cell
 else:  # the worker runs as a script, with this folder on its path
     import guards as G
     import protocol
+    import rebinds as R
     from policy import compile_cell
 
 STUB_NAMES = protocol.STUB_NAMES
+_DELETED = R.DELETED
+PRELUDE_FILE = "<cell prelude>"  # a cell's file name: members.sandbox_made trusts the prelude's functions
 SETTLE_ROUNDS = 8  # rounds of restore + collect; code that is still rebinding names after that is hostile
-
-
-_DELETED = object()
-_DOCUMENT_NAME = re.compile(r"context(_\d+)?")  # the names a cell must not overwrite with a literal
-
-
-def _end_line(stmt: ast.stmt) -> int:
-    """A parsed statement's last line (ast.parse always sets it; its type says ``int | None``)."""
-    assert stmt.end_lineno is not None
-    return stmt.end_lineno
-
-
-def _describe(value) -> str:
-    """A value's type and size for a note, without running the model's code (exact built-in types only)."""
-    kind = type(value)
-    if kind in (str, list, tuple, dict):
-        unit = " characters" if kind is str else " items"
-        return f"a {kind.__name__} of {len(value):,}{unit}"
-    return "a function" if kind is types.FunctionType else f"a {kind.__name__}"
-
-
-def _holds(value) -> str:
-    return "its function" if callable(value) else f"the real document ({_describe(value)})"
 
 
 class Unsettled(Exception):
@@ -100,8 +82,10 @@ def _plain(value, depth: int, cap: int):
     if depth > 0 and type(value) in (list, tuple):
         return [_plain(v, depth - 1, cap) for v in value[:10_000]]
     if depth > 0 and type(value) is dict:
-        return {cap_text(str(k), cap, "key"): _plain(v, depth - 1, cap) for k, v in list(value.items())[:10_000]}
-    return cap_text(value if type(value) is str else str(value), cap, "value")
+        return {
+            cap_text(G.exact_str(k), cap, "key"): _plain(v, depth - 1, cap) for k, v in list(value.items())[:10_000]
+        }
+    return cap_text(G.exact_str(value), cap, "value")
 
 
 def _frozen(value):
@@ -132,16 +116,23 @@ def context_names(context) -> dict:
     return names
 
 
+def prepare_guards() -> G.Guards:
+    """The session's guards, module proxies and printer: the costly part of a session that needs no
+    context or limits, so a pooled worker builds it before it is handed out."""
+    return G.Guards(G.Printer(0), G.make_module_proxies())
+
+
 class Repl:
     """One REPL: the globals the model's cells share, the names it may not lose, and the stubs.
     ``call(kind, prompts, context)`` sends a sub-call to the parent and returns its answers."""
 
-    def __init__(self, context, call, limits: dict, scrub: list[str], drain_fd_output=None):
+    def __init__(self, context, call, limits: dict, scrub: list[str], drain_fd_output=None, guards=None):
         self.call = call
         self.drain_fd_output = drain_fd_output  # () -> str: what C code wrote to fds 1 and 2
         self.limits = limits
-        self.printer = G.Printer(int(limits["output_chars"]))
-        self.guards = G.Guards(self.printer, G.make_module_proxies())
+        self.guards = guards or prepare_guards()
+        self.printer = self.guards.printer
+        self.printer.reset(int(limits["output_chars"]))
         self.builtins = self.guards.builtins()
         self.scrub = sorted({p for p in scrub if p and len(p) > 1}, key=len, reverse=True)
         self.final: str | None = None
@@ -152,6 +143,8 @@ class Repl:
         self.reserved["_echo_"] = self._echo
         self.reserved["__builtins__"] = self.builtins
         self.added: set[str] = set()  # names bound by add_context, which it may bind again
+        self.prelude_names: set[str] = set()  # top-level names of the prelude: REPL names, not variables
+        self.graveyard: list = []  # model objects the host let go of between cells, freed when a cell starts
         self.globals: dict = dict(self.reserved)
         self.globals["answer"] = {"content": "", "ready": False}  # the reference's protocol: an ordinary variable
 
@@ -170,6 +163,7 @@ class Repl:
             while f"context_{count}" in self.reserved:
                 count += 1
             name = f"context_{count}"
+        self.graveyard.append(self.globals.get(name))  # a model variable of that name is freed in a cell
         if name == "context" or name in self.added:
             self.reserved[name] = self.globals[name] = value
         else:
@@ -232,7 +226,7 @@ class Repl:
             return call("rlm", prompts, [_json_context(c) for c in contexts]) if prompts else []
 
         def FINAL(value):
-            self.final = cap_text(str(value), self._cap("max_final_chars"), "final answer")
+            self.final = cap_text(G.exact_str(value), self._cap("max_final_chars"), "final answer")
 
         def FINAL_VAR(name):
             if not isinstance(name, str):
@@ -240,7 +234,7 @@ class Repl:
                     "FINAL_VAR takes a variable NAME as a string, e.g. FINAL_VAR('answer'); "
                     "use FINAL(value) to return a value directly"
                 )
-            name = name.strip().strip("'\"")
+            name = str.strip(str.strip(str.__str__(name)), "'\"")  # str's own methods: never a subclass's
             if not name.isidentifier() or name.startswith("_") or name in STUB_NAMES or name not in self.globals:
                 raise NameError(f"FINAL_VAR: no variable named '{name[:80]}'; define it first")
             FINAL(self.globals[name])
@@ -248,7 +242,7 @@ class Repl:
         def SHOW_VARS():
             rows = []
             for k, v in self.globals.items():
-                if k.startswith("_") or k in STUB_NAMES:
+                if k.startswith("_") or k in STUB_NAMES or k in self.prelude_names:
                     continue
                 desc = (
                     "module" if isinstance(v, G.ModuleProxy) else "class" if isinstance(v, type) else type(v).__name__
@@ -280,91 +274,65 @@ class Repl:
         """Compiles and runs one cell; returns the fields of a result message."""
         self._begin()
         filename = f"<cell {len(self.cells) + 1}>"
-        source, skipped = self._skip_literal_rebinds(source)
+        source, skipped = R.skip_literal_rebinds(source, self.reserved)
         code, errors = compile_cell(source, filename)
         if errors:
             return self._end(self._clean("\n".join(errors)))
         self.cells[filename] = source.splitlines()
-        error = None
+        error = self._exec(code, filename)
+        if self.final is None:
+            error = self._answer_dict(filename) or error
+        return self._end(error, notes=skipped + R.shadow_notes(self.reserved, self.globals))
+
+    def _answer_dict(self, filename: str) -> str | None:
+        """The reference's answer dict: ``answer["ready"]`` set ends the run with ``answer["content"]``, taken
+        as an exact copy (the built-in types' own methods, never the object's: guards.exact_str)."""
+        answer = self.globals.get("answer")
+        if type(answer) is not dict:
+            return None
+        ready = dict.get(answer, "ready")
+        if type(ready) not in (bool, int, float, str) or not ready:
+            return None
+        try:
+            self.final = cap_text(
+                G.exact_str(dict.get(answer, "content", "")), self._cap("max_final_chars"), "final answer"
+            )
+        except BaseException as e:
+            return self._format_error(e, filename)
+        return None
+
+    def _exec(self, code, filename: str) -> str | None:
         gc.enable()  # automatic collection (and the finalizers it triggers) only while the cell runs
         try:
             exec(code, self.globals)
         except BaseException as e:  # the model's SystemExit/KeyboardInterrupt too: the session lives on
-            error = self._format_error(e, filename)
+            return self._format_error(e, filename)
         finally:
             gc.disable()
-        if self.final is None:  # the reference's answer dict: answer["ready"] ends the run with answer["content"]
-            answer = self.globals.get("answer")
-            ready = answer.get("ready") if type(answer) is dict else None
-            if type(answer) is dict and type(ready) in (bool, int, float, str) and ready:
-                try:
-                    self.final = cap_text(str(answer.get("content", "")), self._cap("max_final_chars"), "final answer")
-                except BaseException as e:
-                    error = error or self._format_error(e, filename)
-        return self._end(error, notes=skipped + self._shadow_notes())
+        return None
 
-    def _skip_literal_rebinds(self, source: str) -> tuple[str, str]:
-        """A top-level ``context = "<a string literal>"`` (or ``context_N``) is replaced by ``pass`` before the cell
-        runs, so the rest of the cell works on the real document; returns (source, notes). Only the document
-        names: a dict context's other names (``summary``), tools and ``history`` are ordinary initialisers
-        (``summary = ""``) that the model means to use, so they are left to the restore-and-note. Measured: told after the fact that ``context`` was restored, Qwen2.5-Coder
-        1.5B still re-sent the same cell; skipping the line lets its search code run on the real data.
-        Computed values (``context = llm_query(...)``) still run, then are restored (_shadow_notes)."""
-        try:
-            body = ast.parse(source).body
-        except (SyntaxError, ValueError, MemoryError, RecursionError):
-            return source, ""  # compile_cell reports it
-        # ast numbers lines by \n, \r\n and \r only; str.splitlines() also splits on form feeds and U+2028,
-        # which text pasted from a PDF carries, and would put the `pass` on the wrong line.
-        lines = re.split(r"(?<=\r\n)|(?<=\n)|(?<=\r)(?!\n)", source)
-        notes = []
-        for i, stmt in enumerate(body):
-            if not (
-                isinstance(stmt, ast.Assign)
-                and isinstance(stmt.value, ast.Constant)
-                and isinstance(stmt.value.value, str)
-                and stmt.value.value
-                and all(
-                    isinstance(t, ast.Name) and t.id in self.reserved and _DOCUMENT_NAME.fullmatch(t.id)
-                    for t in stmt.targets
-                )
-            ):
-                continue
-            if (i and _end_line(body[i - 1]) >= stmt.lineno) or (
-                i + 1 < len(body) and body[i + 1].lineno <= _end_line(stmt)
-            ):
-                continue  # shares a line with another statement (a;b): leave it to the restore
-            first, last = stmt.lineno - 1, _end_line(stmt)
-            lines[first:last] = ["pass\n"] + ["\n"] * (last - first - 1)  # line numbers stay as written
-            for name in dict.fromkeys(t.id for t in stmt.targets if isinstance(t, ast.Name)):  # all are (above)
-                notes.append(
-                    f"[note: line {stmt.lineno} of your cell (`{name} = ...`) was skipped: `{name}` is a "
-                    f"reserved REPL name and already holds {_holds(self.reserved[name])}. Never assign "
-                    f"it; keep your own data under another name.]\n"
-                )
-        return ("".join(lines), "".join(notes)) if notes else (source, "")
-
-    def _shadow_notes(self) -> str:
-        """One line per model-visible REPL name the cell rebound or deleted (settle() restores them)."""
-        lines = []
-        for name, value in self.reserved.items():
-            if name.startswith("_") or name in ("print", "printed"):
-                continue
-            now = self.globals.get(name, _DELETED)
-            if now is value:
-                continue
-            did = "deleted it" if now is _DELETED else f"assigned {_describe(now)} to it"
-            what = (
-                f"it holds the real document ({_describe(value)}); your cell's code after that line "
-                f"used your value, not the document"
-                if not callable(value)
-                else "it is the REPL's function again"
-            )
-            lines.append(
-                f"[note: `{name}` is a reserved REPL name: your cell {did}; `{name}` has been "
-                f"restored and {what}. Store your own data under another name.]"
-            )
-        return "".join(line + "\n" for line in lines)
+    def run_prelude(self, source: str) -> str | None:
+        """Runs the session's prelude once, as a cell (same policy, guards and settling), and makes its
+        new top-level names REPL names: restored after every cell, hidden from SHOW_VARS. Returns an
+        error text, or None. Its output and any FINAL are dropped."""
+        self._begin()
+        code, errors = compile_cell(source, PRELUDE_FILE)
+        if errors:
+            return self._clean("\n".join(errors))
+        self.cells[PRELUDE_FILE] = source.splitlines()
+        before = set(self.globals)
+        error = self._exec(code, PRELUDE_FILE)
+        rebound = [k for k, v in self.reserved.items() if self.globals.get(k, _DELETED) is not v]
+        self._end(None)
+        self.final = None
+        if error is not None:
+            return error
+        if rebound:
+            return f"the prelude rebinds names the REPL already defines: {', '.join(sorted(rebound)[:10])}"
+        for name in self.globals.keys() - before:
+            self.reserved[name] = self.globals[name]
+            self.prelude_names.add(name)
+        return None
 
     def read(self, name: str) -> dict:
         """A REPL variable as plain data. str() may run the model's own __str__, so this is a cell too."""
@@ -383,8 +351,13 @@ class Repl:
         return self._end(None, value)
 
     def _begin(self) -> None:
+        """Starts a cell (under its limits): frees what the host let go of since the last one, then
+        restores the REPL names, so the cell's code starts with exact names whatever that freeing ran."""
         self.printer.reset(self._cap("output_chars"))
-        self.final = None
+        if self.graveyard:
+            self.graveyard.clear()
+            self.settle()
+        self.final = None  # after the freeing: a finalizer's FINAL is not this cell's answer
 
     def _end(self, error: str | None, value: str | None = None, notes: str = "") -> dict:
         """Settles the cell (inside its accounting) and builds the result fields; ``notes`` lead the
@@ -431,7 +404,7 @@ class Repl:
             tb = tb.tb_next
         cap = self._cap("max_error_chars")
         try:
-            text = str(e)[:cap]
+            text = G.exact_str(e)[:cap]
         except BaseException:
             text = "<unprintable message>"
         msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
