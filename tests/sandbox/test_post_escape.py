@@ -44,16 +44,19 @@ CHILD_LEAVES_GROUP = (
 
 def test_setsid_and_setpgid_are_denied_and_a_forked_child_dies_with_the_session(escaped):
     """A forked child (not a group leader, so the calls could work) tries to leave the process group;
-    the parent reads its report before closing, so the attempt has happened."""
+    the parent reads its report before the cell ends, so the attempt has happened. The child may already
+    be gone when the cell returns (the sweep at each cell end kills strays, racing this check), so the
+    test only asserts that it is gone soon after, never that it lived past the cell."""
     sb = escaped()
     r = sb.run(CHILD_LEAVES_GROUP)
     assert r.error is None, r
     pid, *results = r.stdout.split()
     assert results == ["setsid:1", "setpgid:1"], r.stdout  # EPERM from seccomp
     child = int(pid)
-    assert alive(child)
     sb.close()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5.0
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not alive(child)
 
 
