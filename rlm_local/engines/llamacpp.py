@@ -351,7 +351,7 @@ class LlamaCppEngine(Engine):
             return reasons[0] if all(reasons) else None
 
         started = time.perf_counter()
-        result = self._complete(task.ids, SamplingParams(max_tokens=0), s, stop)
+        result = self._complete(task.ids, SamplingParams(), s, stop, max_tokens=0)
         if not result.ok:
             logger.warning("llamacpp: could not share a %d-token prefix: %s", len(task.ids), result.error)
             return False
@@ -370,10 +370,17 @@ class LlamaCppEngine(Engine):
                     first.usage.cached_tokens = max(0, first.usage.cached_tokens - computed)
                 first.usage.seconds += seconds
 
-    def _complete(self, ids: list[int], sampling: SamplingParams, slot: int, stop: Callable[[], str | None]) -> Result:
+    def _complete(
+        self,
+        ids: list[int],
+        sampling: SamplingParams,
+        slot: int,
+        stop: Callable[[], str | None],
+        max_tokens: int | None = None,
+    ) -> Result:
         body: dict[str, Any] = {
             "prompt": ids,
-            "max_tokens": sampling.max_tokens,
+            "max_tokens": sampling.max_tokens if max_tokens is None else max_tokens,
             "cache_prompt": True,
             "id_slot": slot,
             "stream": True,
