@@ -260,25 +260,16 @@ def test_generation_stops_at_the_deadline_and_counts_the_work(engine):
 @pytest.mark.parametrize("phase", ["prompt", "decode"])
 def test_a_cancelled_request_stops_using_the_cpu_within_a_second(engine, phase):
     import random
-    import threading
-    import time
+
+    from cancelling import cancel_after
 
     rng = random.Random(len(phase))
     words = "apple river stone cloud green quick lamp paper north seven".split()
     # prompt: ~2,000 new tokens (seconds of prompt computation); decode: a short prompt and 1,000 new tokens
     text = " ".join(rng.choice(words) for _ in range(1_900)) if phase == "prompt" else "Once upon a time"
-    stop = threading.Event()
-    out: list = []
-    worker = threading.Thread(
-        target=lambda: out.append(engine.generate([Request.completion(text, max_tokens=1_000)], cancel=[stop]))
+    request = Request.completion(text, max_tokens=1_000)
+    (result,), cpu = cancel_after(
+        lambda stop: engine.generate([request], cancel=[stop]), 1.5 if phase == "prompt" else 4.0
     )
-    worker.start()
-    time.sleep(1.5 if phase == "prompt" else 4.0)
-    assert worker.is_alive(), "finished before the cancel: the test proves nothing"
-    cpu = time.process_time()
-    stop.set()
-    worker.join(30)
-    after = time.process_time() - cpu
-    (result,) = out[0]
     assert not result.ok and "cancelled" in result.error and result.usage.calls == 1
-    assert after < 1.0, f"{after:.2f} s of CPU after the cancel"
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"

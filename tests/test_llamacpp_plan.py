@@ -57,10 +57,10 @@ def test_bad_values_are_refused(bad):
 
 def test_prompt_batches_shrink_with_the_model():
     # a fraction of a second of one core per batch: a stop is seen between batches
-    assert prompt_batch(253_113_024) == 64  # the embedded model
-    assert prompt_batch(1_117_320_768) == 16  # the quality model
+    assert prompt_batch(253_113_024) == 128  # the embedded model
+    assert prompt_batch(1_117_320_768) == 32  # the quality model
     assert prompt_batch(20_000_000_000) == 16 and prompt_batch(10_000_000) == 512 and prompt_batch(0) == 512
-    assert settings(size=1_117_320_768).params == {"n_batch": 16, "n_ubatch": 16}
+    assert settings(size=1_117_320_768).params == {"n_batch": 32, "n_ubatch": 32}
 
 
 # ---- slot planning ----------------------------------------------------------------------------------------------

@@ -95,10 +95,11 @@ PROMPTS = ["The capital of France is", "One, two, three, four,", "The opposite o
 
 
 def cancel_costs(engine, phase: str) -> tuple[object, float]:
-    """Start a long request (``prompt``: a ~2,900-token prompt; ``decode``: a short one and 2,000 new tokens),
-    cancel it after 3 s and return its result and the CPU seconds the engine core and this process used
-    from the cancel until 1 s after it returned."""
+    """Cancel a long request after 3 s (``prompt``: a ~2,900-token prompt; ``decode``: a short one and 2,000 new
+    tokens); its result and the CPU seconds the engine core and this process used from the cancel until 1 s
+    after it returned."""
     import psutil
+    from cancelling import cancel_after
 
     def cpu() -> float:
         total = sum(psutil.Process().cpu_times()[:2])
@@ -106,21 +107,10 @@ def cancel_costs(engine, phase: str) -> tuple[object, float]:
             total += sum(psutil.Process(pid).cpu_times()[:2])
         return total
 
-    stop = threading.Event()
     long = "The river town keeps a ledger of boats, bridges, bells and bakeries. " * 180
-    text = long if phase == "prompt" else "Once upon a time"
-    out: list = []
-    worker = threading.Thread(
-        target=lambda: out.append(engine.generate([Request.completion(text, max_tokens=2000)], cancel=[stop]))
-    )
-    worker.start()
-    time.sleep(3.0)
-    assert worker.is_alive(), "finished before the cancel: the test proves nothing"
-    before = cpu()
-    stop.set()
-    worker.join(30)
-    time.sleep(1.0)  # anything still running in the engine core shows here
-    return out[0][0], cpu() - before  # the idle second is included: nothing may run in it
+    request = Request.completion(long if phase == "prompt" else "Once upon a time", max_tokens=2000)
+    (result,), used = cancel_after(lambda stop: engine.generate([request], cancel=[stop]), 3.0, cpu)
+    return result, used
 
 
 class TestLLM:

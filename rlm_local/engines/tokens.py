@@ -6,7 +6,8 @@
   Gemma's turn format when it is a Gemma model, else the plain role format of ``Engine.render``.
 - Prompt format: an explicit ``prompt_format=`` beats the model card, which beats what the model file says
   (a chat template means an instruction model: "chat"; none: "completion").
-- Threads on a CPU: single-stream decoding on one thread on small machines, batches on every free core.
+- Threads on a CPU: single-stream decoding on one thread on small machines, batches on every core unless
+  the machine is oversubscribed.
 """
 
 from __future__ import annotations
@@ -70,14 +71,15 @@ def default_threads() -> int:
 
 
 def default_batch_threads() -> int:
-    """Threads for batches (prompt processing, decode steps of several sequences): the cores not already busy
-    when the engine starts (1-minute load average), at least 1 and at most 8. This work is compute-bound,
-    so a free second core nearly halves it; a core another process keeps busy makes it far slower instead
-    (llama.cpp's threads wait for each other at every step: on a 2-core box at load 8, 64 prompt tokens took
-    3.4 s with two threads and 0.45 s with one). Pass ``batch_threads`` to choose."""
+    """Threads for batches (prompt processing, decode steps of several sequences): every core, up to 8, unless
+    the machine is oversubscribed when the engine starts (1-minute load average at least twice the cores),
+    then one. This work is compute-bound, so a second core nearly halves it even with other processes
+    running; but llama.cpp's threads wait for each other at every step, and on an oversubscribed box that
+    made batches several times slower than one thread (scripts/results/profile_llamacpp.md). Pass
+    ``batch_threads`` to choose."""
     cores = os.cpu_count() or 1
     try:
-        busy = int(os.getloadavg()[0])
+        load = os.getloadavg()[0]
     except OSError:  # no load average on this platform
-        busy = 0
-    return max(1, min(cores - busy, 8))
+        load = 0.0
+    return 1 if load >= 2 * cores else max(1, min(cores, 8))
