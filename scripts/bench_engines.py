@@ -11,6 +11,9 @@ prefix reuse decide). This script measures both, plus whole runs:
   demo          the task of `rlm-local run --demo` on the loaded engines (model load excluded)
   demo_cli      `rlm-local run --demo` as a user runs it: a new process, imports and model load included
   sweep8        8 needle items (benchmark kit, 1K tokens) run as 8 concurrent RLM runs
+  rlm_siblings16, rlm_siblings64, ceiling16, ceiling64, sweep, cancel: two ways of doing the same work
+                measured side by side in one call (one by one vs batched, K=1 vs K=8, the CPU a cancelled
+                request still uses); see scripts/engine_workloads.py
 
 Engines (``--engines``): ``transformers`` (in process, the embedded model's safetensors copy),
 ``llamacpp`` (in process, the packaged GGUF as it is), ``vllm`` (vLLM for CPU, ``LLM``), ``vllm-async``
@@ -26,6 +29,10 @@ over repeats and the ratio to the reference engine; the JSON has every single me
 
   .venv/bin/python scripts/bench_engines.py                      # all engines that import here
   .venv/bin/python scripts/bench_engines.py --engines transformers,llamacpp --repeats 3
+  .venv/bin/python scripts/bench_engines.py --quick              # the default engine's batching record, ~10 min
+
+Every run also writes the table as Markdown next to the JSON (``--out`` with ``.md``): README's engine
+table is that file.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import random
 import statistics
@@ -46,13 +54,43 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import engine_workloads as pair
 from rich.console import Console
 from rich.table import Table
 
 from rlm_local.engines import Engine, Request, make_engine
 from rlm_local.errors import Error
 
-WORKLOADS = ("decode", "siblings16", "cold_chunk8", "demo", "demo_cli", "sweep8")
+WORKLOADS = (
+    "decode",
+    "siblings16",
+    "cold_chunk8",
+    "rlm_siblings16",
+    "rlm_siblings64",
+    "ceiling16",
+    "ceiling64",
+    "sweep",
+    "cancel",
+    "demo",
+    "demo_cli",
+    "sweep8",
+)
+QUICK = dict(
+    engines="llamacpp,llama-server",
+    workloads="decode,cold_chunk8,rlm_siblings16,ceiling16,rlm_siblings64,ceiling64,sweep,cancel",
+    repeats=1,
+    reference="llama-server",
+)
+LLAMA_ONLY = ("ceiling16", "ceiling64")
+PAIR_KEYS = (
+    "one_by_one_s",
+    "batched_s",
+    "ratio",
+    "k1_s",
+    "k8_s",
+    "prompt_cpu_s",
+    "decode_cpu_s",
+)  # llama.cpp's own server: only engines that have one
 ENGINES = ("transformers", "llamacpp", "vllm", "vllm-async", "llama-server")
 SETUPS = ("transformers", "llamacpp", "llamacpp+transformers", "llamacpp+vllm-async", "vllm-async", "llama-server")
 WORDS = (
@@ -63,13 +101,13 @@ log = logging.getLogger("bench_engines")
 
 
 # ---- engines ---------------------------------------------------------------------------------------------------
-def make_named_engine(name: str, threads: int) -> tuple[Engine, Callable[[], None]]:
+def make_named_engine(name: str, threads: int, batch_threads: int | None = None) -> tuple[Engine, Callable[[], None]]:
     """The engine called ``name`` and a function that releases everything it started."""
     if name == "transformers":
         engine = make_engine("transformers", threads=threads)
         return engine, engine.close
     if name == "llamacpp":
-        engine = make_engine("llamacpp", threads=threads)
+        engine = make_engine("llamacpp", threads=threads, batch_threads=batch_threads)
         return engine, engine.close
     if name in ("vllm", "vllm-async"):
         from rlm_local.models import ensure_embedded
@@ -79,7 +117,7 @@ def make_named_engine(name: str, threads: int) -> tuple[Engine, Callable[[], Non
     if name == "llama-server":
         # llama.cpp's server code with its defaults (parallel slots, each computing its own prompt; the prompt
         # cache kept per slot), called in process like our engine so the two differ only in prefix sharing.
-        engine = make_engine("llamacpp", threads=threads, share_prefix=False)
+        engine = make_engine("llamacpp", threads=threads, batch_threads=batch_threads, share_prefix=False)
         return engine, engine.close
     raise SystemExit(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
@@ -180,13 +218,19 @@ ENGINE_WORKLOADS: dict[str, Callable[[Engine, int], dict[str, Any]]] = {
     "decode": decode,
     "siblings16": siblings16,
     "cold_chunk8": cold_chunk8,
+    "rlm_siblings16": lambda engine, seed: pair.rlm_siblings(engine, 16),
+    "rlm_siblings64": lambda engine, seed: pair.rlm_siblings(engine, 64),
+    "ceiling16": lambda engine, seed: pair.ceiling(engine, 16),
+    "ceiling64": lambda engine, seed: pair.ceiling(engine, 64),
+    "sweep": lambda engine, seed: pair.sweep(engine),
+    "cancel": lambda engine, seed: pair.cancel(engine),
 }
 SETUP_WORKLOADS: dict[str, Callable[[Engine, Engine, int], dict[str, Any]]] = {"demo": demo, "sweep8": sweep8}
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
 def available(
-    names: list[str], threads: int, console: Console
+    names: list[str], threads: int, batch_threads: int | None, console: Console
 ) -> tuple[dict[str, Engine], list[Callable[[], None]], dict]:
     engines: dict[str, Engine] = {}
     closers: list[Callable[[], None]] = []
@@ -194,12 +238,15 @@ def available(
     for name in names:
         started = time.perf_counter()
         try:
-            engine, close = make_named_engine(name, threads)
+            engine, close = make_named_engine(name, threads, batch_threads)
         except (Error, ImportError) as exc:
             loads[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
             console.print(f"[yellow]{name}: not available here ({' '.join(str(exc).split())[:200]})[/yellow]")
             continue
         engines[name], loads[name] = engine, {"load_s": round(time.perf_counter() - started, 1)}
+        for knob in ("threads", "batch_threads", "n_parallel"):
+            if hasattr(engine, knob):
+                loads[name][knob] = getattr(engine, knob)
         closers.append(close)
         console.print(f"{name}: loaded in {loads[name]['load_s']} s")
     return engines, closers, loads
@@ -214,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per in-process engine (1 on 2 cores: engines.md)")
     ap.add_argument("--reference", default="transformers", help="ratios are against this engine / setup")
     ap.add_argument("--out", default="scripts/results/bench_engines.json")
+    ap.add_argument("--batch-threads", type=int, default=None, help="llama.cpp batch threads (default: free cores)")
+    ap.add_argument("--quick", action="store_true", help="llama.cpp vs llama-server, one repeat: " + QUICK["workloads"])
     args = ap.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=160)
     workloads = [w for w in args.workloads.split(",") if w]
@@ -225,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     listed = [e for e in args.engines.split(",") if e]
     whole_runs = any(w in SETUP_WORKLOADS for w in workloads)
     wanted = list(dict.fromkeys(listed + ([p for s in setups for p in s.split("+")] if whole_runs else [])))
-    engines, closers, loads = available(wanted, args.threads, console)
+    engines, closers, loads = available(wanted, args.threads, args.batch_threads, console)
     if whole_runs:  # demo_cli alone loads nothing here: each of its runs is a new process
         setups = [s for s in setups if all(p in engines for p in s.split("+"))]
     runs: list[dict[str, Any]] = []
@@ -235,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 targets = (
                     [(e, e) for e in listed if e in engines] if w in ENGINE_WORKLOADS else [(s, s) for s in setups]
                 )
+                if w in LLAMA_ONLY:
+                    targets = [(e, e) for e, _ in targets if hasattr(engines[e], "_server")]
                 shift = rep % max(1, len(targets))
                 for label, what in targets[shift:] + targets[:shift]:  # rotate the order between repeats
                     seed = (
@@ -250,10 +304,14 @@ def main(argv: list[str] | None = None) -> int:
                             row = SETUP_WORKLOADS[w](engines[root], engines[sub or root], seed)
                     except Exception as exc:  # one engine failing a workload must not lose the others' rows
                         row = {"error": f"{type(exc).__name__}: {exc}"}
-                    runs.append({"repeat": rep, "workload": w, "target": label, **row})
+                    runs.append({"repeat": rep, "workload": w, "target": label, "load": os.getloadavg()[0], **row})
                     console.print(
-                        f"  repeat {rep} {w:<12} {label:<24} "
-                        + (f"{row['seconds']:.2f} s" if "seconds" in row else row.get("error", "")[:160])
+                        f"  repeat {rep} {w:<14} {label:<24} "
+                        + (
+                            f"{row['seconds']:.2f} s {pair.describe(row)}"
+                            if "seconds" in row
+                            else row.get("error", "")[:160]
+                        )
                     )
     finally:
         for close in closers:
@@ -275,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                     "python": sys.version.split()[0],
                 },
                 "args": vars(args),
+                "load_average": os.getloadavg(),
+                "cpus": os.cpu_count(),
                 "loads": loads,
                 "summary": summary,
                 "runs": runs,
@@ -283,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
-    console.print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown_table(summary, args.reference))
+    console.print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 
@@ -299,9 +360,12 @@ def summarise(runs: list[dict[str, Any]], reference: str) -> list[dict[str, Any]
             row["median_s"] = round(statistics.median(r["seconds"] for r in ok), 3)
             if all(r.get("tok_s") for r in ok):
                 row["median_tok_s"] = round(statistics.median(r["tok_s"] for r in ok), 2)
-            for extra in ("correct", "mean_score", "cached_tokens"):
+            for extra in ("correct", "mean_score", "cached_tokens", "load"):
                 if extra in ok[0]:
                     row[extra] = [r.get(extra) for r in ok]
+            for pair_key in PAIR_KEYS:  # the two sides of a paired workload, and their ratio
+                if all(isinstance(r.get(pair_key), (int, float)) for r in ok):
+                    row[f"median_{pair_key}"] = round(statistics.median(r[pair_key] for r in ok), 3)
         if errors:
             row["first_error"] = errors[0][:300]
         rows.append(row)
@@ -328,6 +392,7 @@ def print_table(console: Console, rows: list[dict[str, Any]], reference: str) ->
             notes.append(f"cached {r['cached_tokens']}")
         if r.get("errors"):
             notes.append(f"{r['errors']} failed: {r.get('first_error', '')[:80]}")
+        notes += pair_notes(r)
         table.add_row(
             r["workload"],
             r["target"],
@@ -337,6 +402,45 @@ def print_table(console: Console, rows: list[dict[str, Any]], reference: str) ->
             "; ".join(notes),
         )
     console.print(table)
+
+
+def pair_notes(r: dict[str, Any]) -> list[str]:
+    """The two sides of a paired workload and their ratio, as table notes."""
+    out = []
+    if "median_one_by_one_s" in r:
+        out.append(f"one by one {r['median_one_by_one_s']:.2f} s, batched {r['median_batched_s']:.2f} s")
+    if "median_k1_s" in r:
+        out.append(f"K=1 {r['median_k1_s']:.1f} s, K=8 {r['median_k8_s']:.1f} s")
+    if "median_ratio" in r:
+        out.append(f"**{r['median_ratio']:.2f}x**")
+    if "median_prompt_cpu_s" in r:
+        out.append(
+            f"CPU after a cancel: prompt {r['median_prompt_cpu_s']:.2f} s, decode {r['median_decode_cpu_s']:.2f} s"
+        )
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]], reference: str) -> str:
+    """README's engine table: one row per workload, one column per engine, medians with ratios."""
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    lines = ["| workload | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    for w in dict.fromkeys(r["workload"] for r in rows):
+        cells = []
+        for t in targets:
+            r = next((x for x in rows if x["workload"] == w and x["target"] == t), None)
+            if r is None or "median_s" not in r:
+                cells.append("-" if r is None else f"failed: {r.get('first_error', '')[:40]}")
+                continue
+            main = (
+                f"{r['median_tok_s']:.1f} tok/s" if "median_tok_s" in r and w == "decode" else f"{r['median_s']:.2f} s"
+            )
+            if w == "cancel":
+                main = f"{r['median_prompt_cpu_s']:.2f} / {r['median_decode_cpu_s']:.2f} s CPU"
+            elif "median_ratio" in r:
+                main = "; ".join(pair_notes({k: v for k, v in r.items() if k != "median_prompt_cpu_s"}))
+            cells.append(main)
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # vLLM's engine core is a spawned process: the guard is required

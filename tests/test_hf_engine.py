@@ -254,3 +254,22 @@ def test_generation_stops_at_the_deadline_and_counts_the_work(engine):
     assert took < 3.0, took  # 400 tokens take far longer on CPU; the cut comes within a decode step or two
     assert not result.ok and "deadline" in result.error
     assert result.usage.calls == 1 and result.usage.prompt_tokens > 0
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("phase", ["prompt", "decode"])
+def test_a_cancelled_request_stops_using_the_cpu_within_a_second(engine, phase):
+    import random
+
+    from cancelling import cancel_after
+
+    rng = random.Random(len(phase))
+    words = "apple river stone cloud green quick lamp paper north seven".split()
+    # prompt: ~2,000 new tokens (seconds of prompt computation); decode: a short prompt and 1,000 new tokens
+    text = " ".join(rng.choice(words) for _ in range(1_900)) if phase == "prompt" else "Once upon a time"
+    request = Request.completion(text, max_tokens=1_000)
+    (result,), cpu = cancel_after(
+        lambda stop: engine.generate([request], cancel=[stop]), 1.5 if phase == "prompt" else 4.0
+    )
+    assert not result.ok and "cancelled" in result.error and result.usage.calls == 1
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"

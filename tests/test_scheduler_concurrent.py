@@ -93,3 +93,87 @@ def test_concurrent_calls_are_bounded_and_close_waits_for_them():
     assert engine.inflight == 0
     for t in callers:
         t.join(5)
+
+
+class Stoppable(ScriptedEngine):
+    """A test double for an engine that can stop a request (``supports_cancel``): each request "runs" until
+    its cancel event is set or 10 s pass, and records which requests were stopped."""
+
+    supports_cancel = True
+
+    def __init__(self) -> None:
+        super().__init__(lambda r: "done")
+        self.started = threading.Event()
+        self.stopped: list[str] = []
+
+    def generate(self, requests, deadline=None, cancel=None):
+        assert cancel is not None and len(cancel) == len(requests)
+        self.started.set()
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not all(e.is_set() for e in cancel):
+            time.sleep(0.005)
+        self.stopped += [r.prompt for r, e in zip(requests, cancel) if e.is_set()]
+        return super().generate(requests, deadline)
+
+
+def submit_in_thread(scheduler, requests, run_id, **kw):
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(scheduler.submit(requests, run_id, **kw)))
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "close"])
+def test_work_nobody_waits_for_is_stopped_in_the_engine(how):
+    engine = Stoppable()
+    scheduler = Scheduler(engine, window_ms=0)
+    try:
+        thread, out = submit_in_thread(
+            scheduler, [Request.completion("long")], "run-1", timeout=0.3 if how == "timeout" else None
+        )
+        assert engine.started.wait(5)
+        started = time.monotonic()
+        if how == "cancel":
+            assert scheduler.cancel("run-1") == 1
+        elif how == "close":
+            scheduler.close()
+        thread.join(5)
+        assert out and not out[0][0].ok
+        while not engine.stopped and time.monotonic() - started < 5:
+            time.sleep(0.01)
+        assert engine.stopped == ["long"] and time.monotonic() - started < 2
+    finally:
+        scheduler.close()
+
+
+def test_a_request_another_caller_still_waits_for_keeps_running():
+    engine = Stoppable()
+    scheduler = Scheduler(engine, window_ms=0)
+    try:
+        req = Request.completion("shared")
+        first, _ = submit_in_thread(scheduler, [req], "run-1")
+        assert engine.started.wait(5)
+        second, out = submit_in_thread(scheduler, [req], "run-2")  # the memo: waits on the same engine work
+        time.sleep(0.1)
+        scheduler.cancel("run-1")
+        time.sleep(0.2)
+        assert engine.stopped == []  # run-2 still wants the answer
+        scheduler.cancel("run-2")
+        first.join(5)
+        second.join(5)
+        end = time.monotonic() + 2
+        while not engine.stopped and time.monotonic() < end:
+            time.sleep(0.01)
+        assert engine.stopped == ["shared"]
+    finally:
+        scheduler.close()
+
+
+def test_engines_that_cannot_stop_are_not_given_events():
+    class Plain(ScriptedEngine):
+        def generate(self, requests, deadline=None, **kwargs):
+            assert not kwargs
+            return super().generate(requests, deadline)
+
+    with Scheduler(Plain(["a"]), window_ms=0) as scheduler:
+        assert scheduler.submit([Request.completion("x")])[0].text == "a"

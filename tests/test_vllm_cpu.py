@@ -94,6 +94,25 @@ def assert_no_children(pids: set[int]) -> None:
 PROMPTS = ["The capital of France is", "One, two, three, four,", "The opposite of hot is", "Water boils at"]
 
 
+def cancel_costs(engine, phase: str) -> tuple[object, float]:
+    """Cancel a long request after 3 s (``prompt``: a ~2,900-token prompt; ``decode``: a short one and 2,000 new
+    tokens); its result and the CPU seconds the engine core and this process used from the cancel until 1 s
+    after it returned."""
+    import psutil
+    from cancelling import cancel_after
+
+    def cpu() -> float:
+        total = sum(psutil.Process().cpu_times()[:2])
+        for pid in engine._children & child_pids():
+            total += sum(psutil.Process(pid).cpu_times()[:2])
+        return total
+
+    long = "The river town keeps a ledger of boats, bridges, bells and bakeries. " * 180
+    request = Request.completion(long if phase == "prompt" else "Once upon a time", max_tokens=2000)
+    (result,), used = cancel_after(lambda stop: engine.generate([request], cancel=[stop]), 3.0, cpu)
+    return result, used
+
+
 class TestLLM:
     def test_batch_returns_in_order_and_equals_one_by_one(self, llm):
         reqs = [Request.completion(p, max_tokens=8) for p in PROMPTS]
@@ -154,6 +173,14 @@ class TestLLM:
         assert len(subcalls) == 2 and all(e["response"] and not e["error"] for e in subcalls)
         assert result.usage_summary.by_model[llm.model_name].calls == 2
         assert result.response == "done"
+
+    def test_a_cancelled_request_stops_the_engine_core_within_a_second(self, llm):
+        # LLM returns nothing while it processes a prompt, so a cancel is seen at the next decode step
+        result, cpu = cancel_costs(llm, "decode")
+        assert not result.ok and "cancelled" in result.error and result.usage.calls == 1
+        assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
+        (after,) = llm.generate([Request.completion(PROMPTS[0], max_tokens=4)])  # the engine is still healthy
+        assert after.ok
 
     def test_close_stops_the_engine_core(self, llm):
         pids = set(llm._children)
@@ -220,6 +247,12 @@ class TestAsyncLLM:
         assert "does not fit" in results[1].error
         (after,) = allm.generate([Request.completion(PROMPTS[0], max_tokens=4)])  # the engine is still healthy
         assert after.ok and after.usage.completion_tokens > 0
+
+    @pytest.mark.parametrize("phase", ["prompt", "decode"])
+    def test_a_cancelled_request_stops_the_engine_core_within_a_second(self, allm, phase):
+        result, cpu = cancel_costs(allm, phase)  # aborted between two prompt chunks or decode steps
+        assert not result.ok and "cancelled" in result.error and result.usage.calls == 1
+        assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
 
     def test_close_stops_the_engine_core(self, allm):
         pids = set(allm._children)

@@ -117,6 +117,38 @@ class FakeOutput:
     prompt_token_ids: list
     outputs: list
     num_cached_tokens: int | None = None
+    request_id: str = ""
+    finished: bool = True
+
+
+class FakeEngine:
+    """vLLM's LLMEngine as the engine drives it: requests added, then stepped until none is unfinished (one
+    step answers every request here), or aborted."""
+
+    def __init__(self, llm: FakeLLM) -> None:
+        self.llm = llm
+        self.model_config = types.SimpleNamespace(max_model_len=64)
+        self.pending: dict[str, tuple] = {}
+        self.aborted: list[str] = []
+
+    def add_request(self, request_id, prompt, params):
+        self.pending[request_id] = (prompt, params)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.pending)
+
+    def abort_request(self, request_ids, internal=False):
+        for rid in request_ids:
+            if self.pending.pop(rid, None) is not None:
+                self.aborted.append(rid)
+
+    def step(self):
+        rids, items = list(self.pending), list(self.pending.values())
+        self.pending.clear()
+        outs = self.llm.generate([p for p, _ in items], [sp for _, sp in items], use_tqdm=False)
+        for rid, out in zip(rids, outs):
+            out.request_id = rid
+        return outs
 
 
 @dataclass
@@ -126,7 +158,7 @@ class FakeLLM:
     report_cached: bool = True
 
     def __post_init__(self) -> None:
-        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=64))
+        self.llm_engine = FakeEngine(self)
         self.seen: list[list[int]] = []
 
     def get_tokenizer(self) -> CharTokenizer:
@@ -292,3 +324,17 @@ def test_serve_chat_template_renders_what_the_engines_render(messages):
     assert template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True) == "<bos>" + gemma_turns(
         messages
     )
+
+
+def test_cancelled_or_late_requests_are_aborted_between_steps(fake_vllm):
+    import threading
+
+    engine = make_engine("vllm", model_name="m")
+    stop, keep = threading.Event(), threading.Event()
+    stop.set()
+    results = engine.generate([Request.completion("abc"), Request.completion("abd")], cancel=[stop, keep])
+    assert not results[0].ok and "cancelled" in results[0].error and results[0].usage.calls == 1
+    assert results[1].ok and engine._llm.llm_engine.aborted == ["rlm-0"]
+    late = engine.generate([Request.completion("abe")], deadline=time.monotonic() - 1)
+    assert not late[0].ok and "deadline" in late[0].error
+    assert engine.supports_cancel and engine.supports_deadline

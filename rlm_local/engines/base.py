@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from ..errors import EngineError as EngineError  # re-exported: its old home
+from .tokens import plain_turns
 
 T = TypeVar("T")
 RENDER_MEMO_SIZE = 256  # requests whose rendered text an engine remembers (a few batches' worth)
@@ -153,6 +154,10 @@ class Engine(abc.ABC):
     supports_deadline: bool = False
     #: True when ``SamplingParams.grammar`` constrains the reply (llama.cpp grammars, vLLM structured outputs)
     supports_grammar: bool = False
+    #: True when ``generate(requests, cancel=events)`` takes one ``threading.Event`` per request and stops the
+    #: work of a request soon after its event is set (a cut-off request fails with its usage so far); the
+    #: scheduler sets the event when every caller waiting on the request has gone
+    supports_cancel: bool = False
     #: how many ``generate`` calls the engine serves at once (from different threads); above 1 the scheduler
     #: hands over each gathered batch at once instead of waiting for the previous call (continuous batching
     #: inside the engine, e.g. vLLM's AsyncLLM)
@@ -169,7 +174,7 @@ class Engine(abc.ABC):
         groups requests by the common prefix of this text."""
         if request.prompt is not None:
             return request.prompt
-        return "".join(f"<{m['role']}>\n{m['content']}\n" for m in request.messages or ()) + "<assistant>\n"
+        return plain_turns(list(request.messages or ()))
 
     def rendered(self, request: Request) -> str:
         """``render(request)``, remembered for the most recent requests (by identity): the scheduler renders a

@@ -14,35 +14,32 @@ tokens whose KV it did not compute itself (taken from the LRU or from a sibling)
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .base import Engine, Request, Result, SamplingParams, Usage, generate_isolated
+from .prefix import group_by_prefix
 from .prefix_cache import (
     PrefixCache,
     PrefixKV,
+    Stopped,
     batch_cache,
-    common_prefix_len,
     extend_prefix,
     prefix_from_cache,
     supports_reuse,
 )
-from .templates import gemma_turns  # noqa: F401  (re-exported: older imports use hf.gemma_turns)
-
-
-def default_threads() -> int:
-    """One torch thread on small machines: on 2 cores it was as fast as two and far steadier under load."""
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 2 else min(cores, 8)
+from .tokens import adds_bos, chat_without_template, default_threads
+from .tokens import gemma_turns as gemma_turns  # re-exported: older imports use hf.gemma_turns
+from .tokens import prompt_format as resolve_format
 
 
 class TransformersEngine(Engine):
     backend = "transformers"
     supports_deadline = True  # generate(max_time=...) stops decoding at the deadline
+    supports_cancel = True  # a row stops at the next decode step; prompts are computed in stoppable chunks
 
     def __init__(
         self,
@@ -56,13 +53,15 @@ class TransformersEngine(Engine):
         prefix_cache_size: int = 16,
         prefix_cache_bytes: int = 1 << 30,
         min_prefix_tokens: int = 64,
+        prompt_format: str | None = None,
     ) -> None:
-        """``prefix_cache`` turns KV prefix reuse on: siblings sharing at least ``min_prefix_tokens`` prompt
+        """``prompt_format`` ("chat" or "completion") beats the model card's. ``prefix_cache`` turns KV prefix reuse on: siblings sharing at least ``min_prefix_tokens`` prompt
         tokens compute them once, and an LRU of at most ``prefix_cache_size`` entries and
         ``prefix_cache_bytes`` bytes keeps prefixes for later calls (the root conversation's next turn)."""
         from ..models import ModelLoadError, resolve_model_dir, set_offline
 
         cache = PrefixCache(prefix_cache_size, prefix_cache_bytes) if prefix_cache else None  # bad bounds fail fast
+        resolve_format(prompt_format, None, True)  # a bad value fails before the model loads
 
         set_offline()
         model_dir, card = resolve_model_dir(model_name, progress)  # before torch: a wrong name fails in ms
@@ -94,7 +93,7 @@ class TransformersEngine(Engine):
         self.min_prefix_tokens = max(1, min_prefix_tokens)
         self.prefix_cache = cache if cache is not None and supports_reuse(self.model) else None
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self.prompt_format = card.prompt_format if card else ("chat" if has_template else "completion")  # type: ignore[assignment]
+        self.prompt_format = resolve_format(prompt_format, card.prompt_format if card else None, has_template)  # type: ignore[assignment]
         self.context_length = (card.context_length if card else 0) or int(
             getattr(self.model.config, "max_position_embeddings", 0) or 8192
         )
@@ -106,17 +105,24 @@ class TransformersEngine(Engine):
         messages = list(request.messages or ())
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # type: ignore[return-value]  # a str with tokenize=False
-        return gemma_turns(messages)
+        return chat_without_template(messages, getattr(self.model.config, "model_type", None), self.model_name)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- generation -------------------------------------------------------------------------------------
-    def generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
+    def generate(
+        self, requests: list[Request], deadline: float | None = None, cancel: Sequence[threading.Event] | None = None
+    ) -> list[Result]:
+        """Run ``requests`` in left-padded batches. ``deadline`` and ``cancel`` (one event per request) stop
+        work: a row whose event is set stops at the next decode step, and a batch whose rows are all stopped
+        stops computing prompt prefixes within one chunk (``prefix_cache.STOPPABLE_CHUNK`` tokens)."""
         with self._lock:
-            return self._generate_locked(requests, deadline)
+            return self._generate_locked(requests, deadline, cancel)
 
-    def _generate_locked(self, requests: list[Request], deadline: float | None) -> list[Result]:
+    def _generate_locked(
+        self, requests: list[Request], deadline: float | None, cancel: Sequence[threading.Event] | None
+    ) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
         ids: dict[int, list[int]] = {}
         # Different sampling settings cannot share one generate() call; group, keeping input positions.
@@ -142,7 +148,7 @@ class TransformersEngine(Engine):
                 chunk = indices[start : start + self.max_batch]
                 batch = generate_isolated(
                     functools.partial(self._generate_batch, sampling=sampling, deadline=deadline),
-                    [ids[i] for i in chunk],
+                    [_Row(ids[i], cancel[i] if cancel is not None else None) for i in chunk],
                     "transformers",
                 )
                 for i, res in zip(chunk, batch):
@@ -150,24 +156,28 @@ class TransformersEngine(Engine):
         return [r if r is not None else Result.failed("internal error: no result") for r in results]
 
     def _tokenize(self, text: str) -> list[int]:
-        # Chat templates already write BOS; adding another would shift every position the model learned.
-        bos = self.tokenizer.bos_token or ""
-        add_special = not (bos and text.startswith(bos))
+        add_special = adds_bos(text, self.tokenizer.bos_token)
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
     def _generate_batch(
-        self, rows: list[list[int]], sampling: SamplingParams, deadline: float | None = None
+        self, batch: list[_Row], sampling: SamplingParams, deadline: float | None = None
     ) -> list[Result]:
         torch = self._torch
         started = time.perf_counter()
-        if deadline is not None and time.monotonic() >= deadline:
-            return [Result.failed("transformers: stopped at the deadline before it started") for _ in rows]
+        rows = [r.ids for r in batch]
+        stop = _batch_stop([r.cancel for r in batch], deadline)
+        if why := stop():
+            return [Result.failed(f"transformers: {why} before it started") for _ in rows]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         # Left padding: every row ends at the same slot, so one forward per token serves the whole batch.
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
         attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-        plan = self._plan(rows) if self.prefix_cache is not None else None
+        try:
+            plan = self._plan(rows, stop) if self.prefix_cache is not None else None
+        except Stopped as exc:  # the prompt work done is counted, nothing was generated
+            share = (time.perf_counter() - started) / len(rows)
+            return [_cut(f"transformers: {exc}", len(r), 0, share) for r in rows]
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_tokens, pad_token_id=pad)
         keep_generated = plan is not None and plan.slots > 0 and len(rows) == 1
         if plan is not None and plan.slots > 0:
@@ -184,6 +194,8 @@ class TransformersEngine(Engine):
             gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         if deadline is not None:
             gen_kwargs["max_time"] = max(0.01, deadline - time.monotonic())
+        if any(r.cancel is not None for r in batch):
+            gen_kwargs["stopping_criteria"] = _cancel_criteria(torch, [r.cancel for r in batch])
         with torch.inference_mode():
             # (transformers' types: generate rejects this model class as self, and may return a bare tensor; with
             # return_dict_in_generate it returns an output object)
@@ -203,14 +215,15 @@ class TransformersEngine(Engine):
             self._decode(row, len(prompt), sampling, elapsed / len(rows), n_cached)
             for row, prompt, n_cached in zip(new_tokens, rows, cached)
         ]
-        if deadline is not None and time.monotonic() >= deadline:  # cut short: the work is counted, not the text
-            for r in results:
-                if r.finish_reason == "length":
-                    r.text, r.finish_reason, r.error = "", "error", "transformers: stopped at the deadline"
+        for r, row in zip(results, batch):  # cut short: the work is counted, not the text
+            if row.cancel is not None and row.cancel.is_set():
+                r.text, r.finish_reason, r.error = "", "error", "transformers: cancelled"
+            elif deadline is not None and time.monotonic() >= deadline and r.finish_reason == "length":
+                r.text, r.finish_reason, r.error = "", "error", "transformers: stopped at the deadline"
         return results
 
     # ---- prefix reuse -----------------------------------------------------------------------------------
-    def _plan(self, rows: list[list[int]]) -> _Plan:
+    def _plan(self, rows: list[list[int]], stop: Callable[[], str | None]) -> _Plan:
         """Find (or compute) a cached prefix for every row and lay the batch out over them.
 
         Rows sharing a long prefix (siblings) share one source, computed once; a row alone gets its own
@@ -221,11 +234,11 @@ class TransformersEngine(Engine):
         tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
         sources: list[PrefixKV | None] = [None] * len(rows)
         owners: dict[int, int] = {}  # row -> prefix tokens it got from earlier calls (it computed the rest)
-        for members, shared in self._clusters(tensors):
+        for members, shared in self._clusters(rows):
             length = min(shared, min(len(rows[i]) for i in members) - 1)
             if length < self.min_prefix_tokens:
                 continue
-            source, reused = self._source(tensors[members[0]][:length])
+            source, reused = self._source(tensors[members[0]][:length], stop)
             owners[members[0]] = reused
             for i in members:
                 sources[i] = source
@@ -239,37 +252,23 @@ class TransformersEngine(Engine):
             src = sources[i]
             if src is not None and not src.can_serve(end):
                 # The stored sliding tail is too short for this shift: recompute this prefix in full.
-                fresh = extend_prefix(self.model, None, src.tokens)
+                fresh = extend_prefix(self.model, None, src.tokens, stop=stop)
                 sources = [fresh if s is src else s for s in sources]
                 owners = {k: (0 if sources[k] is fresh else v) for k, v in owners.items()}
         cached = [min(end, owners[i]) if i in owners else end for i, end in enumerate(ends)]
         return _Plan(sources, ends, slots, cached)
 
-    def _clusters(self, tensors: list[Any]) -> list[tuple[list[int], int]]:
-        """Groups of rows sharing a long prefix, with its length. Sorted rows are chained while the shared
-        part stays long; a link that would halve it starts a new group, so a short common header does not
-        dilute two long documents."""
-        order = sorted(range(len(tensors)), key=lambda i: tensors[i].tolist())
-        groups: list[tuple[list[int], int]] = []
-        members, shared = [order[0]], tensors[order[0]].numel()
-        for prev, cur in zip(order, order[1:]):
-            common = min(shared, common_prefix_len(tensors[prev], tensors[cur]))
-            if common >= self.min_prefix_tokens and 2 * common >= shared:
-                members.append(cur)
-                shared = common
-            else:
-                groups.append((members, shared))
-                members, shared = [cur], tensors[cur].numel()
-        groups.append((members, shared))
-        return groups
+    def _clusters(self, rows: list[list[int]]) -> list[tuple[list[int], int]]:
+        """Groups of rows sharing a long prefix, with its length (the engines' one rule, engines.prefix)."""
+        return [(list(g.members), g.shared) for g in group_by_prefix(rows, self.min_prefix_tokens)]
 
-    def _source(self, tokens: Any) -> tuple[PrefixKV, int]:
+    def _source(self, tokens: Any, stop: Callable[[], str | None]) -> tuple[PrefixKV, int]:
         """KV for ``tokens``: the longest cached prefix extended by the rest. Returns it and the number of
         tokens that came from the cache."""
         assert self.prefix_cache is not None
         hit = self.prefix_cache.lookup(tokens, tokens.numel())
         reused = len(hit) if hit is not None else 0
-        source = extend_prefix(self.model, hit, tokens)
+        source = extend_prefix(self.model, hit, tokens, stop=stop)
         if reused < len(source):
             self.prefix_cache.insert(source)
         return source, reused
@@ -327,3 +326,41 @@ class _Plan:
     ends: list[int]
     slots: int
     cached: list[int]
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    cancel: threading.Event | None
+
+
+def _batch_stop(events: list[threading.Event | None], deadline: float | None) -> Callable[[], str | None]:
+    """Why a whole batch must stop now (its deadline passed, or every row was cancelled), or None."""
+
+    def stop() -> str | None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return "stopped at the deadline"
+        if events and all(e is not None and e.is_set() for e in events):
+            return "cancelled"
+        return None
+
+    return stop
+
+
+def _cancel_criteria(torch: Any, events: list[threading.Event | None]) -> Any:
+    """A stopping criterion that ends each row whose cancel event is set (the batch ends when all have)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class CancelRows(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            flags = [e is not None and e.is_set() for e in events]
+            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([CancelRows()])
+
+
+def _cut(error: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> Result:
+    usage = Usage(
+        calls=1, prompt_tokens=prompt_tokens, cached_tokens=None, completion_tokens=completion_tokens, seconds=seconds
+    )
+    return Result(text="", finish_reason="error", usage=usage, error=error)

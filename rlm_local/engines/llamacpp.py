@@ -3,28 +3,32 @@
 It loads a GGUF file directly (the embedded Gemma 270M, any ``.gguf`` path): no conversion, no float32 copy.
 Requests go in process through ``Server.handle_completions`` (no HTTP on the hot path); only tokenizing,
 chat-template rendering and slot save/restore use the server's HTTP endpoints, on 127.0.0.1 and a free
-port chosen by the OS. Every request is a completion over token ids that we tokenized, so ``render`` is
-exactly what the model sees and token counts are exact. llama.cpp decodes its parallel slots together
-(continuous batching) and keeps each slot's KV for the next request (the prompt cache); ``cached_tokens``
-is llama.cpp's own ``timings.cache_n`` (None when a request was cut off before it reported).
+port chosen by the OS, behind a key only this process knows. Every request is a completion over token
+ids that we tokenized, so ``render`` is exactly what the model sees and token counts are exact;
+``cached_tokens`` is llama.cpp's own ``timings.cache_n`` (None when a request was cut off before it
+reported).
 
-Shared-prefix siblings (measured 2026-11-30 on the shared 2-core box, one thread, embedded GGUF; 8 siblings
-over one NEW ~1,500-token chunk, 32 new tokens each, ``scripts/bench_llamacpp.py``): llama-server's default
-gives each concurrent request its own slot and computes the chunk once per slot (``cache_n = 0`` on all 8:
-199 s, 12,392 prompt tokens evaluated). Warming the prefix first does not fix that (only the warmed slot
-reuses it); ``kv_unified`` does not share a sequence between slots; the host-RAM prompt cache
-(``cache_ram``) hands a saved prefix to one empty slot and drops it (a move, not a copy); siblings one by
-one in one slot (``n_parallel=1``) compute the prefix once too but decode one sequence at a time (about
-3 s per sibling at 32 tokens). What works, and is
-the default (``share_prefix=True``): compute the common token prefix once (``max_tokens=0`` into one slot),
-save that slot's state to a file and restore it into every slot a sibling uses (~10 ms each), then run the
-siblings in parallel, each pinned to its slot: 23.7 s, 1,634 prompt tokens evaluated (8.4x faster; a
-second run 27.5 s vs 157 s, 5.7x).
+Guarantees:
+- Batching: llama.cpp decodes its busy slots together (continuous batching), across concurrent
+  ``generate`` calls too (``concurrent_calls``: the scheduler hands over each gathered batch at once, so
+  a sweep's runs share decode steps instead of waiting for each other's calls to end). Which slot runs
+  which request is the pure planner's decision (``llamacpp_plan.SlotPlanner``): a conversation's next
+  turn returns to the slot holding it; siblings sharing a prefix get it computed once and copied into
+  their slots (``share_prefix``; llama-server's default computes it once per slot).
+- Stopping: a request stops within one prompt batch or one decoded token after its ``cancel`` event is
+  set (the scheduler sets it when every caller waiting on the request has gone: a cancelled run, a
+  client that disconnected, a timed-out caller), after ``deadline`` passes, or when ``close()`` is
+  called. Prompt batches are sized so that one takes well under a second of a CPU core
+  (``llamacpp_plan.prompt_batch``), and streams report progress after each batch, so prompt processing
+  stops too. A stopped request fails with the work done so far in its usage.
+- Greedy outputs: llama.cpp's logits are not bit-identical across different batch compositions and
+  prompt-processing splits (its README says so of ``cache_prompt``), so on a near-tie a request may pick
+  another token in a batch, or over a cached prefix, than alone.
 
-Greedy outputs: llama.cpp's logits are not bit-identical across different prompt-processing splits (its
-README says so of ``cache_prompt``), so a request whose prefix came from a cache may, on a near-tie, pick
-another token than the same request computed cold. Requests without a shared prefix give the same text
-in a batch as one by one.
+Settings follow ``llamacpp_plan.resolve_settings``: explicit arguments beat the model card's
+``[llamacpp]`` section, which beats the defaults. Why the defaults are what they are (slots, threads,
+prompt batches, the ceiling of llama.cpp's own batching on a CPU) is in scripts/results/profile_llamacpp.md,
+with the numbers beside it (``profile_llamacpp.json``, ``bench_engines.json``).
 
 xllamacpp is an optional extra (``pip install 'rlm-local[llamacpp]'``) and is imported only here.
 """
@@ -39,57 +43,57 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import logger as _root_logger
 from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
-from .templates import gemma_turns
+from .llamacpp_plan import LlamaSettings, SlotPlanner, Task, file_size, resolve_settings
+from .tokens import adds_bos, chat_without_template
+from .tokens import prompt_format as resolve_format
 
 logger = _root_logger.getChild("engines.llamacpp")
 
 INSTALL_HINT = "the llamacpp backend needs `pip install 'rlm-local[llamacpp]'`"
-DEFAULT_SLOT_CONTEXT = 8192  # tokens per slot: the embedded card keeps root prompts under 6,000
 HTTP_TIMEOUT_S = 120.0
+POLL_S = 0.05  # how often a waiting call looks for cancelled or expired requests that have not started
+CLOSE_WAIT_S = 60.0
 
 
-def default_threads() -> int:
-    """Decode threads. One on small machines: on a loaded 2-core box two threads collapsed single-stream decode
-    to ~0.5 tok/s, one gave 5.7 (engines.md)."""
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 2 else min(cores, 8)
+@dataclass(eq=False)
+class _Call:
+    """One ``generate`` call: its results, when to stop and the warm-ups done for its sibling groups."""
+
+    results: list[Result | None]
+    deadline: float | None
+    cancel: Sequence[threading.Event] | None
+    warm: dict[int, tuple[int, float]] = field(default_factory=dict)  # group -> (tokens computed, seconds)
+    members: dict[int, list[int]] = field(default_factory=dict)  # group -> request indices
+
+    def stop_reason(self, index: int | None, closing: bool) -> str | None:
+        """Why request ``index`` (None: every request of a group) must stop now, or None."""
+        if closing:
+            return "engine closed"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "stopped at the deadline"
+        if self.cancel is not None and index is not None and self.cancel[index].is_set():
+            return "cancelled"
+        return None
 
 
-def default_batch_threads() -> int:
-    """Threads for batches (prompt processing, and decode steps of several slots at once): every core, up to 8.
-    Unlike single-stream decode this work is compute-bound: 8 siblings over a cold 1,413-token prefix took
-    15.0-17.3 s with one thread and 10.3-11.1 s with two on the 2-core box, with another process busy on
-    one core (2026-11-30)."""
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-@dataclass
-class _Slot:
-    tokens: list[int] = field(default_factory=list)  # the prompt it last held (what llama.cpp may reuse)
-    fresh_group: int | None = None  # holds exactly this group's prefix, never extended since
-    used: float = 0.0
-
-
-@dataclass
-class _Task:
+@dataclass(eq=False)
+class _Job:
+    call: _Call
     index: int
-    ids: list[int]
     sampling: SamplingParams
-    group: int | None = None
-    prefer: int | None = None  # the slot already holding most of this prompt (singletons only)
-    held: int = 0  # how many leading tokens of it that slot holds
 
 
 class LlamaCppEngine(Engine):
     backend = "llamacpp"
     supports_deadline = True  # requests are streamed; a stream past the deadline is stopped
+    supports_cancel = True
     supports_grammar = True  # llama.cpp's GBNF grammars
 
     def __init__(
@@ -97,9 +101,9 @@ class LlamaCppEngine(Engine):
         model_name: str | None = None,
         threads: int | None = None,
         batch_threads: int | None = None,
-        n_parallel: int = 8,
+        n_parallel: int | None = None,
         context_length: int | None = None,
-        cache_ram_mib: int = 1024,
+        cache_ram_mib: int | None = None,
         share_prefix: bool = True,
         min_prefix_tokens: int = 64,
         prompt_format: str | None = None,
@@ -107,58 +111,54 @@ class LlamaCppEngine(Engine):
         **params: Any,
     ) -> None:
         """``model_name``: a registered packaged model (``gemma-3-270m``, the default) or a ``.gguf`` path.
-        ``n_parallel`` slots of ``context_length`` tokens each (default: the card's ``[llamacpp]`` section,
-        else 8,192); ``threads`` for single-stream decoding (default 1 on <= 2 cores), ``batch_threads`` for
-        prompt processing and multi-slot decode steps (default: every core, up to 8);
-        ``cache_ram_mib`` host-RAM prompt cache; ``share_prefix`` computes a prefix shared by at least two
-        requests of one call (>= ``min_prefix_tokens`` tokens) once and copies it into their slots.
-        ``params`` set further ``xllamacpp.CommonParams`` fields (``n_batch``, ``n_ubatch``, ``swa_full``...)."""
+        ``n_parallel`` slots of ``context_length`` tokens each; ``threads`` for single-stream decoding,
+        ``batch_threads`` for prompt processing and multi-slot decode steps; ``cache_ram_mib`` host-RAM
+        prompt cache; ``share_prefix`` computes a prefix shared by at least two requests of one call
+        (>= ``min_prefix_tokens`` tokens) once and copies it into their slots. ``params`` set further
+        ``xllamacpp.CommonParams`` fields (``n_batch``, ``n_ubatch``, ``swa_full``...). Anything left
+        unset comes from the model card's ``[llamacpp]`` section, then from the defaults."""
         from ..models import ModelLoadError, gguf_string, resolve_gguf
 
+        self._server: Any = None
+        resolve_format(prompt_format, None, True)  # a bad value fails before anything loads
+        if min_prefix_tokens < 1:
+            raise EngineError("llamacpp: min_prefix_tokens must be >= 1")
         path, card = resolve_gguf(model_name, progress)  # before xllamacpp: a wrong name fails in ms
         try:
             import xllamacpp
         except Exception as exc:
             raise EngineError(f"{INSTALL_HINT}: {type(exc).__name__}: {exc}") from exc
-        section = dict(card.extra.get("llamacpp", {})) if card else {}
-        n_parallel = int(section.pop("n_parallel", n_parallel))
-        slot_ctx = int(context_length or section.pop("context_length", 0) or DEFAULT_SLOT_CONTEXT)
-        section.update(params)
-        if n_parallel < 1 or slot_ctx < 16 or min_prefix_tokens < 1:
-            raise EngineError("llamacpp: n_parallel, context_length and min_prefix_tokens must be positive")
+        explicit = dict(
+            n_parallel=n_parallel,
+            context_length=context_length,
+            threads=threads,
+            batch_threads=batch_threads,
+            cache_ram_mib=cache_ram_mib,
+        )
+        try:
+            settings = resolve_settings(explicit, card.extra.get("llamacpp") if card else None, params, file_size(path))
+        except (TypeError, ValueError) as exc:
+            raise EngineError(f"llamacpp: {exc}") from None
+        self.settings = settings
         self.model_name = card.name if card else str(path)
         self.card = card
         self.model_path = path
-        self.threads = max(1, int(threads or default_threads()))
-        self.n_parallel = n_parallel
+        self.threads, self.batch_threads, self.n_parallel = (
+            settings.threads,
+            settings.batch_threads,
+            settings.n_parallel,
+        )
+        self.concurrent_calls = settings.n_parallel
         self.share_prefix = share_prefix
         self.min_prefix_tokens = min_prefix_tokens
         self._slot_dir = tempfile.mkdtemp(prefix="rlm-llamacpp-slots-")
-        p = xllamacpp.CommonParams()
-        p.model.path = str(path)
-        p.n_parallel = n_parallel
-        p.n_ctx = n_parallel * slot_ctx
-        p.cpuparams.n_threads = self.threads
-        self.batch_threads = max(1, int(batch_threads or default_batch_threads()))
-        p.cpuparams_batch.n_threads = self.batch_threads
-        p.cache_ram_mib = cache_ram_mib
-        p.slot_save_path = self._slot_dir
-        p.hostnames = ["127.0.0.1"]
-        # The side channel listens on loopback, but other local users must not drive it (its /slots endpoints
-        # write files): a key only this process knows.
         self._api_key = secrets.token_hex(16)
-        p.api_keys = [self._api_key]
-        p.port = 0  # the OS picks a free port
-        p.verbosity = 0
-        p.warmup = False
-        for name, value in section.items():
-            if not hasattr(p, name):
-                shutil.rmtree(self._slot_dir, ignore_errors=True)
-                raise EngineError(f"llamacpp: unknown llama.cpp parameter {name!r} (see xllamacpp.CommonParams)")
-            setattr(p, name, value)
         started = time.perf_counter()
         try:
-            self._server: Any = xllamacpp.Server(p)
+            self._server = xllamacpp.Server(self._common_params(xllamacpp, settings, path))
+        except EngineError:
+            shutil.rmtree(self._slot_dir, ignore_errors=True)
+            raise
         except Exception as exc:
             shutil.rmtree(self._slot_dir, ignore_errors=True)
             raise ModelLoadError(
@@ -170,22 +170,41 @@ class LlamaCppEngine(Engine):
         url = urlparse(self._server.listening_address)
         self._host, self._port = url.hostname or "127.0.0.1", int(url.port or 0)
         self._closing = False
-        self._lock = threading.Lock()  # one generate at a time: its plan owns every slot
-        self._slots = [_Slot() for _ in range(n_parallel)]
+        self._cond = threading.Condition()  # guards the planner, the running count and every call's results
+        self._planner = SlotPlanner(settings.n_parallel, min_prefix_tokens, share_prefix)
+        self._running = 0
         try:
             props = self._post("/props", None)
-            self.context_length = int(props.get("default_generation_settings", {}).get("n_ctx") or slot_ctx)
+            self.context_length = int(props.get("default_generation_settings", {}).get("n_ctx") or 0)
+            self.context_length = self.context_length or settings.context_length
+            self._bos_text = props.get("bos_token") or None
             self.chat_template = gguf_string(path, "tokenizer.chat_template")
             self._arch = gguf_string(path, "general.architecture") or ""
-            self._bos = self._post("/tokenize", {"content": "", "add_special": True}).get("tokens", [])[:1]
         except Exception:
             self.close()
             raise
-        self.prompt_format = (
-            prompt_format
-            or (card.prompt_format if card else None)  # type: ignore[assignment]
-            or ("chat" if self.chat_template else "completion")
-        )
+        card_format = card.prompt_format if card else None
+        self.prompt_format = resolve_format(prompt_format, card_format, bool(self.chat_template))  # type: ignore[assignment]
+
+    def _common_params(self, xllamacpp: Any, settings: LlamaSettings, path: Any) -> Any:
+        p = xllamacpp.CommonParams()
+        p.model.path = str(path)
+        p.n_parallel = settings.n_parallel
+        p.n_ctx = settings.n_parallel * settings.context_length
+        p.cpuparams.n_threads = settings.threads
+        p.cpuparams_batch.n_threads = settings.batch_threads
+        p.cache_ram_mib = settings.cache_ram_mib
+        p.slot_save_path = self._slot_dir
+        p.hostnames = ["127.0.0.1"]
+        p.api_keys = [self._api_key]  # the side channel's /slots endpoints write files: no other local caller
+        p.port = 0  # the OS picks a free port
+        p.verbosity = 0
+        p.warmup = False
+        for name, value in settings.params.items():
+            if not hasattr(p, name):
+                raise EngineError(f"llamacpp: unknown llama.cpp parameter {name!r} (see xllamacpp.CommonParams)")
+            setattr(p, name, value)
+        return p
 
     # ---- HTTP side channel (tokenize, templates, slot files) ------------------------------------------------
     def _post(self, path: str, body: dict | None) -> dict:
@@ -213,190 +232,161 @@ class LlamaCppEngine(Engine):
         messages = [dict(m) for m in request.messages or ()]
         if self.chat_template:  # the GGUF's own template, rendered by llama.cpp itself
             return self._post("/apply-template", {"messages": messages})["prompt"]
-        if self._arch.startswith("gemma"):
-            return gemma_turns(messages)
-        return super().render(request)
+        return chat_without_template(messages, self._arch, self.model_name)
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, add_special=False)) if text else 0
 
-    def _tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        ids = list(
-            self._post("/tokenize", {"content": text, "add_special": add_special, "parse_special": True})["tokens"]
-        )
-        if add_special and self._bos and ids[:2] == self._bos * 2:
-            ids = ids[1:]  # a template that writes BOS itself must not get a second one
-        return ids
+    def _tokenize(self, text: str, add_special: bool | None = None) -> list[int]:
+        special = adds_bos(text, self._bos_text) if add_special is None else add_special
+        body = {"content": text, "add_special": special, "parse_special": True}
+        return list(self._post("/tokenize", body)["tokens"])
 
     # ---- generation -------------------------------------------------------------------------------------------
-    def generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
-        with self._lock:
-            return self._generate_locked(requests, deadline)
-
-    def _generate_locked(self, requests: list[Request], deadline: float | None) -> list[Result]:
-        results: list[Result | None] = [None] * len(requests)
-        tasks: list[_Task] = []
+    def generate(
+        self,
+        requests: list[Request],
+        deadline: float | None = None,
+        cancel: Sequence[threading.Event] | None = None,
+    ) -> list[Result]:
+        """Run ``requests`` on the slots (with those of concurrent calls). ``cancel``: one event per request;
+        setting it stops that request (see the module doc)."""
+        call = _Call([None] * len(requests), deadline, cancel)
+        ids: list[list[int]] = []
+        jobs: list[_Job] = []
         for i, req in enumerate(requests):
             try:
-                ids = self._tokenize(self.rendered(req))
-                if len(ids) >= self.context_length:
+                tokens = self._tokenize(self.rendered(req))
+                if len(tokens) >= self.context_length:
                     raise EngineError(
-                        f"prompt of {len(ids)} tokens does not fit the slot context of "
+                        f"prompt of {len(tokens)} tokens does not fit the slot context of "
                         f"{self.context_length} tokens (raise context_length)"
                     )
             except Exception as exc:  # this request only
-                results[i] = Result.failed(f"llamacpp: {type(exc).__name__}: {exc}")
+                call.results[i] = Result.failed(f"llamacpp: {type(exc).__name__}: {exc}")
                 continue
-            tasks.append(_Task(i, ids, req.sampling))
-        for t in tasks:
-            t.prefer, t.held = self._best_slot(t.ids)
-        prefixes = self._group(tasks) if self.share_prefix else {}
-        warm: dict[int, dict] = {}
-        for g, prefix in prefixes.items():
+            ids.append(tokens)
+            jobs.append(_Job(call, i, req.sampling))
+        with self._cond:
+            if self._closing or self._server is None:
+                return [r or _not_started("engine is closed") for r in call.results]
+            tasks, warms = self._planner.add(ids, jobs)
+            for w in warms:
+                w.payload = call
+                call.members[w.group] = [t.payload.index for t in tasks if t.group == w.group]  # type: ignore[index]
+            self._start(self._planner.dispatch())
+            self._wait(call, tasks)
+        self._account_warm(call)
+        return [r or Result.failed("llamacpp: internal error: no result") for r in call.results]
+
+    def _wait(self, call: _Call, tasks: list[Task]) -> None:
+        """Wait (holding the condition) until every task of ``call`` has a result; answers the ones that are
+        stopped before a slot took them."""
+        waiting = list(tasks)
+        while waiting:
+            for t in list(waiting):
+                job: _Job = t.payload
+                if call.results[job.index] is not None:
+                    waiting.remove(t)
+                elif t in self._planner.pending and (why := call.stop_reason(job.index, self._closing)):
+                    self._forget(self._planner.drop(t))
+                    call.results[job.index] = _not_started(why)
+                    waiting.remove(t)
+            if waiting:
+                left = None if call.deadline is None else call.deadline - time.monotonic()
+                self._cond.wait(POLL_S if left is None else max(0.001, min(POLL_S, left)))
+
+    def _start(self, assignments: list[tuple[int, Task]]) -> None:
+        """Run each (slot, task) on a thread of its own (called holding the condition)."""
+        for s, task in assignments:
+            self._running += 1
+            threading.Thread(target=self._execute, args=(s, task), name=f"llamacpp-slot-{s}", daemon=True).start()
+
+    def _execute(self, s: int, task: Task) -> None:
+        ok = False
+        try:
+            ok = self._warm(s, task) if task.warm else self._run(s, task)
+        except Exception as exc:  # a bug here must not leave the call waiting
+            logger.exception("llamacpp: slot %d failed", s)
+            if not task.warm:
+                job: _Job = task.payload
+                with self._cond:
+                    job.call.results[job.index] = Result.failed(f"llamacpp: {type(exc).__name__}: {exc}")
+        finally:
+            with self._cond:
+                self._forget(self._planner.finished(s, task, ok))
+                self._running -= 1
+                if not self._closing:
+                    self._start(self._planner.dispatch())
+                self._cond.notify_all()
+
+    def _forget(self, group: int | None) -> None:
+        if group is not None:
             try:
-                warm[g] = self._warm(g, prefix, deadline)
-            except Exception as exc:  # the siblings still run, each computing its own prompt
-                logger.warning("llamacpp: could not share a %d-token prefix: %s", len(prefix), exc)
-                for t in tasks:
-                    if t.group == g:
-                        t.group = None
-        for t in tasks:
-            if t.group is not None:
-                t.prefer = None
-        self._run(tasks, results, prefixes, deadline)
-        for g, info in warm.items():  # the first sibling owns the prefix work the warm-up did
-            first = next(
-                (t.index for t in tasks if t.group == g and (res := results[t.index]) is not None and res.ok), None
-            )
-            if first is not None:
-                u = results[first].usage  # type: ignore[union-attr]
-                if u.cached_tokens is not None:
-                    u.cached_tokens = max(0, u.cached_tokens - info["computed"])
-                u.seconds += info["seconds"]
-            try:
-                os.unlink(os.path.join(self._slot_dir, f"g{g}.bin"))
+                os.unlink(os.path.join(self._slot_dir, f"g{group}.bin"))
             except OSError:
                 pass
-        return [r if r is not None else Result.failed("llamacpp: internal error: no result") for r in results]
 
-    def _group(self, tasks: list[_Task]) -> dict[int, list[int]]:
-        """Clusters of >= 2 tasks whose token prompts share >= min_prefix_tokens; returns group -> prefix
-        (the common prefix, at least one token short of the shortest member so each has work of its own).
-        A task whose slot already holds more of it than the group would share stays out, on its slot: root
-        turns of concurrent runs share the system prompt, but each run's slot holds its whole conversation
-        (grouped, turn 2 of two runs reused 120 of 650 tokens and took 19 s; on their own slots, 653)."""
-        order = sorted(tasks, key=lambda t: t.ids)
-        groups: dict[int, list[int]] = {}
-        run: list[_Task] = []
-        shared = 0
+    def _run(self, s: int, task: Task) -> bool:
+        job: _Job = task.payload
+        call = job.call
+        if why := call.stop_reason(job.index, self._closing):
+            result = _not_started(why)
+        else:
+            if task.restore:
+                self._post(f"/slots/{s}?action=restore", {"filename": f"g{task.group}.bin"})
+                with self._cond:
+                    self._planner.restored(s, task)
+            result = self._complete(task.ids, job.sampling, s, lambda: call.stop_reason(job.index, self._closing))
+        with self._cond:
+            call.results[job.index] = result
+        return result.ok
 
-        def close_run() -> None:
-            if len(run) >= 2:
-                length = min(shared, min(len(t.ids) for t in run) - 1)
-                members = [t for t in run if t.held <= length]
-                if length >= self.min_prefix_tokens and len(members) >= 2:
-                    g = len(groups)
-                    groups[g] = members[0].ids[:length]
-                    for t in members:
-                        t.group = g
+    def _warm(self, s: int, task: Task) -> bool:
+        """Compute a group's prefix in slot ``s`` and save the slot's state to a file its siblings restore."""
+        call: _Call = task.payload
+        members = call.members.get(task.group, [])  # type: ignore[arg-type]
 
-        for t in order:
-            lcp = _common_prefix(run[-1].ids, t.ids) if run else 0
-            if run and lcp >= self.min_prefix_tokens:
-                shared = min(shared, lcp) if len(run) > 1 else lcp
-                run.append(t)
-            else:
-                close_run()
-                run, shared = [t], 0
-        close_run()
-        return groups
+        def stop() -> str | None:  # only when every sibling is gone
+            reasons = [call.stop_reason(i, self._closing) for i in members] or [call.stop_reason(None, self._closing)]
+            return reasons[0] if all(reasons) else None
 
-    def _best_slot(self, ids: list[int]) -> tuple[int | None, int]:
-        """The slot holding the longest prefix of ``ids`` (at least min_prefix_tokens), and its length."""
-        best, best_len = None, self.min_prefix_tokens - 1
-        for s, slot in enumerate(self._slots):
-            n = _common_prefix(slot.tokens, ids)
-            if n > best_len:
-                best, best_len = s, n
-        return best, (best_len if best is not None else 0)
-
-    def _warm(self, g: int, prefix: list[int], deadline: float | None) -> dict:
-        """Compute ``prefix`` once in one slot and save that slot's state to a file the siblings restore."""
-        if deadline is not None and time.monotonic() >= deadline:
-            raise EngineError("deadline passed")
-        s = self._best_slot(prefix)[0]
-        if s is None:
-            s = min(range(len(self._slots)), key=lambda i: self._slots[i].used)
         started = time.perf_counter()
-        out = self._server.handle_completions(
-            {"prompt": prefix, "max_tokens": 0, "temperature": 0.0, "cache_prompt": True, "id_slot": s}
-        )
-        if "error" in out:
-            raise EngineError(_error_text(out))
-        self._post(f"/slots/{s}?action=save", {"filename": f"g{g}.bin"})
-        self._slots[s] = _Slot(list(prefix), g, time.monotonic())
-        return {"computed": int(out.get("timings", {}).get("prompt_n", 0)), "seconds": time.perf_counter() - started}
+        result = self._complete(task.ids, SamplingParams(), s, stop, max_tokens=0)
+        if not result.ok:
+            logger.warning("llamacpp: could not share a %d-token prefix: %s", len(task.ids), result.error)
+            return False
+        self._post(f"/slots/{s}?action=save", {"filename": f"g{task.group}.bin"})
+        computed = result.usage.prompt_tokens - (result.usage.cached_tokens or 0)
+        with self._cond:
+            call.warm[task.group] = (computed, time.perf_counter() - started)  # type: ignore[index]
+        return True
 
-    def _run(
-        self, tasks: list[_Task], results: list[Result | None], prefixes: dict[int, list[int]], deadline: float | None
-    ) -> None:
-        """One worker per slot takes tasks until none is left: its preferred singletons first, then siblings
-        of a prefix it holds, then any sibling (restoring the group's prefix file first), then the rest."""
-        pending = list(tasks)
-        pick_lock = threading.Lock()
+    def _account_warm(self, call: _Call) -> None:
+        """The first sibling that succeeded owns the prefix work its group's warm-up did."""
+        for g, (computed, seconds) in call.warm.items():
+            first = next((call.results[i] for i in call.members.get(g, []) if call.results[i].ok), None)  # type: ignore[union-attr]
+            if first is not None:
+                if first.usage.cached_tokens is not None:
+                    first.usage.cached_tokens = max(0, first.usage.cached_tokens - computed)
+                first.usage.seconds += seconds
 
-        def pick(s: int) -> _Task | None:
-            with pick_lock:
-                fresh = self._slots[s].fresh_group
-                # Last, anything left: a task waiting for its preferred slot while this one idles would run the
-                # batch one by one (4 siblings on one slot took the sum of their times).
-                for rank in (
-                    lambda t: t.prefer == s,
-                    lambda t: t.group is not None and t.group == fresh,
-                    lambda t: t.group is not None,
-                    lambda t: t.group is None and t.prefer is None,
-                    lambda t: True,
-                ):
-                    for t in pending:
-                        if rank(t):
-                            pending.remove(t)
-                            return t
-                return None
-
-        def worker(s: int) -> None:
-            while (t := pick(s)) is not None:
-                try:
-                    if t.group is not None and self._slots[s].fresh_group != t.group:
-                        self._post(f"/slots/{s}?action=restore", {"filename": f"g{t.group}.bin"})
-                        self._slots[s] = _Slot(list(prefixes[t.group]), t.group, time.monotonic())
-                    results[t.index] = self._complete(t.ids, t.sampling, s, deadline)
-                except Exception as exc:  # this request only
-                    results[t.index] = Result.failed(f"llamacpp: {type(exc).__name__}: {exc}")
-                self._slots[s] = _Slot(list(t.ids), None, time.monotonic())
-
-        # Fewer tasks than slots: the slots some task prefers first, then ones holding a fresh prefix, then LRU.
-        wanted = {t.prefer for t in tasks if t.prefer is not None}
-        order = sorted(
-            range(len(self._slots)),
-            key=lambda s: (s not in wanted, self._slots[s].fresh_group is None, self._slots[s].used),
-        )
-        workers = [
-            threading.Thread(target=worker, args=(s,), name=f"llamacpp-slot-{s}", daemon=True)
-            for s in order[: len(tasks)]
-        ]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-
-    def _complete(self, ids: list[int], sampling: SamplingParams, slot: int, deadline: float | None) -> Result:
+    def _complete(
+        self,
+        ids: list[int],
+        sampling: SamplingParams,
+        slot: int,
+        stop: Callable[[], str | None],
+        max_tokens: int | None = None,
+    ) -> Result:
         body: dict[str, Any] = {
             "prompt": ids,
-            "max_tokens": sampling.max_tokens,
+            "max_tokens": sampling.max_tokens if max_tokens is None else max_tokens,
             "cache_prompt": True,
             "id_slot": slot,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "return_progress": True,  # a chunk after each prompt batch: a stop is seen during prompt processing
             "temperature": max(0.0, sampling.temperature),
             "top_k": 0,
             "min_p": 0.0,
@@ -409,7 +399,7 @@ class LlamaCppEngine(Engine):
         if sampling.grammar:
             body["grammar"] = sampling.grammar
         pieces: list[str] = []
-        state: dict[str, Any] = {"stopped": False}
+        state: dict[str, Any] = {}
 
         def on_chunk(chunk: Any) -> bool:
             if isinstance(chunk, (str, bytes)):
@@ -423,14 +413,13 @@ class LlamaCppEngine(Engine):
                     state["finish"] = choice["finish_reason"]
             if "usage" in chunk:
                 state["usage"], state["timings"] = chunk["usage"], chunk.get("timings", {})
-            if self._closing or (deadline is not None and time.monotonic() >= deadline and "usage" not in state):
-                state["stopped"] = True
-                return True
+                return False
+            if why := stop():
+                state["stopped"] = why
+                return True  # llama.cpp cancels the task when the stream is dropped
             return False
 
         started = time.perf_counter()
-        if deadline is not None and time.monotonic() >= deadline:
-            return Result.failed("llamacpp: stopped at the deadline before it started")
         returned = self._server.handle_completions(body, on_chunk)
         if isinstance(returned, dict) and "error" in returned:  # refused before streaming started
             state["error"] = _error_text(returned)
@@ -438,11 +427,10 @@ class LlamaCppEngine(Engine):
         if "error" in state:
             return Result.failed(f"llamacpp: {state['error']}")
         if "usage" not in state:  # cut off: the work done is counted, the partial text is not returned
-            why = "engine closed" if self._closing else "stopped at the deadline"
             return Result(
                 text="",
                 finish_reason="error",
-                error=f"llamacpp: {why}",
+                error=f"llamacpp: {state.get('stopped', 'stream ended without a result')}",
                 usage=Usage(
                     calls=1, prompt_tokens=len(ids), cached_tokens=None, completion_tokens=len(pieces), seconds=seconds
                 ),
@@ -462,18 +450,25 @@ class LlamaCppEngine(Engine):
         )
 
     def close(self) -> None:
-        """Stop streams in flight, stop llama.cpp's loop and HTTP threads (freeing the port), delete slot files."""
+        """Stop requests in flight (each within a prompt batch or a token) and queued ones, stop llama.cpp's
+        loop and HTTP threads (freeing the port) and delete the slot files. Safe to call twice."""
         if getattr(self, "_server", None) is None:
             return
         self._closing = True
-        if not self._lock.acquire(timeout=60):  # a prompt still being processed: freeing it now would crash
-            logger.warning("llamacpp: close() gave up waiting for a generate call; the server stays up")
-            return
-        try:
-            server, self._server = self._server, None
-            del server  # the destructor terminates the server loop and joins its threads (the port is freed)
-        finally:
-            self._lock.release()
+        cond = getattr(self, "_cond", None)
+        if cond is not None:
+            end = time.monotonic() + CLOSE_WAIT_S
+            with cond:
+                cond.notify_all()  # waiting calls answer their queued requests "engine closed"
+                while self._running and time.monotonic() < end:
+                    cond.wait(POLL_S)
+                if self._running:  # freeing the server under a running request would crash the process
+                    logger.warning(
+                        "llamacpp: close() gave up waiting for %d requests; the server stays up", self._running
+                    )
+                    return
+        server, self._server = self._server, None
+        del server  # the destructor terminates the server loop and joins its threads (the port is freed)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
 
     def __del__(self) -> None:
@@ -483,12 +478,9 @@ class LlamaCppEngine(Engine):
             pass
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _not_started(why: str) -> Result:
+    """A request that no slot ran: no engine work to count."""
+    return Result(text="", finish_reason="error", error=f"llamacpp: {why} before it started", usage=Usage(calls=0))
 
 
 def _error_text(data: Any) -> str:

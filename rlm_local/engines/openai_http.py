@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 
 from ..models import find_card
 from .base import Engine, EngineError, FinishReason, Request, Result, Usage
+from .tokens import prompt_format as resolve_format
 
 DEFAULT_SESSION_HEADER = "X-Session-ID"  # vllm-router's session-affinity header (consistent_hash policy)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
@@ -155,7 +156,8 @@ class OpenAIEngine(Engine):
         # A registered model (say the embedded base model behind `rlm-local serve`) brings its prompt format
         # and context length, so the RLM prompts it the way it would locally; explicit arguments win.
         card = find_card(self.model_name) if self.model_name else None
-        self.prompt_format = prompt_format or (card.prompt_format if card else "chat")  # type: ignore[assignment]
+        # A remote server applies its own template: "chat" unless the card or the caller says otherwise.
+        self.prompt_format = resolve_format(prompt_format, card.prompt_format if card else None, True)  # type: ignore[assignment]
         self.context_length = context_length if context_length is not None else (card.context_length if card else 0)
 
     def __repr__(self) -> str:  # never show the api key

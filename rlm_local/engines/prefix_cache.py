@@ -16,6 +16,7 @@ an entry can be cropped or shifted by up to ``margin`` tokens; full-attention la
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -140,11 +141,23 @@ def prefix_from_cache(cache: DynamicCache, tokens: torch.Tensor, row: int = 0) -
     return PrefixKV(tokens, keys, values, sliding, window, start)
 
 
+class Stopped(Exception):
+    """Prefix computation was stopped (cancelled, past a deadline); ``str(exc)`` says why."""
+
+
+STOPPABLE_CHUNK = 256  # tokens computed between two stop checks: a fraction of a second of a CPU core
+
+
 @torch.inference_mode()
-def extend_prefix(model, base: PrefixKV | None, tokens: torch.Tensor, chunk: int = 2048) -> PrefixKV:
+def extend_prefix(
+    model, base: PrefixKV | None, tokens: torch.Tensor, chunk: int = 2048, stop: Callable[[], str | None] | None = None
+) -> PrefixKV:
     """KV states of ``tokens`` (1-D), reusing ``base`` (a prefix of ``tokens``) and computing the rest.
     Only the last position's logits are computed: over a 262k vocabulary the full logits would cost as much
-    as the layers themselves."""
+    as the layers themselves. With ``stop``, the tokens are computed ``STOPPABLE_CHUNK`` at a time and
+    ``Stopped`` is raised as soon as ``stop()`` gives a reason."""
+    if stop is not None:
+        chunk = min(chunk, STOPPABLE_CHUNK)
     done = len(base) if base is not None else 0
     if base is not None and not torch.equal(base.tokens, tokens[:done]):
         raise ValueError("base is not a prefix of tokens")
@@ -153,6 +166,8 @@ def extend_prefix(model, base: PrefixKV | None, tokens: torch.Tensor, chunk: int
     cache = cache_from_prefix(model.config, base, record_past=True)
     device = model.device
     for lo in range(done, tokens.numel(), chunk):
+        if stop is not None and (why := stop()):
+            raise Stopped(why)
         ids = tokens[lo : lo + chunk].unsqueeze(0).to(device)
         positions = torch.arange(lo, lo + ids.shape[1], device=device).unsqueeze(0)
         model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)

@@ -9,8 +9,9 @@ flight to end.
 
 Guarantees: results come back in request order; one request's failure (too long, bad sampling, an error
 inside vLLM) fails that request only; ``generate(requests, deadline=...)`` aborts every request still
-running at ``time.monotonic() >= deadline`` (vLLM frees its KV blocks) and returns it failed with the
-tokens it had produced counted in its usage; ``close()`` aborts what is running, shuts the engine core
+running at ``time.monotonic() >= deadline``, and a request whose ``cancel`` event is set, within a poll
+interval and an engine step (vLLM frees its KV blocks) and returns it failed with the tokens it had
+produced counted in its usage; ``close()`` aborts what is running, shuts the engine core
 down, kills what is left of it and stops the loop thread. Prompt rendering, CPU defaults, the bounded
 start-up and ``cached_tokens`` are those of the ``vllm`` engine (vllm_engine.py).
 """
@@ -23,6 +24,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .base import EngineError, Request, Result, Usage
@@ -31,11 +33,13 @@ from .vllm_engine import DEFAULT_STARTUP_TIMEOUT, VLLMBase, child_pids, kill_pid
 logger = logging.getLogger("rlm_local.engines.vllm_async")
 
 CONCURRENT_CALLS = 64  # scheduler calls in flight at once; vLLM's own max_num_seqs bounds the running batch
+POLL_S = 0.05  # how often a running request looks at its cancel event
 
 
 class AsyncVLLMEngine(VLLMBase):
     backend = "vllm-async"
     supports_deadline = True
+    supports_cancel = True
     concurrent_calls = CONCURRENT_CALLS
 
     def __init__(
@@ -88,7 +92,9 @@ class AsyncVLLMEngine(VLLMBase):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # ---- generation -----------------------------------------------------------------------------------------
-    def generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
+    def generate(
+        self, requests: list[Request], deadline: float | None = None, cancel: Sequence[threading.Event] | None = None
+    ) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
         futures: dict[int, concurrent.futures.Future] = {}
         engine = self._engine
@@ -101,7 +107,8 @@ class AsyncVLLMEngine(VLLMBase):
             except Exception as exc:  # too long, template errors, bad sampling values: this request only
                 results[i] = Result.failed(f"vllm-async: {type(exc).__name__}: {exc}")
                 continue
-            futures[i] = asyncio.run_coroutine_threadsafe(self._one(engine, ids, params, deadline), self._loop)
+            stop = cancel[i] if cancel is not None else None
+            futures[i] = asyncio.run_coroutine_threadsafe(self._one(engine, ids, params, deadline, stop), self._loop)
         for i, fut in futures.items():
             try:
                 results[i] = fut.result()
@@ -109,8 +116,10 @@ class AsyncVLLMEngine(VLLMBase):
                 results[i] = Result.failed(f"vllm-async: {type(exc).__name__}: {exc}")
         return [r if r is not None else Result.failed("vllm-async: internal error: no result") for r in results]
 
-    async def _one(self, engine: Any, ids: list[int], params: Any, deadline: float | None) -> Result:
-        """One request on the loop: streams it to completion, or aborts it at the deadline."""
+    async def _one(
+        self, engine: Any, ids: list[int], params: Any, deadline: float | None, stop: threading.Event | None
+    ) -> Result:
+        """One request on the loop: streams it to completion, or aborts it at the deadline or its cancel."""
         request_id = f"rlm-{next(self._ids)}"
         started = time.perf_counter()
         last: list[Any] = []
@@ -119,12 +128,20 @@ class AsyncVLLMEngine(VLLMBase):
             async for out in engine.generate({"prompt_token_ids": ids}, params, request_id):
                 last[:] = [out]
 
+        task = asyncio.ensure_future(consume())
         try:
-            if deadline is None:
-                await consume()
-            else:
-                await asyncio.wait_for(consume(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
+            why = await _watch(task, deadline, stop)
+            if why is None:
+                await task  # done: raises what the request raised
+        except asyncio.CancelledError:
+            task.cancel()
+            await _abort(engine, request_id)
+            raise
+        except Exception as exc:  # an error inside vLLM for this request
+            await _abort(engine, request_id)
+            return Result.failed(f"vllm-async: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        if why is not None:
+            task.cancel()
             await _abort(engine, request_id)
             done = len(last[0].outputs[0].token_ids) if last else 0
             usage = Usage(
@@ -138,14 +155,8 @@ class AsyncVLLMEngine(VLLMBase):
                 text="",
                 finish_reason="error",
                 usage=usage,
-                error=f"vllm-async: stopped at the deadline after {done} tokens (request aborted)",
+                error=f"vllm-async: {why} after {done} tokens (request aborted)",
             )
-        except asyncio.CancelledError:
-            await _abort(engine, request_id)
-            raise
-        except Exception as exc:  # an error inside vLLM for this request
-            await _abort(engine, request_id)
-            return Result.failed(f"vllm-async: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
         if not last:
             return Result.failed("vllm-async: vLLM returned no output")
         return self._result(last[0], time.perf_counter() - started)
@@ -169,6 +180,19 @@ class AsyncVLLMEngine(VLLMBase):
                 self._thread.join(10.0)
             if not loop.is_running():
                 loop.close()
+
+
+async def _watch(task: asyncio.Future, deadline: float | None, stop: threading.Event | None) -> str | None:
+    """Wait for ``task``; returns why it must be stopped instead (its deadline passed, it was cancelled)."""
+    while not task.done():
+        if stop is not None and stop.is_set():
+            return "cancelled"
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return "stopped at the deadline"
+        wait = POLL_S if stop is not None else left
+        await asyncio.wait({task}, timeout=wait if left is None else min(wait or left, left))
+    return None
 
 
 async def _abort(engine: Any, request_id: str) -> None:

@@ -25,15 +25,18 @@ and an EngineError says so.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .base import Engine, EngineError, FinishReason, Request, Result, Usage, generate_isolated
+from .tokens import adds_bos, chat_without_template
+from .tokens import prompt_format as resolve_format
 
 logger = logging.getLogger("rlm_local.engines.vllm")
 
@@ -41,8 +44,10 @@ DEFAULT_LLM_KWARGS: dict[str, Any] = dict(
     enable_prefix_caching=True, gpu_memory_utilization=0.85, tensor_parallel_size=1, dtype="auto"
 )
 # CPU: eager start-up is 86-138 s against 4-12 min compiled; 8,192 tokens covers the embedded card's 6,000-token
-# prompt limit plus a reply without reserving KV for its nominal 32k context.
-CPU_LLM_KWARGS: dict[str, Any] = dict(enforce_eager=True, max_model_len=8192)
+# prompt limit plus a reply without reserving KV for its nominal 32k context. An abort takes effect between two
+# engine steps, and a step computes up to max_num_batched_tokens prompt tokens (vLLM's CPU default, 4,096, is
+# many seconds of a CPU core): 256 keeps a step under a second for the embedded model.
+CPU_LLM_KWARGS: dict[str, Any] = dict(enforce_eager=True, max_model_len=8192, max_num_batched_tokens=256)
 CPU_KVCACHE_GIB = "2"  # VLLM_CPU_KVCACHE_SPACE when unset: 2 GiB held 179,664 tokens of the embedded model
 DEFAULT_STARTUP_TIMEOUT = 600.0  # seconds; measured start-ups on a loaded 2-core machine stay under 250 s
 BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
@@ -211,15 +216,15 @@ class VLLMBase(Engine):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)  # read by the spawned engine core
         kwargs["model"] = model
         self.llm_kwargs = kwargs
+        resolve_format(prompt_format, None, True)  # a bad value fails before the engine core starts
         self._prompt_format_arg = prompt_format
         return kwargs
 
     def _after_start(self, tokenizer: Any, max_model_len: int) -> None:
         self.tokenizer = tokenizer
         has_template = bool(getattr(tokenizer, "chat_template", None))
-        card = self.card
-        fmt = self._prompt_format_arg or (card.prompt_format if card else ("chat" if has_template else "completion"))
-        self.prompt_format = fmt  # type: ignore[assignment]
+        card_format = self.card.prompt_format if self.card else None
+        self.prompt_format = resolve_format(self._prompt_format_arg, card_format, has_template)  # type: ignore[assignment]
         self.context_length = max_model_len or int(self.llm_kwargs.get("max_model_len") or 0)
 
     # ---- prompts ------------------------------------------------------------------------------------------------
@@ -231,11 +236,7 @@ class VLLMBase(Engine):
         messages = [dict(m) for m in request.messages or ()]
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if "gemma" in (self.model_name + " " + str(self.llm_kwargs.get("model", ""))).lower():
-            from .hf import gemma_turns
-
-            return gemma_turns(messages)
-        return super().render(request)
+        return chat_without_template(messages, self.model_name, str(self.llm_kwargs.get("model", "")))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -243,9 +244,7 @@ class VLLMBase(Engine):
     def token_ids(self, request: Request) -> list[int]:
         """The prompt token ids sent to vLLM (exactly what ``cached_tokens`` counts against)."""
         text = self.rendered(request)
-        bos = getattr(self.tokenizer, "bos_token", None)
-        # Text that already starts with BOS (chat templates, Gemma turns do not) must not get a second one.
-        add_special = not (bos and text.startswith(bos))
+        add_special = adds_bos(text, getattr(self.tokenizer, "bos_token", None))
         return list(self.tokenizer.encode(text, add_special_tokens=add_special))
 
     def _prepare(self, request: Request) -> tuple[list[int], Any]:
@@ -290,6 +289,10 @@ class VLLMBase(Engine):
 
 class VLLMEngine(VLLMBase):
     backend = "vllm"
+    supports_deadline = True
+    # Requests are aborted when the engine returns outputs: at every decode step, but only once a prompt has
+    # been processed (vLLM returns nothing during prompt processing); vllm-async aborts between prompt chunks.
+    supports_cancel = True
 
     def __init__(
         self,
@@ -324,17 +327,24 @@ class VLLMEngine(VLLMBase):
         )
         logger.info("vllm LLM for %s started in %.1f s", self.model_name, self.load_seconds)
         self._lock = threading.Lock()  # LLM is not re-entrant; the scheduler batches callers anyway
+        self._ids = itertools.count()
         try:
             self._after_start(self._llm.get_tokenizer(), _max_model_len(self._llm))
         except BaseException:
             self.close()  # a started engine core must not outlive a failed constructor
             raise
 
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def generate(
+        self, requests: list[Request], deadline: float | None = None, cancel: Sequence[threading.Event] | None = None
+    ) -> list[Result]:
+        """Run ``requests`` as one vLLM batch. A request whose ``cancel`` event is set, or every request once
+        ``deadline`` passes, is aborted when vLLM next returns outputs (every decode step; a prompt being
+        processed returns none until it is done) and fails with its work so far counted."""
         results: list[Result | None] = [None] * len(requests)
         prompts: list[dict[str, Any]] = []
         params: list[Any] = []
         index: list[int] = []
+        stops: list[threading.Event | None] = []
         for i, req in enumerate(requests):
             try:
                 ids, sp = self._prepare(req)
@@ -344,28 +354,57 @@ class VLLMEngine(VLLMBase):
             prompts.append({"prompt_token_ids": ids})
             params.append(sp)
             index.append(i)
+            stops.append(cancel[i] if cancel is not None else None)
         if prompts:
             for i, res in zip(
                 index,
                 generate_isolated(
-                    lambda pairs: self._generate_batch([p for p, _ in pairs], [q for _, q in pairs]),
-                    list(zip(prompts, params)),
-                    "vllm",
+                    lambda rows: self._generate_batch(rows, deadline), list(zip(prompts, params, stops)), "vllm"
                 ),
             ):
                 results[i] = res
         return [r if r is not None else Result.failed("vllm: internal error: no result") for r in results]
 
-    def _generate_batch(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Result]:
+    def _generate_batch(self, rows: list[tuple[dict[str, Any], Any, Any]], deadline: float | None) -> list[Result]:
+        """LLM.generate's own loop (add every request, step until done), with aborts between steps. (Sending an
+        abort while a step waits would race vLLM's own sends on the engine core's socket.)"""
         with self._lock:
             if self._llm is None:
                 raise EngineError("engine is closed")
+            engine = self._llm.llm_engine
             started = time.perf_counter()
-            outputs = self._llm.generate(prompts, sampling_params=params, use_tqdm=False)
-        share = (time.perf_counter() - started) / len(prompts)  # wall time split so per-call sums add up
-        if len(outputs) != len(prompts):
-            raise EngineError(f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts")
-        return [self._result(out, share) for out in outputs]
+            ids = [f"rlm-{next(self._ids)}" for _ in rows]
+            last: dict[str, Any] = {}
+            stopped: dict[str, str] = {}
+            try:
+                for rid, (prompt, sp, _) in zip(ids, rows):
+                    engine.add_request(rid, prompt, sp)
+                while engine.has_unfinished_requests():
+                    late = deadline is not None and time.monotonic() >= deadline
+                    for rid, (_, _, stop) in zip(ids, rows):
+                        running = rid not in stopped and not getattr(last.get(rid), "finished", False)
+                        if running and (late or (stop is not None and stop.is_set())):
+                            stopped[rid] = "stopped at the deadline" if late else "cancelled"
+                            engine.abort_request([rid], internal=False)
+                    if not engine.has_unfinished_requests():
+                        break
+                    for out in engine.step():
+                        last[out.request_id] = out
+            except BaseException:
+                engine.abort_request([r for r in ids if not getattr(last.get(r), "finished", False)], internal=False)
+                raise
+        share = (time.perf_counter() - started) / len(rows)  # wall time split so per-call sums add up
+        results = []
+        for rid, (prompt, _, _) in zip(ids, rows):
+            out = last.get(rid)
+            if rid in stopped or out is None or not out.finished:
+                done = len(out.outputs[0].token_ids) if out is not None else 0
+                usage = Usage(1, len(prompt["prompt_token_ids"]), None, done, share)
+                why = stopped.get(rid, "no output")
+                results.append(Result(text="", finish_reason="error", usage=usage, error=f"vllm: {why}"))
+            else:
+                results.append(self._result(out, share))
+        return results
 
     def close(self) -> None:
         """Stop the engine core process and free the model. Safe to call twice."""

@@ -20,7 +20,10 @@ Guarantees callers rely on:
 - a submit that times out while the engine already runs its request gets the engine's usage later, through
   ``on_late_usage``: work that was cancelled is still counted, exactly once;
 - engines that can stop work at a deadline (``Engine.supports_deadline``) are given the latest deadline
-  of the callers waiting on a call, so a timed-out generation does not hold the engine long after.
+  of the callers waiting on a call, so a timed-out generation does not hold the engine long after;
+- engines that can stop a request (``Engine.supports_cancel``) are told to as soon as no caller waits for
+  it any more (``cancel(run_id)``, a submit timeout, ``close()``): a cancelled run's turn or sub-call stops
+  using the CPU instead of running to its end for nobody.
 - a whole-batch engine exception is retried request by request, so only the bad request fails.
 - engines that batch continuously inside (``Engine.concurrent_calls > 1``: vLLM's AsyncLLM) get each
   gathered batch as soon as it is taken, up to that many calls in flight, each from its own thread, so a
@@ -107,6 +110,7 @@ class _Item:
     waiters: list[tuple[_Ticket, int]]
     text: str = ""
     late: list[Callable[[Usage], None]] = field(default_factory=list)  # gave up while running; owed usage
+    stop: threading.Event = field(default_factory=threading.Event)  # set once nobody waits for it while it runs
     state: str = "queued"  # queued -> taken -> running -> done, or dropped
 
 
@@ -387,6 +391,8 @@ class Scheduler:
             item.waiters = kept
             if not kept and item.state in ("queued", "taken"):
                 self._forget(item, "dropped")
+            elif not kept and item.state == "running":
+                item.stop.set()  # engines that can stop a request do (Engine.supports_cancel)
         if count_cancelled:
             self._stats.cancelled += n
         else:
@@ -512,7 +518,7 @@ class Scheduler:
                     else:
                         self._forget(item, "dropped")
             if items:
-                results = self._generate([it.request for it in items], self._deadline(items))
+                results = self._generate([it.request for it in items], self._deadline(items), [it.stop for it in items])
                 for item, result in zip(items, results):
                     self._deliver(item, result)
 
@@ -522,13 +528,17 @@ class Scheduler:
             deadlines = [t.deadline for it in items for t, _ in it.waiters]
         return None if not deadlines or None in deadlines else max(deadlines)  # type: ignore[type-var]
 
-    def _generate(self, requests: list[Request], deadline: float | None = None) -> list[Result]:
+    def _generate(
+        self, requests: list[Request], deadline: float | None = None, stops: list[threading.Event] | None = None
+    ) -> list[Result]:
         start = time.monotonic()
+        kwargs: dict[str, Any] = {}
+        if deadline is not None and self.engine.supports_deadline:
+            kwargs["deadline"] = deadline
+        if stops is not None and getattr(self.engine, "supports_cancel", False):
+            kwargs["cancel"] = stops
         try:
-            if deadline is not None and self.engine.supports_deadline:
-                results = self.engine.generate(requests, deadline=deadline)  # type: ignore[call-arg]
-            else:
-                results = self.engine.generate(requests)
+            results = self.engine.generate(requests, **kwargs)
             if (
                 not isinstance(results, list)
                 or len(results) != len(requests)
@@ -550,7 +560,9 @@ class Scheduler:
             return results
         if len(requests) == 1:
             return [Result.failed(f"engine error: {type(error).__name__}: {error}")]
-        return [self._generate([r], deadline)[0] for r in requests]
+        if stops is None:
+            return [self._generate([r], deadline)[0] for r in requests]
+        return [self._generate([r], deadline, [stop])[0] for r, stop in zip(requests, stops)]
 
     def _deliver(self, item: _Item, result: Result) -> None:
         with self._cond:
