@@ -12,8 +12,11 @@ file, see :func:`log_to_file`).
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 logger = logging.getLogger("rlm_local")
 
@@ -28,6 +31,28 @@ class InputError(Error, ValueError):
 
 class InputTypeError(InputError, TypeError):
     """An argument has the wrong type."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def input_errors(fn: F) -> F:
+    """The boundary of an exported constructor or validator: a ``TypeError`` or ``ValueError`` it raises
+    leaves as ``InputTypeError`` / ``InputError`` (still a ``TypeError`` / ``ValueError``), so every
+    mistake a caller can make surfaces as an ``rlm_local.Error`` without each check naming the class."""
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Error:
+            raise
+        except TypeError as exc:
+            raise InputTypeError(str(exc)) from exc
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+
+    return cast(F, checked)
 
 
 # ---- the caller's mistakes (InputError: the CLI exits 2, the service answers 4xx) ----------------------------

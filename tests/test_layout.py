@@ -99,3 +99,28 @@ def test_every_error_class_lives_in_errors_py():
                 assert not bases & ({c.__name__ for c in defined_there} | {"Error"}), (
                     f"{path.relative_to(PACKAGE)} defines {node.name}: define it in errors.py"
                 )
+
+
+BAD_CONSTRUCTIONS = [
+    ("Request.chat max_tokens=-1", lambda r: r.Request.chat([{"role": "user", "content": "x"}], max_tokens=-1)),
+    ("Request.completion temperature=-1", lambda r: r.Request.completion("x", temperature=-1)),
+    ("Request with neither", lambda r: r.Request()),
+    ("Request prompt not str", lambda r: r.Request(prompt=3)),
+    ("SamplingParams top_p=0", lambda r: r.SamplingParams(top_p=0)),
+    ("SamplingParams stop as str", lambda r: r.SamplingParams(stop="\n")),
+    ("Limits wall_seconds=-1", lambda r: r.Limits(wall_seconds=-1)),
+    ("Limits memory_mb=1.5", lambda r: r.Limits(memory_mb=1.5)),
+    ("Scheduler without an engine", lambda r: r.Scheduler(None)),
+    ("Sandbox with a bad context", lambda r: r.Sandbox(context=3)),
+    ("RLM with a bad max_iterations", lambda r: r.RLM(backend="scripted", max_iterations=0)),
+]
+
+
+@pytest.mark.parametrize("name,make", BAD_CONSTRUCTIONS, ids=[n for n, _ in BAD_CONSTRUCTIONS])
+def test_exported_constructors_raise_an_input_error_for_bad_values(name, make):
+    """Every mistake a caller can make in an exported constructor surfaces as rlm_local.InputError (still a
+    ValueError or TypeError), validated where the value enters."""
+    import rlm_local
+
+    with pytest.raises(rlm_local.InputError):
+        make(rlm_local)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from ..errors import EngineError as EngineError  # re-exported: its old home
+from ..errors import input_errors
 from .tokens import plain_turns
 
 T = TypeVar("T")
@@ -36,6 +37,20 @@ class SamplingParams:
     # constrain (``Engine.supports_grammar`` False) never receive one: the loop drops it with a logged note.
     grammar: str | None = None
 
+    @input_errors
+    def __post_init__(self) -> None:
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"seed must be an int or None, got {self.seed!r}")
+        if isinstance(self.stop, str) or not all(isinstance(x, str) for x in self.stop):
+            raise TypeError(f"stop must be a sequence of str, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
@@ -55,9 +70,14 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     session: str | None = field(default=None, compare=False)
 
+    @input_errors
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a Request needs exactly one of messages or prompt")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(self.prompt).__name__}")
+        if not isinstance(self.sampling, SamplingParams):
+            raise TypeError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
         if self.messages is not None:
             # Accept lists from callers but store an immutable, hashable form (memo keys, grouping).
             object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
@@ -66,10 +86,12 @@ class Request:
                     raise ValueError(f"bad chat message: {m!r}")
 
     @classmethod
+    @input_errors
     def chat(cls, messages: list[dict[str, str]], **sampling: object) -> Request:
         return cls(messages=tuple(messages), sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
 
     @classmethod
+    @input_errors
     def completion(cls, prompt: str, **sampling: object) -> Request:
         return cls(prompt=prompt, sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
 

@@ -3,10 +3,11 @@ requests, which come from the untrusted worker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import SandboxError as SandboxError  # re-exported: its old home
+from ..errors import input_errors
 from .worker.protocol import check_call_size
 
 
@@ -30,6 +31,17 @@ class Limits:
     # of them together where a cgroup counts it (checked after each cell)
     cpu_cores: float = 2.0  # cgroup cpu controller: the session's processes together use at most this (a
     # cell's core plus its snapshot's fork and exit, which run beside the next cell)
+
+    @input_errors
+    def __post_init__(self) -> None:
+        """Every limit is a positive number (a whole one where the field is an int)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            whole = f.type in (int, "int")
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                raise TypeError(f"Limits.{f.name} must be {'an int' if whole else 'a number'}, got {value!r}")
+            if not value > 0:
+                raise ValueError(f"Limits.{f.name} must be > 0, got {value!r}")
 
 
 @dataclass

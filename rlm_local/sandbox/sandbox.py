@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import input_errors
 from .calls import CallServer, Spent, split_tools  # noqa: F401  (split_tools: its old home)
 from .launch import WORKER_PATH, Worker
 from .limits import CellResult, Limits, SandboxError
@@ -50,6 +51,7 @@ def _check_context(context: object) -> None:
 class Sandbox:
     """A persistent, isolated Python REPL session for model-written code. One thread at a time."""
 
+    @input_errors
     def __init__(
         self,
         context: str | list[str] | tuple[str, ...] | dict[str, str] | None = None,

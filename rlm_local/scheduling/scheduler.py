@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engines.base import Engine, Request, Result, Usage
+from ..errors import input_errors
 from ..errors import logger as _root_logger
 from .prefix import plan_calls
 
@@ -144,6 +145,7 @@ class Scheduler:
     text that make requests a prefix group; split_by_prefix: one engine call per prefix group (see module
     doc) instead of one call per gathered batch."""
 
+    @input_errors
     def __init__(
         self,
         engine: Engine,
