@@ -11,12 +11,11 @@ from .base import Engine, EngineError, Request, Result, SamplingParams, Usage
 BACKENDS = ("llamacpp", "transformers", "vllm", "vllm-async", "openai", "scripted")
 
 #: What `RLM()`, `rlm-local run/serve/bench` and the service use when no backend is named, for root turns and
-#: sub-calls alike: llama.cpp in process on the packaged GGUF. Chosen by scripts/bench_engines.py (README
-#: "Choosing an engine", 2-core CPU, 2026-11-30): single-stream decode 19.7 tok/s vs transformers' 8.6; level
-#: with transformers on sibling batches (10.6 vs 11.4 s for 8 siblings over a cold chunk, 5.6x faster than
-#: llama-server's own behaviour); loads in 3 s with no conversion, so `rlm-local run --demo` takes 9.2 s vs
-#: 31.9 s. vLLM for CPU batches siblings 2-3x faster still but starts in 40-80 s and is a 3 GB install: the
-#: recommended sub-call engine (``vllm-async``) for long-lived servers and sweeps, not the default.
+#: sub-calls alike: llama.cpp in process on the packaged GGUF. Chosen by scripts/bench_engines.py (figures in
+#: scripts/results/bench_engines*.json and README "Choosing an engine"): the fastest single-stream decode on a
+#: CPU, shared-prefix siblings as fast as transformers, no conversion at load and the lightest install. vLLM
+#: for CPU batches siblings faster still but starts in minutes and is a 3 GB install: the recommended
+#: sub-call engine (``vllm-async``) for long-lived servers and sweeps, not the default.
 DEFAULT_BACKEND = "llamacpp"
 
 

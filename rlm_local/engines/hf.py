@@ -1,8 +1,8 @@
 """Hugging Face transformers engine: CPU anywhere, CUDA when present. The embedded default model runs here.
 
 Requests with equal sampling settings are generated together in left-padded batches (one forward pass
-per token for the whole batch), which is where CPU throughput comes from: 5.7 tok/s alone vs ~30 tok/s
-at batch 16 on two cores.
+per token for the whole batch), which is where CPU throughput comes from (scripts/bench_engines.py and
+scripts/results/bench_engines.json have the figures).
 
 KV prefix reuse (on by default, see prefix_cache.py): siblings sharing a long prompt prefix (one chunk,
 different questions) compute it once and decode as one batch over it; a bounded LRU keeps prefixes across

@@ -7,7 +7,7 @@ groups what it took by shared prefix of the rendered text, issues the engine cal
 back. By default a gathered batch is one engine call with its prefix groups laid out next to each other:
 the transformers engine reuses one KV prefix per group inside a single batched generate, and vLLM and
 OpenAI-compatible servers share prefixes inside one call, so splitting would only serialise decoding
-(the embedded model decodes 29.5 tok/s at batch 16, 20.7 at batch 8). ``split_by_prefix=True``
+(bigger batches decode more tokens a second: scripts/bench_subcalls.py, scripts/results/). ``split_by_prefix=True``
 issues one call per prefix group instead, for engines that can reuse only one prefix per call.
 
 Guarantees callers rely on:
