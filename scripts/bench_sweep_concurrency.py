@@ -23,6 +23,7 @@ from rich.table import Table
 from rlm_local.bench.items import family, parse_length
 from rlm_local.bench.methods import Methods
 from rlm_local.bench.runner import EngineSpec, run_items
+from rlm_local.engines import DEFAULT_BACKEND
 
 
 def one_pass(spec: EngineSpec, fam: str, length: int, n: int, method: str, k: int, args: argparse.Namespace) -> dict:
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--method", default="rlm")
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--backend", default="transformers")
+    ap.add_argument("--backend", default=DEFAULT_BACKEND)
     ap.add_argument("--model", default=None)
     ap.add_argument("--max-iterations", type=int, default=6)
     ap.add_argument("--max-timeout", type=float, default=None)
