@@ -41,7 +41,7 @@ def one_pass(spec: EngineSpec, fam: str, length: int, n: int, method: str, k: in
     rows: list[dict] = []
     started = time.perf_counter()
     try:
-        run_items(methods, items, [method], k, rows.append, backend=spec.backend)
+        run_items(methods, items, [method], k, lambda row, _trajectory=None: rows.append(row), backend=spec.backend)
     finally:
         wall = time.perf_counter() - started
         methods.close()
