@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cancelling import STOPPED_CPU_S
 
 from rlm_local.engines.base import Request
 from rlm_local.engines.prefix_cache import PrefixCache, PrefixKV, common_prefix_len
@@ -258,7 +259,7 @@ def test_generation_stops_at_the_deadline_and_counts_the_work(engine):
 
 @pytest.mark.model
 @pytest.mark.parametrize("phase", ["prompt", "decode"])
-def test_a_cancelled_request_stops_using_the_cpu_within_a_second(engine, phase):
+def test_a_cancelled_request_stops_using_the_cpu(engine, phase):
     import random
 
     from cancelling import cancel_after
@@ -272,4 +273,4 @@ def test_a_cancelled_request_stops_using_the_cpu_within_a_second(engine, phase):
         lambda stop: engine.generate([request], cancel=[stop]), 1.5 if phase == "prompt" else 4.0
     )
     assert not result.ok and "cancelled" in result.error and result.usage.calls == 1
-    assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
+    assert cpu < STOPPED_CPU_S, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"

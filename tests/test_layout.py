@@ -106,7 +106,7 @@ BAD_CONSTRUCTIONS = [
     ("Request.completion temperature=-1", lambda r: r.Request.completion("x", temperature=-1)),
     ("Request with neither", lambda r: r.Request()),
     ("Request prompt not str", lambda r: r.Request(prompt=3)),
-    ("SamplingParams top_p=0", lambda r: r.SamplingParams(top_p=0)),
+    ("SamplingParams top_p=1.5", lambda r: r.SamplingParams(top_p=1.5)),
     ("SamplingParams stop as str", lambda r: r.SamplingParams(stop="\n")),
     ("Limits wall_seconds=-1", lambda r: r.Limits(wall_seconds=-1)),
     ("Limits memory_mb=1.5", lambda r: r.Limits(memory_mb=1.5)),

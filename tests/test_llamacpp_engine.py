@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from cancelling import cancel_after
+from cancelling import STOPPED_CPU_S, cancel_after
 
 from rlm_local import RLM
 from rlm_local.engines import EngineError, Request, make_engine
@@ -160,7 +160,7 @@ def in_thread(fn):
 
 
 @pytest.mark.parametrize("phase", ["prompt", "decode"])
-def test_a_cancelled_request_stops_using_the_cpu_within_a_second(engine, phase):
+def test_a_cancelled_request_stops_using_the_cpu(engine, phase):
     # prompt: a new 1,800-token text (seconds of prompt processing); decode: a short prompt, 1,500 new tokens
     prompt = chunk(40 + len(phase), 1_700) if phase == "prompt" else "Once upon a time"
     request = Request.completion(prompt, max_tokens=1_500)
@@ -168,7 +168,7 @@ def test_a_cancelled_request_stops_using_the_cpu_within_a_second(engine, phase):
     assert not r.ok and "cancelled" in r.error and r.usage.calls == 1
     if phase == "decode":
         assert r.usage.completion_tokens >= 1
-    assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
+    assert cpu < STOPPED_CPU_S, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
     assert engine.generate([Request.completion("The capital of France is", max_tokens=3)])[0].ok  # slot usable
 
 
@@ -181,7 +181,7 @@ def test_a_request_cancelled_before_a_slot_takes_it_does_no_work(engine):
     assert not results[5].ok and "before it started" in results[5].error and results[5].usage.calls == 0
 
 
-def test_close_stops_prompt_processing_within_a_second():
+def test_close_stops_prompt_processing():
     eng = make_engine("llamacpp", n_parallel=2, context_length=4096)
     thread, out = in_thread(lambda: eng.generate([Request.completion(chunk(50, 2_500), max_tokens=8)]))
     time.sleep(1.0)

@@ -327,11 +327,15 @@ def test_max_errors_raises_the_reference_s_exception_with_the_last_error():
 
 
 def test_ctrl_c_is_a_cancellation_error():
-    import _thread
+    import os
+    import signal
 
     def reply(req: Request) -> str:
-        _thread.interrupt_main()  # Ctrl-C arrives while the caller waits on the model
-        time.sleep(0.5)
+        # Ctrl-C arrives while the caller waits on the model: a real SIGINT, which (unlike
+        # _thread.interrupt_main) also wakes a main thread blocked in a wait, so a slow box cannot let the
+        # run finish first
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2.0)
         return "FINAL(too late)"
 
     with RLM(backend="scripted", engine=ScriptedEngine(reply)) as rlm:

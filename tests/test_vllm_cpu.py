@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from cancelling import STOPPED_CPU_S
 
 from rlm_local.engines import EngineError, make_engine
 from rlm_local.engines.base import Request
@@ -174,11 +175,11 @@ class TestLLM:
         assert result.usage_summary.by_model[llm.model_name].calls == 2
         assert result.response == "done"
 
-    def test_a_cancelled_request_stops_the_engine_core_within_a_second(self, llm):
+    def test_a_cancelled_request_stops_the_engine_core(self, llm):
         # LLM returns nothing while it processes a prompt, so a cancel is seen at the next decode step
         result, cpu = cancel_costs(llm, "decode")
         assert not result.ok and "cancelled" in result.error and result.usage.calls == 1
-        assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
+        assert cpu < STOPPED_CPU_S, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
         (after,) = llm.generate([Request.completion(PROMPTS[0], max_tokens=4)])  # the engine is still healthy
         assert after.ok
 
@@ -249,10 +250,10 @@ class TestAsyncLLM:
         assert after.ok and after.usage.completion_tokens > 0
 
     @pytest.mark.parametrize("phase", ["prompt", "decode"])
-    def test_a_cancelled_request_stops_the_engine_core_within_a_second(self, allm, phase):
+    def test_a_cancelled_request_stops_the_engine_core(self, allm, phase):
         result, cpu = cancel_costs(allm, phase)  # aborted between two prompt chunks or decode steps
         assert not result.ok and "cancelled" in result.error and result.usage.calls == 1
-        assert cpu < 1.0, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
+        assert cpu < STOPPED_CPU_S, f"{cpu:.2f} s of CPU from the cancel to 1 s after it returned"
 
     def test_close_stops_the_engine_core(self, allm):
         pids = set(allm._children)
