@@ -338,9 +338,15 @@ def test_ctrl_c_is_a_cancellation_error():
         time.sleep(2.0)
         return "FINAL(too late)"
 
-    with RLM(backend="scripted", engine=ScriptedEngine(reply)) as rlm:
-        with pytest.raises(CancellationError, match="cancelled"):
-            rlm.completion(DOC)
-    with RLM(backend="scripted", engine=ScriptedEngine(reply), raise_on_limit=False) as rlm:
-        with pytest.raises(KeyboardInterrupt):
-            rlm.completion(DOC + " again")
+    # Python's own Ctrl-C behaviour (KeyboardInterrupt), as in a user's process: libraries that earlier tests
+    # loaded into this process (vLLM, Ray, uvicorn) may have installed SIGINT handlers of their own
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with RLM(backend="scripted", engine=ScriptedEngine(reply)) as rlm:
+            with pytest.raises(CancellationError, match="cancelled"):
+                rlm.completion(DOC)
+        with RLM(backend="scripted", engine=ScriptedEngine(reply), raise_on_limit=False) as rlm:
+            with pytest.raises(KeyboardInterrupt):
+                rlm.completion(DOC + " again")
+    finally:
+        signal.signal(signal.SIGINT, previous)
