@@ -207,6 +207,22 @@ def test_concurrent_calls_share_decode_steps(engine):
     assert out[0][0].ok and waited < 10
 
 
+def test_concurrent_calls_starting_alike_share_their_prefix(engine):
+    # the runs of a sweep: each call is one run's first turn, the same system prompt with its own question
+    system = "System: you answer questions about the log below.\n" + chunk(60, 900)
+    ask = lambda i: engine.generate([Request.completion(f"{system}Run {i}: how often is {WORDS[i]}?", max_tokens=2)])  # noqa: E731
+    first, _ = in_thread(lambda: ask(0))
+    time.sleep(0.3)  # run 0 is computing the system prompt
+    others = [in_thread(lambda i=i: ask(i)) for i in (1, 2, 3)]
+    for thread, _ in [(first, None), *others]:
+        thread.join(120)
+    results = [out[0][0] for _, out in others]
+    assert all(r.ok for r in results), results
+    shared = engine.count_tokens(system)
+    computed = sum(r.usage.prompt_tokens - r.usage.cached_tokens for r in results)  # the warm-up's work included
+    assert computed < shared + 3 * 40, (computed, shared, [r.usage for r in results])
+
+
 def test_explicit_arguments_beat_the_card(monkeypatch):
     from rlm_local.engines import llamacpp_plan
 

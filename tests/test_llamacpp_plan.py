@@ -194,3 +194,79 @@ def test_without_prefix_sharing_nothing_is_grouped():
 def test_bad_planner_arguments():
     with pytest.raises(ValueError):
         SlotPlanner(0, 64)
+
+
+# ---- sharing across calls: the runs of a sweep start with the same system prompt -----------------------------
+SYSTEM = list(range(5000, 5400))  # a 400-token system prompt
+
+
+def first_turn(run: int) -> list[int]:
+    return SYSTEM + [90_000 + run] * 20  # each run's own question
+
+
+def test_a_call_sharing_a_running_call_prefix_waits_for_one_warm_task_and_later_calls_join_it():
+    p = SlotPlanner(8, min_prefix=64)
+    p.add([first_turn(0)], ["run0"])
+    ((s0, r0),) = p.dispatch()  # run 0's first turn is being computed
+    (t1,), warms = p.add([first_turn(1)], ["run1"])
+    assert len(warms) == 1 and warms[0].ids == SYSTEM and not t1.ready
+    (t2,), later = p.add([first_turn(2)], ["run2"])
+    assert later == [] and t2.group == t1.group and p.members(t1.group) == [t1, t2]
+    batch = p.dispatch()
+    assert [t.warm for _, t in batch] == [True]  # the runs wait for the prefix, not compute it each
+    sw, warm = batch[0]
+    assert p.finished(sw, warm, True) is None
+    batch = p.dispatch()
+    assert sorted(t.payload for _, t in batch) == ["run1", "run2"]
+    assert sorted(t.restore for _, t in batch) == [False, True]  # one runs where the prefix was computed
+    for s, t in batch:
+        if t.restore:
+            p.restored(s, t)
+    released = [p.finished(s, t, True) for s, t in batch]
+    assert released == [None, warm.group]  # the prefix file goes with the last member
+    p.finished(s0, r0, True)
+    assert p.idle and not p.groups
+
+
+def test_a_queued_request_of_another_call_joins_the_group():
+    p = SlotPlanner(1, min_prefix=64)
+    p.add([[7] * 10], ["busy"])  # the only slot is taken
+    p.dispatch()
+    (a,), _ = p.add([first_turn(0)], ["a"])
+    (b,), warms = p.add([first_turn(1)], ["b"])
+    assert len(warms) == 1 and a.group == b.group == warms[0].group and not a.ready and not b.ready
+
+
+def test_no_cross_call_group_when_a_free_slot_already_holds_the_prefix_or_little_is_shared():
+    p = SlotPlanner(4, min_prefix=64)
+    p.add([first_turn(0)], ["run0"])
+    p.add([first_turn(1)], ["run1"])
+    run_all(p)  # two free slots hold the system prompt, each with its run's question
+    p.add([first_turn(0) + [1] * 30], ["run0 turn 2"])
+    ((busy, _),) = p.dispatch()
+    (t,), warms = p.add([first_turn(2)], ["run2"])
+    # run 2 takes the system prompt from the free slot (run 1's), not from the busy one, and needs no group
+    assert warms == [] and t.group is None and t.held == len(SYSTEM) and t.prefer != busy
+    (u,), warms = p.add([SYSTEM[:40] + [3] * 100], ["short share"])
+    assert warms == [] and u.group is None
+
+
+def test_a_prefix_only_a_busy_slot_holds_is_shared_through_a_warm_task():
+    p = SlotPlanner(4, min_prefix=64)
+    p.add([first_turn(0)], ["run0"])
+    run_all(p)
+    p.add([first_turn(0) + [1] * 30], ["run0 turn 2"])
+    p.dispatch()  # the one slot holding the system prompt is busy with run 0's next turn
+    (t,), warms = p.add([first_turn(1)], ["run1"])
+    assert len(warms) == 1 and t.group == warms[0].group and warms[0].ids == SYSTEM
+
+
+def test_a_failed_cross_call_warm_up_lets_the_waiting_runs_compute_their_own():
+    p = SlotPlanner(4, min_prefix=64)
+    p.add([first_turn(0)], ["run0"])
+    p.dispatch()
+    (t1,), (warm,) = p.add([first_turn(1)], ["run1"])
+    ((s, w),) = p.dispatch()
+    assert w is warm and p.finished(s, w, False) is None
+    ((_, again),) = p.dispatch()
+    assert again is t1 and t1.group is None and not t1.restore

@@ -14,7 +14,8 @@ Guarantees:
   a sweep's runs share decode steps instead of waiting for each other's calls to end). Which slot runs
   which request is the pure planner's decision (``llamacpp_plan.SlotPlanner``): a conversation's next
   turn returns to the slot holding it; siblings sharing a prefix get it computed once and copied into
-  their slots (``share_prefix``; llama-server's default computes it once per slot).
+  their slots (``share_prefix``; llama-server's default computes it once per slot), and so do requests
+  of concurrent calls that start alike (the runs of a sweep share their system prompt).
 - Stopping: a request stops within one prompt batch or one decoded token after its ``cancel`` event is
   set (the scheduler sets it when every caller waiting on the request has gone: a cancelled run, a
   client that disconnected, a timed-out caller), after ``deadline`` passes, or when ``close()`` is
@@ -113,8 +114,8 @@ class LlamaCppEngine(Engine):
         """``model_name``: a registered packaged model (``gemma-3-270m``, the default) or a ``.gguf`` path.
         ``n_parallel`` slots of ``context_length`` tokens each; ``threads`` for single-stream decoding,
         ``batch_threads`` for prompt processing and multi-slot decode steps; ``cache_ram_mib`` host-RAM
-        prompt cache; ``share_prefix`` computes a prefix shared by at least two requests of one call
-        (>= ``min_prefix_tokens`` tokens) once and copies it into their slots. ``params`` set further
+        prompt cache; ``share_prefix`` computes a prefix shared by at least two requests, of one call or
+        of concurrent ones (>= ``min_prefix_tokens`` tokens), once and copies it into their slots. ``params`` set further
         ``xllamacpp.CommonParams`` fields (``n_batch``, ``n_ubatch``, ``swa_full``...). Anything left
         unset comes from the model card's ``[llamacpp]`` section, then from the defaults."""
         from ..models import ModelLoadError, gguf_string, resolve_gguf
@@ -344,11 +345,14 @@ class LlamaCppEngine(Engine):
 
     def _warm(self, s: int, task: Task) -> bool:
         """Compute a group's prefix in slot ``s`` and save the slot's state to a file its siblings restore."""
-        call: _Call = task.payload
-        members = call.members.get(task.group, [])  # type: ignore[arg-type]
+        call: _Call = task.payload  # the call whose request made the group (it is charged the work)
 
-        def stop() -> str | None:  # only when every sibling is gone
-            reasons = [call.stop_reason(i, self._closing) for i in members] or [call.stop_reason(None, self._closing)]
+        def stop() -> str | None:  # only when every request waiting on the prefix, of any call, is gone
+            with self._cond:
+                jobs: list[_Job] = [t.payload for t in self._planner.members(task.group)]
+                reasons = [j.call.stop_reason(j.index, self._closing) for j in jobs]
+            if not jobs:
+                return "every request sharing the prefix left"
             return reasons[0] if all(reasons) else None
 
         started = time.perf_counter()

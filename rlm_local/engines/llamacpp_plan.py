@@ -15,6 +15,11 @@ of any number of concurrent ``generate`` calls, which slot runs which request an
   task that computes the prefix once into one slot (whose state the engine saves to a file); each
   sibling then runs on a slot that holds exactly that prefix, restoring the file into it first if needed;
   a sibling whose slot already holds more of it than the group shares stays out of the group;
+- the same across calls: a request that shares a long prefix (>= ``min_prefix`` tokens more than any slot
+  holds for it) with a request of another call, queued or running, waits for one warm task that computes
+  that prefix, or joins the open group whose prefix it shares. Concurrent runs of one sweep or service
+  start with the same system prompt: it is computed twice (by the first run and the warm task) instead of
+  once per run, because llama.cpp does not share prompt processing between slots;
 - free slots take work in this order: the task that prefers them, siblings of the prefix they hold,
   warm tasks, other siblings, requests with no preference (least recently used slot first), and last a
   request whose preferred slot is busy (waiting would serialise the batch). More requests than slots
@@ -112,6 +117,7 @@ class Slot:
     fresh_group: int | None = None  # holds exactly this group's prefix, never extended since
     used: int = 0  # planner clock at its last assignment (least recently used first)
     busy: bool = False
+    running: Task | None = None  # the task it runs while busy
 
 
 @dataclass(eq=False)
@@ -131,7 +137,7 @@ class Task:
 @dataclass
 class _Group:
     prefix: list[int]
-    members: int  # members not finished yet
+    tasks: list[Task]  # members not finished yet (of any number of calls)
     warmed: bool = False
 
 
@@ -157,8 +163,49 @@ class SlotPlanner:
         for t in tasks:
             t.prefer, t.held = self.best_slot(t.ids)
         warms = self._group(tasks) if self.share_prefix else []
+        if self.share_prefix:
+            for t in tasks:
+                if t.group is None and (warm := self._share_across_calls(t, tasks)) is not None:
+                    warms.append(warm)
         self.pending.extend(warms + tasks)
         return tasks, warms
+
+    def members(self, gid: int | None) -> list[Task]:
+        """The requests still waiting on or using group ``gid``'s prefix (empty once it is closed)."""
+        group = self.groups.get(gid) if gid is not None else None
+        return list(group.tasks) if group is not None else []
+
+    def _join(self, t: Task, gid: int) -> None:
+        group = self.groups[gid]
+        group.tasks.append(t)
+        t.group, t.prefer, t.ready = gid, None, group.warmed
+
+    def _share_across_calls(self, t: Task, own: list[Task]) -> Task | None:
+        """Joins ``t`` to an open group, or makes a group (returning its warm task) with the queued requests of
+        other calls sharing its prefix, when that saves at least min_prefix tokens over the slot ``t`` prefers."""
+        worth = self._usable(t) + self.min_prefix
+        gid, n = max(
+            ((g, common_prefix_len(group.prefix, t.ids)) for g, group in self.groups.items()),
+            key=lambda x: x[1],
+            default=(None, 0),
+        )
+        if gid is not None and n >= worth:
+            self._join(t, gid)
+            return None
+        queued = [x for x in self.pending if not x.warm and x.group is None and x not in own]
+        running = [slot.running for slot in self.slots if slot.running is not None and not slot.running.warm]
+        n = max((common_prefix_len(x.ids, t.ids) for x in queued + running), default=0)
+        if n < worth:
+            return None
+        gid = next(self._group_ids)
+        prefix = t.ids[:n]
+        self.groups[gid] = _Group(prefix, [])
+        self._join(t, gid)
+        for x in queued:
+            if common_prefix_len(x.ids, prefix) >= self._usable(x) + self.min_prefix:
+                self._join(x, gid)
+        prefer, _ = self.best_slot(prefix)
+        return Task(prefix, None, group=gid, warm=True, prefer=prefer)
 
     def _group(self, tasks: list[Task]) -> list[Task]:
         warms = []
@@ -168,21 +215,27 @@ class SlotPlanner:
                 continue
             gid = next(self._group_ids)
             prefix = members[0].ids[: g.shared]
-            self.groups[gid] = _Group(prefix, len(members))
+            self.groups[gid] = _Group(prefix, [])
             for t in members:
-                t.group, t.prefer, t.ready = gid, None, False
+                self._join(t, gid)
             prefer, _ = self.best_slot(prefix)
             warms.append(Task(prefix, None, group=gid, warm=True, prefer=prefer))
         return warms
 
     def best_slot(self, ids: list[int]) -> tuple[int | None, int]:
-        """The slot holding the longest prefix of ``ids`` (at least min_prefix tokens), and its length."""
-        best, best_len = None, self.min_prefix - 1
+        """The slot holding the longest prefix of ``ids`` (at least min_prefix tokens), and its length; a busy
+        slot must hold min_prefix tokens more than a free one to be chosen (its state is being replaced)."""
+        best, best_len, best_score = None, 0, self.min_prefix - 1
         for s, slot in enumerate(self.slots):
             n = common_prefix_len(slot.tokens, ids)
-            if n > best_len:
-                best, best_len = s, n
-        return best, (best_len if best is not None else 0)
+            score = n - self.min_prefix if slot.busy else n
+            if n >= self.min_prefix and score > best_score:
+                best, best_len, best_score = s, n, score
+        return best, best_len
+
+    def _usable(self, t: Task) -> int:
+        """How many leading tokens of ``t`` a free slot holds (its preferred slot's, unless that is busy)."""
+        return t.held if t.prefer is not None and not self.slots[t.prefer].busy else 0
 
     # ---- assigning ------------------------------------------------------------------------------------------
     def dispatch(self) -> list[tuple[int, Task]]:
@@ -201,7 +254,7 @@ class SlotPlanner:
             self.pending.remove(task)
             slot = self.slots[s]
             task.restore = task.group is not None and not task.warm and slot.fresh_group != task.group
-            slot.busy, slot.used = True, next(self._clock)
+            slot.busy, slot.running, slot.used = True, task, next(self._clock)
             out.append((s, task))
         return out
 
@@ -226,7 +279,7 @@ class SlotPlanner:
     def finished(self, s: int, task: Task, ok: bool) -> int | None:
         """Record that ``task`` ended on slot ``s``. Returns a group id whose prefix file is no longer needed."""
         slot = self.slots[s]
-        slot.busy = False
+        slot.busy, slot.running = False, None
         if task.warm:
             assert task.group is not None
             slot.tokens, slot.fresh_group = (list(task.ids), task.group) if ok else ([], None)
@@ -258,8 +311,9 @@ class SlotPlanner:
         if task.group is None or task.group not in self.groups:
             return None
         group = self.groups[task.group]
-        group.members -= 1
-        if group.members > 0:
+        if task in group.tasks:
+            group.tasks.remove(task)
+        if group.tasks:
             return None
         warm = next((t for t in self.pending if t.warm and t.group == task.group), None)
         if warm is not None:  # every sibling left before its prefix was computed
