@@ -161,6 +161,54 @@ def test_the_toolkit_is_in_the_repl_and_the_prompt_and_checks_its_arguments():
     assert "search(" not in roots(engine)[0].messages[0]["content"]
 
 
+LOG = "\n".join(f"2023-01-{i % 28 + 1:02d} || user {i} || {['Who wrote it?', 'Where is it?'][i % 2]}" for i in range(600))
+
+
+@pytest.mark.parametrize(
+    "call, says",
+    [
+        # every record is different only in its date and user: the model is told what repeats
+        ("ask_each('Which kind of answer does this ask for?', lines)", "leaves 2 different items"),
+        # one record's own text passed as the question
+        ("ask_each('Who wrote it?', lines[:4])", "the question is the text of item 1"),
+        ("ask_each('q?', lines, max_items=0)", "max_items must be an int >= 1"),
+    ],
+)
+def test_ask_each_refuses_costly_mistakes_before_any_sub_call_and_says_what_to_do(call, says):
+    subs: list[str] = []
+
+    def script(req):
+        if not is_root(req):
+            subs.append(req.messages[-1]["content"])
+            return "human"
+        return repl("lines = context.split('\\n')\n" + call) if "Output" not in last_user(req) else "FINAL(done)"
+
+    rlm, _ = make(script, levers={"toolkit": True})
+    result = rlm.completion(LOG, "q")
+    cell = next(e for e in result.trajectory if e["event"] == "cell")
+    assert "ValueError: ask_each" in cell["error"] and says in cell["error"] and subs == []
+
+
+def test_ask_each_asks_the_part_that_varies_once_and_max_items_can_be_raised():
+    subs: list[str] = []
+    code = (
+        "texts = [line.split(' || ')[-1] for line in context.split('\\n')]\n"
+        "print(count(ask_each('Which kind of answer does this ask for?', texts, choices=['human', 'location'])))\n"
+        "print(len(ask_each('Is this a log line?', context.split('\\n')[:20], max_items=20)))"
+    )
+
+    def script(req):
+        if not is_root(req):
+            subs.append(req.messages[-1]["content"])
+            return "location" if "Where" in req.messages[-1]["content"] else "human"
+        return repl(code) if "Output" not in last_user(req) else "FINAL(done)"
+
+    rlm, _ = make(script, levers={"toolkit": True})
+    cell = next(e for e in rlm.completion(LOG, "q").trajectory if e["event"] == "cell")
+    assert cell["error"] in (None, "") and cell["stdout"] == "{'human': 300, 'location': 300}\n20\n"
+    assert len(subs) == 2 + 20
+
+
 # ---- constrain ----------------------------------------------------------------------------------------------
 class GrammarEngine(ScriptedEngine):
     supports_grammar = True  # a test double that records the grammar it is given

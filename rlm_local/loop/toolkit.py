@@ -105,20 +105,53 @@ def chunks(text=None, size=4000, by="chars", overlap=0):
     return pieces
 
 
-def ask_each(question, items, choices=None):
+def toolkit_fewer(unique):
+    """(separator, how many different items remain) when every item is a record with fields and keeping the
+    field after the last separator leaves at most half as many different items; else None."""
+    for sep in (" || ", " | ", "\t", " ; ", ": "):
+        if all(sep in item for item in unique[:200]):
+            n = len(set(item.rsplit(sep, 1)[-1] for item in unique))
+            if n * 2 <= len(unique):
+                return sep, n
+    return None
+
+
+def ask_each(question, items, choices=None, max_items=500):
     """Ask a sub-model `question` about every item (a line, a record, a chunk) in one batch; the answers in
-    order. Identical items are asked once. With `choices`, each answer is the choice it names, or None."""
+    order. Identical items are asked once. With `choices`, each answer is the choice it names, or None. More
+    than `max_items` different items (each is a sub-call) is refused with what would make them fewer."""
     if not isinstance(question, str) or not question.strip():
         raise TypeError("ask_each(question, items, choices=None): question must be a non-empty str")
     if isinstance(items, (str, dict)) or not isinstance(items, (list, tuple)):
         raise TypeError("ask_each: items must be a list of str (split the text first, e.g. with chunks(...))")
+    if not isinstance(max_items, int) or max_items < 1:
+        raise ValueError("ask_each: max_items must be an int >= 1")
     items = [str(item) for item in items]
+    asked = question.strip()
+    for number, item in enumerate(items, 1):
+        if len(asked) >= 12 and asked in item:  # a record's own text passed as the question
+            raise ValueError(
+                "ask_each: the question is the text of item " + str(number) + " (" + repr(item[:80]) + "); pass "
+                "one question that fits every item (what you want to know about each one) and the items separately"
+            )
     unique = list(dict.fromkeys(items))
+    if len(unique) > max_items:
+        message = "ask_each: " + str(len(unique)) + " different items would be as many sub-calls (max_items=" + str(max_items) + "). "
+        fewer = toolkit_fewer(unique)
+        if fewer is not None:
+            message += (
+                "Keeping only the text after the last " + repr(fewer[0]) + " ([item.split(" + repr(fewer[0]) + ")[-1] for item in items]) "
+                "leaves " + str(fewer[1]) + " different items (identical ones are asked once). "
+            )
+        raise ValueError(
+            message + "Pass only the part of each record that needs reading, or filter the items first; "
+            "raise max_items only if every one must be read."
+        )
     if choices is not None:
         if isinstance(choices, str) or not isinstance(choices, (list, tuple)) or not choices:
             raise TypeError("ask_each: choices must be a non-empty list of str")
         choices = [str(c) for c in choices]
-        question = question.strip() + "\nReply with exactly one of: " + ", ".join(choices) + ". Reply with that word only."
+        question = asked + "\nReply with exactly one of: " + ", ".join(choices) + ". Reply with that word only."
     answers = []
     for start in range(0, len(unique), 128):  # a call carries at most 256 prompts (the sandbox's limit)
         answers += llm_query_batched([question + "\n\nText: " + item for item in unique[start:start + 128]])
@@ -179,7 +212,7 @@ def section_of(line, header, text=None):
 PROMPT = """Helpers already defined in the REPL (they print what they find; use them):
 - `search(phrase, text=context, window=1, max_hits=10, regex=False)`: the lines containing `phrase`, case-insensitive, printed with line numbers (`>` marks the matching line) and the lines around them. Search for the exact distinctive phrase from the question. Returns [{"line": n, "text": ...}].
 - `chunks(text=context, size=4000, by="chars")`: the text in pieces (by "chars", "lines" or "tokens").
-- `ask_each(question, items, choices=None)`: asks a sub-model the same `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. `question` is about one item ("Which topic is this ticket about?"); each item's text is given after it. With `choices`, each answer is one of the choices (or None). Use it whenever each item needs reading or judgement: labels, relevance, topics. Pass only the part of each record that needs reading: identical items are asked once.
+- `ask_each(question, items, choices=None, max_items=500)`: asks a sub-model the same `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. `question` is about one item ("Which topic is this ticket about?"); each item's text is given after it. With `choices`, each answer is one of the choices (or None). Use it whenever each item needs reading or judgement: labels, relevance, topics. Pass only the part of each record that needs reading: identical items are asked once (more than `max_items` different ones are refused).
 - `count(items)`: how often each item occurs, most common first. `vote(items)`: the most common item.
 - `section_of(line, header_regex)`: the nearest line at or above `line` (a number or a search hit) matching `header_regex` (a file, chapter or class header): (line number, text).
 
