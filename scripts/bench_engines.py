@@ -8,6 +8,7 @@ prefix reuse decide). This script measures both, plus whole runs:
   siblings16    16 short prompts in one batch, 32 new tokens each
   cold_chunk8   8 questions over one new ~1,500-token chunk in one batch (a fresh chunk every time, so no
                 engine can reuse a previous repeat's cache), 16 new tokens each
+  cold_starts8  the same 8 questions as 8 separate calls 0.2 s apart: the first turns of 8 concurrent runs
   demo          the task of `rlm-local run --demo` on the loaded engines (model load excluded)
   demo_cli      `rlm-local run --demo` as a user runs it: a new process, imports and model load included
   sweep8        8 needle items (benchmark kit, 1K tokens) run as 8 concurrent RLM runs
@@ -65,6 +66,7 @@ WORKLOADS = (
     "decode",
     "siblings16",
     "cold_chunk8",
+    "cold_starts8",
     "rlm_siblings16",
     "rlm_siblings64",
     "ceiling16",
@@ -77,7 +79,7 @@ WORKLOADS = (
 )
 QUICK = dict(
     engines="llamacpp,llama-server",
-    workloads="decode,cold_chunk8,rlm_siblings16,ceiling16,rlm_siblings64,ceiling64,sweep,cancel",
+    workloads="decode,cold_chunk8,cold_starts8,rlm_siblings16,ceiling16,rlm_siblings64,ceiling64,sweep,cancel",
     repeats=1,
     reference="llama-server",
 )
@@ -130,7 +132,10 @@ def text(rng: random.Random, words: int) -> str:
 def timed_generate(engine: Engine, requests: list[Request]) -> dict[str, Any]:
     started = time.perf_counter()
     results = engine.generate(requests)
-    seconds = time.perf_counter() - started
+    return summary(engine, results, time.perf_counter() - started)
+
+
+def summary(engine: Engine, results: list[Any], seconds: float) -> dict[str, Any]:
     failed = [r.error for r in results if not r.ok]
     if failed:
         raise Error(f"{engine.backend}: {len(failed)} of {len(results)} requests failed: {failed[0]}")
@@ -164,6 +169,26 @@ def cold_chunk8(engine: Engine, seed: int) -> dict[str, Any]:
     chunk = text(rng, 1_400)  # ~1,500 tokens with the embedded tokenizer; new words every call: cold
     questions = [f"\n\nQuestion: how often does the word '{w}' appear above?\nAnswer:" for w in rng.sample(WORDS, 8)]
     return timed_generate(engine, [Request.completion("Chunk:\n" + chunk + q, max_tokens=16) for q in questions])
+
+
+def cold_starts8(engine: Engine, seed: int) -> dict[str, Any]:
+    """The first turns of 8 concurrent runs: 8 calls of one request each, 0.2 s apart, over one new
+    ~1,500-token prefix (a system prompt no slot holds yet) with a question of their own."""
+    rng = random.Random(seed)
+    prefix = "System:\n" + text(rng, 1_400)
+    requests = [
+        Request.completion(f"{prefix}\n\nRun {i}: how often does '{w}' appear?\nAnswer:", max_tokens=16)
+        for i, w in enumerate(rng.sample(WORDS, 8))
+    ]
+
+    def one(i: int) -> Any:
+        time.sleep(0.2 * i)
+        return engine.generate([requests[i]])[0]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(one, range(len(requests))))
+    return summary(engine, results, time.perf_counter() - started)
 
 
 # ---- whole runs on a setup (root engine, sub engine) ---------------------------------------------------------------
@@ -218,6 +243,7 @@ ENGINE_WORKLOADS: dict[str, Callable[[Engine, int], dict[str, Any]]] = {
     "decode": decode,
     "siblings16": siblings16,
     "cold_chunk8": cold_chunk8,
+    "cold_starts8": cold_starts8,
     "rlm_siblings16": lambda engine, seed: pair.rlm_siblings(engine, 16),
     "rlm_siblings64": lambda engine, seed: pair.rlm_siblings(engine, 64),
     "ceiling16": lambda engine, seed: pair.ceiling(engine, 16),

@@ -161,7 +161,9 @@ def test_the_toolkit_is_in_the_repl_and_the_prompt_and_checks_its_arguments():
     assert "search(" not in roots(engine)[0].messages[0]["content"]
 
 
-LOG = "\n".join(f"2023-01-{i % 28 + 1:02d} || user {i} || {['Who wrote it?', 'Where is it?'][i % 2]}" for i in range(600))
+LOG = "\n".join(
+    f"2023-01-{i % 28 + 1:02d} || user {i} || {['Who wrote it?', 'Where is it?'][i % 2]}" for i in range(600)
+)
 
 
 @pytest.mark.parametrize(
