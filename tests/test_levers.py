@@ -161,9 +161,8 @@ def test_the_toolkit_is_in_the_repl_and_the_prompt_and_checks_its_arguments():
     assert "search(" not in roots(engine)[0].messages[0]["content"]
 
 
-LOG = "\n".join(
-    f"2023-01-{i % 28 + 1:02d} || user {i} || {['Who wrote it?', 'Where is it?'][i % 2]}" for i in range(600)
-)
+ASKED = ("Who was the first person to walk on the moon?", "Where do penguins spend the winter?")
+LOG = "\n".join(f"2023-01-{i % 28 + 1:02d} || user {i} || {ASKED[i % 2]}" for i in range(600))
 
 
 @pytest.mark.parametrize(
@@ -172,7 +171,12 @@ LOG = "\n".join(
         # every record is different only in its date and user: the model is told what repeats
         ("ask_each('Which kind of answer does this ask for?', lines)", "leaves 2 different items"),
         # one record's own text passed as the question
-        ("ask_each('Who wrote it?', lines[:4])", "the question is the text of item 1"),
+        ("ask_each('Where do penguins spend the winter?', lines[:4])", "the question looks copied from item 2"),
+        # ... or reworded a little (a small model's way), with the choices: told what to ask instead
+        (
+            "ask_each('Who was the first person walking on the moon?', lines[:4], choices=['human', 'location'])",
+            "e.g. 'Which of the choices fits this item?'",
+        ),
         ("ask_each('q?', lines, max_items=0)", "max_items must be an int >= 1"),
     ],
 )
@@ -195,8 +199,9 @@ def test_ask_each_asks_the_part_that_varies_once_and_max_items_can_be_raised():
     subs: list[str] = []
     code = (
         "texts = [line.split(' || ')[-1] for line in context.split('\\n')]\n"
-        "print(count(ask_each('Which kind of answer does this ask for?', texts, choices=['human', 'location'])))\n"
-        "print(len(ask_each('Is this a log line?', context.split('\\n')[:20], max_items=20)))"
+        "labels = ask_each('Which kind of answer does this ask for?', texts, choices=['human', 'location'])\n"
+        "print(count(labels), labels[:2], len(ask_each('Is this a log line?', context.split('\\n')[:20], max_items=20)))\n"
+        "labels"
     )
 
     def script(req):
@@ -207,7 +212,10 @@ def test_ask_each_asks_the_part_that_varies_once_and_max_items_can_be_raised():
 
     rlm, _ = make(script, levers={"toolkit": True})
     cell = next(e for e in rlm.completion(LOG, "q").trajectory if e["event"] == "cell")
-    assert cell["error"] in (None, "") and cell["stdout"] == "{'human': 300, 'location': 300}\n20\n"
+    assert cell["error"] in (None, "") and cell["stdout"] == (
+        "{'human': 300, 'location': 300} ['human', 'location'] 20\n"
+        "<600 answers, how often each: {'human': 300, 'location': 300}>\n"  # a long list echoes as its counts
+    )
     assert len(subs) == 2 + 20
 
 

@@ -116,6 +116,32 @@ def toolkit_fewer(unique):
     return None
 
 
+class Choices(list):
+    """ask_each()'s answers with `choices`: a plain list that echoes as how often each choice was answered
+    (a long list printed whole is cut off and says less)."""
+
+    def __repr__(self):
+        if len(self) <= 20:
+            return repr(list(self))
+        counts = dict(toolkit_collections.Counter(self).most_common())
+        return "<" + str(len(self)) + " answers, how often each: " + repr(counts) + ">"
+
+
+def toolkit_words(text):
+    return set(word for word in toolkit_re.findall(r"[a-z0-9]+", text.lower()) if len(word) >= 3)
+
+
+def toolkit_copied(question, unique):
+    """The item `question` was copied from: one containing it, or a short one holding 3/4 of its words."""
+    words = toolkit_words(question)
+    for item in unique:
+        if len(question) >= 12 and question in item:
+            return item
+        if len(words) >= 4 and len(item) <= 3 * len(question) and len(words & toolkit_words(item)) * 4 >= 3 * len(words):
+            return item
+    return None
+
+
 def ask_each(question, items, choices=None, max_items=500):
     """Ask a sub-model `question` about every item (a line, a record, a chunk) in one batch; the answers in
     order. Identical items are asked once. With `choices`, each answer is the choice it names, or None. More
@@ -128,13 +154,15 @@ def ask_each(question, items, choices=None, max_items=500):
         raise ValueError("ask_each: max_items must be an int >= 1")
     items = [str(item) for item in items]
     asked = question.strip()
-    for number, item in enumerate(items, 1):
-        if len(asked) >= 12 and asked in item:  # a record's own text passed as the question
-            raise ValueError(
-                "ask_each: the question is the text of item " + str(number) + " (" + repr(item[:80]) + "); pass "
-                "one question that fits every item (what you want to know about each one) and the items separately"
-            )
     unique = list(dict.fromkeys(items))
+    copied = toolkit_copied(asked, unique)
+    if copied is not None:
+        example = "Which of the choices fits this item?" if choices is not None else "Which topic is this item about?"
+        raise ValueError(
+            "ask_each: the question looks copied from item " + str(items.index(copied) + 1) + " (" + repr(copied[:80])
+            + "); pass one question that fits every item (what you want to know about each one), e.g. "
+            + repr(example) + ", and the items separately"
+        )
     if len(unique) > max_items:
         message = "ask_each: " + str(len(unique)) + " different items would be as many sub-calls (max_items=" + str(max_items) + "). "
         fewer = toolkit_fewer(unique)
@@ -158,7 +186,8 @@ def ask_each(question, items, choices=None, max_items=500):
     if choices is not None:
         answers = [toolkit_pick(a, choices) for a in answers]
     by_item = dict(zip(unique, answers))
-    return [by_item[item] for item in items]
+    out = [by_item[item] for item in items]
+    return out if choices is None else Choices(out)
 
 
 def toolkit_pick(answer, choices):
@@ -212,7 +241,7 @@ def section_of(line, header, text=None):
 PROMPT = """Helpers already defined in the REPL (they print what they find; use them):
 - `search(phrase, text=context, window=1, max_hits=10, regex=False)`: the lines containing `phrase`, case-insensitive, printed with line numbers (`>` marks the matching line) and the lines around them. Search for the exact distinctive phrase from the question. Returns [{"line": n, "text": ...}].
 - `chunks(text=context, size=4000, by="chars")`: the text in pieces (by "chars", "lines" or "tokens").
-- `ask_each(question, items, choices=None, max_items=500)`: asks a sub-model the same `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. `question` is about one item ("Which topic is this ticket about?"); each item's text is given after it. With `choices`, each answer is one of the choices (or None). Use it whenever each item needs reading or judgement: labels, relevance, topics. Pass only the part of each record that needs reading: identical items are asked once (more than `max_items` different ones are refused).
+- `ask_each(question, items, choices=None, max_items=500)`: asks a sub-model the same `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. `question` is about one item ("Which topic is this ticket about?"); each item's text is given after it. With `choices`, each answer is one of the choices (or None), and a long list of them prints as how often each occurs. Use it whenever each item needs reading or judgement: labels, relevance, topics. Pass only the part of each record that needs reading: identical items are asked once (more than `max_items` different ones are refused).
 - `count(items)`: how often each item occurs, most common first. `vote(items)`: the most common item.
 - `section_of(line, header_regex)`: the nearest line at or above `line` (a number or a search hit) matching `header_regex` (a file, chapter or class header): (line number, text).
 
