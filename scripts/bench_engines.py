@@ -31,6 +31,8 @@ over repeats and the ratio to the reference engine; the JSON has every single me
   .venv/bin/python scripts/bench_engines.py                      # all engines that import here
   .venv/bin/python scripts/bench_engines.py --engines transformers,llamacpp --repeats 3
   .venv/bin/python scripts/bench_engines.py --quick              # the default engine's batching record, ~10 min
+  .venv/bin/python scripts/bench_engines.py --engines llamacpp,llama-server --workloads cold_starts8 \
+      --model quality --reference llama-server --repeats 1       # llama.cpp workloads on the quality model
 
 Every run also writes the table as Markdown next to the JSON (``--out`` with ``.md``): README's engine
 table is that file.
@@ -103,13 +105,17 @@ log = logging.getLogger("bench_engines")
 
 
 # ---- engines ---------------------------------------------------------------------------------------------------
-def make_named_engine(name: str, threads: int, batch_threads: int | None = None) -> tuple[Engine, Callable[[], None]]:
-    """The engine called ``name`` and a function that releases everything it started."""
+def make_named_engine(
+    name: str, threads: int, batch_threads: int | None = None, model: str | None = None
+) -> tuple[Engine, Callable[[], None]]:
+    """The engine called ``name`` (``model``: a packaged model for the llama.cpp engines; default the embedded
+    one) and a function that releases everything it started."""
+    gguf = {"model_name": model} if model else {}
     if name == "transformers":
         engine = make_engine("transformers", threads=threads)
         return engine, engine.close
     if name == "llamacpp":
-        engine = make_engine("llamacpp", threads=threads, batch_threads=batch_threads)
+        engine = make_engine("llamacpp", threads=threads, batch_threads=batch_threads, **gguf)
         return engine, engine.close
     if name in ("vllm", "vllm-async"):
         from rlm_local.models import ensure_embedded
@@ -119,7 +125,7 @@ def make_named_engine(name: str, threads: int, batch_threads: int | None = None)
     if name == "llama-server":
         # llama.cpp's server code with its defaults (parallel slots, each computing its own prompt; the prompt
         # cache kept per slot), called in process like our engine so the two differ only in prefix sharing.
-        engine = make_engine("llamacpp", threads=threads, batch_threads=batch_threads, share_prefix=False)
+        engine = make_engine("llamacpp", threads=threads, batch_threads=batch_threads, share_prefix=False, **gguf)
         return engine, engine.close
     raise SystemExit(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
@@ -256,7 +262,7 @@ SETUP_WORKLOADS: dict[str, Callable[[Engine, Engine, int], dict[str, Any]]] = {"
 
 # ---- the run -----------------------------------------------------------------------------------------------------
 def available(
-    names: list[str], threads: int, batch_threads: int | None, console: Console
+    names: list[str], threads: int, batch_threads: int | None, console: Console, model: str | None = None
 ) -> tuple[dict[str, Engine], list[Callable[[], None]], dict]:
     engines: dict[str, Engine] = {}
     closers: list[Callable[[], None]] = []
@@ -264,7 +270,7 @@ def available(
     for name in names:
         started = time.perf_counter()
         try:
-            engine, close = make_named_engine(name, threads, batch_threads)
+            engine, close = make_named_engine(name, threads, batch_threads, model)
         except (Error, ImportError) as exc:
             loads[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
             console.print(f"[yellow]{name}: not available here ({' '.join(str(exc).split())[:200]})[/yellow]")
@@ -288,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", default="transformers", help="ratios are against this engine / setup")
     ap.add_argument("--out", default="scripts/results/bench_engines.json")
     ap.add_argument("--batch-threads", type=int, default=None, help="llama.cpp batch threads (default: free cores)")
+    ap.add_argument("--model", default=None, help="packaged model for the llama.cpp engines (e.g. quality)")
     ap.add_argument("--quick", action="store_true", help="llama.cpp vs llama-server, one repeat: " + QUICK["workloads"])
     args = ap.parse_args(argv)
     if args.quick:
@@ -303,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     listed = [e for e in args.engines.split(",") if e]
     whole_runs = any(w in SETUP_WORKLOADS for w in workloads)
     wanted = list(dict.fromkeys(listed + ([p for s in setups for p in s.split("+")] if whole_runs else [])))
-    engines, closers, loads = available(wanted, args.threads, args.batch_threads, console)
+    if args.model and set(wanted) - {"llamacpp", "llama-server"}:
+        raise SystemExit("--model applies to the llama.cpp engines only (--engines llamacpp,llama-server)")
+    engines, closers, loads = available(wanted, args.threads, args.batch_threads, console, args.model)
     if whole_runs:  # demo_cli alone loads nothing here: each of its runs is a new process
         setups = [s for s in setups if all(p in engines for p in s.split("+"))]
     runs: list[dict[str, Any]] = []
