@@ -161,6 +161,18 @@ def test_the_toolkit_is_in_the_repl_and_the_prompt_and_checks_its_arguments():
     assert "search(" not in roots(engine)[0].messages[0]["content"]
 
 
+def test_a_search_that_matches_nothing_names_the_most_specific_part_of_the_phrase_that_does():
+    code = "search('the secret vault code')\nsearch('zebra quartz')"
+    rlm, _ = make([repl(code), "FINAL(done)"], levers={"toolkit": True})
+    out = next(e for e in rlm.completion(DOC, "q").trajectory if e["event"] == "cell")["stdout"]
+    # 'vault code' once, where 'the' and 'code' alone occur more often: the rarest run of words is named
+    assert (
+        "no line contains 'the secret vault code' (case-insensitive); 'vault code' occurs 1 time: search('vault code')"
+        in out
+    )
+    assert "no line contains 'zebra quartz' (case-insensitive)\n" in out  # no part of it occurs: no hint
+
+
 ASKED = ("Who was the first person to walk on the moon?", "Where do penguins spend the winter?")
 LOG = "\n".join(f"2023-01-{i % 28 + 1:02d} || user {i} || {ASKED[i % 2]}" for i in range(600))
 

@@ -211,16 +211,18 @@ def test_concurrent_calls_starting_alike_share_their_prefix(engine):
     # the runs of a sweep: each call is one run's first turn, the same system prompt with its own question
     system = "System: you answer questions about the log below.\n" + chunk(60, 900)
     ask = lambda i: engine.generate([Request.completion(f"{system}Run {i}: how often is {WORDS[i]}?", max_tokens=2)])  # noqa: E731
-    first, _ = in_thread(lambda: ask(0))
+    runs = [in_thread(lambda: ask(0))]
     time.sleep(0.3)  # run 0 is computing the system prompt
-    others = [in_thread(lambda i=i: ask(i)) for i in (1, 2, 3)]
-    for thread, _ in [(first, None), *others]:
+    runs += [in_thread(lambda i=i: ask(i)) for i in (1, 2, 3)]
+    for thread, _ in runs:
         thread.join(120)
-    results = [out[0][0] for _, out in others]
+    results = [out[0][0] for _, out in runs]
     assert all(r.ok for r in results), results
     shared = engine.count_tokens(system)
     computed = sum(r.usage.prompt_tokens - r.usage.cached_tokens for r in results)  # the warm-up's work included
-    assert computed < shared + 3 * 40, (computed, shared, [r.usage for r in results])
+    # the prefix is computed twice (by the first run and by one warm task for the others), whatever order the
+    # calls arrive in; each run computing its own would be four times
+    assert computed < 2 * shared + 4 * 40, (computed, shared, [r.usage for r in results])
 
 
 def test_explicit_arguments_beat_the_card(monkeypatch):

@@ -73,8 +73,30 @@ def search(phrase, text=None, window=1, max_hits=10, regex=False, ignore_case=Tr
     if total > 1:
         print("(" + str(total) + " lines match: use the one about exactly what the question asks)")
     if not total:
-        print("no line contains " + repr(phrase) + (" (case-insensitive)" if ignore_case else ""))
+        print("no line contains " + repr(phrase) + (" (case-insensitive)" if ignore_case else "") + toolkit_shorter(phrase, lines, regex, ignore_case))
     return hits
+
+
+def toolkit_shorter(phrase, lines, regex, ignore_case):
+    """For a plain phrase of several words that matched nothing: the run of its words found the fewest times
+    (the most specific; the longer on a tie), as a hint ("; 'olive tunnel' occurs 2 times: search('olive
+    tunnel')"), or ""."""
+    words = phrase.split()
+    if regex or len(words) < 2:
+        return ""
+    text = "\n".join(lines)
+    if ignore_case:
+        text = text.lower()
+    best = None
+    for size in range(len(words) - 1, 0, -1):
+        for start in range(len(words) - size + 1):
+            part = " ".join(words[start:start + size])
+            n = text.count(part.lower() if ignore_case else part) if len(part) >= 4 else 0
+            if n and (best is None or n < best[0]):
+                best = (n, part)
+    if best is None:
+        return ""
+    return "; " + repr(best[1]) + " occurs " + str(best[0]) + " time" + ("" if best[0] == 1 else "s") + ": search(" + repr(best[1]) + ")"
 
 
 def chunks(text=None, size=4000, by="chars", overlap=0):
@@ -239,7 +261,7 @@ def section_of(line, header, text=None):
 '''
 
 PROMPT = """Helpers already defined in the REPL (they print what they find; use them):
-- `search(phrase, text=context, window=1, max_hits=10, regex=False)`: the lines containing `phrase`, case-insensitive, printed with line numbers (`>` marks the matching line) and the lines around them. Search for the exact distinctive phrase from the question. Returns [{"line": n, "text": ...}].
+- `search(phrase, text=context, window=1, max_hits=10, regex=False)`: the lines containing `phrase`, case-insensitive, printed with line numbers (`>` marks the matching line) and the lines around them. Search for the exact distinctive phrase from the question; when nothing matches, it names the rarest part of the phrase that does. Returns [{"line": n, "text": ...}].
 - `chunks(text=context, size=4000, by="chars")`: the text in pieces (by "chars", "lines" or "tokens").
 - `ask_each(question, items, choices=None, max_items=500)`: asks a sub-model the same `question` about every item (a line, a record, a chunk) in one fast batch; returns the answers in order. `question` is about one item ("Which topic is this ticket about?"); each item's text is given after it. With `choices`, each answer is one of the choices (or None), and a long list of them prints as how often each occurs. Use it whenever each item needs reading or judgement: labels, relevance, topics. Pass only the part of each record that needs reading: identical items are asked once (more than `max_items` different ones are refused).
 - `count(items)`: how often each item occurs, most common first. `vote(items)`: the most common item.
