@@ -138,10 +138,11 @@ def text(rng: random.Random, words: int) -> str:
 def timed_generate(engine: Engine, requests: list[Request]) -> dict[str, Any]:
     started = time.perf_counter()
     results = engine.generate(requests)
-    return summary(engine, results, time.perf_counter() - started)
+    return results_row(engine, results, time.perf_counter() - started)
 
 
-def summary(engine: Engine, results: list[Any], seconds: float) -> dict[str, Any]:
+def results_row(engine: Engine, results: list[Any], seconds: float) -> dict[str, Any]:
+    """One measurement of a workload's results: seconds, tokens, tok/s, cached tokens (any failure raises)."""
     failed = [r.error for r in results if not r.ok]
     if failed:
         raise Error(f"{engine.backend}: {len(failed)} of {len(results)} requests failed: {failed[0]}")
@@ -194,7 +195,7 @@ def cold_starts8(engine: Engine, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     with ThreadPoolExecutor(len(requests)) as pool:
         results = list(pool.map(one, range(len(requests))))
-    return summary(engine, results, time.perf_counter() - started)
+    return results_row(engine, results, time.perf_counter() - started)
 
 
 # ---- whole runs on a setup (root engine, sub engine) ---------------------------------------------------------------

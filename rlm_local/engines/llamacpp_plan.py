@@ -165,7 +165,7 @@ class SlotPlanner:
         warms = self._group(tasks) if self.share_prefix else []
         if self.share_prefix:
             for t in tasks:
-                if t.group is None and (warm := self._share_across_calls(t, tasks)) is not None:
+                if t.group is None and (warm := self._share_across_calls(t)) is not None:
                     warms.append(warm)
         self.pending.extend(warms + tasks)
         return tasks, warms
@@ -180,9 +180,10 @@ class SlotPlanner:
         group.tasks.append(t)
         t.group, t.prefer, t.ready = gid, None, group.warmed
 
-    def _share_across_calls(self, t: Task, own: list[Task]) -> Task | None:
+    def _share_across_calls(self, t: Task) -> Task | None:
         """Joins ``t`` to an open group, or makes a group (returning its warm task) with the queued requests of
-        other calls sharing its prefix, when that saves at least min_prefix tokens over the slot ``t`` prefers."""
+        other calls sharing its prefix, when that saves at least min_prefix tokens over the slot ``t`` prefers.
+        Called before ``t``'s own call is queued, so everything in ``pending`` belongs to other calls."""
         worth = self._usable(t) + self.min_prefix
         gid, n = max(
             ((g, common_prefix_len(group.prefix, t.ids)) for g, group in self.groups.items()),
@@ -192,7 +193,7 @@ class SlotPlanner:
         if gid is not None and n >= worth:
             self._join(t, gid)
             return None
-        queued = [x for x in self.pending if not x.warm and x.group is None and x not in own]
+        queued = [x for x in self.pending if not x.warm and x.group is None]
         running = [slot.running for slot in self.slots if slot.running is not None and not slot.running.warm]
         n = max((common_prefix_len(x.ids, t.ids) for x in queued + running), default=0)
         if n < worth:

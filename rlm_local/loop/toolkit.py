@@ -48,7 +48,8 @@ def search(phrase, text=None, window=1, max_hits=10, regex=False, ignore_case=Tr
         raise TypeError("search(phrase, text=None, window=1, max_hits=10, regex=False): phrase must be a non-empty str")
     if not isinstance(window, int) or window < 0 or not isinstance(max_hits, int) or max_hits < 1:
         raise ValueError("search: window must be an int >= 0 and max_hits an int >= 1")
-    lines = toolkit_text(text, "search").split("\n")
+    source = toolkit_text(text, "search")
+    lines = source.split("\n")
     try:
         rx = toolkit_re.compile(phrase if regex else toolkit_re.escape(phrase), toolkit_re.IGNORECASE if ignore_case else 0)
     except toolkit_re.error as exc:
@@ -73,18 +74,18 @@ def search(phrase, text=None, window=1, max_hits=10, regex=False, ignore_case=Tr
     if total > 1:
         print("(" + str(total) + " lines match: use the one about exactly what the question asks)")
     if not total:
-        print("no line contains " + repr(phrase) + (" (case-insensitive)" if ignore_case else "") + toolkit_shorter(phrase, lines, regex, ignore_case))
+        hint = "" if regex else toolkit_shorter(phrase, source, ignore_case)
+        print("no line contains " + repr(phrase) + (" (case-insensitive)" if ignore_case else "") + hint)
     return hits
 
 
-def toolkit_shorter(phrase, lines, regex, ignore_case):
+def toolkit_shorter(phrase, text, ignore_case):
     """For a plain phrase of several words that matched nothing: the run of its words found the fewest times
     (the most specific; the longer on a tie), as a hint ("; 'olive tunnel' occurs 2 times: search('olive
     tunnel')"), or ""."""
     words = phrase.split()
-    if regex or len(words) < 2:
+    if len(words) < 2:
         return ""
-    text = "\n".join(lines)
     if ignore_case:
         text = text.lower()
     best = None
