@@ -92,6 +92,7 @@ PAIR_KEYS = (
     "ratio",
     "k1_s",
     "k8_s",
+    "token_ratio",
     "prompt_cpu_s",
     "decode_cpu_s",
 )  # llama.cpp's own server: only engines that have one
@@ -449,6 +450,8 @@ def pair_notes(r: dict[str, Any]) -> list[str]:
         out.append(f"K=1 {r['median_k1_s']:.1f} s, K=8 {r['median_k8_s']:.1f} s")
     if "median_ratio" in r:
         out.append(f"**{r['median_ratio']:.2f}x**")
+    if "median_token_ratio" in r:
+        out.append(f"{r['median_token_ratio']:.2f}x in tokens/s")
     if "median_prompt_cpu_s" in r:
         out.append(
             f"CPU after a cancel: prompt {r['median_prompt_cpu_s']:.2f} s, decode {r['median_decode_cpu_s']:.2f} s"

@@ -114,12 +114,19 @@ def _sweep_once(engine: Engine, items: list[Any], score: Any, k: int) -> dict[st
     with RLM(engine=engine, max_iterations=6, scheduler_kwargs={"memo": False}) as rlm:
         started = time.perf_counter()
         with ThreadPoolExecutor(k) as pool:
-            answers = list(pool.map(lambda it: rlm.completion(it.context, root_prompt=it.question).response, items))
+            results = list(pool.map(lambda it: rlm.completion(it.context, root_prompt=it.question), items))
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "score": statistics.mean(score(it, a) for it, a in zip(items, answers))}
+    totals = [r.usage_summary.total for r in results]
+    return {
+        "seconds": seconds,
+        "score": statistics.mean(score(it, r.response) for it, r in zip(items, results)),
+        "tokens": sum(t.prompt_tokens + t.completion_tokens for t in totals),
+    }
 
 
-def sweep(engine: Engine, items_n: int = 8, k: int = 8) -> dict[str, Any]:
+def sweep(engine: Engine, items_n: int = 24, k: int = 8) -> dict[str, Any]:
+    """The same items one at a time and k at a time. Three items per run at once: with as many items as
+    runs, a pass lasts as long as its slowest item, whatever the engine does for the others."""
     from rlm_local.bench.items import family
 
     niah = family("niah")
@@ -134,6 +141,9 @@ def sweep(engine: Engine, items_n: int = 8, k: int = 8) -> dict[str, Any]:
         "items_per_min": per_min,
         "ratio": round(per_min[1] / per_min[0], 2),
         "mean_score": [round(one["score"], 3), round(many["score"], 3)],
+        # greedy paths differ with batch composition: tokens per second is the work rate whatever the path
+        "tokens": [one["tokens"], many["tokens"]],
+        "token_ratio": round((many["tokens"] / many["seconds"]) / (one["tokens"] / one["seconds"]), 2),
     }
 
 

@@ -270,3 +270,37 @@ def test_a_failed_cross_call_warm_up_lets_the_waiting_runs_compute_their_own():
     assert w is warm and p.finished(s, w, False) is None
     ((_, again),) = p.dispatch()
     assert again is t1 and t1.group is None and not t1.restore
+
+
+def test_a_call_of_siblings_joins_the_open_group_computing_their_prefix():
+    # The scheduler hands the engine several runs' first turns as one call: those siblings must join the group
+    # a concurrent call opened for the same system prompt, not compute it once more in another slot.
+    p = SlotPlanner(8, min_prefix=64)
+    p.add([first_turn(0)], ["run0"])
+    p.dispatch()
+    _, warms = p.add([first_turn(1), first_turn(2)], ["run1", "run2"])
+    assert len(warms) == 1
+    tasks, later = p.add([first_turn(3), first_turn(4)], ["run3", "run4"])
+    assert later == [] and {t.group for t in tasks} == {warms[0].group}
+    assert [t.warm for _, t in p.dispatch()] == [True]
+
+
+def test_siblings_sharing_much_more_than_an_open_group_get_their_own():
+    p = SlotPlanner(8, min_prefix=64)
+    p.add([first_turn(0)], ["run0"])
+    p.dispatch()
+    _, warms = p.add([first_turn(1)], ["run1"])
+    chunk = SYSTEM + list(range(7000, 7300))  # two sub-calls over one 300-token chunk
+    tasks, own = p.add([chunk + [1], chunk + [2]], ["sub1", "sub2"])
+    assert len(own) == 1 and own[0].ids == chunk and {t.group for t in tasks} == {own[0].group}
+
+
+def test_min_parallel_raises_the_card_slots_but_not_an_explicit_count():
+    assert settings(QUALITY, min_parallel=8).n_parallel == 8
+    assert settings(QUALITY, min_parallel=2).n_parallel == QUALITY["n_parallel"]
+    assert settings(QUALITY, n_parallel=2, min_parallel=8).n_parallel == 2
+    assert settings(None, min_parallel=8).n_parallel == DEFAULT_SLOTS
+
+
+def test_the_quality_card_sets_its_prompt_batch():
+    assert settings(QUALITY, size=1_117_320_768).params["n_batch"] == 64

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, err: Console) -> int:
         n=args.n,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         seed=args.seed,
-        engine=EngineSpec(args.backend, args.model, args.base_url or [], args.threads),
+        engine=EngineSpec(args.backend, args.model, args.base_url or [], args.threads, min_slots=args.concurrency),
         concurrency=args.concurrency,
         out=Path(args.out or f"bench/results/{args.family}"),
         resume=args.resume,

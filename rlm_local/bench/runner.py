@@ -42,6 +42,9 @@ class EngineSpec:
     model: str | None = None
     base_urls: list[str] = field(default_factory=list)
     threads: int | None = None
+    # llama.cpp: at least this many slots (the sweep's concurrency), so that K runs at once each keep their
+    # conversation in a slot instead of evicting each other's between turns.
+    min_slots: int | None = None
 
     def make(self, items: Iterable[Item] = ()) -> Engine:
         """The engine; ``oracle`` is the scripted oracle over ``items``. Unknown backends and unreachable
@@ -55,6 +58,8 @@ class EngineSpec:
             kwargs["base_url"] = self.base_urls if len(self.base_urls) > 1 else self.base_urls[0]
         if self.backend in ("transformers", "llamacpp") and self.threads:
             kwargs["threads"] = self.threads
+        if self.backend == "llamacpp" and self.min_slots:
+            kwargs["min_parallel"] = self.min_slots
         engine = make_engine(self.backend, **kwargs)
         try:
             probe(engine)

@@ -103,6 +103,7 @@ class LlamaCppEngine(Engine):
         threads: int | None = None,
         batch_threads: int | None = None,
         n_parallel: int | None = None,
+        min_parallel: int | None = None,
         context_length: int | None = None,
         cache_ram_mib: int | None = None,
         share_prefix: bool = True,
@@ -112,7 +113,8 @@ class LlamaCppEngine(Engine):
         **params: Any,
     ) -> None:
         """``model_name``: a registered packaged model (``gemma-3-270m``, the default) or a ``.gguf`` path.
-        ``n_parallel`` slots of ``context_length`` tokens each; ``threads`` for single-stream decoding,
+        ``n_parallel`` slots of ``context_length`` tokens each (``min_parallel``: at least that many, when
+        ``n_parallel`` is not given); ``threads`` for single-stream decoding,
         ``batch_threads`` for prompt processing and multi-slot decode steps; ``cache_ram_mib`` host-RAM
         prompt cache; ``share_prefix`` computes a prefix shared by at least two requests, of one call or
         of concurrent ones (>= ``min_prefix_tokens`` tokens), once and copies it into their slots. ``params`` set further
@@ -131,6 +133,7 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"{INSTALL_HINT}: {type(exc).__name__}: {exc}") from exc
         explicit = dict(
             n_parallel=n_parallel,
+            min_parallel=min_parallel,
             context_length=context_length,
             threads=threads,
             batch_threads=batch_threads,
@@ -357,8 +360,9 @@ class LlamaCppEngine(Engine):
 
         started = time.perf_counter()
         result = self._complete(task.ids, SamplingParams(), s, stop, max_tokens=0)
-        if not result.ok:
-            logger.warning("llamacpp: could not share a %d-token prefix: %s", len(task.ids), result.error)
+        if not result.ok:  # a stop (nobody waits for the prefix any more) is no fault: only a failure warns
+            log = logger.debug if stop() else logger.warning
+            log("llamacpp: could not share a %d-token prefix: %s", len(task.ids), result.error)
             return False
         self._post(f"/slots/{s}?action=save", {"filename": f"g{task.group}.bin"})
         computed = result.usage.prompt_tokens - (result.usage.cached_tokens or 0)

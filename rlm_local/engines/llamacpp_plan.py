@@ -17,7 +17,9 @@ of any number of concurrent ``generate`` calls, which slot runs which request an
   a sibling whose slot already holds more of it than the group shares stays out of the group;
 - the same across calls: a request that shares a long prefix (>= ``min_prefix`` tokens more than any slot
   holds for it) with a request of another call, queued or running, waits for one warm task that computes
-  that prefix, or joins the open group whose prefix it shares. Concurrent runs of one sweep or service
+  that prefix, or joins the open group whose prefix it shares; siblings of one call join an open group
+  that computes nearly all of their shared prefix (the scheduler may hand several runs' first turns over
+  as one call) instead of computing it again beside it. Concurrent runs of one sweep or service
   start with the same system prompt: it is computed twice (by the first run and the warm task) instead of
   once per run, because llama.cpp does not share prompt processing between slots;
 - free slots take work in this order: the task that prefers them, siblings of the prefix they hold,
@@ -71,7 +73,9 @@ def resolve_settings(
     explicit: Mapping[str, Any], card_section: Mapping[str, Any] | None, params: Mapping[str, Any], model_bytes: int
 ) -> LlamaSettings:
     """The engine's settings: ``explicit`` engine arguments (None means not given) and ``params`` beat the
-    card's section, which beats the defaults. Raises ValueError for a value out of range."""
+    card's section, which beats the defaults. ``explicit["min_parallel"]`` raises the card's or the default
+    slot count to at least that many (a sweep of K runs at once keeps each run's conversation in a slot of
+    its own); an explicit ``n_parallel`` is kept as given. Raises ValueError for a value out of range."""
     card = dict(card_section or {})
     extra = {k: v for k, v in card.items() if k not in ENGINE_ARGS}
     extra.update(params)
@@ -86,6 +90,8 @@ def resolve_settings(
     for name in ENGINE_ARGS:
         value = explicit.get(name)
         chosen[name] = int(value if value is not None else card.get(name, defaults[name]))
+    if explicit.get("n_parallel") is None and explicit.get("min_parallel") is not None:
+        chosen["n_parallel"] = max(chosen["n_parallel"], int(explicit["min_parallel"]))
     if (
         chosen["n_parallel"] < 1
         or chosen["context_length"] < 16
@@ -185,11 +191,7 @@ class SlotPlanner:
         other calls sharing its prefix, when that saves at least min_prefix tokens over the slot ``t`` prefers.
         Called before ``t``'s own call is queued, so everything in ``pending`` belongs to other calls."""
         worth = self._usable(t) + self.min_prefix
-        gid, n = max(
-            ((g, common_prefix_len(group.prefix, t.ids)) for g, group in self.groups.items()),
-            key=lambda x: x[1],
-            default=(None, 0),
-        )
+        gid, n = self._open_group(t.ids)
         if gid is not None and n >= worth:
             self._join(t, gid)
             return None
@@ -208,14 +210,29 @@ class SlotPlanner:
         prefer, _ = self.best_slot(prefix)
         return Task(prefix, None, group=gid, warm=True, prefer=prefer)
 
+    def _open_group(self, ids: list[int]) -> tuple[int | None, int]:
+        """The open group sharing the longest prefix with ``ids``, and that length."""
+        return max(
+            ((g, common_prefix_len(group.prefix, ids)) for g, group in self.groups.items()),
+            key=lambda x: x[1],
+            default=(None, 0),
+        )
+
     def _group(self, tasks: list[Task]) -> list[Task]:
         warms = []
         for g in sibling_prefixes([t.ids for t in tasks], self.min_prefix):
             members = [tasks[i] for i in g.members if tasks[i].held <= g.shared]
             if len(members) < 2:
                 continue
-            gid = next(self._group_ids)
             prefix = members[0].ids[: g.shared]
+            # An open group (of a concurrent call) that already computes nearly all of it: join it rather than
+            # compute the same prefix once more in another slot at the same time.
+            gid, n = self._open_group(prefix)
+            if gid is not None and n >= max(g.shared - self.min_prefix, self.min_prefix):
+                for t in members:
+                    self._join(t, gid)
+                continue
+            gid = next(self._group_ids)
             self.groups[gid] = _Group(prefix, [])
             for t in members:
                 self._join(t, gid)
