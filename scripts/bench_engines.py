@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="threads per in-process engine (1 on 2 cores: engines.md)")
     ap.add_argument("--reference", default="transformers", help="ratios are against this engine / setup")
-    ap.add_argument("--out", default="scripts/results/bench_engines.json")
+    ap.add_argument("--out", default=None, help="JSON path (default: results/bench_engines.json, _quick with --quick)")
     ap.add_argument("--batch-threads", type=int, default=None, help="llama.cpp batch threads (default: free cores)")
     ap.add_argument("--model", default=None, help="packaged model for the llama.cpp engines (e.g. quality)")
     ap.add_argument("--quick", action="store_true", help="llama.cpp vs llama-server, one repeat: " + QUICK["workloads"])
@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    # the quick record must not overwrite the full one (README's engine tables come from both)
+    args.out = args.out or f"scripts/results/bench_engines{'_quick' if args.quick else ''}.json"
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=160)
     workloads = [w for w in args.workloads.split(",") if w]

@@ -4,7 +4,7 @@ Settings (``resolve_settings``): an explicit argument beats the model card's ``[
 beats our defaults; the card's ``n_parallel`` and ``context_length`` are engine arguments, everything else
 in it (and in the engine's ``**params``) is an ``xllamacpp.CommonParams`` field. Prompt batches are kept
 small enough (``n_batch``) that one batch of prompt processing takes well under a second on a CPU core,
-because a request is only stopped between batches.
+because a request is only stopped between batches, unless the card sets ``n_batch`` itself.
 
 Slot planning (``SlotPlanner``): llama.cpp decodes all busy slots together (continuous batching) and keeps
 each slot's KV for the next request that starts with the same tokens. The planner decides, for requests
