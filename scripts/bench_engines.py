@@ -294,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="threads per in-process engine (1 on 2 cores: engines.md)")
     ap.add_argument("--reference", default="transformers", help="ratios are against this engine / setup")
-    ap.add_argument("--out", default=None, help="JSON path (default: results/bench_engines.json, _quick with --quick)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default: scripts/results/bench_engines.json; bench_engines_quick.json with --quick)",
+    )
     ap.add_argument("--batch-threads", type=int, default=None, help="llama.cpp batch threads (default: free cores)")
     ap.add_argument("--model", default=None, help="packaged model for the llama.cpp engines (e.g. quality)")
     ap.add_argument("--quick", action="store_true", help="llama.cpp vs llama-server, one repeat: " + QUICK["workloads"])
